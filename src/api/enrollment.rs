@@ -1,0 +1,327 @@
+//! The parts `EnrollmentGroup` and `IndividualEnrollment` share: the settings DPS applies to the
+//! devices that provision through an enrollment, the operator's policies, and the status.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{
+    references::{CertificateSecretRef, SecretKeySelector, SecretReference, ServiceRef},
+    schema::{
+        API_VERSION_PATTERN, DURATION_PATTERN, HOST_NAME_PATTERN, conditions, free_form_object,
+    },
+};
+
+/// Everything about an enrollment except its id and attestation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.allocationPolicy) || self.allocationPolicy != 'custom' || has(self.customAllocation)")
+    .message("spec.customAllocation (webhookUrlSecretRef and apiVersion) is required when allocationPolicy is custom")
+    .field_path(".customAllocation")
+    .reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!has(self.customAllocation) || (has(self.allocationPolicy) && self.allocationPolicy == 'custom')")
+    .message("spec.customAllocation is only used with allocationPolicy: custom")
+    .field_path(".customAllocation")
+    .reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.allocationPolicy) || self.allocationPolicy != 'static' || (has(self.iotHubs) && size(self.iotHubs) == 1)")
+    .message("allocationPolicy static needs exactly one hub in spec.iotHubs")
+    .field_path(".iotHubs")
+    .reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.deleteRegistrationRecords) || !self.deleteRegistrationRecords || !has(self.deletionPolicy) || self.deletionPolicy != 'Orphan'")
+    .message("spec.deleteRegistrationRecords cannot be true with deletionPolicy: Orphan, which leaves DPS untouched")
+    .field_path(".deleteRegistrationRecords")
+    .reason(Reason::FieldValueForbidden))]
+pub struct EnrollmentSettings {
+    /// The DPS connection (`ProvisioningService` or `ClusterProvisioningService`) to use.
+    pub service_ref: ServiceRef,
+
+    /// Host names of the IoT hubs devices may be assigned to, e.g.
+    /// `contoso-hub.azure-devices.net`. Each must be linked to the DPS instance. When omitted,
+    /// every linked hub that applies the allocation policy may be used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50), inner(length(max = 253), regex(pattern = HOST_NAME_PATTERN)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub iot_hubs: Option<Vec<String>>,
+
+    /// How DPS chooses a hub for a device: `hashed` (evenly distributed), `geoLatency` (lowest
+    /// latency), `static` (the one hub in `iotHubs`) or `custom` (an Azure Function decides; needs
+    /// `customAllocation`). When omitted, the DPS instance's default policy applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation_policy: Option<AllocationPolicy>,
+
+    /// The webhook that chooses the hub when `allocationPolicy` is `custom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_allocation: Option<CustomAllocation>,
+
+    /// The device twin a device starts with when it is first provisioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_twin: Option<InitialTwin>,
+
+    /// Whether devices are IoT Edge devices. Defaults to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iot_edge: Option<bool>,
+
+    /// What DPS does when a device provisions again and is assigned to a different hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprovision_policy: Option<ReprovisionPolicy>,
+
+    /// Whether devices may provision through this enrollment: `enabled` (the default) or
+    /// `disabled`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_status: Option<ProvisioningStatus>,
+
+    /// What happens in DPS when this resource is deleted: `Delete` removes the enrollment from
+    /// DPS, `Orphan` leaves it there. Defaults to the connection's
+    /// `enrollmentDefaults.deletionPolicy`, else `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+
+    /// With deletion policy `Delete`, also delete the DPS registration records of the devices
+    /// that provisioned through this enrollment (not the devices in IoT Hub). Defaults to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_registration_records: Option<bool>,
+
+    /// What to do when DPS already has an enrollment with this id that this resource did not
+    /// create: `Refuse` (the default) leaves it untouched and reports `AlreadyExists`; `Adopt`
+    /// takes it over and makes it match this resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption: Option<Adoption>,
+
+    /// `Manage` (the default) keeps DPS in line with this resource; `ObserveOnly` never writes to
+    /// DPS and only reports differences in status. The annotation `dps.iot.dev/paused: "true"`
+    /// also stops all writes, for as long as it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management_policy: Option<ManagementPolicy>,
+
+    /// How often to compare this enrollment with DPS to find changes made outside Kubernetes,
+    /// e.g. `10m`. At least `1m`; defaults to the connection's
+    /// `enrollmentDefaults.driftCheckInterval`, else `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')")
+        .message("driftCheckInterval must be at least 1m"))]
+    pub drift_check_interval: Option<String>,
+}
+
+/// Symmetric key attestation: devices prove themselves with a key DPS shares.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SymmetricKeyAttestation {
+    /// Secret with the base64 keys under `primaryKey` and `secondaryKey` (16 to 64 bytes each).
+    /// When the Secret does not exist, the operator creates it with random 64-byte keys, owned by
+    /// this resource.
+    pub secret_ref: SecretReference,
+}
+
+/// A primary and an optional secondary X.509 certificate, each from a Secret. Two let you roll
+/// a certificate over without downtime.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificatePair {
+    /// The primary certificate.
+    pub primary: CertificateSecretRef,
+    /// The secondary certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<CertificateSecretRef>,
+}
+
+/// How DPS chooses the IoT hub for a device.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum AllocationPolicy {
+    Hashed,
+    GeoLatency,
+    Static,
+    Custom,
+}
+
+/// A custom allocation webhook (usually an Azure Function).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomAllocation {
+    /// Secret key holding the webhook URL. It usually carries a function key, hence the Secret.
+    pub webhook_url_secret_ref: SecretKeySelector,
+    /// Version of the DPS request and response format the webhook speaks, e.g. `2021-10-01`
+    /// (`2018-09-01-preview` or later).
+    #[schemars(regex(pattern = API_VERSION_PATTERN))]
+    #[x_kube(validation = Rule::new("self.substring(0, 10) >= '2018-09-01'")
+        .message("customAllocation.apiVersion must be 2018-09-01-preview or later"))]
+    pub api_version: String,
+}
+
+/// The initial device twin.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InitialTwin {
+    /// Twin tags, as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub tags: Option<Map<String, Value>>,
+    /// Desired properties, as JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub desired_properties: Option<Map<String, Value>>,
+}
+
+/// What DPS does when a device provisions again.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ReprovisionPolicy {
+    /// Re-evaluate the hub assignment when the device provisions again. Defaults to true; false
+    /// keeps the device on its current hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_hub_assignment: Option<bool>,
+    /// When the hub changes, move the device's twin and identity to the new hub (true, the
+    /// default) or start over from the initial twin (false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrate_device_data: Option<bool>,
+}
+
+/// Whether devices may provision through an enrollment.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum ProvisioningStatus {
+    #[default]
+    Enabled,
+    Disabled,
+}
+
+/// What happens in DPS when the resource is deleted.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DeletionPolicy {
+    // Delete the enrollment from DPS.
+    #[default]
+    Delete,
+    // Leave the enrollment in DPS.
+    Orphan,
+}
+
+/// What to do with an enrollment DPS already has.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Adoption {
+    // Leave it untouched and report `AlreadyExists`.
+    #[default]
+    Refuse,
+    // Take it over and make it match the resource.
+    Adopt,
+}
+
+/// Whether the operator writes to DPS.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ManagementPolicy {
+    // Create, update and delete the enrollment in DPS.
+    #[default]
+    Manage,
+    // Only read DPS and report differences.
+    ObserveOnly,
+}
+
+/// The attestation kind of an enrollment, as DPS names it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub enum AttestationKind {
+    SymmetricKey,
+    X509,
+    Tpm,
+}
+
+/// What the operator observed of an enrollment; shared by both enrollment kinds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` is True when DPS holds exactly what the spec describes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions")]
+    pub conditions: Vec<Condition>,
+
+    /// The attestation kind of the enrollment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<AttestationKind>,
+
+    /// The DPS etag of the enrollment as last read or written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+
+    /// When DPS created the enrollment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_time: Option<Time>,
+
+    /// When DPS last changed the enrollment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_time: Option<Time>,
+
+    /// The X.509 certificates in use, as DPS reports them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificates: Option<CertificatesStatus>,
+
+    /// Fields where DPS differs from the spec and that were not corrected (with
+    /// `managementPolicy: ObserveOnly` or while paused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
+}
+
+/// The primary and secondary certificate of an X.509 enrollment.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificatesStatus {
+    /// The primary certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<CertificateInfo>,
+    /// The secondary certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary: Option<CertificateInfo>,
+}
+
+/// Facts about an X.509 certificate (never the certificate itself).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateInfo {
+    /// Subject distinguished name, e.g. `CN=device-01, O=Contoso`.
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// Serial number, hexadecimal.
+    pub serial_number: String,
+    /// SHA-1 thumbprint, hexadecimal.
+    pub sha1_thumbprint: String,
+    /// SHA-256 thumbprint, hexadecimal.
+    pub sha256_thumbprint: String,
+    /// Start of the validity period.
+    pub not_before: Time,
+    /// End of the validity period; the `CertificateExpiringSoon` condition warns ahead of it.
+    pub not_after: Time,
+}
+
+/// One device's registration record in DPS.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationRecord {
+    /// The device's registration id.
+    pub registration_id: String,
+    /// `unassigned`, `assigning`, `assigned`, `failed` or `disabled`.
+    pub status: String,
+    /// How the last assignment went, e.g. `initialAssignment` or `deviceDataMigrated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub substatus: Option<String>,
+    /// The device id in IoT Hub.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// The hub the device was assigned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned_hub: Option<String>,
+    /// When the registration last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_time: Option<Time>,
+    /// DPS error code of a failed registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<i32>,
+    /// DPS error message of a failed registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+}

@@ -1,0 +1,154 @@
+//! `EnrollmentGroup`: one DPS enrollment group.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    enrollment::{
+        CertificatePair, EnrollmentSettings, EnrollmentStatus, RegistrationRecord,
+        SymmetricKeyAttestation,
+    },
+    schema::{DPS_ID_PATTERN, refuse_property},
+};
+
+/// A DPS enrollment group: many devices that share an attestation mechanism.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "dps.iot.dev",
+    version = "v1alpha1",
+    kind = "EnrollmentGroup",
+    namespaced,
+    status = "EnrollmentGroupStatus",
+    shortname = "eg",
+    shortname = "dpseg",
+    category = "dps",
+    doc = "An Azure IoT Hub Device Provisioning Service (DPS) enrollment group, kept in sync with DPS \
+           by the dps-operator. Devices in the group share a symmetric key or a signing certificate. \
+           The annotation dps.iot.dev/paused: \"true\" stops all writes to DPS.",
+    printcolumn(name = "Ready", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].status"#),
+    printcolumn(name = "Reason", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].reason"#),
+    printcolumn(name = "Group ID", type_ = "string", description = "The DPS enrollment group id", json_path = ".status.enrollmentGroupId"),
+    printcolumn(name = "Attestation", type_ = "string", json_path = ".status.attestation"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("(has(self.spec.enrollmentGroupId) ? self.spec.enrollmentGroupId : self.metadata.name) == (has(oldSelf.spec.enrollmentGroupId) ? oldSelf.spec.enrollmentGroupId : oldSelf.metadata.name)")
+        .message("spec.enrollmentGroupId cannot change: DPS cannot rename an enrollment group; create a new resource instead")
+        .field_path(".spec.enrollmentGroupId")
+        .reason(Reason::FieldValueForbidden),
+    validation = Rule::new("has(self.spec.enrollmentGroupId) || self.metadata.name.size() <= 128")
+        .message("metadata.name is longer than the 128 characters DPS allows for an enrollment group id: set spec.enrollmentGroupId")
+        .field_path(".spec.enrollmentGroupId")
+        .reason(Reason::FieldValueRequired),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentGroupSpec {
+    /// The DPS enrollment group id: alphanumerics and `-._:`, ending in an alphanumeric or `-`,
+    /// at most 128 characters; DPS compares ids case-insensitively. Defaults to
+    /// `metadata.name`. Cannot change after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = DPS_ID_PATTERN))]
+    pub enrollment_group_id: Option<String>,
+
+    /// How devices in the group prove their identity. The kind cannot change after creation.
+    pub attestation: GroupAttestation,
+
+    #[serde(flatten)]
+    pub settings: EnrollmentSettings,
+}
+
+fn refuse_tpm(schema: &mut schemars::Schema) {
+    refuse_property(
+        schema,
+        "tpm",
+        serde_json::json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        "Not allowed: DPS enrollment groups support symmetricKey and x509 attestation only. \
+         Use an IndividualEnrollment for a TPM device.",
+        "TPM attestation is not available for enrollment groups: use symmetricKey or x509, or an \
+         IndividualEnrollment for a TPM device",
+    );
+}
+
+/// Exactly one of `symmetricKey` or `x509`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = refuse_tpm)]
+#[x_kube(validation = Rule::new("[has(self.symmetricKey), has(self.x509)].exists_one(x, x)")
+    .message("spec.attestation must set exactly one of symmetricKey or x509"))]
+#[x_kube(validation = Rule::new("has(self.symmetricKey) == has(oldSelf.symmetricKey) && has(self.x509) == has(oldSelf.x509)")
+    .message("the attestation kind cannot change after creation (DPS does not allow it): delete and recreate the resource instead")
+    .reason(Reason::FieldValueForbidden))]
+pub struct GroupAttestation {
+    /// Devices derive their key from the group key: HMAC-SHA256 of their registration id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symmetric_key: Option<SymmetricKeyAttestation>,
+
+    /// Devices present certificates that chain up to a signing certificate or a CA certificate
+    /// verified on the DPS instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<GroupX509Attestation>,
+}
+
+/// Exactly one of `signingCertificates` or `caReferences`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.signingCertificates) != has(self.caReferences)")
+    .message("spec.attestation.x509 must set exactly one of signingCertificates or caReferences"))]
+pub struct GroupX509Attestation {
+    /// Intermediate or root CA certificates (PEM) from Secrets. With cert-manager, point at the
+    /// CA Certificate's Secret (`tls.crt`) or at `ca.crt` of a leaf's Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_certificates: Option<CertificatePair>,
+
+    /// Names of CA certificates uploaded and verified on the DPS instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_references: Option<CaReferences>,
+}
+
+/// Names of CA certificates verified on the DPS instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaReferences {
+    /// Name of the primary CA certificate.
+    #[schemars(length(min = 1, max = 256))]
+    pub primary: String,
+    /// Name of the secondary CA certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub secondary: Option<String>,
+}
+
+/// What the operator observed of an enrollment group.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentGroupStatus {
+    #[serde(flatten)]
+    pub enrollment: EnrollmentStatus,
+
+    /// The DPS enrollment group id in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_group_id: Option<String>,
+
+    /// The devices that provisioned through this group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registrations: Option<RegistrationSummary>,
+}
+
+/// Counts of the group's registration records by status, and the latest of them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistrationSummary {
+    /// All registration records.
+    pub total: i64,
+    /// Devices assigned to a hub.
+    pub assigned: i64,
+    /// Devices being assigned.
+    pub assigning: i64,
+    /// Devices not assigned yet.
+    pub unassigned: i64,
+    /// Devices whose registration failed.
+    pub failed: i64,
+    /// Devices that are disabled.
+    pub disabled: i64,
+    /// The most recently updated registrations, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latest: Vec<RegistrationRecord>,
+}

@@ -1,0 +1,170 @@
+//! Hand-written schema pieces that the derives cannot express: free-form JSON, the conditions list
+//! and the validation patterns shared by several kinds.
+
+use schemars::{Schema, generate::SchemaGenerator, json_schema};
+
+/// DNS-1123 subdomain: what Kubernetes accepts as the name of a Secret, ConfigMap or custom resource.
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// A key in a Secret's or ConfigMap's data.
+pub const DATA_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+
+/// DPS registration and enrollment group ids: alphanumerics and `-._:`, the last character
+/// alphanumeric or `-`, at most 128 characters (checked by `maxLength`).
+pub const DPS_ID_PATTERN: &str = r"^[A-Za-z0-9\-._:]*[A-Za-z0-9\-]$";
+
+/// IoT Hub device ids: ASCII alphanumerics and `-.+%_#*?!(),=@$'`.
+pub const DEVICE_ID_PATTERN: &str = r"^[A-Za-z0-9\-.+%_#*?!(),=@$']+$";
+
+/// A DNS host name with at least two labels, e.g. `contoso.azure-devices.net`.
+pub const HOST_NAME_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$";
+
+/// A Go-style duration such as `30s`, `10m` or `1h30m`.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// An Azure API version date, e.g. `2021-10-01` or `2019-03-31-preview`.
+pub const API_VERSION_PATTERN: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$";
+
+/// Base64 (standard alphabet, padded).
+pub const BASE64_PATTERN: &str = r"^[A-Za-z0-9+/]*={0,2}$";
+
+/// A UUID, as Entra ID client and tenant ids are written.
+pub const UUID_PATTERN: &str =
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+/// Any JSON object, kept as written (twin tags, desired properties, device information).
+// CEL cannot type such an object (neither as an object with unknown fields nor as a map of
+// untyped values), so rules about its contents live in the controller.
+pub fn free_form_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
+}
+
+/// `metav1.Condition` list, merged by `type` under server-side apply.
+pub fn conditions(generator: &mut SchemaGenerator) -> Schema {
+    let condition =
+        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>();
+    json_schema!({
+        "type": "array",
+        "description": "The latest observations of the resource's state. `Ready` summarises it; \
+            `Reconciling` and `Stalled` follow the kstatus conventions used by `kubectl wait`, \
+            Flux and Argo CD.",
+        "items": condition,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+    })
+}
+
+/// Makes optional fields plain optional fields: drops `nullable: true` and `null` enum members.
+///
+/// The derive marks every `Option` nullable, which would make the API server keep an explicit
+/// `null` (and CEL's `has()` see the field as set). Without it, a `null` is pruned like an omitted
+/// field. We never serialize `None` as `null`, so nothing we write needs it.
+pub fn drop_nullable(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(object) => {
+            object.remove("nullable");
+            if let Some(serde_json::Value::Array(members)) = object.get_mut("enum") {
+                members.retain(|member| !member.is_null());
+            }
+            object.values_mut().for_each(drop_nullable);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_nullable),
+        _ => {}
+    }
+}
+
+/// Adds `property` to an object schema only so that setting it is refused with `message`.
+///
+/// Unknown fields are silently pruned for clients that do not ask for strict field validation,
+/// which would turn a mistake (a cross-namespace reference, TPM on a group) into a different
+/// valid object. Declaring the field and refusing it gives every client the same clear error.
+/// `property_schema` should accept what users would write there, so that the rule, not a type
+/// error, is what they see.
+pub fn refuse_property(
+    schema: &mut Schema,
+    property: &str,
+    property_schema: serde_json::Value,
+    description: &str,
+    message: &str,
+) {
+    let object = schema.ensure_object();
+    let properties = object
+        .entry("properties")
+        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    if let Some(properties) = properties.as_object_mut() {
+        let mut property_schema = property_schema;
+        property_schema["description"] = description.into();
+        properties.insert(property.to_owned(), property_schema);
+    }
+    let rules = object
+        .entry("x-kubernetes-validations")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    if let Some(rules) = rules.as_array_mut() {
+        rules.push(serde_json::json!({
+            "rule": format!("!has(self.{property})"),
+            "message": message,
+            "fieldPath": format!(".{property}"),
+            "reason": "FieldValueForbidden",
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn drop_nullable_removes_nullable_and_null_enum_members_at_every_depth() {
+        let mut schema = json!({
+            "type": "object",
+            "nullable": true,
+            "properties": {
+                "policy": {"type": "string", "nullable": true, "enum": ["a", null, "b"]},
+                "list": {"type": "array", "items": {"type": "string", "nullable": true}},
+            },
+        });
+        drop_nullable(&mut schema);
+        assert_eq!(
+            schema,
+            json!({
+                "type": "object",
+                "properties": {
+                    "policy": {"type": "string", "enum": ["a", "b"]},
+                    "list": {"type": "array", "items": {"type": "string"}},
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn refuse_property_declares_the_field_and_a_rule_naming_it() {
+        let mut schema = Schema::from(
+            json!({"type": "object", "properties": {"name": {"type": "string"}}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        refuse_property(
+            &mut schema,
+            "namespace",
+            json!({"type": "string"}),
+            "not allowed",
+            "remove namespace",
+        );
+        let value = schema.to_value();
+        assert_eq!(
+            value["properties"]["namespace"],
+            json!({"type": "string", "description": "not allowed"})
+        );
+        assert_eq!(value["properties"]["name"]["type"], json!("string"));
+        let rule = &value["x-kubernetes-validations"][0];
+        assert_eq!(rule["rule"], json!("!has(self.namespace)"));
+        assert_eq!(rule["fieldPath"], json!(".namespace"));
+        assert_eq!(rule["message"], json!("remove namespace"));
+    }
+}

@@ -1,0 +1,1 @@
+//! The reconcilers that keep DPS in line with the custom resources.

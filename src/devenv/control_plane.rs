@@ -1,0 +1,452 @@
+//! A real Kubernetes control plane on loopback: etcd and kube-apiserver, run as a real cluster
+//! runs them (RBAC, the default admission plugins including PodSecurity, service account tokens),
+//! with a generated admin credential and a kubeconfig file.
+
+use std::{
+    fs,
+    io::{self, Write},
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock, mpsc},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use super::{Error, pki::CertificateAuthority};
+
+/// The binaries a control plane needs: etcd, kube-apiserver, kubectl and helm.
+#[derive(Clone, Debug)]
+pub struct Tools {
+    dir: PathBuf,
+}
+
+impl Tools {
+    /// Environment variable naming a directory that already holds the binaries.
+    pub const DIR_ENV: &str = "DPS_TOOLS_DIR";
+
+    /// Finds the binaries: in `$DPS_TOOLS_DIR`, else by running `scripts/install-test-tools`
+    /// (which builds them once into a cache and honours `KUBEBUILDER_ASSETS`).
+    pub fn locate() -> Result<Self, Error> {
+        let dir = match std::env::var_os(Self::DIR_ENV) {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                let script =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-tools");
+                let output = Command::new(&script)
+                    .stderr(Stdio::inherit())
+                    .output()
+                    .map_err(|source| Error::Spawn {
+                        what: script.display().to_string(),
+                        source,
+                    })?;
+                if !output.status.success() {
+                    return Err(Error::ToolsNotInstalled {
+                        script,
+                        status: output.status.to_string(),
+                    });
+                }
+                PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+            }
+        };
+        let tools = Self { dir };
+        for name in ["etcd", "kube-apiserver", "kubectl", "helm"] {
+            if !tools.binary(name).is_file() {
+                return Err(Error::ToolMissing {
+                    name,
+                    dir: tools.dir.clone(),
+                });
+            }
+        }
+        Ok(tools)
+    }
+
+    pub fn binary(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+/// A running etcd + kube-apiserver. Dropping it stops both and removes their data; if the process
+/// dies first, the kernel stops them (see [`spawn_tied_to_process`]).
+pub struct ControlPlane {
+    tools: Tools,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    server: String,
+    processes: Mutex<Vec<Child>>,
+}
+
+/// How long the API server may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Prefix of the working directories, which carry the owning process id so that directories left
+/// behind by a killed process can be found and removed.
+const DIR_PREFIX: &str = "dps-operator-control-plane-";
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver on free loopback ports and waits until the API server is
+    /// ready. Fails, never skips, when either cannot start.
+    pub fn start(tools: Tools) -> Result<Self, Error> {
+        remove_abandoned_dirs();
+        let dir = std::env::temp_dir().join(format!(
+            "{DIR_PREFIX}{}-{}",
+            std::process::id(),
+            unique_suffix()
+        ));
+        fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
+        let etcd_port = free_port()?;
+        let api_port = free_port()?;
+        let server = format!("https://127.0.0.1:{api_port}");
+
+        let ca = CertificateAuthority::new("dps-operator-local-ca")?;
+        let serving = ca.issue_server(
+            "kube-apiserver",
+            &["127.0.0.1", "localhost", "kubernetes.default.svc"],
+        )?;
+        let admin = ca.issue_client("dps-operator-local-admin", Some("system:masters"))?;
+        let service_account_key = rcgen::KeyPair::generate()?;
+        let write = |name: &str, contents: &str| -> Result<PathBuf, Error> {
+            let path = dir.join(name);
+            fs::write(&path, contents).map_err(|source| Error::io("write", &path, source))?;
+            Ok(path)
+        };
+        let ca_file = write("ca.crt", &ca.certificate_pem)?;
+        let serving_cert = write("apiserver.crt", &serving.certificate_pem)?;
+        let serving_key = write("apiserver.key", &serving.key_pem)?;
+        let admin_cert = write("admin.crt", &admin.certificate_pem)?;
+        let admin_key = write("admin.key", &admin.key_pem)?;
+        let sa_signing_key = write("service-account.key", &service_account_key.serialize_pem())?;
+        let sa_public_key = write("service-account.pub", &service_account_key.public_key_pem())?;
+        let kubeconfig = write(
+            "kubeconfig",
+            &kubeconfig_yaml(&server, &ca_file, &admin_cert, &admin_key),
+        )?;
+
+        let mut etcd = Command::new(tools.binary("etcd"));
+        etcd.arg(format!("--data-dir={}", dir.join("etcd").display()))
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
+            .arg("--listen-peer-urls=http://127.0.0.1:0")
+            .arg("--unsafe-no-fsync=true")
+            .arg("--log-level=warn");
+
+        let mut apiserver = Command::new(tools.binary("kube-apiserver"));
+        apiserver
+            .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
+            .arg("--bind-address=127.0.0.1")
+            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--secure-port={api_port}"))
+            .arg(format!("--cert-dir={}", dir.display()))
+            .arg(format!("--tls-cert-file={}", serving_cert.display()))
+            .arg(format!("--tls-private-key-file={}", serving_key.display()))
+            .arg(format!("--client-ca-file={}", ca_file.display()))
+            .arg("--authorization-mode=Node,RBAC")
+            .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+            .arg(format!(
+                "--service-account-key-file={}",
+                sa_public_key.display()
+            ))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                sa_signing_key.display()
+            ))
+            .arg("--service-cluster-ip-range=10.96.0.0/16")
+            .arg("--allow-privileged=true");
+
+        let logs = [dir.join("etcd.log"), dir.join("kube-apiserver.log")];
+        let processes =
+            spawn_tied_to_process(vec![(etcd, logs[0].clone()), (apiserver, logs[1].clone())])?;
+        let control_plane = Self {
+            tools,
+            dir,
+            kubeconfig,
+            server,
+            processes: Mutex::new(processes),
+        };
+        control_plane.wait_until_ready(&logs)?;
+        Ok(control_plane)
+    }
+
+    /// The API server's URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// A kubeconfig file with the admin credential (group `system:masters`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The binaries this control plane runs with.
+    pub fn tools(&self) -> &Tools {
+        &self.tools
+    }
+
+    /// A `kubectl` command talking to this control plane as admin.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new(self.tools.binary("kubectl"));
+        command.env("KUBECONFIG", &self.kubeconfig);
+        command
+    }
+
+    /// A `helm` command talking to this control plane as admin, with its state kept in the
+    /// control plane's directory.
+    pub fn helm(&self) -> Command {
+        let mut command = Command::new(self.tools.binary("helm"));
+        command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HELM_CACHE_HOME", self.dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", self.dir.join("helm/config"))
+            .env("HELM_DATA_HOME", self.dir.join("helm/data"));
+        command
+    }
+
+    /// A new client with the admin credential. Make one per async runtime: a client belongs to the
+    /// runtime it was made in.
+    pub async fn client(&self) -> Result<kube::Client, Error> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Installs this build's CRDs with server-side apply and waits until they are established.
+    pub fn install_crds(&self) -> Result<(), Error> {
+        let yaml = crate::api::crds_yaml();
+        run(
+            self.kubectl().args([
+                "apply",
+                "--server-side",
+                "--field-manager=dps-operator",
+                "-f",
+                "-",
+            ]),
+            Some(&yaml),
+        )?;
+        let names: Vec<String> = crate::api::crds()
+            .iter()
+            .filter_map(|crd| crd.metadata.name.clone())
+            .collect();
+        let mut wait = self.kubectl();
+        wait.args(["wait", "--for=condition=Established", "--timeout=60s"]);
+        wait.args(names.iter().map(|name| format!("crd/{name}")));
+        run(&mut wait, None)?;
+        Ok(())
+    }
+
+    fn wait_until_ready(&self, logs: &[PathBuf; 2]) -> Result<(), Error> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            {
+                let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+                for (process, log) in processes.iter_mut().zip(logs) {
+                    if let Ok(Some(status)) = process.try_wait() {
+                        return Err(Error::NotReady {
+                            what: component_name(log),
+                            detail: format!("it exited ({status})"),
+                            log_tail: tail(log),
+                        });
+                    }
+                }
+            }
+            let probe = self.kubectl().args(["get", "--raw", "/readyz"]).output();
+            if matches!(&probe, Ok(output) if output.status.success()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::NotReady {
+                    what: "kube-apiserver".into(),
+                    detail: format!("/readyz did not answer ok within {READY_TIMEOUT:?}"),
+                    log_tail: tail(&logs[1]),
+                });
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops etcd and kube-apiserver and removes their data. Safe to call more than once.
+    pub fn stop(&self) {
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        // The API server first, so etcd is not left with a client mid-write.
+        for process in processes.iter_mut().rev() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+        processes.clear();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs a command to completion, feeding it `stdin`; fails with its stderr when it fails.
+pub fn run(command: &mut Command, stdin: Option<&str>) -> Result<String, Error> {
+    let what = format!("{command:?}");
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().map_err(|source| Error::Spawn {
+        what: what.clone(),
+        source,
+    })?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())
+            .map_err(|source| Error::Spawn {
+                what: what.clone(),
+                source,
+            })?;
+    }
+    let output = child.wait_with_output().map_err(|source| Error::Spawn {
+        what: what.clone(),
+        source,
+    })?;
+    if !output.status.success() {
+        return Err(Error::CommandFailed {
+            what,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn kubeconfig_yaml(server: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
+         users:\n- name: admin\n  user:\n    client-certificate: {cert}\n    client-key: {key}\n\
+         contexts:\n- name: local\n  context:\n    cluster: local\n    user: admin\n    namespace: default\n\
+         current-context: local\n",
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|source| Error::io("bind", Path::new("127.0.0.1:0"), source))?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| Error::io("bind", Path::new("127.0.0.1:0"), source))?
+        .port();
+    Ok(port)
+}
+
+fn unique_suffix() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+fn component_name(log: &Path) -> String {
+    log.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The last lines of a log file, for an error message.
+fn tail(log: &Path) -> String {
+    let text = fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Removes working directories whose owning process is gone (killed before it could clean up).
+fn remove_abandoned_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+type SpawnRequest = (
+    Vec<(Command, PathBuf)>,
+    mpsc::Sender<io::Result<Vec<Child>>>,
+);
+
+/// Spawns the commands (output to the given log files) so that they die with this process, however
+/// it ends: the kernel sends them SIGKILL when the spawning thread exits (`PR_SET_PDEATHSIG`), so
+/// they are spawned from one thread that lives as long as the process.
+fn spawn_tied_to_process(commands: Vec<(Command, PathBuf)>) -> Result<Vec<Child>, Error> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<SpawnRequest>();
+        thread::Builder::new()
+            .name("control-plane-spawner".into())
+            .spawn(move || {
+                for (commands, reply) in incoming {
+                    let _ = reply.send(
+                        commands
+                            .into_iter()
+                            .map(|(command, log)| spawn_logged(command, &log))
+                            .collect(),
+                    );
+                }
+                // Every sender is static, so this is only reached at exit; park in case it is not.
+                loop {
+                    thread::park();
+                }
+            })
+            .expect("the control plane spawner thread starts");
+        Mutex::new(requests)
+    });
+    let (reply, response) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((commands, reply))
+        .map_err(|_| Error::SpawnerGone)?;
+    response
+        .recv()
+        .map_err(|_| Error::SpawnerGone)?
+        .map_err(|source| Error::Spawn {
+            what: "control plane".into(),
+            source,
+        })
+}
+
+#[allow(unsafe_code)]
+fn spawn_logged(mut command: Command, log: &Path) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let out = fs::File::create(log)?;
+    command
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
+    // async-signal-safe and touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn()
+}

@@ -1,0 +1,90 @@
+//! A throwaway certificate authority for a local control plane: it signs the API server's serving
+//! certificate and the admin's client certificate, so TLS is verified end to end.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+/// A PEM certificate and its PEM private key.
+pub struct CertifiedKey {
+    pub certificate_pem: String,
+    pub key_pem: String,
+}
+
+/// A certificate authority that can issue server and client certificates.
+pub struct CertificateAuthority {
+    issuer: Issuer<'static, KeyPair>,
+    pub certificate_pem: String,
+}
+
+impl CertificateAuthority {
+    pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.distinguished_name = name(common_name, None);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate()?;
+        let certificate_pem = params.self_signed(&key)?.pem();
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            certificate_pem,
+        })
+    }
+
+    /// A serving certificate for the given DNS names and IP addresses.
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        subject_alt_names: &[&str],
+    ) -> Result<CertifiedKey, rcgen::Error> {
+        let mut params = CertificateParams::new(
+            subject_alt_names
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )?;
+        params.distinguished_name = name(common_name, None);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(params)
+    }
+
+    /// A client certificate; Kubernetes reads the user from the common name and the groups from
+    /// the organization.
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        organization: Option<&str>,
+    ) -> Result<CertifiedKey, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.distinguished_name = name(common_name, organization);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(params)
+    }
+
+    fn issue(&self, mut params: CertificateParams) -> Result<CertifiedKey, rcgen::Error> {
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let key = KeyPair::generate()?;
+        let certificate = params.signed_by(&key, &self.issuer)?;
+        Ok(CertifiedKey {
+            certificate_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    if let Some(organization) = organization {
+        name.push(DnType::OrganizationName, organization);
+    }
+    name.push(DnType::CommonName, common_name);
+    name
+}

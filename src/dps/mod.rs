@@ -1,0 +1,1 @@
+//! The DPS service API client.
