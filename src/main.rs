@@ -44,10 +44,9 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Local {
-            examples,
-            namespace,
-        } => dps_operator::devenv::run_local(&examples, &namespace).await?,
+        Command::Local { examples, namespace } => {
+            dps_operator::devenv::run_local(&examples, &namespace).await?
+        }
     }
     Ok(())
 }

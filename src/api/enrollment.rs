@@ -9,9 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{
     references::{CertificateSecretRef, SecretKeySelector, SecretReference, ServiceRef},
-    schema::{
-        API_VERSION_PATTERN, DURATION_PATTERN, HOST_NAME_PATTERN, conditions, free_form_object,
-    },
+    schema::{API_VERSION_PATTERN, DURATION_PATTERN, HOST_NAME_PATTERN, conditions, free_form_object},
 };
 
 /// Everything about an enrollment except its id and attestation.

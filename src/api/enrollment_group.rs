@@ -5,8 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     enrollment::{
-        CertificatePair, EnrollmentSettings, EnrollmentStatus, RegistrationRecord,
-        SymmetricKeyAttestation,
+        CertificatePair, EnrollmentSettings, EnrollmentStatus, RegistrationRecord, SymmetricKeyAttestation,
     },
     schema::{DPS_ID_PATTERN, refuse_property},
 };

@@ -6,8 +6,7 @@ use serde_json::{Map, Value};
 
 use super::{
     enrollment::{
-        CertificatePair, EnrollmentSettings, EnrollmentStatus, RegistrationRecord,
-        SymmetricKeyAttestation,
+        CertificatePair, EnrollmentSettings, EnrollmentStatus, RegistrationRecord, SymmetricKeyAttestation,
     },
     schema::{BASE64_PATTERN, DEVICE_ID_PATTERN, DPS_ID_PATTERN, free_form_object},
 };

@@ -37,13 +37,10 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         IndividualEnrollment::crd(),
     ];
     for version in crds.iter_mut().flat_map(|crd| crd.spec.versions.iter_mut()) {
-        if let Some(schema) = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
+        if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
             let mut json = serde_json::to_value(&*schema).expect("a CRD schema serializes to JSON");
             schema::drop_nullable(&mut json);
+            schema::unwrap_descriptions(&mut json);
             *schema = serde_json::from_value(json).expect("a CRD schema deserializes from JSON");
         }
     }
@@ -55,23 +52,13 @@ pub fn crd_files() -> Vec<(String, String)> {
     crds()
         .iter()
         .map(|crd| {
-            let name = crd
-                .metadata
-                .name
-                .as_deref()
-                .expect("a generated CRD has a name");
-            (
-                format!("{name}.yaml"),
-                serde_yaml_ng::to_string(crd).expect("a CRD serializes to YAML"),
-            )
+            let name = crd.metadata.name.as_deref().expect("a generated CRD has a name");
+            (format!("{name}.yaml"), serde_yaml_ng::to_string(crd).expect("a CRD serializes to YAML"))
         })
         .collect()
 }
 
 /// All CRDs as one multi-document YAML stream, as `dps-operator crds` prints it.
 pub fn crds_yaml() -> String {
-    crd_files()
-        .into_iter()
-        .map(|(_, yaml)| format!("---\n{yaml}"))
-        .collect()
+    crd_files().into_iter().map(|(_, yaml)| format!("---\n{yaml}")).collect()
 }

@@ -38,16 +38,8 @@ use super::{
         description = "The DPS service host name",
         json_path = ".status.host"
     ),
-    printcolumn(
-        name = "Credentials",
-        type_ = "string",
-        json_path = ".status.credentials"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Credentials", type_ = "string", json_path = ".status.credentials"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.host) || has(self.credentials.connectionStringSecretRef)")
     .message("spec.host is required unless the credentials are a connection string, which names the host")
@@ -91,16 +83,8 @@ pub struct ProvisioningServiceSpec {
         description = "The DPS service host name",
         json_path = ".status.host"
     ),
-    printcolumn(
-        name = "Credentials",
-        type_ = "string",
-        json_path = ".status.credentials"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Credentials", type_ = "string", json_path = ".status.credentials"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.host) || has(self.credentials.connectionStringSecretRef)")
     .message("spec.host is required unless the credentials are a connection string, which names the host")

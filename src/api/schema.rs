@@ -4,8 +4,7 @@
 use schemars::{Schema, generate::SchemaGenerator, json_schema};
 
 /// DNS-1123 subdomain: what Kubernetes accepts as the name of a Secret, ConfigMap or custom resource.
-pub const DNS_SUBDOMAIN_PATTERN: &str =
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// A key in a Secret's or ConfigMap's data.
 pub const DATA_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
@@ -18,7 +17,8 @@ pub const DPS_ID_PATTERN: &str = r"^[A-Za-z0-9\-._:]*[A-Za-z0-9\-]$";
 pub const DEVICE_ID_PATTERN: &str = r"^[A-Za-z0-9\-.+%_#*?!(),=@$']+$";
 
 /// A DNS host name with at least two labels, e.g. `contoso.azure-devices.net`.
-pub const HOST_NAME_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$";
+pub const HOST_NAME_PATTERN: &str =
+    r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$";
 
 /// A Go-style duration such as `30s`, `10m` or `1h30m`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
@@ -45,8 +45,7 @@ pub fn free_form_object(_: &mut SchemaGenerator) -> Schema {
 
 /// `metav1.Condition` list, merged by `type` under server-side apply.
 pub fn conditions(generator: &mut SchemaGenerator) -> Schema {
-    let condition =
-        generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>();
+    let condition = generator.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>();
     json_schema!({
         "type": "array",
         "description": "The latest observations of the resource's state. `Ready` summarises it; \
@@ -77,6 +76,28 @@ pub fn drop_nullable(schema: &mut serde_json::Value) {
     }
 }
 
+/// Joins the lines of each paragraph of every `description`: doc comments are wrapped for the
+/// source, while `kubectl explain` wraps text to the terminal itself.
+pub fn unwrap_descriptions(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(object) => {
+            if let Some(serde_json::Value::String(description)) = object.get_mut("description") {
+                *description = unwrap_paragraphs(description);
+            }
+            object.values_mut().for_each(unwrap_descriptions);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+fn unwrap_paragraphs(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| paragraph.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
 /// Adds `property` to an object schema only so that setting it is refused with `message`.
 ///
 /// Unknown fields are silently pruned for clients that do not ask for strict field validation,
@@ -92,17 +113,15 @@ pub fn refuse_property(
     message: &str,
 ) {
     let object = schema.ensure_object();
-    let properties = object
-        .entry("properties")
-        .or_insert_with(|| serde_json::Value::Object(Default::default()));
+    let properties =
+        object.entry("properties").or_insert_with(|| serde_json::Value::Object(Default::default()));
     if let Some(properties) = properties.as_object_mut() {
         let mut property_schema = property_schema;
         property_schema["description"] = description.into();
         properties.insert(property.to_owned(), property_schema);
     }
-    let rules = object
-        .entry("x-kubernetes-validations")
-        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    let rules =
+        object.entry("x-kubernetes-validations").or_insert_with(|| serde_json::Value::Array(Vec::new()));
     if let Some(rules) = rules.as_array_mut() {
         rules.push(serde_json::json!({
             "rule": format!("!has(self.{property})"),
@@ -142,6 +161,18 @@ mod tests {
     }
 
     #[test]
+    fn unwrap_descriptions_joins_lines_within_paragraphs_only() {
+        let mut schema = json!({
+            "description": "First line\nsecond line.\n\nNext paragraph\n  indented.",
+            "properties": {"a": {"description": "one\ntwo"}, "description": {"type": "string"}},
+        });
+        unwrap_descriptions(&mut schema);
+        assert_eq!(schema["description"], json!("First line second line.\n\nNext paragraph indented."));
+        assert_eq!(schema["properties"]["a"]["description"], json!("one two"));
+        assert_eq!(schema["properties"]["description"], json!({"type": "string"}));
+    }
+
+    #[test]
     fn refuse_property_declares_the_field_and_a_rule_naming_it() {
         let mut schema = Schema::from(
             json!({"type": "object", "properties": {"name": {"type": "string"}}})
@@ -157,10 +188,7 @@ mod tests {
             "remove namespace",
         );
         let value = schema.to_value();
-        assert_eq!(
-            value["properties"]["namespace"],
-            json!({"type": "string", "description": "not allowed"})
-        );
+        assert_eq!(value["properties"]["namespace"], json!({"type": "string", "description": "not allowed"}));
         assert_eq!(value["properties"]["name"]["type"], json!("string"));
         let rule = &value["x-kubernetes-validations"][0];
         assert_eq!(rule["rule"], json!("!has(self.namespace)"));

@@ -31,20 +31,13 @@ impl Tools {
         let dir = match std::env::var_os(Self::DIR_ENV) {
             Some(dir) => PathBuf::from(dir),
             None => {
-                let script =
-                    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-tools");
+                let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-tools");
                 let output = Command::new(&script)
                     .stderr(Stdio::inherit())
                     .output()
-                    .map_err(|source| Error::Spawn {
-                        what: script.display().to_string(),
-                        source,
-                    })?;
+                    .map_err(|source| Error::Spawn { what: script.display().to_string(), source })?;
                 if !output.status.success() {
-                    return Err(Error::ToolsNotInstalled {
-                        script,
-                        status: output.status.to_string(),
-                    });
+                    return Err(Error::ToolsNotInstalled { script, status: output.status.to_string() });
                 }
                 PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
             }
@@ -52,13 +45,15 @@ impl Tools {
         let tools = Self { dir };
         for name in ["etcd", "kube-apiserver", "kubectl", "helm"] {
             if !tools.binary(name).is_file() {
-                return Err(Error::ToolMissing {
-                    name,
-                    dir: tools.dir.clone(),
-                });
+                return Err(Error::ToolMissing { name, dir: tools.dir.clone() });
             }
         }
         Ok(tools)
+    }
+
+    /// The directory that holds the binaries.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn binary(&self, name: &str) -> PathBuf {
@@ -88,21 +83,16 @@ impl ControlPlane {
     /// ready. Fails, never skips, when either cannot start.
     pub fn start(tools: Tools) -> Result<Self, Error> {
         remove_abandoned_dirs();
-        let dir = std::env::temp_dir().join(format!(
-            "{DIR_PREFIX}{}-{}",
-            std::process::id(),
-            unique_suffix()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{}", std::process::id(), unique_suffix()));
         fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
         let etcd_port = free_port()?;
         let api_port = free_port()?;
         let server = format!("https://127.0.0.1:{api_port}");
 
         let ca = CertificateAuthority::new("dps-operator-local-ca")?;
-        let serving = ca.issue_server(
-            "kube-apiserver",
-            &["127.0.0.1", "localhost", "kubernetes.default.svc"],
-        )?;
+        let serving =
+            ca.issue_server("kube-apiserver", &["127.0.0.1", "localhost", "kubernetes.default.svc"])?;
         let admin = ca.issue_client("dps-operator-local-admin", Some("system:masters"))?;
         let service_account_key = rcgen::KeyPair::generate()?;
         let write = |name: &str, contents: &str| -> Result<PathBuf, Error> {
@@ -117,17 +107,17 @@ impl ControlPlane {
         let admin_key = write("admin.key", &admin.key_pem)?;
         let sa_signing_key = write("service-account.key", &service_account_key.serialize_pem())?;
         let sa_public_key = write("service-account.pub", &service_account_key.public_key_pem())?;
-        let kubeconfig = write(
-            "kubeconfig",
-            &kubeconfig_yaml(&server, &ca_file, &admin_cert, &admin_key),
-        )?;
+        let admin_user = format!(
+            "    client-certificate: {}\n    client-key: {}\n",
+            admin_cert.display(),
+            admin_key.display()
+        );
+        let kubeconfig = write("kubeconfig", &kubeconfig_yaml(&server, &ca_file, &admin_user))?;
 
         let mut etcd = Command::new(tools.binary("etcd"));
         etcd.arg(format!("--data-dir={}", dir.join("etcd").display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-            .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
-            ))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"))
             .arg("--listen-peer-urls=http://127.0.0.1:0")
             .arg("--unsafe-no-fsync=true")
             .arg("--log-level=warn");
@@ -144,27 +134,14 @@ impl ControlPlane {
             .arg(format!("--client-ca-file={}", ca_file.display()))
             .arg("--authorization-mode=Node,RBAC")
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
-            .arg(format!(
-                "--service-account-key-file={}",
-                sa_public_key.display()
-            ))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                sa_signing_key.display()
-            ))
+            .arg(format!("--service-account-key-file={}", sa_public_key.display()))
+            .arg(format!("--service-account-signing-key-file={}", sa_signing_key.display()))
             .arg("--service-cluster-ip-range=10.96.0.0/16")
             .arg("--allow-privileged=true");
 
         let logs = [dir.join("etcd.log"), dir.join("kube-apiserver.log")];
-        let processes =
-            spawn_tied_to_process(vec![(etcd, logs[0].clone()), (apiserver, logs[1].clone())])?;
-        let control_plane = Self {
-            tools,
-            dir,
-            kubeconfig,
-            server,
-            processes: Mutex::new(processes),
-        };
+        let processes = spawn_tied_to_process(vec![(etcd, logs[0].clone()), (apiserver, logs[1].clone())])?;
+        let control_plane = Self { tools, dir, kubeconfig, server, processes: Mutex::new(processes) };
         control_plane.wait_until_ready(&logs)?;
         Ok(control_plane)
     }
@@ -182,6 +159,19 @@ impl ControlPlane {
     /// The binaries this control plane runs with.
     pub fn tools(&self) -> &Tools {
         &self.tools
+    }
+
+    /// Writes a kubeconfig named `name` that authenticates with a bearer `token` only (for example a
+    /// service account token from `kubectl create token`), to act as someone other than admin.
+    pub fn token_kubeconfig(&self, name: &str, token: &str) -> Result<PathBuf, Error> {
+        let path = self.dir.join(format!("{name}.kubeconfig"));
+        let yaml = kubeconfig_yaml(
+            &self.server,
+            &self.dir.join("ca.crt"),
+            &format!("    token: {}\n", token.trim()),
+        );
+        fs::write(&path, yaml).map_err(|source| Error::io("write", &path, source))?;
+        Ok(path)
     }
 
     /// A `kubectl` command talking to this control plane as admin.
@@ -207,11 +197,9 @@ impl ControlPlane {
     /// runtime it was made in.
     pub async fn client(&self) -> Result<kube::Client, Error> {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
-        let config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+                .await?;
         Ok(kube::Client::try_from(config)?)
     }
 
@@ -219,19 +207,11 @@ impl ControlPlane {
     pub fn install_crds(&self) -> Result<(), Error> {
         let yaml = crate::api::crds_yaml();
         run(
-            self.kubectl().args([
-                "apply",
-                "--server-side",
-                "--field-manager=dps-operator",
-                "-f",
-                "-",
-            ]),
+            self.kubectl().args(["apply", "--server-side", "--field-manager=dps-operator", "-f", "-"]),
             Some(&yaml),
         )?;
-        let names: Vec<String> = crate::api::crds()
-            .iter()
-            .filter_map(|crd| crd.metadata.name.clone())
-            .collect();
+        let names: Vec<String> =
+            crate::api::crds().iter().filter_map(|crd| crd.metadata.name.clone()).collect();
         let mut wait = self.kubectl();
         wait.args(["wait", "--for=condition=Established", "--timeout=60s"]);
         wait.args(names.iter().map(|name| format!("crd/{name}")));
@@ -292,28 +272,14 @@ impl Drop for ControlPlane {
 pub fn run(command: &mut Command, stdin: Option<&str>) -> Result<String, Error> {
     let what = format!("{command:?}");
     command
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(|source| Error::Spawn {
-        what: what.clone(),
-        source,
-    })?;
+    let mut child = command.spawn().map_err(|source| Error::Spawn { what: what.clone(), source })?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .map_err(|source| Error::Spawn {
-                what: what.clone(),
-                source,
-            })?;
+        pipe.write_all(input.as_bytes()).map_err(|source| Error::Spawn { what: what.clone(), source })?;
     }
-    let output = child.wait_with_output().map_err(|source| Error::Spawn {
-        what: what.clone(),
-        source,
-    })?;
+    let output = child.wait_with_output().map_err(|source| Error::Spawn { what: what.clone(), source })?;
     if !output.status.success() {
         return Err(Error::CommandFailed {
             what,
@@ -323,39 +289,31 @@ pub fn run(command: &mut Command, stdin: Option<&str>) -> Result<String, Error> 
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn kubeconfig_yaml(server: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+/// A kubeconfig for `server`, trusting `ca`, with `user` the YAML of the user's credentials.
+fn kubeconfig_yaml(server: &str, ca: &Path, user: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
-         users:\n- name: admin\n  user:\n    client-certificate: {cert}\n    client-key: {key}\n\
-         contexts:\n- name: local\n  context:\n    cluster: local\n    user: admin\n    namespace: default\n\
+         users:\n- name: user\n  user:\n{user}\
+         contexts:\n- name: local\n  context:\n    cluster: local\n    user: user\n    namespace: default\n\
          current-context: local\n",
         ca = ca.display(),
-        cert = cert.display(),
-        key = key.display(),
     )
 }
 
 fn free_port() -> Result<u16, Error> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .map_err(|source| Error::io("bind", Path::new("127.0.0.1:0"), source))?;
-    let port = listener
-        .local_addr()
-        .map_err(|source| Error::io("bind", Path::new("127.0.0.1:0"), source))?
-        .port();
+    let port =
+        listener.local_addr().map_err(|source| Error::io("bind", Path::new("127.0.0.1:0"), source))?.port();
     Ok(port)
 }
 
 fn unique_suffix() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }
 
 fn component_name(log: &Path) -> String {
-    log.file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    log.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// The last lines of a log file, for an error message.
@@ -372,10 +330,7 @@ fn remove_abandoned_dirs() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(DIR_PREFIX)
-            .and_then(|rest| rest.split('-').next())
-        else {
+        let Some(pid) = name.strip_prefix(DIR_PREFIX).and_then(|rest| rest.split('-').next()) else {
             continue;
         };
         if !Path::new("/proc").join(pid).exists() {
@@ -384,10 +339,7 @@ fn remove_abandoned_dirs() {
     }
 }
 
-type SpawnRequest = (
-    Vec<(Command, PathBuf)>,
-    mpsc::Sender<io::Result<Vec<Child>>>,
-);
+type SpawnRequest = (Vec<(Command, PathBuf)>, mpsc::Sender<io::Result<Vec<Child>>>);
 
 /// Spawns the commands (output to the given log files) so that they die with this process, however
 /// it ends: the kernel sends them SIGKILL when the spawning thread exits (`PR_SET_PDEATHSIG`), so
@@ -401,10 +353,7 @@ fn spawn_tied_to_process(commands: Vec<(Command, PathBuf)>) -> Result<Vec<Child>
             .spawn(move || {
                 for (commands, reply) in incoming {
                     let _ = reply.send(
-                        commands
-                            .into_iter()
-                            .map(|(command, log)| spawn_logged(command, &log))
-                            .collect(),
+                        commands.into_iter().map(|(command, log)| spawn_logged(command, &log)).collect(),
                     );
                 }
                 // Every sender is static, so this is only reached at exit; park in case it is not.
@@ -424,20 +373,14 @@ fn spawn_tied_to_process(commands: Vec<(Command, PathBuf)>) -> Result<Vec<Child>
     response
         .recv()
         .map_err(|_| Error::SpawnerGone)?
-        .map_err(|source| Error::Spawn {
-            what: "control plane".into(),
-            source,
-        })
+        .map_err(|source| Error::Spawn { what: "control plane".into(), source })
 }
 
 #[allow(unsafe_code)]
 fn spawn_logged(mut command: Command, log: &Path) -> io::Result<Child> {
     use std::os::unix::process::CommandExt;
     let out = fs::File::create(log)?;
-    command
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out);
+    command.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
     // SAFETY: the closure runs in the forked child before exec and only calls prctl, which is
     // async-signal-safe and touches no memory shared with the parent.
     unsafe {

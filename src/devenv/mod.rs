@@ -33,11 +33,7 @@ pub enum Error {
     CommandFailed { what: String, stderr: String },
 
     #[error("{what} did not become ready: {detail}; last lines of its log:\n{log_tail}")]
-    NotReady {
-        what: String,
-        detail: String,
-        log_tail: String,
-    },
+    NotReady { what: String, detail: String, log_tail: String },
 
     #[error("could not {action} {path}")]
     Io {
@@ -59,11 +55,7 @@ pub enum Error {
 
 impl Error {
     fn io(action: &'static str, path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            action,
-            path: path.to_owned(),
-            source,
-        }
+        Self::Io { action, path: path.to_owned(), source }
     }
 }
 
@@ -73,18 +65,8 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
     let control_plane = ControlPlane::start(Tools::locate()?)?;
     control_plane.install_crds()?;
     let examples = examples.display().to_string();
-    run(
-        control_plane
-            .kubectl()
-            .args(["apply", "--server-side", "-n", namespace, "-f", &examples]),
-        None,
-    )?;
-    let resources = run(
-        control_plane
-            .kubectl()
-            .args(["get", "dps", "--all-namespaces"]),
-        None,
-    )?;
+    run(control_plane.kubectl().args(["apply", "--server-side", "-n", namespace, "-f", &examples]), None)?;
+    let resources = run(control_plane.kubectl().args(["get", "dps", "--all-namespaces"]), None)?;
     println!(
         "A local Kubernetes API server is running at {server} with the dps-operator CRDs installed and \
          the manifests from {examples} applied:\n\n{resources}\nUse it from another terminal with:\n\n    \

@@ -2,8 +2,8 @@
 //! certificate and the admin's client certificate, so TLS is verified end to end.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+    KeyPair, KeyUsagePurpose,
 };
 
 /// A PEM certificate and its PEM private key.
@@ -23,17 +23,11 @@ impl CertificateAuthority {
         let mut params = CertificateParams::new(Vec::new())?;
         params.distinguished_name = name(common_name, None);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate()?;
         let certificate_pem = params.self_signed(&key)?.pem();
-        Ok(Self {
-            issuer: Issuer::new(params, key),
-            certificate_pem,
-        })
+        Ok(Self { issuer: Issuer::new(params, key), certificate_pem })
     }
 
     /// A serving certificate for the given DNS names and IP addresses.
@@ -42,12 +36,8 @@ impl CertificateAuthority {
         common_name: &str,
         subject_alt_names: &[&str],
     ) -> Result<CertifiedKey, rcgen::Error> {
-        let mut params = CertificateParams::new(
-            subject_alt_names
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>(),
-        )?;
+        let mut params =
+            CertificateParams::new(subject_alt_names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name = name(common_name, None);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(params)
@@ -67,16 +57,10 @@ impl CertificateAuthority {
     }
 
     fn issue(&self, mut params: CertificateParams) -> Result<CertifiedKey, rcgen::Error> {
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &self.issuer)?;
-        Ok(CertifiedKey {
-            certificate_pem: certificate.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(CertifiedKey { certificate_pem: certificate.pem(), key_pem: key.serialize_pem() })
     }
 }
 

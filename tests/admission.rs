@@ -1,0 +1,362 @@
+//! The CRDs on a real API server: what is admitted, what is refused and with which message, and
+//! how the resources look in kubectl.
+
+mod support;
+
+use std::{fs, path::Path};
+
+use serde_json::{Value, json};
+use support::{kubectl, kubectl_ok, namespace};
+
+fn manifest_dir(relative: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn yaml_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn yaml_to_json(yaml: &str) -> Value {
+    serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("invalid YAML: {e}\n{yaml}"))
+}
+
+/// The object a manifest describes, as the API server stores it.
+fn stored(manifest: &Value, namespace: &str) -> Value {
+    let kind = manifest["kind"].as_str().expect("manifest has a kind");
+    let name = manifest["metadata"]["name"].as_str().expect("manifest has a name");
+    let resource = format!("{}.dps.iot.dev/{name}", kind.to_lowercase());
+    serde_json::from_str(&kubectl_ok(&["get", &resource, "-n", namespace, "-o", "json"]))
+        .expect("kubectl prints JSON")
+}
+
+#[test]
+fn every_example_is_admitted_and_reads_back_equal() {
+    let namespace = namespace("examples");
+    let examples = yaml_files(&manifest_dir("examples"));
+    let kinds: std::collections::BTreeSet<String> = examples
+        .iter()
+        .map(|path| yaml_to_json(&fs::read_to_string(path).unwrap())["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds.into_iter().collect::<Vec<_>>(),
+        ["ClusterProvisioningService", "EnrollmentGroup", "IndividualEnrollment", "ProvisioningService"],
+        "examples/ should show every kind"
+    );
+
+    for path in examples {
+        let yaml = fs::read_to_string(&path).unwrap();
+        let manifest = yaml_to_json(&yaml);
+        let applied = kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml));
+        assert!(applied.success, "{} was refused: {}", path.display(), applied.stderr);
+
+        let stored = stored(&manifest, &namespace);
+        assert_eq!(stored["spec"], manifest["spec"], "{} reads back different", path.display());
+        assert_eq!(stored["metadata"]["name"], manifest["metadata"]["name"]);
+    }
+}
+
+#[test]
+fn examples_show_every_attestation_kind_of_each_enrollment_kind() {
+    let mut seen = std::collections::BTreeSet::new();
+    for path in yaml_files(&manifest_dir("examples")) {
+        let manifest = yaml_to_json(&fs::read_to_string(&path).unwrap());
+        let kind = manifest["kind"].as_str().unwrap().to_owned();
+        if let Some(attestation) = manifest["spec"]["attestation"].as_object() {
+            for (attestation_kind, settings) in attestation {
+                let detail = settings.as_object().and_then(|s| s.keys().next().cloned()).unwrap_or_default();
+                seen.insert(format!("{kind}/{attestation_kind}/{detail}"));
+            }
+        }
+    }
+    let expected = [
+        "EnrollmentGroup/symmetricKey/secretRef",
+        "EnrollmentGroup/x509/caReferences",
+        "EnrollmentGroup/x509/signingCertificates",
+        "IndividualEnrollment/symmetricKey/secretRef",
+        "IndividualEnrollment/tpm/endorsementKey",
+        "IndividualEnrollment/x509/clientCertificates",
+    ];
+    assert_eq!(seen.iter().map(String::as_str).collect::<Vec<_>>(), expected);
+}
+
+/// One case of the invalid corpus in `tests/invalid/`.
+///
+/// A case file starts with `# field: <path>` (the field the error must name) and
+/// `# message: <text>` lines (text the error must contain). Its last YAML document is the one that
+/// must be refused; documents before it are applied first and must be admitted, so a case can
+/// test an update.
+struct InvalidCase {
+    name: String,
+    field: String,
+    messages: Vec<String>,
+    setup: Vec<String>,
+    refused: String,
+}
+
+impl InvalidCase {
+    fn load(path: &Path) -> Self {
+        let text = fs::read_to_string(path).unwrap();
+        let header = |key: &str| -> Vec<String> {
+            text.lines()
+                .filter_map(|line| line.strip_prefix(&format!("# {key}: ")))
+                .map(str::to_owned)
+                .collect()
+        };
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let field =
+            header("field").into_iter().next().unwrap_or_else(|| panic!("{name} has no `# field:` line"));
+        let messages = header("message");
+        assert!(!messages.is_empty(), "{name} has no `# message:` line");
+        let mut documents: Vec<String> = text
+            .split("\n---\n")
+            .map(str::to_owned)
+            .filter(|doc| doc.lines().any(|line| !line.trim().is_empty() && !line.starts_with('#')))
+            .collect();
+        let refused = documents.pop().unwrap_or_else(|| panic!("{name} has no manifest"));
+        Self { name, field, messages, setup: documents, refused }
+    }
+}
+
+#[test]
+fn every_invalid_manifest_is_refused_with_a_message_naming_the_field() {
+    let cases: Vec<InvalidCase> =
+        yaml_files(&manifest_dir("tests/invalid")).iter().map(|p| InvalidCase::load(p)).collect();
+    assert!(cases.len() >= 40, "the invalid corpus has only {} cases", cases.len());
+
+    let mut failures = Vec::new();
+    for case in &cases {
+        let namespace = namespace("invalid");
+        for setup in &case.setup {
+            let applied = kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(setup));
+            assert!(applied.success, "{}: a setup document was refused: {}", case.name, applied.stderr);
+        }
+        let before = case.setup.last().map(|setup| stored(&yaml_to_json(setup), &namespace));
+
+        let attempt = kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&case.refused));
+        if attempt.success {
+            failures.push(format!("{}: was admitted", case.name));
+            continue;
+        }
+        let error = &attempt.stderr;
+        if !error.contains(&case.field) {
+            failures.push(format!("{}: the error does not name {}: {error}", case.name, case.field));
+        }
+        for message in &case.messages {
+            if !error.contains(message.as_str()) {
+                failures.push(format!("{}: the error does not say {message:?}: {error}", case.name));
+            }
+        }
+        if let Some(before) = before {
+            let after = stored(&yaml_to_json(&case.refused), &namespace);
+            assert_eq!(after["spec"], before["spec"], "{}: a refused update changed the object", case.name);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} invalid manifests were not refused as expected:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// `kubectl explain` output with kubectl's own line wrapping undone.
+fn explain(field: &str) -> String {
+    kubectl_ok(&["explain", field]).split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn kubectl_explain_shows_the_field_docs() {
+    let attestation = explain("enrollmentgroup.spec.attestation");
+    for text in [
+        "How devices in the group prove their identity",
+        "symmetricKey",
+        "Devices derive their key from the group key",
+        "x509",
+        "signing certificate or a CA certificate",
+    ] {
+        assert!(attestation.contains(text), "explain lacks {text:?}:\n{attestation}");
+    }
+
+    let endorsement_key =
+        kubectl_ok(&["explain", "individualenrollment.spec.attestation.tpm.endorsementKey"]);
+    assert!(endorsement_key.contains("The TPM endorsement key"), "{endorsement_key}");
+
+    let credentials = explain("provisioningservice.spec.credentials");
+    assert!(credentials.contains("shared access policy connection string"), "{credentials}");
+}
+
+#[test]
+fn the_dps_category_and_short_names_list_every_kind() {
+    let namespace = namespace("names");
+    for example in
+        ["provisioningservice.yaml", "enrollmentgroup-symmetric-key.yaml", "individualenrollment-tpm.yaml"]
+    {
+        let yaml = fs::read_to_string(manifest_dir("examples").join(example)).unwrap();
+        let applied = kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml));
+        assert!(applied.success, "{}", applied.stderr);
+    }
+    let cluster_yaml = fs::read_to_string(manifest_dir("examples/clusterprovisioningservice.yaml")).unwrap();
+    let cluster_yaml = cluster_yaml.replace("name: contoso-factory-dps", "name: names-category-test");
+    assert!(kubectl(&["apply", "--server-side", "-f", "-"], Some(&cluster_yaml)).success);
+
+    let all = kubectl_ok(&["get", "dps", "-A", "-o", "name"]);
+    for expected in [
+        "provisioningservice.dps.iot.dev/contoso-dps",
+        "clusterprovisioningservice.dps.iot.dev/names-category-test",
+        "enrollmentgroup.dps.iot.dev/thermostats",
+        "individualenrollment.dps.iot.dev/kiosk-3",
+    ] {
+        assert!(all.contains(expected), "`kubectl get dps` lacks {expected}:\n{all}");
+    }
+
+    for (short_name, name) in [
+        ("dpssvc", "contoso-dps"),
+        ("eg", "thermostats"),
+        ("dpseg", "thermostats"),
+        ("ie", "kiosk-3"),
+        ("dpsie", "kiosk-3"),
+    ] {
+        let listed = kubectl_ok(&["get", short_name, "-n", &namespace, "-o", "name"]);
+        assert!(listed.contains(name), "`kubectl get {short_name}` lacks {name}: {listed}");
+    }
+    assert!(kubectl_ok(&["get", "cdpssvc", "-o", "name"]).contains("names-category-test"));
+}
+
+#[test]
+fn printer_columns_show_ready_reason_id_and_attestation_from_status() {
+    let namespace = namespace("columns");
+    let yaml = fs::read_to_string(manifest_dir("examples/enrollmentgroup-symmetric-key.yaml")).unwrap();
+    assert!(kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
+
+    let status = json!({
+        "apiVersion": "dps.iot.dev/v1alpha1",
+        "kind": "EnrollmentGroup",
+        "metadata": {"name": "thermostats"},
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "Synced",
+                "message": "DPS holds the enrollment group as specified.",
+                "lastTransitionTime": "2026-11-26T08:00:00Z", "observedGeneration": 1,
+            }],
+            "enrollmentGroupId": "thermostats-2026",
+            "attestation": "symmetricKey",
+        },
+    });
+    let patched = kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            "--field-manager=dps-operator",
+            "-n",
+            &namespace,
+            "-f",
+            "-",
+        ],
+        Some(&status.to_string()),
+    );
+    assert!(patched.success, "{}", patched.stderr);
+
+    let table = kubectl_ok(&["get", "enrollmentgroup", "thermostats", "-n", &namespace]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "REASON", "GROUP", "ID", "ATTESTATION", "AGE"]);
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..5], ["thermostats", "True", "Synced", "thermostats-2026", "symmetricKey"]);
+}
+
+/// Writing every status field with server-side apply and reading it back proves the status schema
+/// holds everything the operator reports (a field missing from the schema would be pruned).
+#[tokio::test]
+async fn a_complete_status_survives_the_status_subresource() {
+    use dps_operator::api::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+    use kube::api::{Api, Patch, PatchParams};
+
+    let namespace = namespace("status");
+    let yaml = fs::read_to_string(manifest_dir("examples/individualenrollment-x509.yaml")).unwrap();
+    assert!(kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
+    let yaml = fs::read_to_string(manifest_dir("examples/enrollmentgroup-symmetric-key.yaml")).unwrap();
+    assert!(kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
+
+    let time = |s: &str| Time(s.parse().unwrap());
+    let certificate = CertificateInfo {
+        subject: "CN=sensor-7, O=Contoso".into(),
+        issuer: "CN=Contoso Devices CA".into(),
+        serial_number: "0A1B2C".into(),
+        sha1_thumbprint: "A".repeat(40),
+        sha256_thumbprint: "B".repeat(64),
+        not_before: time("2026-01-01T00:00:00Z"),
+        not_after: time("2027-01-01T00:00:00Z"),
+    };
+    let registration = RegistrationRecord {
+        registration_id: "sensor-7".into(),
+        status: "assigned".into(),
+        substatus: Some("initialAssignment".into()),
+        device_id: Some("sensor-7".into()),
+        assigned_hub: Some("contoso-west.azure-devices.net".into()),
+        last_updated_time: Some(time("2026-11-26T08:00:00Z")),
+        error_code: Some(401002),
+        error_message: Some("an earlier attempt failed".into()),
+    };
+    let enrollment = EnrollmentStatus {
+        observed_generation: Some(1),
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Synced".into(),
+            message: "DPS holds the enrollment as specified.".into(),
+            last_transition_time: time("2026-11-26T08:00:00Z"),
+            observed_generation: Some(1),
+        }],
+        attestation: Some(AttestationKind::X509),
+        etag: Some("\"IjA2MDA4ZTYyIg==\"".into()),
+        created_time: Some(time("2026-11-26T07:00:00Z")),
+        last_updated_time: Some(time("2026-11-26T08:00:00Z")),
+        certificates: Some(CertificatesStatus {
+            primary: Some(certificate.clone()),
+            secondary: Some(certificate),
+        }),
+        drift: vec!["allocationPolicy".into()],
+    };
+    let client = support::control_plane().client().await.expect("client");
+    let params = PatchParams::apply("dps-operator").force();
+
+    let individual_status = IndividualEnrollmentStatus {
+        enrollment: enrollment.clone(),
+        registration_id: Some("sensor-7".into()),
+        registration: Some(registration.clone()),
+    };
+    let api: Api<IndividualEnrollment> = Api::namespaced(client.clone(), &namespace);
+    let patch = json!({"apiVersion": "dps.iot.dev/v1alpha1", "kind": "IndividualEnrollment", "status": individual_status});
+    let written = api.patch_status("sensor-7", &params, &Patch::Apply(&patch)).await.expect("status written");
+    assert_eq!(written.status, Some(individual_status));
+
+    let group_status = EnrollmentGroupStatus {
+        enrollment,
+        enrollment_group_id: Some("thermostats-2026".into()),
+        registrations: Some(RegistrationSummary {
+            total: 6,
+            assigned: 1,
+            assigning: 1,
+            unassigned: 1,
+            failed: 2,
+            disabled: 1,
+            latest: vec![registration],
+        }),
+    };
+    let api: Api<EnrollmentGroup> = Api::namespaced(client, &namespace);
+    let patch =
+        json!({"apiVersion": "dps.iot.dev/v1alpha1", "kind": "EnrollmentGroup", "status": group_status});
+    let written =
+        api.patch_status("thermostats", &params, &Patch::Apply(&patch)).await.expect("status written");
+    assert_eq!(written.status, Some(group_status));
+}
