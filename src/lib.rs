@@ -5,3 +5,9 @@ pub mod controller;
 pub mod devenv;
 pub mod dps;
 pub mod emulator;
+
+/// Makes ring, the only TLS crypto provider compiled in, the process's default, unless one is
+/// installed already. Everything here that opens or serves TLS calls it first.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -32,9 +32,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .map_err(|_| anyhow::anyhow!("a TLS crypto provider was already installed"))?;
+    dps_operator::install_crypto_provider();
     match Cli::parse().command {
         Command::Crds { dirs } if dirs.is_empty() => print!("{}", dps_operator::api::crds_yaml()),
         Command::Crds { dirs } => {

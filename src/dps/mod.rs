@@ -1,1 +1,11 @@
-//! The DPS service API client.
+//! The DPS service API client (api-version 2021-10-01): wire models, authentication, errors and
+//! pacing.
+
+pub mod auth;
+mod client;
+mod error;
+pub mod models;
+pub mod rate_limit;
+
+pub use client::{API_VERSION, BuildError, Client, ClientConfig, Enrollment, IfMatch, MAX_BULK_ITEMS};
+pub use error::{Error, RetryClass};
