@@ -1,10 +1,12 @@
 //! dps-operator: manages Azure IoT Hub Device Provisioning Service enrollments from Kubernetes.
 
 pub mod api;
+pub mod certificates;
 pub mod controller;
 pub mod devenv;
 pub mod dps;
 pub mod emulator;
+pub mod pki;
 
 /// Makes ring, the only TLS crypto provider compiled in, the process's default, unless one is
 /// installed already. Everything here that opens or serves TLS calls it first.

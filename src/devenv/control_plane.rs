@@ -13,7 +13,8 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use super::{Error, pki::CertificateAuthority};
+use super::Error;
+use crate::pki::CertificateAuthority;
 
 /// The binaries a control plane needs: etcd, kube-apiserver, kubectl and helm.
 #[derive(Clone, Debug)]

@@ -2,7 +2,6 @@
 //! (and, later, the DPS emulator). `scripts/run-local` and the integration tests use it.
 
 mod control_plane;
-pub mod pki;
 
 use std::path::{Path, PathBuf};
 

@@ -45,6 +45,26 @@ impl RateLimiter {
         wait
     }
 
+    /// Takes a slot now if one is free; otherwise books nothing and returns how long until one
+    /// is. (What a server enforcing the same rate does.)
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        self.try_reserve(Instant::now())
+    }
+
+    fn try_reserve(&self, now: Instant) -> Result<(), Duration> {
+        let interval = *self.interval.lock().unwrap_or_else(|e| e.into_inner());
+        let tolerance = interval * (self.burst - 1);
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        let arrival = (*next).max(now);
+        match arrival.checked_sub(tolerance) {
+            Some(allowed_at) if allowed_at > now => Err(allowed_at - now),
+            _ => {
+                *next = arrival + interval;
+                Ok(())
+            }
+        }
+    }
+
     /// Books the next slot at or after `now` and returns how long until it.
     fn reserve(&self, now: Instant) -> Duration {
         let interval = *self.interval.lock().unwrap_or_else(|e| e.into_inner());
@@ -109,6 +129,16 @@ mod tests {
         let within_a_minute =
             (0..1000).map(|_| limiter.reserve(start)).filter(|wait| *wait < Duration::from_secs(60)).count();
         assert_eq!(within_a_minute, 120 + 12 - 1);
+    }
+
+    #[test]
+    fn try_acquire_refuses_without_booking_when_the_burst_is_spent() {
+        let limiter = RateLimiter::new(60); // one a second, bursts of 6
+        let start = Instant::now();
+        assert!((0..6).all(|_| limiter.try_reserve(start).is_ok()));
+        assert_eq!(limiter.try_reserve(start), Err(Duration::from_secs(1)));
+        assert_eq!(limiter.try_reserve(start), Err(Duration::from_secs(1)), "a refusal books nothing");
+        assert!(limiter.try_reserve(start + Duration::from_secs(1)).is_ok());
     }
 
     #[test]

@@ -1,1 +1,15 @@
-//! A local stand-in for the DPS service API.
+//! A local stand-in for the DPS service API that behaves like DPS for real clients: HTTPS with
+//! its own CA, SAS and Entra ID authentication, etag semantics, keys never returned by reads,
+//! certificate info computed from uploaded certificates, paged queries, bulk operations, quotas,
+//! throttling, fault injection, an admin endpoint and optional persistence.
+
+mod auth;
+mod error;
+mod server;
+mod store;
+mod validation;
+
+pub use auth::AccessPolicy;
+pub use error::ApiError;
+pub use server::{EmulatorConfig, Faults, RunningEmulator, SERVICE_API_VERSIONS, StartError};
+pub use store::{Quotas, Registration, Store};

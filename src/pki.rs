@@ -1,5 +1,5 @@
-//! A throwaway certificate authority for a local control plane: it signs the API server's serving
-//! certificate and the admin's client certificate, so TLS is verified end to end.
+//! Throwaway certificate authorities for local tools (the control plane, the DPS emulator): they
+//! sign serving and client certificates so TLS is verified end to end.
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,

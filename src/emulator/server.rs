@@ -1,0 +1,942 @@
+//! The emulator's HTTP(S) server: the DPS service API, a Microsoft Entra ID token endpoint and an
+//! admin endpoint, with throttling, fault injection and optional persistence.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, Method, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+use super::{
+    auth::{AccessPolicy, verify_sas},
+    error::ApiError,
+    store::{self, Quotas, Record, Registration, Store},
+    validation::random_bytes,
+};
+use crate::{
+    dps::{
+        models::{
+            BulkMode, DeviceRegistrationState, EnrollmentGroup, IndividualEnrollment, QuerySpecification,
+            Timestamp,
+        },
+        rate_limit::RateLimiter,
+    },
+    pki::CertificateAuthority,
+};
+
+/// The service api-versions real clients send.
+pub const SERVICE_API_VERSIONS: &[&str] = &["2018-04-01", "2019-03-31", "2021-10-01", "2025-07-01-preview"];
+
+/// DPS's default page size is not documented; this is the emulator's.
+const DEFAULT_PAGE_SIZE: usize = 100;
+const MAX_PAGE_SIZE: usize = 1000;
+const MAX_BULK_ITEMS: usize = 10;
+const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Faults to inject into service API calls (never into admin or token calls).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Faults {
+    /// Fraction of calls (0 to 1) answered with each HTTP status, e.g. `{"503": 0.5}`.
+    #[serde(default)]
+    pub error_rates: BTreeMap<u16, f64>,
+    /// Delay added to every call.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Fraction of calls whose connection is closed without an answer.
+    #[serde(default)]
+    pub drop_rate: f64,
+}
+
+/// How the emulator runs.
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    pub listen: SocketAddr,
+    /// Serve HTTPS with a certificate from a CA the emulator generates (else plain HTTP).
+    pub tls: bool,
+    /// The host name clients use; `localhost:<port>` when not set.
+    pub host_name: Option<String>,
+    pub policies: Vec<AccessPolicy>,
+    pub quotas: Quotas,
+    /// IoT hubs linked to this "DPS"; enrollments may only name these. Any hub when not set.
+    pub linked_hubs: Option<Vec<String>>,
+    /// Service API calls allowed per minute; 429 with Retry-After beyond that. Unlimited if unset.
+    pub operations_per_minute: Option<u32>,
+    pub faults: Faults,
+    /// Keep the state in this file, so it survives a restart.
+    pub state_file: Option<PathBuf>,
+    /// Entra ID application ids that may get tokens; any when not set.
+    pub entra_client_ids: Option<Vec<String>>,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: true,
+            host_name: None,
+            policies: vec![AccessPolicy {
+                name: "provisioningserviceowner".into(),
+                primary_key: random_bytes::<32>().to_vec(),
+                secondary_key: random_bytes::<32>().to_vec(),
+            }],
+            quotas: Quotas::default(),
+            linked_hubs: None,
+            operations_per_minute: None,
+            faults: Faults::default(),
+            state_file: None,
+            entra_client_ids: None,
+        }
+    }
+}
+
+/// Why the emulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("could not listen on {address}")]
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read the state file {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("could not generate the emulator's TLS certificate")]
+    Certificate(#[from] rcgen::Error),
+    #[error("could not set up TLS")]
+    Tls(#[from] rustls::Error),
+}
+
+/// What the handlers share.
+struct Shared {
+    host_name: String,
+    policies: Vec<AccessPolicy>,
+    quotas: Quotas,
+    linked_hubs: Option<Vec<String>>,
+    state_file: Option<PathBuf>,
+    entra_client_ids: Option<Vec<String>>,
+    store: Mutex<Store>,
+    throttle: Mutex<Option<Arc<RateLimiter>>>,
+    faults: Mutex<Faults>,
+    calls: Mutex<BTreeMap<String, u64>>,
+    /// Bearer tokens issued by the token endpoint, with their expiry (Unix seconds).
+    tokens: Mutex<HashMap<String, u64>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// A fair coin that comes up heads with probability `rate`.
+fn chance(rate: f64) -> bool {
+    rate > 0.0 && (u32::from_le_bytes(random_bytes::<4>()) as f64) < rate * (u32::MAX as f64)
+}
+
+/// A running emulator. Dropping it stops it.
+pub struct RunningEmulator {
+    address: SocketAddr,
+    host_name: String,
+    ca_certificate: Option<String>,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningEmulator {
+    /// Starts the emulator on `config.listen` (port 0 picks a free port).
+    pub async fn start(config: EmulatorConfig) -> Result<Self, StartError> {
+        crate::install_crypto_provider();
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen { address: config.listen, source })?;
+        let address =
+            listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
+        let host_name = config.host_name.clone().unwrap_or_else(|| format!("localhost:{}", address.port()));
+
+        let store = match &config.state_file {
+            Some(path) if path.exists() => {
+                let state_error = |source: Box<dyn std::error::Error + Send + Sync>| StartError::State {
+                    path: path.clone(),
+                    source,
+                };
+                let bytes = std::fs::read(path).map_err(|e| state_error(e.into()))?;
+                serde_json::from_slice(&bytes).map_err(|e| state_error(e.into()))?
+            }
+            _ => Store::default(),
+        };
+        let shared = Arc::new(Shared {
+            host_name: host_name.clone(),
+            policies: config.policies,
+            quotas: config.quotas,
+            linked_hubs: config.linked_hubs,
+            state_file: config.state_file,
+            entra_client_ids: config.entra_client_ids,
+            store: Mutex::new(store),
+            throttle: Mutex::new(config.operations_per_minute.map(|n| Arc::new(RateLimiter::new(n)))),
+            faults: Mutex::new(config.faults),
+            calls: Mutex::new(BTreeMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        });
+
+        let (tls, ca_certificate) = if config.tls {
+            let ca = CertificateAuthority::new("dps-emulator CA")?;
+            let server_name = host_name.rsplit_once(':').map_or(host_name.as_str(), |(name, _)| name);
+            let mut names = vec!["localhost", "127.0.0.1"];
+            if !names.contains(&server_name) {
+                names.push(server_name);
+            }
+            let serving = ca.issue_server(server_name, &names)?;
+            (Some(tls_acceptor(&serving.certificate_pem, &serving.key_pem)?), Some(ca.certificate_pem))
+        } else {
+            (None, None)
+        };
+
+        let (shutdown, stopped) = watch::channel(false);
+        let app = router(shared.clone());
+        let server = tokio::spawn(serve(listener, tls, app, shared.clone(), stopped));
+        Ok(Self { address, host_name, ca_certificate, shared, shutdown, server: Some(server) })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The host name (with port) clients put in URLs and SAS tokens.
+    pub fn host_name(&self) -> &str {
+        &self.host_name
+    }
+
+    /// `https://host:port` (or `http://` without TLS).
+    pub fn url(&self) -> String {
+        let scheme = if self.ca_certificate.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.host_name)
+    }
+
+    /// The PEM certificate of the CA that signed the emulator's serving certificate.
+    pub fn ca_certificate(&self) -> Option<&str> {
+        self.ca_certificate.as_deref()
+    }
+
+    /// A connection string for the first shared access policy, with its primary key.
+    pub fn connection_string(&self) -> String {
+        let policy = &self.shared.policies[0];
+        format!(
+            "HostName={};SharedAccessKeyName={};SharedAccessKey={}",
+            self.host_name,
+            policy.name,
+            BASE64.encode(&policy.primary_key)
+        )
+    }
+
+    /// Calls per DPS operation id since the start or the last reset.
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        lock(&self.shared.calls).clone()
+    }
+
+    pub fn reset_calls(&self) {
+        lock(&self.shared.calls).clear();
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        *lock(&self.shared.faults) = faults;
+    }
+
+    pub fn set_operations_per_minute(&self, limit: Option<u32>) {
+        *lock(&self.shared.throttle) = limit.map(|n| Arc::new(RateLimiter::new(n)));
+    }
+
+    /// Adds a device registration record, as if the device had provisioned.
+    pub fn add_registration(&self, state: DeviceRegistrationState, enrollment_group_id: Option<String>) {
+        add_registration(&self.shared, state, enrollment_group_id);
+    }
+
+    /// Stops accepting connections, closes the open ones and waits until the server is gone.
+    pub async fn stop(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+}
+
+impl Drop for RunningEmulator {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn tls_acceptor(certificate_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certificates = CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config =
+        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certificates, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The error that makes hyper close a connection without answering: a dropped-connection fault.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by fault injection")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: Router,
+    shared: Arc<Shared>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let mut connections = JoinSet::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            _ = stopped.changed() => break,
+        };
+        let (tls, app, shared) = (tls.clone(), app.clone(), shared.clone());
+        connections.spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                    let (app, shared) = (app.clone(), shared.clone());
+                    async move {
+                        let is_api = !request.uri().path().starts_with("/admin")
+                            && !request.uri().path().contains("/oauth2/");
+                        if is_api && chance(lock(&shared.faults).drop_rate) {
+                            return Err(DropConnection);
+                        }
+                        Ok(tower::ServiceExt::oneshot(app, request)
+                            .await
+                            .unwrap_or_else(|never| match never {}))
+                    }
+                });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = match tls {
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
+                    Err(_) => return,
+                },
+                None => builder.serve_connection(TokioIo::new(stream), service).await,
+            };
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/admin/calls", get(admin_calls).delete(admin_reset_calls))
+        .route("/admin/faults", get(admin_faults).put(admin_set_faults))
+        .route("/admin/throttling", get(admin_throttling).put(admin_set_throttling))
+        .route("/admin/registrations", post(admin_add_registration))
+        .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+        .fallback(service_api)
+        .with_state(shared)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The DPS service API
+
+/// Which collection a path is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Collection {
+    Enrollments,
+    EnrollmentGroups,
+}
+
+/// A service API operation, found from the method and path.
+#[derive(Debug, PartialEq, Eq)]
+enum Operation {
+    Get(Collection, String),
+    Put(Collection, String),
+    Delete(Collection, String),
+    Attestation(Collection, String),
+    Bulk(Collection),
+    Query(Collection),
+    GetRegistration(String),
+    DeleteRegistration(String),
+    QueryRegistrations(String),
+}
+
+impl Operation {
+    /// The operation id in the swagger, as the admin endpoint counts calls.
+    fn operation_id(&self) -> String {
+        let collection = |c: &Collection| match c {
+            Collection::Enrollments => "IndividualEnrollment",
+            Collection::EnrollmentGroups => "EnrollmentGroup",
+        };
+        match self {
+            Self::Get(c, _) => format!("{}_Get", collection(c)),
+            Self::Put(c, _) => format!("{}_CreateOrUpdate", collection(c)),
+            Self::Delete(c, _) => format!("{}_Delete", collection(c)),
+            Self::Attestation(c, _) => format!("{}_GetAttestationMechanism", collection(c)),
+            Self::Bulk(c) => format!("{}_RunBulkOperation", collection(c)),
+            Self::Query(c) => format!("{}_Query", collection(c)),
+            Self::GetRegistration(_) => "DeviceRegistrationState_Get".into(),
+            Self::DeleteRegistration(_) => "DeviceRegistrationState_Delete".into(),
+            Self::QueryRegistrations(_) => "DeviceRegistrationState_Query".into(),
+        }
+    }
+}
+
+/// Routes as DPS does: path segments compared case-insensitively, a trailing `/` ignored, ids
+/// percent-decoded.
+fn route(method: &Method, path: &str) -> Result<Operation, ApiError> {
+    let segments: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
+    let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+    let collection = match lower.first() {
+        Some(&"enrollments") => Some(Collection::Enrollments),
+        Some(&"enrollmentgroups") => Some(Collection::EnrollmentGroups),
+        _ => None,
+    };
+    let not_allowed = || ApiError::new(405, 405001, format!("{method} is not allowed on {path}."));
+    let operation = match (collection, lower.as_slice()) {
+        (Some(c), [_]) if *method == Method::POST => Operation::Bulk(c),
+        (Some(c), [_, "query"]) if *method == Method::POST => Operation::Query(c),
+        (Some(c), [_, _]) => match *method {
+            Method::GET => Operation::Get(c, segments[1].clone()),
+            Method::PUT => Operation::Put(c, segments[1].clone()),
+            Method::DELETE => Operation::Delete(c, segments[1].clone()),
+            _ => return Err(not_allowed()),
+        },
+        (Some(c), [_, _, "attestationmechanism"]) if *method == Method::POST => {
+            Operation::Attestation(c, segments[1].clone())
+        }
+        (None, ["registrations", _]) => match *method {
+            Method::GET => Operation::GetRegistration(segments[1].clone()),
+            Method::DELETE => Operation::DeleteRegistration(segments[1].clone()),
+            _ => return Err(not_allowed()),
+        },
+        (None, ["registrations", _, "query"]) if *method == Method::POST => {
+            Operation::QueryRegistrations(segments[1].clone())
+        }
+        (Some(_), [_] | [_, _, "attestationmechanism"]) | (None, ["registrations", _, "query"]) => {
+            return Err(not_allowed());
+        }
+        _ => return Err(ApiError::new(404, 404001, format!("There is no resource at {path}."))),
+    };
+    Ok(operation)
+}
+
+async fn service_api(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&shared, &method, &uri, &headers, &body).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    let operation = route(method, uri.path())?;
+    *lock(&shared.calls).entry(operation.operation_id()).or_default() += 1;
+
+    let faults = lock(&shared.faults).clone();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+    if let Some((status, _)) = faults.error_rates.iter().find(|(_, rate)| chance(**rate)) {
+        let error = ApiError::new(*status, i32::from(*status) * 1000 + 999, "Injected fault.");
+        return Err(if *status == 429 { ApiError::throttled(1) } else { error });
+    }
+
+    check_api_version(uri)?;
+    authenticate(shared, uri, headers)?;
+    let throttle = lock(&shared.throttle).clone();
+    if let Some(throttle) = throttle
+        && let Err(wait) = throttle.try_acquire()
+    {
+        return Err(ApiError::throttled(wait.as_secs_f64().ceil().max(1.0) as u64));
+    }
+    if !body.is_empty()
+        && let Some(content_type) = headers.get(header::CONTENT_TYPE)
+        && !content_type.to_str().unwrap_or_default().to_ascii_lowercase().contains("json")
+    {
+        return Err(ApiError::new(415, 415001, "The request body must be application/json."));
+    }
+
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
+    match operation {
+        Operation::Get(Collection::Enrollments, id) => read(shared, |s| s.get::<IndividualEnrollment>(&id)),
+        Operation::Get(Collection::EnrollmentGroups, id) => read(shared, |s| s.get::<EnrollmentGroup>(&id)),
+        Operation::Put(Collection::Enrollments, id) => {
+            put::<IndividualEnrollment>(shared, &id, body, if_match)
+        }
+        Operation::Put(Collection::EnrollmentGroups, id) => {
+            put::<EnrollmentGroup>(shared, &id, body, if_match)
+        }
+        Operation::Delete(Collection::Enrollments, id) => {
+            write(shared, |s| s.delete::<IndividualEnrollment>(&id, if_match))
+        }
+        Operation::Delete(Collection::EnrollmentGroups, id) => {
+            write(shared, |s| s.delete::<EnrollmentGroup>(&id, if_match))
+        }
+        Operation::Attestation(Collection::Enrollments, id) => {
+            read(shared, |s| s.attestation::<IndividualEnrollment>(&id))
+        }
+        Operation::Attestation(Collection::EnrollmentGroups, id) => {
+            read(shared, |s| s.attestation::<EnrollmentGroup>(&id))
+        }
+        Operation::Bulk(Collection::Enrollments) => {
+            bulk::<IndividualEnrollment>(shared, body, "enrollments", "registrationId")
+        }
+        Operation::Bulk(Collection::EnrollmentGroups) => {
+            bulk::<EnrollmentGroup>(shared, body, "enrollmentGroups", "enrollmentGroupId")
+        }
+        Operation::Query(collection) => {
+            let spec: QuerySpecification = parse_json(body)?;
+            check_query(&spec.query)?;
+            let (page_size, continuation) = paging(headers)?;
+            let store = lock(&shared.store);
+            let (items, next, item_type) = match collection {
+                Collection::Enrollments => {
+                    let (items, next) =
+                        store.query::<IndividualEnrollment>(page_size, continuation.as_deref())?;
+                    (serde_json::to_value(items), next, IndividualEnrollment::ITEM_TYPE)
+                }
+                Collection::EnrollmentGroups => {
+                    let (items, next) = store.query::<EnrollmentGroup>(page_size, continuation.as_deref())?;
+                    (serde_json::to_value(items), next, EnrollmentGroup::ITEM_TYPE)
+                }
+            };
+            Ok(query_response(items.unwrap_or_default(), next, item_type, page_size))
+        }
+        Operation::GetRegistration(id) => read(shared, |s| {
+            s.registrations
+                .get(&id.to_lowercase())
+                .map(|r| r.state.clone())
+                .ok_or_else(|| ApiError::not_found("registration", &id))
+        }),
+        Operation::DeleteRegistration(id) => write(shared, |s| {
+            let key = id.to_lowercase();
+            let registration =
+                s.registrations.get(&key).ok_or_else(|| ApiError::not_found("registration", &id))?;
+            if let Some(tag) = if_match.map(str::trim)
+                && tag != "*"
+                && registration.state.etag.as_deref().map(|e| e.trim_matches('"'))
+                    != Some(tag.trim_matches('"'))
+            {
+                return Err(ApiError::precondition_failed("registration", &id));
+            }
+            s.registrations.remove(&key);
+            Ok(())
+        }),
+        Operation::QueryRegistrations(group_id) => {
+            // The swagger declares no body, the SDKs send a query specification: accept both.
+            if !body.is_empty() {
+                check_query(&parse_json::<QuerySpecification>(body)?.query)?;
+            }
+            let (page_size, continuation) = paging(headers)?;
+            let store = lock(&shared.store);
+            let members = store.registrations.iter().filter(|(_, r)| {
+                r.enrollment_group_id.as_deref().is_some_and(|g| g.eq_ignore_ascii_case(&group_id))
+            });
+            let (items, next) = store::page(
+                members.map(|(key, r)| (key, r.state.clone())),
+                page_size,
+                continuation.as_deref(),
+            )?;
+            Ok(query_response(
+                serde_json::to_value(items).unwrap_or_default(),
+                next,
+                "DeviceRegistration",
+                page_size,
+            ))
+        }
+    }
+}
+
+fn check_api_version(uri: &Uri) -> Result<(), ApiError> {
+    let version = uri.query().unwrap_or_default().split('&').find_map(|pair| {
+        pair.split_once('=').filter(|(name, _)| name.eq_ignore_ascii_case("api-version")).map(|(_, v)| v)
+    });
+    match version {
+        None => Err(ApiError::bad_request(400001, "The api-version query parameter is required.")),
+        Some(version) if SERVICE_API_VERSIONS.contains(&version) => Ok(()),
+        Some(version) => Err(ApiError::bad_request(
+            400001,
+            format!(
+                "The api-version '{version}' is not supported; use one of {}.",
+                SERVICE_API_VERSIONS.join(", ")
+            ),
+        )),
+    }
+}
+
+fn authenticate(shared: &Shared, uri: &Uri, headers: &HeaderMap) -> Result<(), ApiError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| ApiError::unauthorized("The request has no Authorization header."))?;
+    if let Some(token) = authorization.strip_prefix("Bearer ") {
+        let expiry = lock(&shared.tokens).get(token.trim()).copied();
+        return match expiry {
+            Some(expiry) if expiry > unix_now() => Ok(()),
+            Some(_) => Err(ApiError::unauthorized("The bearer token has expired.")),
+            None => {
+                Err(ApiError::unauthorized("The bearer token was not issued by this service's authority."))
+            }
+        };
+    }
+    let host =
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()).or(uri.authority().map(|a| a.as_str()));
+    let host = host.unwrap_or(&shared.host_name);
+    verify_sas(authorization, host, uri.path(), &shared.policies, unix_now()).map_err(ApiError::unauthorized)
+}
+
+fn check_query(query: &str) -> Result<(), ApiError> {
+    let words: Vec<String> = query.split_whitespace().map(str::to_ascii_lowercase).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["select", "*"] | ["select", "*", "from", _] => Ok(()),
+        _ => Err(ApiError::bad_request(
+            400011,
+            format!("The query '{query}' is not supported: the emulator answers SELECT * queries."),
+        )),
+    }
+}
+
+fn paging(headers: &HeaderMap) -> Result<(usize, Option<String>), ApiError> {
+    let header_text =
+        |name| headers.get(name).and_then(|v: &header::HeaderValue| v.to_str().ok()).map(str::to_owned);
+    let page_size = match header_text("x-ms-max-item-count") {
+        None => DEFAULT_PAGE_SIZE,
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(size) if size > 0 => size.min(MAX_PAGE_SIZE),
+            _ => return Err(ApiError::bad_request(400010, "x-ms-max-item-count must be a positive number.")),
+        },
+    };
+    Ok((page_size, header_text("x-ms-continuation")))
+}
+
+fn query_response(items: Value, next: Option<String>, item_type: &str, page_size: usize) -> Response {
+    let mut response = Json(items).into_response();
+    let headers = response.headers_mut();
+    headers.insert("x-ms-item-type", item_type.parse().expect("a header value"));
+    headers.insert("x-ms-max-item-count", page_size.into());
+    if let Some(next) = next {
+        headers.insert("x-ms-continuation", next.parse().expect("base64 is a header value"));
+    }
+    response
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(400008, "The request has no body."));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(400008, format!("The request body is not valid: {e}.")))
+}
+
+fn read<T: Serialize>(
+    shared: &Shared,
+    f: impl FnOnce(&Store) -> Result<T, ApiError>,
+) -> Result<Response, ApiError> {
+    let store = lock(&shared.store);
+    Ok(Json(f(&store)?).into_response())
+}
+
+/// Runs a change and saves the state; deletes answer 204.
+fn write(shared: &Shared, f: impl FnOnce(&mut Store) -> Result<(), ApiError>) -> Result<Response, ApiError> {
+    let mut store = lock(&shared.store);
+    f(&mut store)?;
+    save(shared, &store);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn put<R: Record>(
+    shared: &Shared,
+    id: &str,
+    body: &Bytes,
+    if_match: Option<&str>,
+) -> Result<Response, ApiError> {
+    let item: R = parse_json(body)?;
+    let mut store = lock(&shared.store);
+    let stored = store.put(id, item, if_match, &shared.quotas, shared.linked_hubs.as_deref())?;
+    save(shared, &store);
+    Ok(Json(stored).into_response())
+}
+
+fn bulk<R: Record>(
+    shared: &Shared,
+    body: &Bytes,
+    items_field: &str,
+    id_field: &str,
+) -> Result<Response, ApiError> {
+    let request: Value = parse_json(body)?;
+    let mode: BulkMode = serde_json::from_value(request["mode"].clone()).map_err(|_| {
+        ApiError::bad_request(
+            400009,
+            "The bulk operation needs a mode: create, update, updateIfMatchETag or delete.",
+        )
+    })?;
+    let items = request[items_field]
+        .as_array()
+        .ok_or_else(|| ApiError::bad_request(400009, format!("The bulk operation needs {items_field}.")))?;
+    if items.is_empty() || items.len() > MAX_BULK_ITEMS {
+        return Err(ApiError::bad_request(
+            400009,
+            format!("A bulk operation takes 1 to {MAX_BULK_ITEMS} items."),
+        ));
+    }
+    let mut errors = Vec::new();
+    let mut valid = Vec::new();
+    for item in items {
+        let id = item[id_field].as_str().unwrap_or_default().to_owned();
+        // Deleting needs only the id; clients often send nothing else.
+        let parsed = if mode == BulkMode::Delete {
+            let mut minimal = json!({ id_field: id, "attestation": {"type": "none"} });
+            if let Some(etag) = item.get("etag") {
+                minimal["etag"] = etag.clone();
+            }
+            serde_json::from_value::<R>(minimal)
+        } else {
+            serde_json::from_value::<R>(item.clone())
+        };
+        match parsed {
+            Ok(item) => valid.push(item),
+            Err(e) => {
+                errors.push((id, ApiError::bad_request(400008, format!("The item is not valid: {e}."))))
+            }
+        }
+    }
+    let mut store = lock(&shared.store);
+    errors.extend(store.bulk(mode, valid, &shared.quotas, shared.linked_hubs.as_deref()));
+    save(shared, &store);
+    let errors: Vec<Value> = errors
+        .into_iter()
+        .map(|(id, error)| json!({ id_field: id, "errorCode": error.code, "errorStatus": error.message }))
+        .collect();
+    let mut result = json!({ "isSuccessful": errors.is_empty() });
+    if !errors.is_empty() {
+        result["errors"] = Value::Array(errors);
+    }
+    Ok(Json(result).into_response())
+}
+
+/// Writes the state to the state file, if there is one (a temporary file, then a rename).
+fn save(shared: &Shared, store: &Store) {
+    let Some(path) = &shared.state_file else { return };
+    let temporary = path.with_extension("tmp");
+    let written = serde_json::to_vec_pretty(store)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&temporary, bytes))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if let Err(error) = written {
+        tracing::error!(path = %path.display(), %error, "could not save the emulator state");
+    }
+}
+
+fn add_registration(
+    shared: &Shared,
+    mut state: DeviceRegistrationState,
+    enrollment_group_id: Option<String>,
+) {
+    let now = Timestamp::now();
+    state.created_date_time_utc.get_or_insert(now);
+    state.last_updated_date_time_utc = Some(now);
+    state.etag = Some(BASE64.encode(random_bytes::<12>()));
+    let key = state.registration_id.clone().unwrap_or_default().to_lowercase();
+    let mut store = lock(&shared.store);
+    store.registrations.insert(key, Registration { state, enrollment_group_id });
+    save(shared, &store);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Microsoft Entra ID token endpoint
+
+async fn token_endpoint(
+    State(shared): State<Arc<Shared>>,
+    Path(_tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    let form: HashMap<String, String> = String::from_utf8_lossy(&body)
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect();
+    let refuse = |error: &str, description: String| {
+        (StatusCode::BAD_REQUEST, Json(json!({"error": error, "error_description": description})))
+            .into_response()
+    };
+    let field = |name: &str| form.get(name).map(String::as_str).unwrap_or_default();
+    if field("grant_type") != "client_credentials" {
+        return refuse("unsupported_grant_type", "Only client_credentials is supported.".into());
+    }
+    if field("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        || field("client_assertion").is_empty()
+    {
+        return refuse("invalid_client", "A federated client assertion (JWT) is required.".into());
+    }
+    let client_id = field("client_id");
+    if client_id.is_empty()
+        || shared.entra_client_ids.as_ref().is_some_and(|ids| !ids.iter().any(|id| id == client_id))
+    {
+        return refuse("unauthorized_client", format!("Application '{client_id}' is not known."));
+    }
+    if field("scope") != crate::dps::auth::DPS_SCOPE {
+        return refuse("invalid_scope", format!("The scope must be {}.", crate::dps::auth::DPS_SCOPE));
+    }
+    let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>());
+    lock(&shared.tokens).insert(token.clone(), unix_now() + TOKEN_LIFETIME.as_secs());
+    Json(json!({"token_type": "Bearer", "expires_in": TOKEN_LIFETIME.as_secs(), "access_token": token}))
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin endpoint
+
+async fn admin_calls(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let calls = lock(&shared.calls).clone();
+    let total: u64 = calls.values().sum();
+    Json(json!({ "operations": calls, "total": total }))
+}
+
+async fn admin_reset_calls(State(shared): State<Arc<Shared>>) -> StatusCode {
+    lock(&shared.calls).clear();
+    StatusCode::NO_CONTENT
+}
+
+async fn admin_faults(State(shared): State<Arc<Shared>>) -> Json<Faults> {
+    Json(lock(&shared.faults).clone())
+}
+
+async fn admin_set_faults(State(shared): State<Arc<Shared>>, Json(faults): Json<Faults>) -> StatusCode {
+    *lock(&shared.faults) = faults;
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Throttling {
+    operations_per_minute: Option<u32>,
+}
+
+async fn admin_throttling(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let limited = lock(&shared.throttle).is_some();
+    Json(json!({ "limited": limited }))
+}
+
+async fn admin_set_throttling(
+    State(shared): State<Arc<Shared>>,
+    Json(throttling): Json<Throttling>,
+) -> StatusCode {
+    *lock(&shared.throttle) = throttling.operations_per_minute.map(|n| Arc::new(RateLimiter::new(n)));
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewRegistration {
+    #[serde(flatten)]
+    state: DeviceRegistrationState,
+    enrollment_group_id: Option<String>,
+}
+
+async fn admin_add_registration(
+    State(shared): State<Arc<Shared>>,
+    Json(registration): Json<NewRegistration>,
+) -> Response {
+    if registration.state.registration_id.as_deref().is_none_or(str::is_empty) {
+        return ApiError::bad_request(400002, "registrationId is required.").into_response();
+    }
+    add_registration(&shared, registration.state, registration.enrollment_group_id);
+    StatusCode::CREATED.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_case_insensitively_with_or_without_a_trailing_slash() {
+        use Collection::*;
+        let cases = [
+            (Method::GET, "/enrollments/Dev-1", Operation::Get(Enrollments, "Dev-1".into())),
+            (Method::PUT, "/ENROLLMENTGROUPS/g1/", Operation::Put(EnrollmentGroups, "g1".into())),
+            (
+                Method::POST,
+                "/enrollmentgroups/g1/attestationmechanism",
+                Operation::Attestation(EnrollmentGroups, "g1".into()),
+            ),
+            (Method::POST, "/enrollments/", Operation::Bulk(Enrollments)),
+            (Method::POST, "/enrollmentGroups/Query", Operation::Query(EnrollmentGroups)),
+            (Method::GET, "/enrollments/query", Operation::Get(Enrollments, "query".into())),
+            (Method::DELETE, "/Registrations/d1", Operation::DeleteRegistration("d1".into())),
+            (Method::POST, "/registrations/g1/query/", Operation::QueryRegistrations("g1".into())),
+            (Method::GET, "/enrollments/boiler%3A0042", Operation::Get(Enrollments, "boiler:0042".into())),
+        ];
+        for (method, path, expected) in cases {
+            assert_eq!(route(&method, path).unwrap(), expected, "{method} {path}");
+        }
+        assert_eq!(route(&Method::PATCH, "/enrollments/x").unwrap_err().status, 405);
+        assert_eq!(route(&Method::GET, "/enrollments").unwrap_err().status, 405);
+        assert_eq!(route(&Method::GET, "/devices/x").unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn only_select_star_queries_are_answered() {
+        assert!(check_query("SELECT *").is_ok());
+        assert!(check_query("select * from enrollments").is_ok());
+        assert!(check_query("SELECT * FROM enrollments WHERE x = 1").is_err());
+        assert!(check_query("DELETE").is_err());
+    }
+}

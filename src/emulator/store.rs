@@ -1,0 +1,363 @@
+//! The emulator's state and DPS's rules for changing it: ids compared case-insensitively, a fresh
+//! opaque etag on every write, 409 for a create over an existing item, 412 for a stale etag,
+//! symmetric keys kept but never returned, quotas.
+
+use std::collections::BTreeMap;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use serde::{Deserialize, Serialize};
+
+use super::{
+    error::ApiError,
+    validation::{self, Kind, random_bytes},
+};
+use crate::dps::{
+    Enrollment,
+    models::{
+        AttestationMechanism, AttestationType, BulkMode, DeviceCapabilities, DeviceRegistrationState,
+        EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, ReprovisionPolicy, Timestamp,
+    },
+};
+
+/// Limits on what the emulator holds, as DPS has them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quotas {
+    pub individual_enrollments: usize,
+    /// Per attestation kind: DPS allows 100 X.509 and 100 symmetric key groups.
+    pub enrollment_groups_per_attestation: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self { individual_enrollments: 1_000_000, enrollment_groups_per_attestation: 100 }
+    }
+}
+
+/// A device's registration record and the group it registered through.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub state: DeviceRegistrationState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_group_id: Option<String>,
+}
+
+/// Everything the emulator holds, keyed by lower-case id.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Store {
+    pub enrollments: BTreeMap<String, IndividualEnrollment>,
+    pub enrollment_groups: BTreeMap<String, EnrollmentGroup>,
+    pub registrations: BTreeMap<String, Registration>,
+}
+
+/// An enrollment kind as the emulator handles it.
+pub trait Record: Enrollment + Clone {
+    const KIND: Kind;
+    /// How messages name it.
+    const WHAT: &'static str;
+    /// The `x-ms-item-type` of a query answer.
+    const ITEM_TYPE: &'static str;
+    fn table(store: &Store) -> &BTreeMap<String, Self>;
+    fn table_mut(store: &mut Store) -> &mut BTreeMap<String, Self>;
+    fn attestation(&self) -> &AttestationMechanism;
+    fn attestation_mut(&mut self) -> &mut AttestationMechanism;
+    fn etag(&self) -> Option<&str>;
+    fn created(&self) -> Option<Timestamp>;
+    /// Sets the etag, creation and last update time.
+    fn stamp(&mut self, etag: String, created: Timestamp, updated: Timestamp);
+    /// Checks and defaults of the fields besides the id and attestation.
+    fn settle(&mut self, linked_hubs: Option<&[String]>) -> Result<(), ApiError>;
+    /// What a read returns: no keys, and for an individual enrollment its registration state.
+    fn public(&self, store: &Store) -> Self;
+}
+
+macro_rules! settle_common {
+    ($item:expr, $linked_hubs:expr) => {{
+        validation::check_allocation(
+            $item.allocation_policy,
+            $item.iot_hubs.as_deref(),
+            $item.custom_allocation_definition.as_ref(),
+            $linked_hubs,
+        )?;
+        $item.capabilities.get_or_insert(DeviceCapabilities { iot_edge: false });
+        $item.provisioning_status.get_or_insert(ProvisioningStatus::Enabled);
+        $item.reprovision_policy.get_or_insert_with(ReprovisionPolicy::default);
+    }};
+}
+
+fn without_keys(attestation: &AttestationMechanism) -> AttestationMechanism {
+    AttestationMechanism { symmetric_key: None, ..attestation.clone() }
+}
+
+impl Record for IndividualEnrollment {
+    const KIND: Kind = Kind::Individual;
+    const WHAT: &'static str = "enrollment";
+    const ITEM_TYPE: &'static str = "Enrollment";
+
+    fn table(store: &Store) -> &BTreeMap<String, Self> {
+        &store.enrollments
+    }
+    fn table_mut(store: &mut Store) -> &mut BTreeMap<String, Self> {
+        &mut store.enrollments
+    }
+    fn attestation(&self) -> &AttestationMechanism {
+        &self.attestation
+    }
+    fn attestation_mut(&mut self) -> &mut AttestationMechanism {
+        &mut self.attestation
+    }
+    fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+    fn created(&self) -> Option<Timestamp> {
+        self.created_date_time_utc
+    }
+    fn stamp(&mut self, etag: String, created: Timestamp, updated: Timestamp) {
+        self.etag = Some(etag);
+        self.created_date_time_utc = Some(created);
+        self.last_updated_date_time_utc = Some(updated);
+    }
+    fn settle(&mut self, linked_hubs: Option<&[String]>) -> Result<(), ApiError> {
+        if let Some(device_id) = &self.device_id {
+            validation::check_device_id(device_id)?;
+        }
+        // The registration state is the service's to keep, never the client's to send.
+        self.registration_state = None;
+        settle_common!(self, linked_hubs);
+        Ok(())
+    }
+    fn public(&self, store: &Store) -> Self {
+        let registration =
+            store.registrations.get(&self.registration_id.to_lowercase()).map(|r| r.state.clone());
+        Self {
+            attestation: without_keys(&self.attestation),
+            registration_state: registration,
+            ..self.clone()
+        }
+    }
+}
+
+impl Record for EnrollmentGroup {
+    const KIND: Kind = Kind::Group;
+    const WHAT: &'static str = "enrollment group";
+    const ITEM_TYPE: &'static str = "EnrollmentGroup";
+
+    fn table(store: &Store) -> &BTreeMap<String, Self> {
+        &store.enrollment_groups
+    }
+    fn table_mut(store: &mut Store) -> &mut BTreeMap<String, Self> {
+        &mut store.enrollment_groups
+    }
+    fn attestation(&self) -> &AttestationMechanism {
+        &self.attestation
+    }
+    fn attestation_mut(&mut self) -> &mut AttestationMechanism {
+        &mut self.attestation
+    }
+    fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+    fn created(&self) -> Option<Timestamp> {
+        self.created_date_time_utc
+    }
+    fn stamp(&mut self, etag: String, created: Timestamp, updated: Timestamp) {
+        self.etag = Some(etag);
+        self.created_date_time_utc = Some(created);
+        self.last_updated_date_time_utc = Some(updated);
+    }
+    fn settle(&mut self, linked_hubs: Option<&[String]>) -> Result<(), ApiError> {
+        settle_common!(self, linked_hubs);
+        Ok(())
+    }
+    fn public(&self, _: &Store) -> Self {
+        Self { attestation: without_keys(&self.attestation), ..self.clone() }
+    }
+}
+
+/// A new opaque etag, shaped like DPS's: base64 of a quoted GUID-like value.
+fn new_etag() -> String {
+    let bytes = random_bytes::<16>();
+    let inner: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    BASE64.encode(format!("\"{inner}\""))
+}
+
+/// Compares an `If-Match` value with a stored etag; clients send it raw or quoted.
+fn etag_matches(if_match: &str, etag: Option<&str>) -> bool {
+    let unquote = |s: &str| {
+        let s = s.trim();
+        s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s).to_owned()
+    };
+    etag.is_some_and(|etag| unquote(if_match) == unquote(etag))
+}
+
+/// Continuation tokens are the last id of the previous page, base64-encoded.
+fn continuation_after(token: Option<&str>) -> Result<Option<String>, ApiError> {
+    token
+        .map(|token| {
+            BASE64
+                .decode(token)
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| ApiError::bad_request(400010, "The continuation token is invalid."))
+        })
+        .transpose()
+}
+
+/// One page of `items` (sorted by key) after the continuation, and the token of the next page.
+pub fn page<'a, T: 'a>(
+    items: impl Iterator<Item = (&'a String, T)>,
+    page_size: usize,
+    continuation: Option<&str>,
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let after = continuation_after(continuation)?;
+    let mut remaining =
+        items.filter(|(key, _)| after.as_ref().is_none_or(|after| key.as_str() > after.as_str())).peekable();
+    let mut page = Vec::new();
+    let mut last_key = None;
+    while page.len() < page_size {
+        let Some((key, item)) = remaining.next() else { break };
+        last_key = Some(key.clone());
+        page.push(item);
+    }
+    let next = remaining.peek().is_some().then(|| BASE64.encode(last_key.unwrap_or_default()));
+    Ok((page, next))
+}
+
+impl Store {
+    /// Creates or replaces an item under the rules of DPS's PUT.
+    pub fn put<R: Record>(
+        &mut self,
+        path_id: &str,
+        mut item: R,
+        if_match: Option<&str>,
+        quotas: &Quotas,
+        linked_hubs: Option<&[String]>,
+    ) -> Result<R, ApiError> {
+        validation::check_id(R::KIND, item.id())?;
+        if !item.id().eq_ignore_ascii_case(path_id) {
+            return Err(ApiError::bad_request(
+                400007,
+                format!(
+                    "The {} '{}' in the body does not match '{path_id}' in the path.",
+                    R::KIND.id_name(),
+                    item.id()
+                ),
+            ));
+        }
+        let key = path_id.to_lowercase();
+        let existing = R::table(self).get(&key);
+        match (existing, if_match.map(str::trim)) {
+            (Some(_), None) => return Err(ApiError::conflict(R::WHAT, path_id)),
+            // Any If-Match, `*` included, needs an existing item (RFC 7232).
+            (None, Some(_)) => return Err(ApiError::precondition_failed(R::WHAT, path_id)),
+            (Some(existing), Some(tag)) if tag != "*" && !etag_matches(tag, existing.etag()) => {
+                return Err(ApiError::precondition_failed(R::WHAT, path_id));
+            }
+            _ => {}
+        }
+        let now = Timestamp::now();
+        let kept = existing.map(|e| e.attestation().clone());
+        let created = existing.and_then(R::created).unwrap_or(now);
+        let attestation = std::mem::take(item.attestation_mut());
+        *item.attestation_mut() =
+            validation::normalize_attestation(R::KIND, attestation, kept.as_ref(), now)?;
+        item.settle(linked_hubs)?;
+        if kept.is_none() {
+            self.check_quota::<R>(item.attestation().type_, quotas)?;
+        }
+        item.stamp(new_etag(), created, now);
+        R::table_mut(self).insert(key, item.clone());
+        Ok(item.public(self))
+    }
+
+    fn check_quota<R: Record>(&self, attestation: AttestationType, quotas: &Quotas) -> Result<(), ApiError> {
+        let (count, limit) = match R::KIND {
+            Kind::Individual => (self.enrollments.len(), quotas.individual_enrollments),
+            Kind::Group => (
+                self.enrollment_groups.values().filter(|g| g.attestation.type_ == attestation).count(),
+                quotas.enrollment_groups_per_attestation,
+            ),
+        };
+        if count >= limit {
+            return Err(ApiError::new(
+                403,
+                403002,
+                format!(
+                    "The quota of {limit} {}s{} is used up.",
+                    R::WHAT,
+                    match R::KIND {
+                        Kind::Group => format!(" with {attestation:?} attestation"),
+                        Kind::Individual => String::new(),
+                    }
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn get<R: Record>(&self, id: &str) -> Result<R, ApiError> {
+        R::table(self)
+            .get(&id.to_lowercase())
+            .map(|item| item.public(self))
+            .ok_or_else(|| ApiError::not_found(R::WHAT, id))
+    }
+
+    /// The attestation with its keys, as `POST .../attestationmechanism` returns it.
+    pub fn attestation<R: Record>(&self, id: &str) -> Result<AttestationMechanism, ApiError> {
+        let item = R::table(self).get(&id.to_lowercase()).ok_or_else(|| ApiError::not_found(R::WHAT, id))?;
+        Ok(item.attestation().clone())
+    }
+
+    pub fn delete<R: Record>(&mut self, id: &str, if_match: Option<&str>) -> Result<(), ApiError> {
+        let key = id.to_lowercase();
+        let item = R::table(self).get(&key).ok_or_else(|| ApiError::not_found(R::WHAT, id))?;
+        if let Some(if_match) = if_match
+            && if_match.trim() != "*"
+            && !etag_matches(if_match, item.etag())
+        {
+            return Err(ApiError::precondition_failed(R::WHAT, id));
+        }
+        R::table_mut(self).remove(&key);
+        Ok(())
+    }
+
+    pub fn query<R: Record>(
+        &self,
+        page_size: usize,
+        continuation: Option<&str>,
+    ) -> Result<(Vec<R>, Option<String>), ApiError> {
+        page(R::table(self).iter().map(|(key, item)| (key, item.public(self))), page_size, continuation)
+    }
+
+    /// Applies a bulk operation item by item; returns the failed ids with their errors.
+    pub fn bulk<R: Record>(
+        &mut self,
+        mode: BulkMode,
+        items: Vec<R>,
+        quotas: &Quotas,
+        linked_hubs: Option<&[String]>,
+    ) -> Vec<(String, ApiError)> {
+        let mut errors = Vec::new();
+        for item in items {
+            let id = item.id().to_owned();
+            let result = match mode {
+                BulkMode::Create => self.put(&id, item, None, quotas, linked_hubs).map(drop),
+                BulkMode::Update => {
+                    let if_match = R::table(self).contains_key(&id.to_lowercase()).then_some("*");
+                    self.put(&id, item, if_match, quotas, linked_hubs).map(drop)
+                }
+                BulkMode::UpdateIfMatchETag => match item.etag().map(str::to_owned) {
+                    Some(etag) => self.put(&id, item, Some(&etag), quotas, linked_hubs).map(drop),
+                    None => Err(ApiError::precondition_failed(R::WHAT, &id)),
+                },
+                BulkMode::Delete => self.delete::<R>(&id, None),
+            };
+            if let Err(error) = result {
+                errors.push((id, error));
+            }
+        }
+        errors
+    }
+}
