@@ -7,6 +7,7 @@ pub mod devenv;
 pub mod dps;
 pub mod emulator;
 pub mod pki;
+pub mod signals;
 
 /// Makes ring, the only TLS crypto provider compiled in, the process's default, unless one is
 /// installed already. Everything here that opens or serves TLS calls it first.

@@ -73,9 +73,9 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
         server = control_plane.server(),
         kubeconfig = control_plane.kubeconfig().display(),
     );
-    tokio::signal::ctrl_c()
+    crate::signals::shutdown()
         .await
-        .map_err(|source| Error::io("wait for Ctrl-C on", Path::new("stdin"), source))?;
+        .map_err(|source| Error::io("wait for a stop signal in", Path::new("this process"), source))?;
     control_plane.stop();
     Ok(())
 }

@@ -8,31 +8,31 @@ use super::{auth::AuthError, models::ProvisioningServiceErrorDetails};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("DPS refused {operation} as invalid: {details}")]
-    InvalidRequest { operation: String, details: ProvisioningServiceErrorDetails },
+    InvalidRequest { operation: String, details: Box<ProvisioningServiceErrorDetails> },
 
     #[error("DPS did not accept the credentials for {operation}: {details}")]
-    Unauthorized { operation: String, details: ProvisioningServiceErrorDetails },
+    Unauthorized { operation: String, details: Box<ProvisioningServiceErrorDetails> },
 
     #[error("the credentials are not allowed to {operation}: {details}")]
-    Forbidden { operation: String, details: ProvisioningServiceErrorDetails },
+    Forbidden { operation: String, details: Box<ProvisioningServiceErrorDetails> },
 
     #[error("{operation}: DPS has no such item")]
-    NotFound { operation: String, details: ProvisioningServiceErrorDetails },
+    NotFound { operation: String, details: Box<ProvisioningServiceErrorDetails> },
 
     #[error("{operation}: DPS already has this item: {details}")]
-    Conflict { operation: String, details: ProvisioningServiceErrorDetails },
+    Conflict { operation: String, details: Box<ProvisioningServiceErrorDetails> },
 
     #[error("{operation}: the item changed in DPS since it was read (etag mismatch)")]
-    PreconditionFailed { operation: String, details: ProvisioningServiceErrorDetails },
+    PreconditionFailed { operation: String, details: Box<ProvisioningServiceErrorDetails> },
 
     #[error("DPS throttled {operation}{}", retry_after.map(|d| format!("; retry after {}s", d.as_secs())).unwrap_or_default())]
     Throttled { operation: String, retry_after: Option<Duration> },
 
     #[error("DPS failed {operation} with status {status}: {details}")]
-    Server { operation: String, status: u16, details: ProvisioningServiceErrorDetails },
+    Server { operation: String, status: u16, details: Box<ProvisioningServiceErrorDetails> },
 
     #[error("DPS answered {operation} with unexpected status {status}: {details}")]
-    UnexpectedStatus { operation: String, status: u16, details: ProvisioningServiceErrorDetails },
+    UnexpectedStatus { operation: String, status: u16, details: Box<ProvisioningServiceErrorDetails> },
 
     #[error("could not reach DPS for {operation}")]
     Network {
@@ -133,6 +133,7 @@ impl Error {
         retry_after: Option<Duration>,
         details: ProvisioningServiceErrorDetails,
     ) -> Self {
+        let details = Box::new(details);
         match status {
             400 | 405 | 413 | 415 | 422 => Self::InvalidRequest { operation, details },
             401 => Self::Unauthorized { operation, details },

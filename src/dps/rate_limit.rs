@@ -45,6 +45,15 @@ impl RateLimiter {
         wait
     }
 
+    /// Lets no operation go for `wait`, after DPS answered 429 with that `Retry-After`: every caller
+    /// of the host backs off, not only the one that was refused.
+    pub fn pause(&self, wait: Duration) {
+        let interval = *self.interval.lock().unwrap_or_else(|e| e.into_inner());
+        let tolerance = interval * (self.burst - 1);
+        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+        *next = (*next).max(Instant::now() + wait + tolerance);
+    }
+
     /// Takes a slot now if one is free; otherwise books nothing and returns how long until one
     /// is. (What a server enforcing the same rate does.)
     pub fn try_acquire(&self) -> Result<(), Duration> {
@@ -139,6 +148,14 @@ mod tests {
         assert_eq!(limiter.try_reserve(start), Err(Duration::from_secs(1)));
         assert_eq!(limiter.try_reserve(start), Err(Duration::from_secs(1)), "a refusal books nothing");
         assert!(limiter.try_reserve(start + Duration::from_secs(1)).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_every_caller_back() {
+        let limiter = RateLimiter::new(6000);
+        limiter.pause(Duration::from_secs(3));
+        assert_eq!(limiter.acquire().await, Duration::from_secs(3));
+        assert_eq!(limiter.acquire().await, Duration::from_millis(10), "then the rate, without a burst");
     }
 
     #[test]

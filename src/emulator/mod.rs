@@ -13,3 +13,8 @@ pub use auth::AccessPolicy;
 pub use error::ApiError;
 pub use server::{EmulatorConfig, Faults, RunningEmulator, SERVICE_API_VERSIONS, StartError};
 pub use store::{Quotas, Registration, Store};
+
+/// A random 32-byte key for a shared access policy.
+pub fn random_key() -> [u8; 32] {
+    validation::random_bytes()
+}

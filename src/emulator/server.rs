@@ -92,8 +92,8 @@ impl Default for EmulatorConfig {
             host_name: None,
             policies: vec![AccessPolicy {
                 name: "provisioningserviceowner".into(),
-                primary_key: random_bytes::<32>().to_vec(),
-                secondary_key: random_bytes::<32>().to_vec(),
+                primary_key: super::random_key().to_vec(),
+                secondary_key: super::random_key().to_vec(),
             }],
             quotas: Quotas::default(),
             linked_hubs: None,

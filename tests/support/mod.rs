@@ -11,6 +11,8 @@ use std::{
     },
 };
 
+pub mod dps;
+
 pub use dps_operator::devenv::{ControlPlane, Tools};
 
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
