@@ -197,6 +197,7 @@ impl ControlPlane {
     /// A new client with the admin credential. Make one per async runtime: a client belongs to the
     /// runtime it was made in.
     pub async fn client(&self) -> Result<kube::Client, Error> {
+        crate::install_crypto_provider();
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
         let config =
             kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())

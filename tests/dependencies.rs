@@ -1,0 +1,17 @@
+//! Properties of the dependency tree that are easy to lose by adding a crate.
+
+/// rustls picks its crypto provider from the crate features linked in; with two providers, TLS
+/// clients that do not install one explicitly fail at run time. ring is ours.
+#[test]
+fn only_one_tls_crypto_provider_is_built() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let packages: Vec<&str> =
+        lock.lines().filter_map(|line| line.strip_prefix("name = \"")?.strip_suffix('"')).collect();
+    assert!(packages.contains(&"ring"));
+    for second_provider in ["aws-lc-rs", "aws-lc-sys", "openssl", "openssl-sys", "native-tls"] {
+        assert!(
+            !packages.contains(&second_provider),
+            "{second_provider} is in Cargo.lock; `cargo tree -i {second_provider}` shows who brings it"
+        );
+    }
+}
