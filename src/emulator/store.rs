@@ -73,6 +73,29 @@ pub trait Record: Enrollment + Clone {
     fn public(&self, store: &Store) -> Self;
 }
 
+/// The accessors both kinds implement the same way (their fields have the same names).
+macro_rules! record_fields {
+    () => {
+        fn attestation(&self) -> &AttestationMechanism {
+            &self.attestation
+        }
+        fn attestation_mut(&mut self) -> &mut AttestationMechanism {
+            &mut self.attestation
+        }
+        fn etag(&self) -> Option<&str> {
+            self.etag.as_deref()
+        }
+        fn created(&self) -> Option<Timestamp> {
+            self.created_date_time_utc
+        }
+        fn stamp(&mut self, etag: String, created: Timestamp, updated: Timestamp) {
+            self.etag = Some(etag);
+            self.created_date_time_utc = Some(created);
+            self.last_updated_date_time_utc = Some(updated);
+        }
+    };
+}
+
 macro_rules! settle_common {
     ($item:expr, $linked_hubs:expr) => {{
         validation::check_allocation(
@@ -102,23 +125,7 @@ impl Record for IndividualEnrollment {
     fn table_mut(store: &mut Store) -> &mut BTreeMap<String, Self> {
         &mut store.enrollments
     }
-    fn attestation(&self) -> &AttestationMechanism {
-        &self.attestation
-    }
-    fn attestation_mut(&mut self) -> &mut AttestationMechanism {
-        &mut self.attestation
-    }
-    fn etag(&self) -> Option<&str> {
-        self.etag.as_deref()
-    }
-    fn created(&self) -> Option<Timestamp> {
-        self.created_date_time_utc
-    }
-    fn stamp(&mut self, etag: String, created: Timestamp, updated: Timestamp) {
-        self.etag = Some(etag);
-        self.created_date_time_utc = Some(created);
-        self.last_updated_date_time_utc = Some(updated);
-    }
+    record_fields!();
     fn settle(&mut self, linked_hubs: Option<&[String]>) -> Result<(), ApiError> {
         if let Some(device_id) = &self.device_id {
             validation::check_device_id(device_id)?;
@@ -150,23 +157,7 @@ impl Record for EnrollmentGroup {
     fn table_mut(store: &mut Store) -> &mut BTreeMap<String, Self> {
         &mut store.enrollment_groups
     }
-    fn attestation(&self) -> &AttestationMechanism {
-        &self.attestation
-    }
-    fn attestation_mut(&mut self) -> &mut AttestationMechanism {
-        &mut self.attestation
-    }
-    fn etag(&self) -> Option<&str> {
-        self.etag.as_deref()
-    }
-    fn created(&self) -> Option<Timestamp> {
-        self.created_date_time_utc
-    }
-    fn stamp(&mut self, etag: String, created: Timestamp, updated: Timestamp) {
-        self.etag = Some(etag);
-        self.created_date_time_utc = Some(created);
-        self.last_updated_date_time_utc = Some(updated);
-    }
+    record_fields!();
     fn settle(&mut self, linked_hubs: Option<&[String]>) -> Result<(), ApiError> {
         settle_common!(self, linked_hubs);
         Ok(())
