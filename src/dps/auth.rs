@@ -217,24 +217,24 @@ impl WorkloadIdentityConfig {
     /// Settings from the environment the Azure workload identity webhook injects, with explicit
     /// client and tenant ids taking precedence.
     pub fn from_env(client_id: Option<&str>, tenant_id: Option<&str>) -> Result<Self, AuthError> {
-        let var = |name: &'static str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let client_id = client_id
-            .map(str::to_owned)
-            .or_else(|| var("AZURE_CLIENT_ID"))
-            .ok_or(AuthError::MissingSetting("AZURE_CLIENT_ID"))?;
-        let tenant_id = tenant_id
-            .map(str::to_owned)
-            .or_else(|| var("AZURE_TENANT_ID"))
-            .ok_or(AuthError::MissingSetting("AZURE_TENANT_ID"))?;
-        let token_file = var("AZURE_FEDERATED_TOKEN_FILE")
-            .ok_or(AuthError::MissingSetting("AZURE_FEDERATED_TOKEN_FILE"))?;
-        let authority_host =
-            var("AZURE_AUTHORITY_HOST").unwrap_or_else(|| "https://login.microsoftonline.com/".into());
+        Self::from_lookup(client_id, tenant_id, |name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(
+        client_id: Option<&str>,
+        tenant_id: Option<&str>,
+        lookup: impl Fn(&'static str) -> Option<String>,
+    ) -> Result<Self, AuthError> {
+        let var = |name: &'static str| lookup(name).filter(|v| !v.is_empty());
+        let required = |given: Option<&str>, name: &'static str| {
+            given.map(str::to_owned).or_else(|| var(name)).ok_or(AuthError::MissingSetting(name))
+        };
         Ok(Self {
-            client_id,
-            tenant_id,
-            token_file: token_file.into(),
-            authority_host,
+            client_id: required(client_id, "AZURE_CLIENT_ID")?,
+            tenant_id: required(tenant_id, "AZURE_TENANT_ID")?,
+            token_file: required(None, "AZURE_FEDERATED_TOKEN_FILE")?.into(),
+            authority_host: var("AZURE_AUTHORITY_HOST")
+                .unwrap_or_else(|| "https://login.microsoftonline.com/".into()),
             scope: DPS_SCOPE.into(),
         })
     }
@@ -472,6 +472,37 @@ mod tests {
             assert_eq!(error, expected, "for {text:?}");
             assert!(!error.to_string().contains(KEY) && !error.to_string().contains("not*base64"), "{error}");
         }
+    }
+
+    #[test]
+    fn workload_identity_settings_come_from_the_injected_environment() {
+        let env = |name: &str| match name {
+            "AZURE_CLIENT_ID" => Some("client-from-env".to_owned()),
+            "AZURE_TENANT_ID" => Some("tenant-from-env".to_owned()),
+            "AZURE_FEDERATED_TOKEN_FILE" => {
+                Some("/var/run/secrets/azure/tokens/azure-identity-token".to_owned())
+            }
+            "AZURE_AUTHORITY_HOST" => Some("https://login.example.test/".to_owned()),
+            _ => None,
+        };
+        let config = WorkloadIdentityConfig::from_lookup(None, None, env).unwrap();
+        assert_eq!(
+            (config.client_id.as_str(), config.tenant_id.as_str()),
+            ("client-from-env", "tenant-from-env")
+        );
+        assert_eq!(config.token_endpoint(), "https://login.example.test/tenant-from-env/oauth2/v2.0/token");
+        assert_eq!(config.scope, DPS_SCOPE);
+
+        let explicit = WorkloadIdentityConfig::from_lookup(Some("app"), Some("tenant"), env).unwrap();
+        assert_eq!((explicit.client_id.as_str(), explicit.tenant_id.as_str()), ("app", "tenant"));
+
+        let public_cloud = WorkloadIdentityConfig::from_lookup(None, None, |name| {
+            env(name).filter(|_| name != "AZURE_AUTHORITY_HOST")
+        })
+        .unwrap();
+        assert_eq!(public_cloud.authority_host, "https://login.microsoftonline.com/");
+        let missing = WorkloadIdentityConfig::from_lookup(Some("app"), Some("tenant"), |_| None).unwrap_err();
+        assert!(matches!(missing, AuthError::MissingSetting("AZURE_FEDERATED_TOKEN_FILE")));
     }
 
     #[tokio::test]
