@@ -318,6 +318,8 @@ async fn a_complete_status_survives_the_status_subresource() {
             observed_generation: Some(1),
         }],
         attestation: Some(AttestationKind::X509),
+        claimed: Some(true),
+        secrets_digest: Some("0f".repeat(32)),
         etag: Some("\"IjA2MDA4ZTYyIg==\"".into()),
         created_time: Some(time("2026-11-26T07:00:00Z")),
         last_updated_time: Some(time("2026-11-26T08:00:00Z")),

@@ -242,6 +242,16 @@ pub struct EnrollmentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<AttestationKind>,
 
+    /// True once this resource created or adopted the enrollment in DPS. An enrollment it did not
+    /// claim is never changed or deleted by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed: Option<bool>,
+
+    /// A SHA-256 digest of the secret inputs last written to DPS (symmetric keys), which DPS never
+    /// returns; a changed Secret is noticed by comparing it. Not reversible to the secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_digest: Option<String>,
+
     /// The DPS etag of the enrollment as last read or written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,

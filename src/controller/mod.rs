@@ -1,1 +1,11 @@
 //! The reconcilers that keep DPS in line with the custom resources.
+//!
+//! An enrollment is reconciled as a pipeline: resolve (the connection and the referenced Secrets)
+//! → build (spec and secrets → the DPS record, pure) → compare and decide (pure) → apply (the DPS
+//! call, with the etag) → status (pure) → write the status with server-side apply.
+
+pub mod conditions;
+pub mod desired;
+mod error;
+
+pub use error::{Error, Retry};

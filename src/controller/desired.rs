@@ -1,0 +1,693 @@
+//! The pure middle of the reconcile: `build` the DPS record from the spec and the resolved
+//! Secrets, `compare` it with what DPS holds, and `decide` what to do. No I/O here.
+
+use serde_json::{Map, Value};
+
+use super::Error;
+use crate::{
+    api::{self, EnrollmentSettings},
+    certificates::CertificateFacts,
+    dps::models::{
+        AllocationPolicy, AttestationMechanism, AttestationType, CustomAllocationDefinition,
+        DeviceCapabilities, EnrollmentGroup, IndividualEnrollment, InitialTwin, InitialTwinProperties,
+        ProvisioningStatus, ReprovisionPolicy, Secret, SymmetricKeyAttestation, TpmAttestation,
+        X509Attestation, X509CaReferences, X509CertificateWithInfo, X509Certificates,
+    },
+};
+
+/// An enrollment's attestation as its spec states it.
+#[derive(Clone, Copy, Debug)]
+pub enum AttestationInput<'a> {
+    SymmetricKey(&'a api::SecretReference),
+    /// Leaf certificates of an individual enrollment.
+    ClientCertificates(&'a api::CertificatePair),
+    /// Signing certificates of an enrollment group.
+    SigningCertificates(&'a api::CertificatePair),
+    CaReferences(&'a api::CaReferences),
+    Tpm(&'a api::TpmAttestation),
+}
+
+impl AttestationInput<'_> {
+    pub fn kind(&self) -> api::AttestationKind {
+        match self {
+            Self::SymmetricKey(_) => api::AttestationKind::SymmetricKey,
+            Self::ClientCertificates(_) | Self::SigningCertificates(_) | Self::CaReferences(_) => {
+                api::AttestationKind::X509
+            }
+            Self::Tpm(_) => api::AttestationKind::Tpm,
+        }
+    }
+}
+
+/// A certificate read from a Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedCertificate {
+    /// The first certificate of the Secret's value, as PEM.
+    pub pem: String,
+    pub facts: CertificateFacts,
+}
+
+/// What the Secrets an enrollment references hold.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Resolved {
+    /// Primary and secondary symmetric key (base64).
+    pub keys: Option<(Secret, Secret)>,
+    /// Primary and optional secondary certificate.
+    pub certificates: Option<(ResolvedCertificate, Option<ResolvedCertificate>)>,
+    pub webhook_url: Option<Secret>,
+}
+
+impl Resolved {
+    /// A digest of the secret inputs DPS never returns (the symmetric keys), to notice changes.
+    pub fn secrets_digest(&self) -> Option<String> {
+        let (primary, secondary) = self.keys.as_ref()?;
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in ["dps-operator/keys/v1", primary.expose(), secondary.expose()] {
+            context.update(part.as_bytes());
+            context.update(&[0]);
+        }
+        Some(context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
+/// The DPS attestation for `input` with the material in `resolved`.
+fn attestation(input: AttestationInput<'_>, resolved: &Resolved) -> AttestationMechanism {
+    let certificates = || {
+        let slot = |c: &ResolvedCertificate| X509CertificateWithInfo {
+            certificate: Some(c.pem.clone()),
+            info: None,
+        };
+        resolved.certificates.as_ref().map(|(primary, secondary)| X509Certificates {
+            primary: Some(slot(primary)),
+            secondary: secondary.as_ref().map(slot),
+        })
+    };
+    let mut mechanism = AttestationMechanism::default();
+    match input {
+        AttestationInput::SymmetricKey(_) => {
+            mechanism.type_ = AttestationType::SymmetricKey;
+            mechanism.symmetric_key = Some(SymmetricKeyAttestation {
+                primary_key: resolved.keys.as_ref().map(|k| k.0.clone()),
+                secondary_key: resolved.keys.as_ref().map(|k| k.1.clone()),
+            });
+        }
+        AttestationInput::ClientCertificates(_) => {
+            mechanism.type_ = AttestationType::X509;
+            mechanism.x509 =
+                Some(X509Attestation { client_certificates: certificates(), ..Default::default() });
+        }
+        AttestationInput::SigningCertificates(_) => {
+            mechanism.type_ = AttestationType::X509;
+            mechanism.x509 =
+                Some(X509Attestation { signing_certificates: certificates(), ..Default::default() });
+        }
+        AttestationInput::CaReferences(references) => {
+            mechanism.type_ = AttestationType::X509;
+            mechanism.x509 = Some(X509Attestation {
+                ca_references: Some(X509CaReferences {
+                    primary: Some(references.primary.clone()),
+                    secondary: references.secondary.clone(),
+                }),
+                ..Default::default()
+            });
+        }
+        AttestationInput::Tpm(tpm) => {
+            mechanism.type_ = AttestationType::Tpm;
+            mechanism.tpm = Some(TpmAttestation {
+                endorsement_key: tpm.endorsement_key.clone(),
+                storage_root_key: tpm.storage_root_key.clone(),
+            });
+        }
+    }
+    mechanism
+}
+
+/// IoT Hub refuses twin property names with `.`, `$` or spaces; the CRD schema cannot check
+/// inside free-form JSON, so it is checked here, before anything is sent.
+fn check_twin_names(field: &str, twin: &Map<String, Value>) -> Result<(), Error> {
+    fn walk(path: &str, value: &Value, field: &str) -> Result<(), Error> {
+        if let Value::Object(map) = value {
+            for (name, value) in map {
+                if name.contains(['.', '$', ' ']) || name.chars().any(char::is_control) {
+                    return Err(Error::InvalidSpec(format!(
+                        "{field}{path} has the property name {name:?}; twin property names cannot contain '.', '$', spaces or control characters"
+                    )));
+                }
+                walk(&format!("{path}.{name}"), value, field)?;
+            }
+        }
+        Ok(())
+    }
+    walk("", &Value::Object(twin.clone()), field)
+}
+
+/// The fields both enrollment kinds share, built from the common settings.
+struct Common {
+    capabilities: DeviceCapabilities,
+    initial_twin: Option<InitialTwin>,
+    provisioning_status: ProvisioningStatus,
+    reprovision_policy: ReprovisionPolicy,
+    allocation_policy: Option<AllocationPolicy>,
+    iot_hubs: Option<Vec<String>>,
+    custom_allocation_definition: Option<CustomAllocationDefinition>,
+}
+
+fn common(settings: &EnrollmentSettings, resolved: &Resolved) -> Result<Common, Error> {
+    let twin = settings.initial_twin.as_ref();
+    if let Some(tags) = twin.and_then(|t| t.tags.as_ref()) {
+        check_twin_names("spec.initialTwin.tags", tags)?;
+    }
+    if let Some(desired) = twin.and_then(|t| t.desired_properties.as_ref()) {
+        check_twin_names("spec.initialTwin.desiredProperties", desired)?;
+    }
+    let reprovision = settings.reprovision_policy.as_ref();
+    Ok(Common {
+        capabilities: DeviceCapabilities { iot_edge: settings.iot_edge.unwrap_or(false) },
+        initial_twin: twin.map(|twin| InitialTwin {
+            tags: twin.tags.clone(),
+            properties: twin
+                .desired_properties
+                .clone()
+                .map(|desired| InitialTwinProperties { desired: Some(desired) }),
+        }),
+        provisioning_status: match settings.provisioning_status.unwrap_or_default() {
+            api::ProvisioningStatus::Enabled => ProvisioningStatus::Enabled,
+            api::ProvisioningStatus::Disabled => ProvisioningStatus::Disabled,
+        },
+        reprovision_policy: ReprovisionPolicy {
+            update_hub_assignment: reprovision.and_then(|r| r.update_hub_assignment).unwrap_or(true),
+            migrate_device_data: reprovision.and_then(|r| r.migrate_device_data).unwrap_or(true),
+        },
+        allocation_policy: settings.allocation_policy.map(|policy| match policy {
+            api::AllocationPolicy::Hashed => AllocationPolicy::Hashed,
+            api::AllocationPolicy::GeoLatency => AllocationPolicy::GeoLatency,
+            api::AllocationPolicy::Static => AllocationPolicy::Static,
+            api::AllocationPolicy::Custom => AllocationPolicy::Custom,
+        }),
+        iot_hubs: settings.iot_hubs.clone(),
+        custom_allocation_definition: match (&settings.custom_allocation, &resolved.webhook_url) {
+            (Some(custom), Some(url)) => Some(CustomAllocationDefinition {
+                webhook_url: url.clone(),
+                api_version: custom.api_version.clone(),
+            }),
+            _ => None,
+        },
+    })
+}
+
+/// The enrollment group DPS should hold.
+pub fn enrollment_group(
+    id: &str,
+    input: AttestationInput<'_>,
+    settings: &EnrollmentSettings,
+    resolved: &Resolved,
+) -> Result<EnrollmentGroup, Error> {
+    let common = common(settings, resolved)?;
+    Ok(EnrollmentGroup {
+        enrollment_group_id: id.to_owned(),
+        attestation: attestation(input, resolved),
+        capabilities: Some(common.capabilities),
+        initial_twin: common.initial_twin,
+        provisioning_status: Some(common.provisioning_status),
+        reprovision_policy: Some(common.reprovision_policy),
+        allocation_policy: common.allocation_policy,
+        iot_hubs: common.iot_hubs,
+        custom_allocation_definition: common.custom_allocation_definition,
+        ..Default::default()
+    })
+}
+
+/// The individual enrollment DPS should hold.
+pub fn individual_enrollment(
+    spec: &api::IndividualEnrollmentSpec,
+    id: &str,
+    input: AttestationInput<'_>,
+    resolved: &Resolved,
+) -> Result<IndividualEnrollment, Error> {
+    let common = common(&spec.settings, resolved)?;
+    Ok(IndividualEnrollment {
+        registration_id: id.to_owned(),
+        device_id: spec.device_id.clone(),
+        optional_device_information: spec.optional_device_information.clone(),
+        attestation: attestation(input, resolved),
+        capabilities: Some(common.capabilities),
+        initial_twin: common.initial_twin,
+        provisioning_status: Some(common.provisioning_status),
+        reprovision_policy: Some(common.reprovision_policy),
+        allocation_policy: common.allocation_policy,
+        iot_hubs: common.iot_hubs,
+        custom_allocation_definition: common.custom_allocation_definition,
+        ..Default::default()
+    })
+}
+
+/// What of an enrollment can be compared between the spec and DPS: every field DPS returns,
+/// certificates by thumbprint (DPS never returns them), keys not at all (see
+/// [`Resolved::secrets_digest`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Comparable {
+    pub attestation_type: AttestationType,
+    pub certificate_thumbprints: (Option<String>, Option<String>),
+    pub ca_references: Option<X509CaReferences>,
+    pub tpm: Option<TpmAttestation>,
+    pub device_id: Option<String>,
+    pub optional_device_information: Option<Map<String, Value>>,
+    pub iot_edge: bool,
+    pub initial_twin: Option<InitialTwin>,
+    pub provisioning_status: ProvisioningStatus,
+    pub reprovision_policy: ReprovisionPolicy,
+    pub allocation_policy: Option<AllocationPolicy>,
+    pub iot_hubs: Vec<String>,
+    pub custom_allocation: Option<(String, Option<String>)>,
+}
+
+/// An enrollment of either kind, as far as comparing goes.
+pub trait DpsRecord {
+    fn comparable(&self) -> Comparable;
+    fn etag(&self) -> Option<&str>;
+}
+
+fn thumbprints(attestation: &AttestationMechanism) -> (Option<String>, Option<String>) {
+    let x509 = attestation.x509.as_ref();
+    let certificates = x509.and_then(|x| x.client_certificates.as_ref().or(x.signing_certificates.as_ref()));
+    let thumbprint = |slot: Option<&X509CertificateWithInfo>| {
+        slot?.info.as_ref().map(|i| i.sha256_thumbprint.to_ascii_uppercase())
+    };
+    (
+        thumbprint(certificates.and_then(|c| c.primary.as_ref())),
+        thumbprint(certificates.and_then(|c| c.secondary.as_ref())),
+    )
+}
+
+macro_rules! comparable {
+    ($record:expr, $device_id:expr, $information:expr) => {{
+        let record = $record;
+        let mut hubs = record.iot_hubs.clone().unwrap_or_default();
+        hubs.sort_by_key(|hub| hub.to_ascii_lowercase());
+        Comparable {
+            attestation_type: record.attestation.type_,
+            certificate_thumbprints: thumbprints(&record.attestation),
+            ca_references: record.attestation.x509.as_ref().and_then(|x| x.ca_references.clone()),
+            tpm: record.attestation.tpm.clone(),
+            device_id: $device_id,
+            optional_device_information: $information,
+            iot_edge: record.capabilities.as_ref().is_some_and(|c| c.iot_edge),
+            initial_twin: record.initial_twin.clone().filter(|t| t.tags.is_some() || t.properties.is_some()),
+            provisioning_status: record.provisioning_status.unwrap_or_default(),
+            reprovision_policy: record.reprovision_policy.clone().unwrap_or_default(),
+            allocation_policy: record.allocation_policy,
+            iot_hubs: hubs,
+            custom_allocation: record
+                .custom_allocation_definition
+                .as_ref()
+                .map(|c| (c.api_version.clone(), Some(c.webhook_url.expose().to_owned()))),
+        }
+    }};
+}
+
+impl DpsRecord for EnrollmentGroup {
+    fn comparable(&self) -> Comparable {
+        comparable!(self, None, None)
+    }
+    fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+}
+
+impl DpsRecord for IndividualEnrollment {
+    fn comparable(&self) -> Comparable {
+        comparable!(self, self.device_id.clone(), self.optional_device_information.clone())
+    }
+    fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+}
+
+/// The desired record's comparable form: certificate thumbprints from what was read from the
+/// Secrets, since the record to send carries the certificates themselves.
+pub fn desired_comparable(desired: &impl DpsRecord, resolved: &Resolved) -> Comparable {
+    let mut comparable = desired.comparable();
+    if let Some((primary, secondary)) = &resolved.certificates {
+        comparable.certificate_thumbprints = (
+            Some(primary.facts.sha256_thumbprint.clone()),
+            secondary.as_ref().map(|s| s.facts.sha256_thumbprint.clone()),
+        );
+    }
+    comparable
+}
+
+/// The names of the fields where DPS differs from the spec.
+pub fn drift(desired: &Comparable, actual: &Comparable) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    let mut check = |name, differs: bool| {
+        if differs {
+            fields.push(name);
+        }
+    };
+    check("attestation", desired.attestation_type != actual.attestation_type);
+    check("attestation.certificates", desired.certificate_thumbprints != actual.certificate_thumbprints);
+    check("attestation.caReferences", desired.ca_references != actual.ca_references);
+    // DPS may not echo the TPM keys; compare them only when it does.
+    check("attestation.tpm", actual.tpm.is_some() && desired.tpm != actual.tpm);
+    check("deviceId", desired.device_id != actual.device_id);
+    check(
+        "optionalDeviceInformation",
+        desired.optional_device_information != actual.optional_device_information,
+    );
+    check("iotEdge", desired.iot_edge != actual.iot_edge);
+    check("initialTwin", desired.initial_twin != actual.initial_twin);
+    check("provisioningStatus", desired.provisioning_status != actual.provisioning_status);
+    check("reprovisionPolicy", desired.reprovision_policy != actual.reprovision_policy);
+    check("allocationPolicy", desired.allocation_policy != actual.allocation_policy);
+    check(
+        "iotHubs",
+        desired
+            .iot_hubs
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .ne(actual.iot_hubs.iter().map(|h| h.to_ascii_lowercase())),
+    );
+    let webhook = |c: &Option<(String, Option<String>)>| c.as_ref().map(|(version, _)| version.clone());
+    let webhook_url = |c: &Option<(String, Option<String>)>| c.as_ref().and_then(|(_, url)| url.clone());
+    check(
+        "customAllocation",
+        webhook(&desired.custom_allocation) != webhook(&actual.custom_allocation)
+            || (webhook_url(&actual.custom_allocation).is_some()
+                && webhook_url(&desired.custom_allocation) != webhook_url(&actual.custom_allocation)),
+    );
+    fields
+}
+
+/// What the reconcile knows when it decides.
+#[derive(Debug)]
+pub struct Facts<'a> {
+    /// Whether the operator may write (managed, not paused).
+    pub may_write: bool,
+    pub adopt: bool,
+    /// Whether this resource created or adopted the enrollment.
+    pub claimed: bool,
+    pub desired: &'a Comparable,
+    /// What DPS holds: its comparable form and etag.
+    pub observed: Option<(&'a Comparable, &'a str)>,
+    /// Whether the keys (or other unreadable secret inputs) differ from those last written.
+    pub secrets_changed: bool,
+    pub what: &'static str,
+    pub id: &'a str,
+}
+
+/// What to do.
+#[derive(Debug, PartialEq)]
+pub enum Plan {
+    /// Nothing: DPS holds what the spec describes.
+    InSync,
+    /// Create the enrollment (it is missing in DPS).
+    Create { recreate: bool },
+    /// Replace it, with its etag, because of these differences.
+    Update { etag: String, drift: Vec<&'static str>, adopt: bool },
+    /// Report, do not write: the differences, or that it is missing.
+    Report { drift: Vec<&'static str>, missing: bool },
+}
+
+pub fn decide(facts: Facts<'_>) -> Result<Plan, Error> {
+    let Some((observed, etag)) = facts.observed else {
+        return Ok(if facts.may_write {
+            Plan::Create { recreate: facts.claimed }
+        } else {
+            Plan::Report { drift: Vec::new(), missing: true }
+        });
+    };
+    if !facts.claimed && !facts.adopt {
+        return Err(Error::AlreadyExists { what: facts.what, id: facts.id.to_owned() });
+    }
+    if observed.attestation_type != facts.desired.attestation_type {
+        return Err(Error::AttestationKindMismatch {
+            what: facts.what,
+            id: facts.id.to_owned(),
+            actual: format!("{:?}", observed.attestation_type),
+            desired: format!("{:?}", facts.desired.attestation_type),
+        });
+    }
+    let mut differences = drift(facts.desired, observed);
+    if facts.secrets_changed {
+        differences.push("attestation.symmetricKey");
+    }
+    let adopting = !facts.claimed;
+    Ok(match (differences.is_empty() && !adopting, facts.may_write) {
+        (true, _) => Plan::InSync,
+        (false, true) => Plan::Update { etag: etag.to_owned(), drift: differences, adopt: adopting },
+        (false, false) => Plan::Report { drift: differences, missing: false },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{
+        CustomAllocation, InitialTwin as SpecTwin, ReprovisionPolicy as SpecReprovision, SecretKeySelector,
+        SecretReference, ServiceRef,
+    };
+    use serde_json::json;
+
+    fn settings() -> EnrollmentSettings {
+        serde_json::from_value(json!({"serviceRef": {"name": "dps"}})).unwrap()
+    }
+
+    fn keys() -> Resolved {
+        Resolved {
+            keys: Some((Secret::new("cHJpbWFyeQ=="), Secret::new("c2Vjb25kYXJ5"))),
+            ..Default::default()
+        }
+    }
+
+    fn secret() -> SecretReference {
+        SecretReference { name: "keys".into() }
+    }
+
+    #[test]
+    fn every_setting_reaches_the_dps_record() {
+        let mut settings = settings();
+        settings.service_ref = ServiceRef { kind: None, name: "dps".into() };
+        settings.iot_hubs = Some(vec!["b.azure-devices.net".into(), "a.azure-devices.net".into()]);
+        settings.allocation_policy = Some(api::AllocationPolicy::Custom);
+        settings.custom_allocation = Some(CustomAllocation {
+            webhook_url_secret_ref: SecretKeySelector { name: "hook".into(), key: "url".into() },
+            api_version: "2021-10-01".into(),
+        });
+        settings.initial_twin = Some(SpecTwin {
+            tags: Some(json!({"site": "Redmond"}).as_object().unwrap().clone()),
+            desired_properties: Some(json!({"interval": 60}).as_object().unwrap().clone()),
+        });
+        settings.iot_edge = Some(true);
+        settings.reprovision_policy =
+            Some(SpecReprovision { update_hub_assignment: Some(false), migrate_device_data: None });
+        settings.provisioning_status = Some(api::ProvisioningStatus::Disabled);
+        let resolved = Resolved { webhook_url: Some(Secret::new("https://f.example/api?code=k")), ..keys() };
+        let secret = secret();
+        let group =
+            enrollment_group("g", AttestationInput::SymmetricKey(&secret), &settings, &resolved).unwrap();
+        assert_eq!(
+            serde_json::to_value(&group).unwrap(),
+            json!({
+                "enrollmentGroupId": "g",
+                "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": "cHJpbWFyeQ==", "secondaryKey": "c2Vjb25kYXJ5"}},
+                "capabilities": {"iotEdge": true},
+                "initialTwin": {"tags": {"site": "Redmond"}, "properties": {"desired": {"interval": 60}}},
+                "provisioningStatus": "disabled",
+                "reprovisionPolicy": {"updateHubAssignment": false, "migrateDeviceData": true},
+                "allocationPolicy": "custom",
+                "iotHubs": ["b.azure-devices.net", "a.azure-devices.net"],
+                "customAllocationDefinition": {"webhookUrl": "https://f.example/api?code=k", "apiVersion": "2021-10-01"},
+            })
+        );
+    }
+
+    #[test]
+    fn individual_fields_and_tpm_reach_the_dps_record() {
+        let spec: api::IndividualEnrollmentSpec = serde_json::from_value(json!({
+            "serviceRef": {"name": "dps"},
+            "deviceId": "kiosk-3",
+            "optionalDeviceInformation": {"serial": "K3"},
+            "attestation": {"tpm": {"endorsementKey": "AAAA", "storageRootKey": "BBBB"}},
+        }))
+        .unwrap();
+        let tpm = spec.attestation.tpm.clone().unwrap();
+        let enrollment =
+            individual_enrollment(&spec, "kiosk-3.store", AttestationInput::Tpm(&tpm), &Resolved::default())
+                .unwrap();
+        let value = serde_json::to_value(&enrollment).unwrap();
+        assert_eq!(
+            value["attestation"],
+            json!({"type": "tpm", "tpm": {"endorsementKey": "AAAA", "storageRootKey": "BBBB"}})
+        );
+        assert_eq!(
+            (value["deviceId"].clone(), value["optionalDeviceInformation"].clone()),
+            (json!("kiosk-3"), json!({"serial": "K3"}))
+        );
+        assert_eq!(value["registrationId"], json!("kiosk-3.store"));
+    }
+
+    #[test]
+    fn twin_names_iot_hub_refuses_are_caught_before_dps() {
+        let mut settings = settings();
+        settings.initial_twin = Some(SpecTwin {
+            tags: Some(json!({"building": {"floor.3": 1}}).as_object().unwrap().clone()),
+            desired_properties: None,
+        });
+        let secret = secret();
+        let error =
+            enrollment_group("g", AttestationInput::SymmetricKey(&secret), &settings, &keys()).unwrap_err();
+        assert!(error.to_string().contains("spec.initialTwin.tags.building"), "{error}");
+        assert!(error.is_stalled());
+    }
+
+    #[test]
+    fn what_dps_fills_in_or_reorders_is_not_drift() {
+        let secret = secret();
+        let mut settings = settings();
+        settings.iot_hubs = Some(vec!["B.azure-devices.net".into(), "a.azure-devices.net".into()]);
+        let desired =
+            enrollment_group("g", AttestationInput::SymmetricKey(&secret), &settings, &keys()).unwrap();
+        let mut stored = desired.clone();
+        stored.attestation.symmetric_key = None;
+        stored.iot_hubs = Some(vec!["a.azure-devices.net".into(), "b.azure-devices.net".into()]);
+        stored.etag = Some("e1".into());
+        assert_eq!(drift(&desired_comparable(&desired, &keys()), &stored.comparable()), Vec::<&str>::new());
+
+        stored.provisioning_status = Some(ProvisioningStatus::Disabled);
+        stored.iot_hubs = Some(vec!["a.azure-devices.net".into()]);
+        assert_eq!(drift(&desired.comparable(), &stored.comparable()), ["provisioningStatus", "iotHubs"]);
+    }
+
+    #[test]
+    fn certificates_are_compared_by_thumbprint() {
+        let facts = |thumbprint: &str| CertificateFacts {
+            subject: "CN=a".into(),
+            issuer: "CN=a".into(),
+            sha1_thumbprint: String::new(),
+            sha256_thumbprint: thumbprint.into(),
+            serial_number: "01".into(),
+            not_before: jiff::Timestamp::UNIX_EPOCH,
+            not_after: jiff::Timestamp::MAX,
+            version: 3,
+            common_name: None,
+        };
+        let resolved = Resolved {
+            certificates: Some((ResolvedCertificate { pem: "PEM".into(), facts: facts("AA") }, None)),
+            ..Default::default()
+        };
+        let pair = api::CertificatePair {
+            primary: api::CertificateSecretRef { name: "ca".into(), key: None },
+            secondary: None,
+        };
+        let desired =
+            enrollment_group("g", AttestationInput::SigningCertificates(&pair), &settings(), &resolved)
+                .unwrap();
+        let mut stored = desired.clone();
+        let slot = stored
+            .attestation
+            .x509
+            .as_mut()
+            .unwrap()
+            .signing_certificates
+            .as_mut()
+            .unwrap()
+            .primary
+            .as_mut()
+            .unwrap();
+        slot.certificate = None;
+        slot.info = Some(crate::dps::models::X509CertificateInfo {
+            subject_name: "CN=a".into(),
+            sha1_thumbprint: String::new(),
+            sha256_thumbprint: "aa".into(),
+            issuer_name: "CN=a".into(),
+            not_before_utc: crate::dps::models::Timestamp(jiff::Timestamp::UNIX_EPOCH),
+            not_after_utc: crate::dps::models::Timestamp(jiff::Timestamp::UNIX_EPOCH),
+            serial_number: "01".into(),
+            version: 3,
+        });
+        assert!(drift(&desired_comparable(&desired, &resolved), &stored.comparable()).is_empty());
+        let rotated = Resolved {
+            certificates: Some((ResolvedCertificate { pem: "PEM".into(), facts: facts("BB") }, None)),
+            ..Default::default()
+        };
+        assert_eq!(
+            drift(&desired_comparable(&desired, &rotated), &stored.comparable()),
+            ["attestation.certificates"]
+        );
+    }
+
+    fn facts<'a>(desired: &'a Comparable, observed: Option<(&'a Comparable, &'a str)>) -> Facts<'a> {
+        Facts {
+            may_write: true,
+            adopt: false,
+            claimed: true,
+            desired,
+            observed,
+            secrets_changed: false,
+            what: "enrollment group",
+            id: "g",
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let secret = secret();
+        let desired = enrollment_group("g", AttestationInput::SymmetricKey(&secret), &settings(), &keys())
+            .unwrap()
+            .comparable();
+        let mut changed = desired.clone();
+        changed.iot_edge = true;
+
+        assert_eq!(
+            decide(facts(&desired, Some((&desired, "e")))).unwrap(),
+            Plan::InSync,
+            "in sync: no write"
+        );
+        assert_eq!(
+            decide(Facts { claimed: false, ..facts(&desired, None) }).unwrap(),
+            Plan::Create { recreate: false }
+        );
+        assert_eq!(
+            decide(facts(&desired, None)).unwrap(),
+            Plan::Create { recreate: true },
+            "deleted outside: restore"
+        );
+        assert_eq!(
+            decide(facts(&desired, Some((&changed, "e")))).unwrap(),
+            Plan::Update { etag: "e".into(), drift: vec!["iotEdge"], adopt: false }
+        );
+        assert_eq!(
+            decide(Facts { secrets_changed: true, ..facts(&desired, Some((&desired, "e"))) }).unwrap(),
+            Plan::Update { etag: "e".into(), drift: vec!["attestation.symmetricKey"], adopt: false },
+            "a rotated key is written although DPS does not show keys"
+        );
+
+        let refused = decide(Facts { claimed: false, ..facts(&desired, Some((&desired, "e"))) }).unwrap_err();
+        assert!(matches!(refused, Error::AlreadyExists { .. }));
+        assert_eq!(
+            decide(Facts { claimed: false, adopt: true, ..facts(&desired, Some((&desired, "e"))) }).unwrap(),
+            Plan::Update { etag: "e".into(), drift: vec![], adopt: true },
+            "adoption writes once to claim"
+        );
+
+        let observe = |observed| decide(Facts { may_write: false, ..facts(&desired, observed) }).unwrap();
+        assert_eq!(observe(Some((&changed, "e"))), Plan::Report { drift: vec!["iotEdge"], missing: false });
+        assert_eq!(observe(None), Plan::Report { drift: vec![], missing: true });
+
+        let mut x509 = desired.clone();
+        x509.attestation_type = AttestationType::X509;
+        let mismatch = decide(facts(&desired, Some((&x509, "e")))).unwrap_err();
+        assert!(matches!(mismatch, Error::AttestationKindMismatch { .. }), "never changed in place");
+    }
+
+    #[test]
+    fn the_secrets_digest_changes_with_either_key_and_hides_them() {
+        let digest = keys().secrets_digest().unwrap();
+        assert_eq!(digest.len(), 64);
+        assert!(!digest.contains("cHJpbWFyeQ"));
+        let rotated =
+            Resolved { keys: Some((Secret::new("cHJpbWFyeQ=="), Secret::new("bmV3"))), ..Default::default() };
+        assert_ne!(rotated.secrets_digest().unwrap(), digest);
+        assert_eq!(Resolved::default().secrets_digest(), None);
+    }
+}

@@ -1,0 +1,149 @@
+//! Why a reconcile did not complete, with the condition reason users see and how to retry.
+
+use std::time::Duration;
+
+use crate::dps::{self, RetryClass};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Secret {namespace}/{name} does not exist")]
+    SecretNotFound { namespace: String, name: String },
+
+    #[error("Secret {namespace}/{name} has no key {key}")]
+    SecretKeyMissing { namespace: String, name: String, key: String },
+
+    #[error("key {key} of Secret {namespace}/{name} is invalid: {problem}")]
+    SecretValueInvalid { namespace: String, name: String, key: String, problem: String },
+
+    #[error("ConfigMap {namespace}/{name} has no key {key}")]
+    ConfigMapKeyMissing { namespace: String, name: String, key: String },
+
+    #[error("the certificate in key {key} of Secret {namespace}/{name} {problem}")]
+    CertificateInvalid { namespace: String, name: String, key: String, problem: String },
+
+    #[error("{kind} {name} does not exist")]
+    ConnectionNotFound { kind: &'static str, name: String },
+
+    #[error(
+        "ClusterProvisioningService {name} may not be used from namespace {namespace} (see its allowedNamespaces)"
+    )]
+    ConnectionNotAllowed { name: String, namespace: String },
+
+    #[error("the credentials of {connection} are invalid: {problem}")]
+    InvalidCredentials { connection: String, problem: String },
+
+    #[error(
+        "DPS already has {what} {id}, which this resource did not create; set spec.adoption: Adopt to take it over"
+    )]
+    AlreadyExists { what: &'static str, id: String },
+
+    #[error(
+        "DPS has {what} {id} with {actual} attestation, but the spec asks for {desired}; DPS cannot change the \
+         attestation kind in place: delete the enrollment in DPS or use another id"
+    )]
+    AttestationKindMismatch { what: &'static str, id: String, actual: String, desired: String },
+
+    #[error("the spec is invalid: {0}")]
+    InvalidSpec(String),
+
+    #[error("DPS call failed on {connection}")]
+    Dps {
+        connection: String,
+        #[source]
+        source: dps::Error,
+    },
+
+    #[error("Kubernetes API call failed: {action}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// How soon to try again after an error, before backoff.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Nothing changes until the spec or an input changes; check again slowly.
+    WhenInputsChange,
+    /// Try again at once (after re-reading).
+    Now,
+    /// Try again after this long.
+    After(Duration),
+    /// Transient: back off exponentially.
+    Backoff,
+}
+
+impl Error {
+    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
+        Self::Kube { action: action.into(), source }
+    }
+
+    /// The stable PascalCase reason of the `Ready` condition.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::SecretNotFound { .. } => "SecretNotFound",
+            Self::SecretKeyMissing { .. } | Self::ConfigMapKeyMissing { .. } => "SecretKeyMissing",
+            Self::SecretValueInvalid { .. } => "SecretInvalid",
+            Self::CertificateInvalid { .. } => "CertificateInvalid",
+            Self::ConnectionNotFound { .. } => "ConnectionNotFound",
+            Self::ConnectionNotAllowed { .. } => "ConnectionNotAllowed",
+            Self::InvalidCredentials { .. } => "InvalidCredentials",
+            Self::AlreadyExists { .. } => "AlreadyExists",
+            Self::AttestationKindMismatch { .. } => "AttestationKindMismatch",
+            Self::InvalidSpec(_) => "InvalidSpec",
+            Self::Dps { source, .. } => source.reason(),
+            Self::Kube { .. } => "KubernetesApiError",
+        }
+    }
+
+    /// Whether only a change of the spec can help (kstatus `Stalled`).
+    pub fn is_stalled(&self) -> bool {
+        match self {
+            Self::AlreadyExists { .. } | Self::AttestationKindMismatch { .. } | Self::InvalidSpec(_) => true,
+            Self::Dps { source, .. } => source.retry_class() == RetryClass::Permanent,
+            _ => false,
+        }
+    }
+
+    pub fn retry(&self) -> Retry {
+        match self {
+            Self::Dps { source, .. } => match source.retry_class() {
+                RetryClass::Permanent | RetryClass::Credentials => Retry::WhenInputsChange,
+                RetryClass::Reread => Retry::Now,
+                RetryClass::After(Some(wait)) => Retry::After(wait),
+                RetryClass::After(None) | RetryClass::Backoff => Retry::Backoff,
+            },
+            Self::Kube { .. } => Retry::Backoff,
+            // Missing Secrets and connections are watched: a change triggers a reconcile.
+            _ => Retry::WhenInputsChange,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_errors_name_the_secret_and_key_and_are_not_stalled() {
+        let error = Error::SecretKeyMissing {
+            namespace: "iot".into(),
+            name: "keys".into(),
+            key: "primaryKey".into(),
+        };
+        assert_eq!(error.to_string(), "Secret iot/keys has no key primaryKey");
+        assert_eq!(
+            (error.reason(), error.is_stalled(), error.retry()),
+            ("SecretKeyMissing", false, Retry::WhenInputsChange)
+        );
+    }
+
+    #[test]
+    fn adoption_refusals_and_rejected_specs_stall() {
+        let exists = Error::AlreadyExists { what: "enrollment group", id: "g".into() };
+        assert!(exists.is_stalled());
+        assert_eq!(exists.reason(), "AlreadyExists");
+        assert!(exists.to_string().contains("spec.adoption: Adopt"));
+    }
+}
