@@ -8,6 +8,7 @@ pub mod dps;
 pub mod emulator;
 pub mod pki;
 pub mod signals;
+pub mod telemetry;
 
 /// Makes ring, the only TLS crypto provider compiled in, the process's default, unless one is
 /// installed already. Everything here that opens or serves TLS calls it first.

@@ -265,6 +265,27 @@ pub struct Comparable {
 pub trait DpsRecord {
     fn comparable(&self) -> Comparable;
     fn etag(&self) -> Option<&str>;
+    fn set_etag(&mut self, etag: Option<String>);
+    fn created(&self) -> Option<crate::dps::models::Timestamp>;
+    fn updated(&self) -> Option<crate::dps::models::Timestamp>;
+}
+
+/// The record accessors both kinds implement the same way.
+macro_rules! record_accessors {
+    () => {
+        fn etag(&self) -> Option<&str> {
+            self.etag.as_deref()
+        }
+        fn set_etag(&mut self, etag: Option<String>) {
+            self.etag = etag;
+        }
+        fn created(&self) -> Option<crate::dps::models::Timestamp> {
+            self.created_date_time_utc
+        }
+        fn updated(&self) -> Option<crate::dps::models::Timestamp> {
+            self.last_updated_date_time_utc
+        }
+    };
 }
 
 fn thumbprints(attestation: &AttestationMechanism) -> (Option<String>, Option<String>) {
@@ -309,18 +330,14 @@ impl DpsRecord for EnrollmentGroup {
     fn comparable(&self) -> Comparable {
         comparable!(self, None, None)
     }
-    fn etag(&self) -> Option<&str> {
-        self.etag.as_deref()
-    }
+    record_accessors!();
 }
 
 impl DpsRecord for IndividualEnrollment {
     fn comparable(&self) -> Comparable {
         comparable!(self, self.device_id.clone(), self.optional_device_information.clone())
     }
-    fn etag(&self) -> Option<&str> {
-        self.etag.as_deref()
-    }
+    record_accessors!();
 }
 
 /// The desired record's comparable form: certificate thumbprints from what was read from the

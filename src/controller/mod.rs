@@ -9,3 +9,11 @@ pub mod desired;
 mod error;
 
 pub use error::{Error, Retry};
+pub mod connection;
+pub mod context;
+pub mod enrollment;
+pub mod kinds;
+pub mod provisioning;
+mod run;
+pub mod secrets;
+pub use run::run;

@@ -1,0 +1,265 @@
+//! DPS connections: turning a `ProvisioningService` or `ClusterProvisioningService` into a DPS
+//! client (cached until its inputs change, paced by its host's shared rate limiter), and the
+//! reconciler that reports whether a connection works.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::{Error, secrets::Reader};
+use crate::{
+    api::{
+        ClusterProvisioningService, ConnectionSpec, EnrollmentDefaults, ProvisioningService, ServiceKind,
+        ServiceRef,
+    },
+    dps::{
+        self, ClientConfig,
+        auth::{Authenticator, ConnectionString, WorkloadIdentityConfig},
+        models::EnrollmentGroup,
+        rate_limit::RateLimiters,
+    },
+};
+
+/// Operations per minute when a connection does not say (DPS allows 1,000 per unit).
+pub const DEFAULT_OPERATIONS_PER_MINUTE: u32 = 200;
+
+/// A usable DPS connection.
+#[derive(Clone)]
+pub struct Connection {
+    /// How messages name it, e.g. `ProvisioningService iot/contoso-dps`.
+    pub name: String,
+    pub host: String,
+    pub client: Arc<dps::Client>,
+    pub defaults: Option<EnrollmentDefaults>,
+    pub credentials: &'static str,
+    /// Where the credentials come from, for messages (never the credentials themselves).
+    pub credentials_source: String,
+}
+
+/// Resolves connections and keeps one client per connection while its inputs stay the same.
+pub struct Connections {
+    operator_namespace: String,
+    rate_limiters: RateLimiters,
+    timeout: Duration,
+    clients: Mutex<HashMap<String, (String, Connection)>>,
+}
+
+impl Connections {
+    pub fn new(operator_namespace: String, timeout: Duration) -> Self {
+        Self {
+            operator_namespace,
+            rate_limiters: RateLimiters::default(),
+            timeout,
+            clients: Mutex::default(),
+        }
+    }
+
+    /// The connection an enrollment in `namespace` refers to.
+    pub async fn for_enrollment(
+        &self,
+        client: &Client,
+        service_ref: &ServiceRef,
+        namespace: &str,
+    ) -> Result<Connection, Error> {
+        match service_ref.kind.unwrap_or_default() {
+            ServiceKind::ProvisioningService => {
+                let service = Api::<ProvisioningService>::namespaced(client.clone(), namespace)
+                    .get_opt(&service_ref.name)
+                    .await
+                    .map_err(|e| {
+                        Error::kube(format!("read ProvisioningService {namespace}/{}", service_ref.name), e)
+                    })?
+                    .ok_or_else(|| Error::ConnectionNotFound {
+                        kind: "ProvisioningService",
+                        name: format!("{namespace}/{}", service_ref.name),
+                    })?;
+                self.for_provisioning_service(client, &service).await
+            }
+            ServiceKind::ClusterProvisioningService => {
+                let service = Api::<ClusterProvisioningService>::all(client.clone())
+                    .get_opt(&service_ref.name)
+                    .await
+                    .map_err(|e| {
+                        Error::kube(format!("read ClusterProvisioningService {}", service_ref.name), e)
+                    })?
+                    .ok_or_else(|| Error::ConnectionNotFound {
+                        kind: "ClusterProvisioningService",
+                        name: service_ref.name.clone(),
+                    })?;
+                self.check_allowed(client, &service, namespace).await?;
+                self.for_cluster_provisioning_service(client, &service).await
+            }
+        }
+    }
+
+    pub async fn for_provisioning_service(
+        &self,
+        client: &Client,
+        service: &ProvisioningService,
+    ) -> Result<Connection, Error> {
+        let namespace = service.namespace().unwrap_or_default();
+        let name = format!("ProvisioningService {namespace}/{}", service.name_any());
+        self.resolve(client, name, &service.spec.connection, &namespace, fingerprint(service)).await
+    }
+
+    pub async fn for_cluster_provisioning_service(
+        &self,
+        client: &Client,
+        service: &ClusterProvisioningService,
+    ) -> Result<Connection, Error> {
+        let name = format!("ClusterProvisioningService {}", service.name_any());
+        let namespace = self.operator_namespace.clone();
+        self.resolve(client, name, &service.spec.connection, &namespace, fingerprint(service)).await
+    }
+
+    /// A namespace may use a cluster connection only when `allowedNamespaces` selects it.
+    async fn check_allowed(
+        &self,
+        client: &Client,
+        service: &ClusterProvisioningService,
+        namespace: &str,
+    ) -> Result<(), Error> {
+        let refused =
+            || Error::ConnectionNotAllowed { name: service.name_any(), namespace: namespace.to_owned() };
+        let Some(selector) = service.spec.allowed_namespaces.clone() else { return Err(refused()) };
+        let labels: BTreeMap<String, String> = Api::<Namespace>::all(client.clone())
+            .get(namespace)
+            .await
+            .map_err(|e| Error::kube(format!("read Namespace {namespace}"), e))?
+            .labels()
+            .clone();
+        let selector = kube::core::Selector::try_from(selector).map_err(|e| {
+            Error::InvalidSpec(format!(
+                "allowedNamespaces of ClusterProvisioningService {}: {e}",
+                service.name_any()
+            ))
+        })?;
+        if kube::core::SelectorExt::matches(&selector, &labels) { Ok(()) } else { Err(refused()) }
+    }
+
+    async fn resolve(
+        &self,
+        client: &Client,
+        name: String,
+        spec: &ConnectionSpec,
+        namespace: &str,
+        object_version: String,
+    ) -> Result<Connection, Error> {
+        let reader = Reader { client, namespace };
+        let invalid = |problem: String| Error::InvalidCredentials { connection: name.clone(), problem };
+        // The inputs' versions: when none changed, the cached client is still right.
+        let mut inputs = vec![object_version];
+        let (authenticator, host, credentials_source) =
+            match (&spec.credentials.connection_string_secret_ref, &spec.credentials.workload_identity) {
+                (Some(reference), _) => {
+                    let secret = reader.secret(&reference.name).await?.ok_or_else(|| {
+                        Error::SecretNotFound { namespace: namespace.into(), name: reference.name.clone() }
+                    })?;
+                    inputs.push(secret.resource_version().unwrap_or_default());
+                    let text = reader.secret_text(&reference.name, &reference.key).await?;
+                    let parsed: ConnectionString = text.expose().parse().map_err(|e| {
+                        invalid(format!(
+                            "key {} of Secret {namespace}/{}: {e}",
+                            reference.key, reference.name
+                        ))
+                    })?;
+                    let host = spec.host.clone().unwrap_or_else(|| parsed.host_name.clone());
+                    let source = format!(
+                        "the connection string in key {} of Secret {namespace}/{}",
+                        reference.key, reference.name
+                    );
+                    (Authenticator::shared_access(parsed), host, source)
+                }
+                (None, Some(identity)) => {
+                    let config = WorkloadIdentityConfig::from_env(
+                        identity.client_id.as_deref(),
+                        identity.tenant_id.as_deref(),
+                    )
+                    .map_err(|e| invalid(e.to_string()))?;
+                    let host = spec
+                        .host
+                        .clone()
+                        .ok_or_else(|| invalid("spec.host is required with workloadIdentity".into()))?;
+                    let source = format!("workload identity of application {}", config.client_id);
+                    (Authenticator::workload_identity(config), host, source)
+                }
+                (None, None) => return Err(invalid("spec.credentials names no credentials".into())),
+            };
+        let ca_bundle = match &spec.ca_bundle {
+            Some(bundle) => match (&bundle.secret_ref, &bundle.config_map_ref) {
+                (Some(secret), _) => {
+                    Some(reader.secret_text(&secret.name, &secret.key).await?.expose().to_owned())
+                }
+                (None, Some(config_map)) => {
+                    Some(reader.config_map_text(&config_map.name, &config_map.key).await?)
+                }
+                (None, None) => None,
+            },
+            None => None,
+        };
+        inputs.push(ca_bundle.clone().unwrap_or_default());
+        let fingerprint = inputs.join("/");
+
+        if let Some((cached, connection)) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(&name)
+            && *cached == fingerprint
+        {
+            return Ok(connection.clone());
+        }
+        let rate = spec
+            .rate_limit
+            .as_ref()
+            .map_or(DEFAULT_OPERATIONS_PER_MINUTE, |r| r.operations_per_minute.max(1) as u32);
+        let credentials = authenticator.kind();
+        let dps_client = dps::Client::new(ClientConfig {
+            host: host.clone(),
+            authenticator: Arc::new(authenticator),
+            rate_limiter: self.rate_limiters.for_host(&host, rate),
+            extra_root_certificates: ca_bundle,
+            timeout: self.timeout,
+        })
+        .map_err(|e| invalid(format!("{e}")))?;
+        let connection = Connection {
+            name: name.clone(),
+            host,
+            client: Arc::new(dps_client),
+            defaults: spec.enrollment_defaults.clone(),
+            credentials,
+            credentials_source,
+        };
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, (fingerprint, connection.clone()));
+        Ok(connection)
+    }
+}
+
+fn fingerprint<K: Resource>(object: &K) -> String {
+    format!(
+        "{}@{}",
+        object.meta().uid.clone().unwrap_or_default(),
+        object.meta().generation.unwrap_or_default()
+    )
+}
+
+/// Checks a connection with the cheapest authenticated call: the first page (of one) of the
+/// enrollment group query.
+pub async fn probe(connection: &Connection) -> Result<(), Error> {
+    let mut groups = Box::pin(connection.client.query::<EnrollmentGroup>("SELECT *", Some(1)));
+    match groups.next().await {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(source)) => Err(match source.retry_class() {
+            dps::RetryClass::Credentials => Error::InvalidCredentials {
+                connection: connection.name.clone(),
+                problem: format!("DPS refused {}: {source}", connection.credentials_source),
+            },
+            _ => Error::Dps { connection: connection.name.clone(), source },
+        }),
+    }
+}

@@ -1,0 +1,140 @@
+//! What every reconcile shares: the Kubernetes client, the DPS connections, the event recorder,
+//! per-object backoff, and the per-connection snapshots drift checks read.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::TryStreamExt;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::connection::{Connection, Connections};
+use crate::dps;
+
+/// Settings of the operator process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Drift check interval when neither the enrollment nor its connection sets one.
+    pub drift_check_interval: Duration,
+    /// How long before a certificate expires `CertificateExpiringSoon` turns True.
+    pub certificate_expiry_warning: Duration,
+    /// Where ClusterProvisioningService Secrets live.
+    pub operator_namespace: String,
+    /// How long one DPS request may take.
+    pub dps_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            drift_check_interval: Duration::from_secs(600),
+            certificate_expiry_warning: Duration::from_secs(30 * 24 * 3600),
+            operator_namespace: "dps-operator".into(),
+            dps_timeout: dps::ClientConfig::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+pub struct Context {
+    pub client: kube::Client,
+    pub config: Config,
+    pub connections: Connections,
+    recorder: Recorder,
+    failures: Mutex<HashMap<String, u32>>,
+    snapshots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
+}
+
+/// The enrollments of one kind on one connection, as a query read them.
+#[derive(Clone)]
+pub struct Snapshot {
+    taken: Instant,
+    /// By lower-case id.
+    pub records: Arc<HashMap<String, Value>>,
+}
+
+impl Context {
+    pub fn new(client: kube::Client, config: Config) -> Self {
+        let reporter =
+            Reporter { controller: "dps-operator".into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            connections: Connections::new(config.operator_namespace.clone(), config.dps_timeout),
+            client,
+            config,
+            failures: Mutex::default(),
+            snapshots: Mutex::default(),
+        }
+    }
+
+    /// Publishes an event about `object`; failures to publish are logged, never fatal.
+    pub async fn event<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.into(),
+            note: Some(truncate(note, 1024)),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, reason, "could not publish an event");
+        }
+    }
+
+    /// Records a failure of `key` and returns how many in a row.
+    pub fn record_failure(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(key.to_owned()).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    pub fn record_success(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    /// The enrollments of `E`'s kind on `connection`, read with the query API at most once per
+    /// `max_age`, so periodic drift checks cost a few queries per connection, not a GET each.
+    pub async fn snapshot<E: dps::Enrollment>(
+        &self,
+        connection: &Connection,
+        max_age: Duration,
+    ) -> Result<Snapshot, dps::Error> {
+        let key = format!("{}|{}", connection.name, E::COLLECTION);
+        let slot = self.snapshots.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone();
+        // One refresh per connection and kind at a time; other connections are not held up.
+        let mut slot = slot.lock().await;
+        if let Some(snapshot) = slot.as_ref().filter(|s| s.taken.elapsed() < max_age) {
+            return Ok(snapshot.clone());
+        }
+        let records: Vec<E> = connection.client.query::<E>("SELECT *", Some(100)).try_collect().await?;
+        let by_id = records
+            .into_iter()
+            .filter_map(|record| Some((record.id().to_lowercase(), serde_json::to_value(&record).ok()?)))
+            .collect();
+        let snapshot = Snapshot { taken: Instant::now(), records: Arc::new(by_id) };
+        *slot = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+}
+
+fn truncate(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}

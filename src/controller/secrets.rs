@@ -1,0 +1,219 @@
+//! Reading what enrollments and connections reference: symmetric keys, certificates, webhook URLs,
+//! connection strings and CA bundles. Errors name the Secret and the key, never the value.
+
+use std::collections::BTreeMap;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::OwnerReference,
+};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+};
+
+use super::{
+    Error,
+    desired::{AttestationInput, Resolved, ResolvedCertificate},
+};
+use crate::{api, certificates, dps::models::Secret as SecretValue};
+
+/// The keys of a symmetric key Secret.
+pub const PRIMARY_KEY: &str = "primaryKey";
+pub const SECONDARY_KEY: &str = "secondaryKey";
+
+/// Reads objects in one namespace.
+pub struct Reader<'a> {
+    pub client: &'a Client,
+    pub namespace: &'a str,
+}
+
+impl Reader<'_> {
+    pub async fn secret(&self, name: &str) -> Result<Option<Secret>, Error> {
+        Api::<Secret>::namespaced(self.client.clone(), self.namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::kube(format!("read Secret {}/{name}", self.namespace), e))
+    }
+
+    async fn existing_secret(&self, name: &str) -> Result<Secret, Error> {
+        self.secret(name)
+            .await?
+            .ok_or_else(|| Error::SecretNotFound { namespace: self.namespace.into(), name: name.into() })
+    }
+
+    /// The text under `key` of Secret `name`.
+    pub async fn secret_text(&self, name: &str, key: &str) -> Result<SecretValue, Error> {
+        let secret = self.existing_secret(name).await?;
+        self.text(&secret, name, key)
+    }
+
+    fn text(&self, secret: &Secret, name: &str, key: &str) -> Result<SecretValue, Error> {
+        let bytes = secret_bytes(secret, key).ok_or_else(|| Error::SecretKeyMissing {
+            namespace: self.namespace.into(),
+            name: name.into(),
+            key: key.into(),
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| self.invalid(name, key, "is not UTF-8 text"))?;
+        Ok(SecretValue::new(text.trim()))
+    }
+
+    fn invalid(&self, name: &str, key: &str, problem: impl Into<String>) -> Error {
+        Error::SecretValueInvalid {
+            namespace: self.namespace.into(),
+            name: name.into(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// The text under `key` of ConfigMap `name`.
+    pub async fn config_map_text(&self, name: &str, key: &str) -> Result<String, Error> {
+        let missing = || Error::ConfigMapKeyMissing {
+            namespace: self.namespace.into(),
+            name: name.into(),
+            key: key.into(),
+        };
+        let config_map = Api::<ConfigMap>::namespaced(self.client.clone(), self.namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::kube(format!("read ConfigMap {}/{name}", self.namespace), e))?
+            .ok_or_else(missing)?;
+        config_map.data.and_then(|mut data| data.remove(key)).ok_or_else(missing)
+    }
+
+    /// The symmetric keys, from the Secret, or from a new Secret with random 64-byte keys owned by
+    /// `owner` when the Secret does not exist.
+    async fn symmetric_keys(
+        &self,
+        name: &str,
+        owner: &OwnerReference,
+    ) -> Result<(SecretValue, SecretValue), Error> {
+        let secret = match self.secret(name).await? {
+            Some(secret) => secret,
+            None => self.create_key_secret(name, owner).await?,
+        };
+        let key = |key: &str| -> Result<SecretValue, Error> {
+            let value = self.text(&secret, name, key)?;
+            match BASE64.decode(value.expose()) {
+                Ok(bytes) if (16..=64).contains(&bytes.len()) => Ok(value),
+                Ok(bytes) => Err(self.invalid(
+                    name,
+                    key,
+                    format!("decodes to {} bytes; DPS needs 16 to 64", bytes.len()),
+                )),
+                Err(_) => Err(self.invalid(name, key, "is not base64")),
+            }
+        };
+        Ok((key(PRIMARY_KEY)?, key(SECONDARY_KEY)?))
+    }
+
+    async fn create_key_secret(&self, name: &str, owner: &OwnerReference) -> Result<Secret, Error> {
+        let random_key = || {
+            use ring::rand::SecureRandom;
+            let mut bytes = [0u8; 64];
+            ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system random generator works");
+            ByteString(BASE64.encode(bytes).into_bytes())
+        };
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(self.namespace.into()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".into(),
+                    "dps-operator".into(),
+                )])),
+                owner_references: Some(vec![owner.clone()]),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([
+                (PRIMARY_KEY.into(), random_key()),
+                (SECONDARY_KEY.into(), random_key()),
+            ])),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let api = Api::<Secret>::namespaced(self.client.clone(), self.namespace);
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(created) => Ok(created),
+            // Created meanwhile (by us in an earlier attempt, or by the user): use that one.
+            Err(kube::Error::Api(status)) if status.code == 409 => self.existing_secret(name).await,
+            Err(e) => Err(Error::kube(format!("create Secret {}/{name}", self.namespace), e)),
+        }
+    }
+
+    async fn certificate(&self, reference: &api::CertificateSecretRef) -> Result<ResolvedCertificate, Error> {
+        let key = reference.key();
+        let text = self.secret_text(&reference.name, key).await?;
+        let invalid = |problem: String| Error::CertificateInvalid {
+            namespace: self.namespace.into(),
+            name: reference.name.clone(),
+            key: key.into(),
+            problem,
+        };
+        let der = certificates::first_certificate_der(text.expose())
+            .map_err(|e| invalid(format!("cannot be read: {e}")))?;
+        let facts = certificates::facts(&der).map_err(|e| invalid(format!("cannot be read: {e}")))?;
+        if facts.not_after < jiff::Timestamp::now() {
+            return Err(invalid(format!("expired on {}", facts.not_after)));
+        }
+        let pem =
+            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", BASE64.encode(&der));
+        Ok(ResolvedCertificate { pem, facts })
+    }
+
+    /// Everything secret an enrollment needs: keys or certificates, and the webhook URL.
+    pub async fn resolve(
+        &self,
+        input: AttestationInput<'_>,
+        webhook: Option<&api::SecretKeySelector>,
+        owner: &OwnerReference,
+    ) -> Result<Resolved, Error> {
+        let mut resolved = Resolved::default();
+        match input {
+            AttestationInput::SymmetricKey(secret) => {
+                resolved.keys = Some(self.symmetric_keys(&secret.name, owner).await?)
+            }
+            AttestationInput::ClientCertificates(pair) | AttestationInput::SigningCertificates(pair) => {
+                let secondary = match &pair.secondary {
+                    Some(secondary) => Some(self.certificate(secondary).await?),
+                    None => None,
+                };
+                resolved.certificates = Some((self.certificate(&pair.primary).await?, secondary));
+            }
+            AttestationInput::CaReferences(_) | AttestationInput::Tpm(_) => {}
+        }
+        if let Some(webhook) = webhook {
+            let url = self.secret_text(&webhook.name, &webhook.key).await?;
+            if !url.expose().starts_with("https://") {
+                return Err(self.invalid(&webhook.name, &webhook.key, "is not an https:// URL"));
+            }
+            resolved.webhook_url = Some(url);
+        }
+        Ok(resolved)
+    }
+}
+
+fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    if let Some(value) = secret.data.as_ref().and_then(|data| data.get(key)) {
+        return Some(value.0.clone());
+    }
+    secret.string_data.as_ref().and_then(|data| data.get(key)).map(|text| text.clone().into_bytes())
+}
+
+/// The names of the Secrets an enrollment references, to map Secret changes back to it.
+pub fn referenced_secrets(input: AttestationInput<'_>, settings: &api::EnrollmentSettings) -> Vec<String> {
+    let mut names = Vec::new();
+    match input {
+        AttestationInput::SymmetricKey(secret) => names.push(secret.name.clone()),
+        AttestationInput::ClientCertificates(pair) | AttestationInput::SigningCertificates(pair) => {
+            names.push(pair.primary.name.clone());
+            names.extend(pair.secondary.iter().map(|s| s.name.clone()));
+        }
+        AttestationInput::CaReferences(_) | AttestationInput::Tpm(_) => {}
+    }
+    names.extend(settings.custom_allocation.iter().map(|c| c.webhook_url_secret_ref.name.clone()));
+    names
+}

@@ -1,0 +1,22 @@
+//! Logging: `RUST_LOG`-style filters, plain or JSON lines.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// The format of log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+/// Installs the global logger; `filter` is a `RUST_LOG`-style directive such as `info` or
+/// `dps_operator=debug,kube=info`.
+pub fn init(format: LogFormat, filter: &str) {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Plain => registry.with(fmt::layer().compact()).try_init(),
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true)).try_init(),
+    };
+}
