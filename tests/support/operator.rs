@@ -1,0 +1,199 @@
+//! An operator running against the test control plane and a DPS emulator over HTTPS, confined to
+//! a namespace of its own so tests can run side by side.
+
+use std::time::Duration;
+
+use dps_operator::{
+    controller::{self, context::Config},
+    dps,
+    emulator::{EmulatorConfig, RunningEmulator},
+};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use super::{control_plane, namespace};
+
+pub struct Operator {
+    pub namespace: String,
+    pub emulator: RunningEmulator,
+    /// A client of the emulator, to look at and change DPS "outside Kubernetes".
+    pub dps: dps::Client,
+    config: Config,
+    task: Option<JoinHandle<()>>,
+}
+
+/// How long the tests wait for the operator to get somewhere.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+impl Operator {
+    /// A namespace with the connection `dps` (a ProvisioningService with the emulator's
+    /// connection string and CA), and the operator running on it.
+    pub async fn start(prefix: &str) -> Self {
+        Self::start_with(prefix, EmulatorConfig::default(), |_| {}).await
+    }
+
+    pub async fn start_with(prefix: &str, emulator: EmulatorConfig, configure: impl FnOnce(&mut Config)) -> Self {
+        let namespace = namespace(prefix);
+        let emulator = super::dps::emulator(emulator).await;
+        let dps = super::dps::client(&emulator);
+        let mut config = Config {
+            drift_check_interval: Duration::from_secs(3),
+            operator_namespace: namespace.clone(),
+            dps_timeout: Duration::from_secs(5),
+            ..Config::default()
+        };
+        configure(&mut config);
+        let operator = Self { namespace, emulator, dps, config, task: None };
+        operator.create_secret("dps-connection", &[("connectionString", &operator.emulator.connection_string())]).await;
+        operator.create_secret("dps-ca", &[("ca.crt", operator.emulator.ca_certificate().unwrap())]).await;
+        operator
+            .apply(
+                r#"
+apiVersion: dps.iot.dev/v1alpha1
+kind: ProvisioningService
+metadata: {name: dps}
+spec:
+  credentials:
+    connectionStringSecretRef: {name: dps-connection, key: connectionString}
+  caBundle:
+    secretRef: {name: dps-ca, key: ca.crt}
+  rateLimit: {operationsPerMinute: 6000}
+"#,
+            )
+            .await;
+        let mut operator = operator;
+        operator.restart();
+        operator
+    }
+
+    /// Starts the operator (again), as a process restart would.
+    pub fn restart(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let (config, namespace) = (self.config.clone(), self.namespace.clone());
+        self.task = Some(tokio::spawn(async move {
+            let client = control_plane().client().await.expect("a client");
+            if let Err(error) = controller::run(client, config, vec![namespace]).await {
+                panic!("the operator stopped: {error}");
+            }
+        }));
+    }
+
+    /// Stops the operator, as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    pub async fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> super::Output {
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["-n".to_owned(), self.namespace.clone()]);
+        let stdin = stdin.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            super::kubectl(&args, stdin.as_deref())
+        })
+        .await
+        .unwrap()
+    }
+
+    /// Applies YAML in the namespace with server-side apply, as a user would.
+    pub async fn apply(&self, yaml: &str) {
+        let output = self.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(yaml)).await;
+        assert!(output.success, "kubectl apply failed: {}\n{yaml}", output.stderr);
+    }
+
+    pub async fn create_secret(&self, name: &str, data: &[(&str, &str)]) {
+        let mut args = vec!["create", "secret", "generic", name];
+        let literals: Vec<String> = data.iter().map(|(k, v)| format!("--from-literal={k}={v}")).collect();
+        args.extend(literals.iter().map(String::as_str));
+        let output = self.kubectl(&args, None).await;
+        assert!(output.success, "{}", output.stderr);
+    }
+
+    /// `kubectl get <resource> -o json`.
+    pub async fn get(&self, resource: &str) -> Value {
+        let output = self.kubectl(&["get", resource, "-o", "json"], None).await;
+        assert!(output.success, "{}", output.stderr);
+        serde_json::from_str(&output.stdout).unwrap()
+    }
+
+    /// Waits with `kubectl wait`, as a user or a CI pipeline would.
+    pub async fn wait(&self, resource: &str, condition: &str) {
+        let timeout = format!("--timeout={}s", PATIENCE.as_secs());
+        let output = self.kubectl(&["wait", resource, &format!("--for={condition}"), &timeout], None).await;
+        if !output.success {
+            let state = self.kubectl(&["get", resource, "-o", "yaml"], None).await;
+            panic!("{resource} never met {condition}: {}\n{}", output.stderr, state.stdout);
+        }
+    }
+
+    /// Waits until `check` holds for the resource's JSON.
+    pub async fn eventually(&self, resource: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let output = self.kubectl(&["get", resource, "-o", "json"], None).await;
+            if output.success {
+                let value: Value = serde_json::from_str(&output.stdout).unwrap();
+                if check(&value) {
+                    return value;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    panic!("{resource}: timed out waiting until {what}; last seen:\n{}", serde_json::to_string_pretty(&value).unwrap());
+                }
+            } else if tokio::time::Instant::now() > deadline {
+                panic!("{resource}: timed out waiting until {what}: {}", output.stderr);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits until DPS (the emulator) satisfies `check`.
+    pub async fn eventually_dps<T>(&self, what: &str, mut check: impl AsyncFnMut(&dps::Client) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(value) = check(&self.dps).await {
+                return value;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Events about an object, as `kubectl get events` shows them: (type, reason, message).
+    pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let output =
+            self.kubectl(&["get", "events.events.k8s.io", "--field-selector", &format!("regarding.name={name}"), "-o", "json"], None).await;
+        let list: Value = serde_json::from_str(&output.stdout).unwrap_or_default();
+        list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                (text("type"), text("reason"), text("note"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The status condition `type_` of a resource's JSON: (status, reason, message).
+pub fn condition(resource: &Value, type_: &str) -> Option<(String, String, String)> {
+    resource["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
+        let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+        (text("status"), text("reason"), text("message"))
+    })
+}
+
+pub fn is_ready(resource: &Value) -> bool {
+    condition(resource, "Ready").is_some_and(|(status, _, _)| status == "True")
+        && resource["status"]["observedGeneration"] == resource["metadata"]["generation"]
+}
