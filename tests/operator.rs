@@ -35,19 +35,28 @@ async fn a_symmetric_key_group_is_created_and_then_left_alone() {
     operator.apply(GROUP).await;
     operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
 
-    let group: models::EnrollmentGroup = operator.dps.get("thermostats-2026").await.expect("DPS has the group");
+    let group: models::EnrollmentGroup =
+        operator.dps.get("thermostats-2026").await.expect("DPS has the group");
     assert_eq!(group.allocation_policy, Some(models::AllocationPolicy::Hashed));
     assert_eq!(group.iot_hubs.as_ref().map(Vec::len), Some(2));
-    assert_eq!(group.reprovision_policy, Some(models::ReprovisionPolicy { update_hub_assignment: true, migrate_device_data: false }));
+    assert_eq!(
+        group.reprovision_policy,
+        Some(models::ReprovisionPolicy { update_hub_assignment: true, migrate_device_data: false })
+    );
     let twin = group.initial_twin.clone().unwrap();
-    assert_eq!(serde_json::to_value(twin.tags).unwrap(), json!({"deviceType": "thermostat", "building": {"site": "Redmond", "floor": 3}}));
+    assert_eq!(
+        serde_json::to_value(twin.tags).unwrap(),
+        json!({"deviceType": "thermostat", "building": {"site": "Redmond", "floor": 3}})
+    );
 
     // The missing Secret was created with random 64-byte keys, owned by the group, and DPS uses them.
     let secret = operator.get("secret/thermostats-keys").await;
     assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "EnrollmentGroup");
-    let primary = String::from_utf8(BASE64.decode(secret["data"]["primaryKey"].as_str().unwrap()).unwrap()).unwrap();
+    let primary =
+        String::from_utf8(BASE64.decode(secret["data"]["primaryKey"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(BASE64.decode(&primary).unwrap().len(), 64);
-    let keys = operator.dps.attestation_mechanism::<models::EnrollmentGroup>("thermostats-2026").await.unwrap();
+    let keys =
+        operator.dps.attestation_mechanism::<models::EnrollmentGroup>("thermostats-2026").await.unwrap();
     assert_eq!(keys.symmetric_key.unwrap().primary_key.unwrap().expose(), primary);
 
     let resource = operator.get("enrollmentgroup/thermostats").await;
@@ -57,7 +66,9 @@ async fn a_symmetric_key_group_is_created_and_then_left_alone() {
     assert_eq!(resource["status"]["claimed"], true);
     assert_eq!(condition(&resource, "Reconciling").unwrap().0, "False");
     assert_eq!(condition(&resource, "Stalled").unwrap().0, "False");
-    assert!(resource["metadata"]["finalizers"].as_array().unwrap().iter().any(|f| f == "dps.iot.dev/cleanup"));
+    assert!(
+        resource["metadata"]["finalizers"].as_array().unwrap().iter().any(|f| f == "dps.iot.dev/cleanup")
+    );
     assert!(!serde_json::to_string(&resource).unwrap().contains(&primary), "no key in the resource");
     let events = operator.events("thermostats").await;
     assert!(events.iter().any(|(type_, reason, _)| type_ == "Normal" && reason == "Created"), "{events:?}");
@@ -70,6 +81,443 @@ async fn a_symmetric_key_group_is_created_and_then_left_alone() {
     assert_eq!(calls.get("EnrollmentGroup_Get"), None, "drift checks use the query snapshot: {calls:?}");
     assert!(calls.get("EnrollmentGroup_Query").is_some(), "{calls:?}");
     let unchanged = operator.get("enrollmentgroup/thermostats").await;
-    assert_eq!(unchanged["metadata"]["resourceVersion"], resource["metadata"]["resourceVersion"], "no status write when nothing changed");
+    assert_eq!(
+        unchanged["metadata"]["resourceVersion"], resource["metadata"]["resourceVersion"],
+        "no status write when nothing changed"
+    );
     assert!(is_ready(&unchanged));
+}
+
+/// A CA and a leaf it signed, as PEM, the way cert-manager lays them out in a Secret.
+fn certificate_chain(common_name: &str, days: i64) -> (String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+    ca_params.distinguished_name.push(DnType::CommonName, format!("{common_name} CA"));
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut leaf_params = CertificateParams::new(vec![common_name.to_owned()]).unwrap();
+    leaf_params.distinguished_name.push(DnType::CommonName, common_name);
+    leaf_params.not_before = rcgen::date_time_ymd(2026, 1, 1);
+    leaf_params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(days);
+    let leaf = leaf_params.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap();
+    (leaf.pem(), ca.pem())
+}
+
+const INDIVIDUAL_SYMMETRIC_KEY: &str = r#"
+apiVersion: dps.iot.dev/v1alpha1
+kind: IndividualEnrollment
+metadata: {name: boiler-0042}
+spec:
+  serviceRef: {name: dps}
+  registrationId: "boiler:0042"
+  deviceId: boiler-0042
+  attestation:
+    symmetricKey:
+      secretRef: {name: boiler-keys}
+  iotHubs: [contoso-west.azure-devices.net, contoso-east.azure-devices.net]
+  allocationPolicy: custom
+  customAllocation:
+    webhookUrlSecretRef: {name: allocation-webhook, key: url}
+    apiVersion: "2021-10-01"
+  optionalDeviceInformation: {manufacturer: Contoso Heating, serialNumber: CH-2026-0042}
+  initialTwin:
+    tags: {site: Redmond}
+    desiredProperties: {firmware: {version: 3.2.1}}
+  iotEdge: true
+  provisioningStatus: disabled
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_field_of_every_attestation_kind_reaches_dps() {
+    let operator = Operator::start("fields").await;
+    let key = BASE64.encode([5u8; 32]);
+    operator
+        .create_secret("boiler-keys", &[("primaryKey", &key), ("secondaryKey", &BASE64.encode([6u8; 32]))])
+        .await;
+    operator
+        .create_secret(
+            "allocation-webhook",
+            &[("url", "https://contoso-alloc.azurewebsites.net/api/allocate?code=s3cr3t")],
+        )
+        .await;
+    let (leaf, ca) = certificate_chain("sensor-7", 365);
+    operator.create_secret("sensor-7-cert", &[("tls.crt", &leaf), ("ca.crt", &ca)]).await;
+    operator.create_secret("gateways-ca", &[("tls.crt", &ca)]).await;
+    operator.apply(INDIVIDUAL_SYMMETRIC_KEY).await;
+    operator
+        .apply(
+            r#"
+apiVersion: dps.iot.dev/v1alpha1
+kind: IndividualEnrollment
+metadata: {name: sensor-7}
+spec:
+  serviceRef: {name: dps}
+  attestation:
+    x509:
+      clientCertificates:
+        primary: {name: sensor-7-cert}
+  reprovisionPolicy: {updateHubAssignment: false}
+---
+apiVersion: dps.iot.dev/v1alpha1
+kind: IndividualEnrollment
+metadata: {name: kiosk-3}
+spec:
+  serviceRef: {name: dps}
+  registrationId: kiosk-3.store-117
+  attestation:
+    tpm:
+      endorsementKey: AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaao=
+---
+apiVersion: dps.iot.dev/v1alpha1
+kind: EnrollmentGroup
+metadata: {name: gateways}
+spec:
+  serviceRef: {name: dps}
+  attestation:
+    x509:
+      signingCertificates:
+        primary: {name: sensor-7-cert, key: ca.crt}
+        secondary: {name: gateways-ca}
+  allocationPolicy: geoLatency
+  iotHubs: [contoso-west.azure-devices.net]
+---
+apiVersion: dps.iot.dev/v1alpha1
+kind: EnrollmentGroup
+metadata: {name: cameras}
+spec:
+  serviceRef: {name: dps}
+  enrollmentGroupId: cameras.line-1
+  attestation:
+    x509:
+      caReferences: {primary: contoso-root-2026, secondary: contoso-root-2027}
+  allocationPolicy: static
+  iotHubs: [contoso-factory.azure-devices.net]
+"#,
+        )
+        .await;
+    for resource in [
+        "individualenrollment/boiler-0042",
+        "individualenrollment/sensor-7",
+        "individualenrollment/kiosk-3",
+        "enrollmentgroup/gateways",
+        "enrollmentgroup/cameras",
+    ] {
+        operator.wait(resource, "condition=Ready").await;
+    }
+
+    let boiler: models::IndividualEnrollment = operator.dps.get("boiler:0042").await.unwrap();
+    assert_eq!(boiler.device_id.as_deref(), Some("boiler-0042"));
+    assert_eq!(
+        serde_json::to_value(&boiler.optional_device_information).unwrap(),
+        json!({"manufacturer": "Contoso Heating", "serialNumber": "CH-2026-0042"})
+    );
+    assert_eq!(boiler.capabilities, Some(models::DeviceCapabilities { iot_edge: true }));
+    assert_eq!(boiler.provisioning_status, Some(models::ProvisioningStatus::Disabled));
+    assert_eq!(boiler.allocation_policy, Some(models::AllocationPolicy::Custom));
+    let custom = boiler.custom_allocation_definition.clone().unwrap();
+    assert_eq!(
+        (custom.webhook_url.expose(), custom.api_version.as_str()),
+        ("https://contoso-alloc.azurewebsites.net/api/allocate?code=s3cr3t", "2021-10-01")
+    );
+    assert_eq!(
+        serde_json::to_value(&boiler.initial_twin).unwrap(),
+        json!({"tags": {"site": "Redmond"}, "properties": {"desired": {"firmware": {"version": "3.2.1"}}}})
+    );
+    let keys = operator
+        .dps
+        .attestation_mechanism::<models::IndividualEnrollment>("boiler:0042")
+        .await
+        .unwrap()
+        .symmetric_key
+        .unwrap();
+    assert_eq!(keys.primary_key.unwrap().expose(), key, "the keys from the Secret");
+    let resource = operator.get("individualenrollment/boiler-0042").await;
+    assert!(
+        !serde_json::to_string(&resource).unwrap().contains("s3cr3t"),
+        "the webhook key stays out of the resource"
+    );
+
+    let leaf_facts = dps_operator::certificates::read(&leaf).unwrap();
+    let sensor: models::IndividualEnrollment = operator.dps.get("sensor-7").await.unwrap();
+    let info = sensor.attestation.x509.unwrap().client_certificates.unwrap().primary.unwrap().info.unwrap();
+    assert_eq!(
+        (info.subject_name.as_str(), info.sha256_thumbprint.as_str()),
+        ("CN=sensor-7", leaf_facts.sha256_thumbprint.as_str())
+    );
+    assert_eq!(
+        sensor.reprovision_policy,
+        Some(models::ReprovisionPolicy { update_hub_assignment: false, migrate_device_data: true })
+    );
+    let sensor_resource = operator.get("individualenrollment/sensor-7").await;
+    assert_eq!(sensor_resource["status"]["certificates"]["primary"]["subject"], "CN=sensor-7");
+    assert_eq!(
+        sensor_resource["status"]["certificates"]["primary"]["sha256Thumbprint"],
+        leaf_facts.sha256_thumbprint.as_str()
+    );
+    assert_eq!(condition(&sensor_resource, "CertificateExpiringSoon").unwrap().0, "False");
+
+    let kiosk: models::IndividualEnrollment = operator.dps.get("kiosk-3.store-117").await.unwrap();
+    assert_eq!(
+        kiosk.attestation.tpm.unwrap().endorsement_key,
+        "AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaao="
+    );
+
+    let ca_facts = dps_operator::certificates::read(&ca).unwrap();
+    let gateways: models::EnrollmentGroup = operator.dps.get("gateways").await.unwrap();
+    let signing = gateways.attestation.x509.unwrap().signing_certificates.unwrap();
+    assert_eq!(
+        signing.primary.unwrap().info.unwrap().sha256_thumbprint,
+        ca_facts.sha256_thumbprint,
+        "ca.crt of the cert-manager Secret"
+    );
+    assert_eq!(signing.secondary.unwrap().info.unwrap().sha256_thumbprint, ca_facts.sha256_thumbprint);
+    assert_eq!(gateways.allocation_policy, Some(models::AllocationPolicy::GeoLatency));
+
+    let cameras: models::EnrollmentGroup = operator.dps.get("cameras.line-1").await.unwrap();
+    let references = cameras.attestation.x509.unwrap().ca_references.unwrap();
+    assert_eq!(
+        (references.primary.as_deref(), references.secondary.as_deref()),
+        (Some("contoso-root-2026"), Some("contoso-root-2027"))
+    );
+    assert_eq!(cameras.iot_hubs, Some(vec!["contoso-factory.azure-devices.net".to_owned()]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn edits_rotations_and_drift_reach_dps() {
+    let operator = Operator::start("changes").await;
+    let (leaf, _) = certificate_chain("sensor-9", 365);
+    operator.create_secret("sensor-9-cert", &[("tls.crt", &leaf)]).await;
+    operator.apply(GROUP).await;
+    operator
+        .apply("apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: sensor-9}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    x509:\n      clientCertificates:\n        primary: {name: sensor-9-cert}\n")
+        .await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    operator.wait("individualenrollment/sensor-9", "condition=Ready").await;
+
+    // A spec edit.
+    operator.apply(&GROUP.replace("allocationPolicy: hashed", "allocationPolicy: geoLatency")).await;
+    operator
+        .eventually_dps("the edit reached DPS", async |dps| {
+            let group: models::EnrollmentGroup = dps.get("thermostats-2026").await.ok()?;
+            (group.allocation_policy == Some(models::AllocationPolicy::GeoLatency)).then_some(())
+        })
+        .await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+
+    // Key rotation: a new key in the Secret reaches DPS within seconds, without a restart.
+    let rotated = BASE64.encode([9u8; 48]);
+    let patch = json!({"stringData": {"primaryKey": rotated}}).to_string();
+    assert!(operator.kubectl(&["patch", "secret", "thermostats-keys", "-p", &patch], None).await.success);
+    let started = std::time::Instant::now();
+    operator
+        .eventually_dps("the rotated key reached DPS", async |dps| {
+            let keys = dps.attestation_mechanism::<models::EnrollmentGroup>("thermostats-2026").await.ok()?;
+            (keys.symmetric_key?.primary_key?.expose() == rotated).then_some(())
+        })
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+
+    // Certificate rotation.
+    let (renewed, _) = certificate_chain("sensor-9", 400);
+    let patch = json!({"stringData": {"tls.crt": renewed}}).to_string();
+    assert!(operator.kubectl(&["patch", "secret", "sensor-9-cert", "-p", &patch], None).await.success);
+    let renewed_thumbprint = dps_operator::certificates::read(&renewed).unwrap().sha256_thumbprint;
+    operator
+        .eventually_dps("the renewed certificate reached DPS", async |dps| {
+            let enrollment: models::IndividualEnrollment = dps.get("sensor-9").await.ok()?;
+            let info = enrollment.attestation.x509?.client_certificates?.primary?.info?;
+            (info.sha256_thumbprint == renewed_thumbprint).then_some(())
+        })
+        .await;
+
+    // Drift: an edit made in DPS outside Kubernetes is undone at the next check.
+    let mut edited: models::EnrollmentGroup = operator.dps.get("thermostats-2026").await.unwrap();
+    edited.provisioning_status = Some(models::ProvisioningStatus::Disabled);
+    edited.iot_hubs = Some(vec!["rogue.azure-devices.net".into()]);
+    let etag = edited.etag.clone().unwrap();
+    operator.dps.put(&edited, IfMatch::Etag(&etag)).await.unwrap();
+    operator
+        .eventually_dps("the outside edit was undone", async |dps| {
+            let group: models::EnrollmentGroup = dps.get("thermostats-2026").await.ok()?;
+            (group.provisioning_status == Some(models::ProvisioningStatus::Enabled)
+                && group.iot_hubs.as_ref()?.len() == 2)
+                .then_some(())
+        })
+        .await;
+    let events = operator.events("thermostats").await;
+    let corrected: Vec<_> = events.iter().filter(|(_, reason, _)| reason == "DriftCorrected").collect();
+    assert_eq!(corrected.len(), 1, "rotations are updates, not drift: {events:?}");
+    assert!(
+        corrected[0].2.contains("provisioningStatus") && corrected[0].2.contains("iotHubs"),
+        "{corrected:?}"
+    );
+    let rotation = events
+        .iter()
+        .any(|(_, reason, note)| reason == "Updated" && note.contains("attestation.symmetricKey"));
+    assert!(rotation, "{events:?}");
+
+    // ... and a deletion outside Kubernetes is undone too.
+    operator.dps.delete::<models::EnrollmentGroup>("thermostats-2026", IfMatch::None).await.unwrap();
+    operator
+        .eventually_dps("the group was recreated", async |dps| {
+            dps.get::<models::EnrollmentGroup>("thermostats-2026").await.ok()
+        })
+        .await;
+    let keys =
+        operator.dps.attestation_mechanism::<models::EnrollmentGroup>("thermostats-2026").await.unwrap();
+    assert_eq!(
+        keys.symmetric_key.unwrap().primary_key.unwrap().expose(),
+        rotated,
+        "recreated with the keys from the Secret"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn observe_only_and_paused_never_write() {
+    let operator = Operator::start("observe").await;
+    operator.apply(GROUP).await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    operator.apply(&format!("{GROUP}  managementPolicy: ObserveOnly\n")).await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+
+    operator.emulator.reset_calls();
+    let mut edited: models::EnrollmentGroup = operator.dps.get("thermostats-2026").await.unwrap();
+    edited.capabilities = Some(models::DeviceCapabilities { iot_edge: true });
+    let etag = edited.etag.clone().unwrap();
+    operator.dps.put(&edited, IfMatch::Etag(&etag)).await.unwrap();
+    let reported = operator
+        .eventually("enrollmentgroup/thermostats", "drift is reported", |r| {
+            r["status"]["drift"] == json!(["iotEdge"])
+        })
+        .await;
+    let (ready, reason, message) = condition(&reported, "Ready").unwrap();
+    assert_eq!((ready.as_str(), reason.as_str()), ("False", "ObserveOnly"));
+    assert!(message.contains("iotEdge"), "{message}");
+    assert_eq!(
+        operator.emulator.calls().get("EnrollmentGroup_CreateOrUpdate"),
+        Some(&1),
+        "only the outside edit wrote"
+    );
+
+    // Paused: back to Manage with a spec change, but nothing is written until the annotation goes.
+    assert!(
+        operator
+            .kubectl(&["annotate", "enrollmentgroup/thermostats", "dps.iot.dev/paused=true"], None)
+            .await
+            .success
+    );
+    operator.apply(&GROUP.replace("allocationPolicy: hashed", "allocationPolicy: geoLatency")).await;
+    operator
+        .eventually("enrollmentgroup/thermostats", "paused is reported", |r| {
+            condition(r, "Ready").is_some_and(|(_, reason, _)| reason == "Paused")
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        operator.emulator.calls().get("EnrollmentGroup_CreateOrUpdate"),
+        Some(&1),
+        "nothing written while paused"
+    );
+    assert!(
+        operator
+            .kubectl(&["annotate", "enrollmentgroup/thermostats", "dps.iot.dev/paused-"], None)
+            .await
+            .success
+    );
+    operator
+        .eventually_dps("the spec was written once unpaused", async |dps| {
+            let group: models::EnrollmentGroup = dps.get("thermostats-2026").await.ok()?;
+            (group.allocation_policy == Some(models::AllocationPolicy::GeoLatency)
+                && group.capabilities?.iot_edge == false)
+                .then_some(())
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adoption_is_refused_unless_asked_and_deletion_follows_the_policy() {
+    let operator = Operator::start("adopt").await;
+    let existing = models::EnrollmentGroup {
+        enrollment_group_id: "thermostats-2026".into(),
+        attestation: models::AttestationMechanism {
+            type_: models::AttestationType::SymmetricKey,
+            symmetric_key: Some(Default::default()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    operator.dps.put(&existing, IfMatch::None).await.unwrap();
+    operator.emulator.reset_calls();
+    operator.apply(GROUP).await;
+    let refused = operator
+        .eventually("enrollmentgroup/thermostats", "adoption is refused", |r| {
+            condition(r, "Stalled")
+                .is_some_and(|(status, reason, _)| status == "True" && reason == "AlreadyExists")
+        })
+        .await;
+    assert_eq!(condition(&refused, "Ready").unwrap().0, "False");
+    assert!(condition(&refused, "Ready").unwrap().2.contains("spec.adoption: Adopt"));
+    assert_eq!(operator.emulator.calls().get("EnrollmentGroup_CreateOrUpdate"), None, "nothing overwritten");
+
+    // Deleting a resource that never claimed the enrollment leaves DPS alone.
+    assert!(
+        operator.kubectl(&["delete", "enrollmentgroup/thermostats", "--timeout=60s"], None).await.success
+    );
+    operator.dps.get::<models::EnrollmentGroup>("thermostats-2026").await.expect("still in DPS");
+
+    operator.apply(&format!("{GROUP}  adoption: Adopt\n  deletionPolicy: Orphan\n")).await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    let adopted: models::EnrollmentGroup = operator.dps.get("thermostats-2026").await.unwrap();
+    assert_eq!(adopted.allocation_policy, Some(models::AllocationPolicy::Hashed), "made to match the spec");
+    assert!(operator.events("thermostats").await.iter().any(|(_, reason, _)| reason == "Adopted"));
+    assert!(
+        operator.kubectl(&["delete", "enrollmentgroup/thermostats", "--timeout=60s"], None).await.success
+    );
+    operator.dps.get::<models::EnrollmentGroup>("thermostats-2026").await.expect("Orphan leaves it in DPS");
+
+    // Delete (the default) removes it, and the registration records when asked.
+    operator.emulator.add_registration(
+        models::DeviceRegistrationState {
+            registration_id: Some("thermostat-1".into()),
+            status: Some(models::RegistrationStatus::Assigned),
+            ..Default::default()
+        },
+        Some("thermostats-2026".into()),
+    );
+    operator.apply(&format!("{GROUP}  adoption: Adopt\n  deleteRegistrationRecords: true\n")).await;
+    let ready = operator
+        .eventually("enrollmentgroup/thermostats", "the registrations are summarised", |r| {
+            is_ready(r) && r["status"]["registrations"]["assigned"] == 1
+        })
+        .await;
+    assert_eq!(ready["status"]["registrations"]["latest"][0]["registrationId"], "thermostat-1");
+    assert!(
+        operator.kubectl(&["delete", "enrollmentgroup/thermostats", "--timeout=60s"], None).await.success
+    );
+    assert!(matches!(
+        operator.dps.get::<models::EnrollmentGroup>("thermostats-2026").await,
+        Err(dps::Error::NotFound { .. })
+    ));
+    assert!(matches!(operator.dps.get_registration("thermostat-1").await, Err(dps::Error::NotFound { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_operator_converges_without_duplicate_writes() {
+    let mut operator = Operator::start("restart").await;
+    operator.apply(GROUP).await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    operator.stop();
+    operator.emulator.reset_calls();
+    operator.apply(&GROUP.replace("allocationPolicy: hashed", "allocationPolicy: geoLatency")).await;
+    operator.apply(INDIVIDUAL_SYMMETRIC_KEY.replace("allocationPolicy: custom", "allocationPolicy: hashed").replace("  customAllocation:\n    webhookUrlSecretRef: {name: allocation-webhook, key: url}\n    apiVersion: \"2021-10-01\"\n", "").as_str()).await;
+    operator.restart();
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    operator.wait("individualenrollment/boiler-0042", "condition=Ready").await;
+    operator.restart();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let calls = operator.emulator.calls();
+    assert_eq!(calls.get("EnrollmentGroup_CreateOrUpdate"), Some(&1), "one write for one change: {calls:?}");
+    assert_eq!(calls.get("IndividualEnrollment_CreateOrUpdate"), Some(&1), "one create: {calls:?}");
 }

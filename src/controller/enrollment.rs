@@ -129,8 +129,11 @@ enum Done {
     InSync,
     Created,
     Recreated,
+    /// Written because the spec or a referenced Secret changed (`inputs_changed`), or because
+    /// DPS was changed outside Kubernetes.
     Updated {
         drift: Vec<&'static str>,
+        inputs_changed: bool,
     },
     Adopted,
     /// Not written (observe-only or paused): what differs, or that it is missing.
@@ -262,7 +265,17 @@ async fn sync<K: EnrollmentKind>(
             }
             desired.set_etag(Some(etag.clone()));
             let updated = connection.client.put(&desired, IfMatch::Etag(&etag)).await.map_err(dps_error)?;
-            (if adopt { Done::Adopted } else { Done::Updated { drift } }, Some(updated))
+            let old_thumbprints = old.certificates.as_ref().map(|c| {
+                (
+                    c.primary.as_ref().map(|i| i.sha256_thumbprint.clone()),
+                    c.secondary.as_ref().map(|i| i.sha256_thumbprint.clone()),
+                )
+            });
+            let inputs_changed = old.observed_generation != object.meta().generation
+                || digest != old.secrets_digest
+                || (resolved.certificates.is_some()
+                    && old_thumbprints != Some(desired_comparable.certificate_thumbprints.clone()));
+            (if adopt { Done::Adopted } else { Done::Updated { drift, inputs_changed } }, Some(updated))
         }
     };
 
@@ -472,10 +485,10 @@ async fn publish_events<K: EnrollmentKind>(
                 "Adopted",
                 format!("Adopted {what} {id}, which already existed in DPS, and made it match the spec."),
             ),
-            Done::Updated { drift } if old.observed_generation != object.meta().generation => {
+            Done::Updated { drift, inputs_changed: true } => {
                 (false, "Updated", format!("Updated {what} {id} in DPS ({}).", drift.join(", ")))
             }
-            Done::Updated { drift } => {
+            Done::Updated { drift, inputs_changed: false } => {
                 let changed = drift.join(", ");
                 (
                     false,

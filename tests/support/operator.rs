@@ -32,7 +32,11 @@ impl Operator {
         Self::start_with(prefix, EmulatorConfig::default(), |_| {}).await
     }
 
-    pub async fn start_with(prefix: &str, emulator: EmulatorConfig, configure: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start_with(
+        prefix: &str,
+        emulator: EmulatorConfig,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let namespace = namespace(prefix);
         let emulator = super::dps::emulator(emulator).await;
         let dps = super::dps::client(&emulator);
@@ -44,7 +48,9 @@ impl Operator {
         };
         configure(&mut config);
         let operator = Self { namespace, emulator, dps, config, task: None };
-        operator.create_secret("dps-connection", &[("connectionString", &operator.emulator.connection_string())]).await;
+        operator
+            .create_secret("dps-connection", &[("connectionString", &operator.emulator.connection_string())])
+            .await;
         operator.create_secret("dps-ca", &[("ca.crt", operator.emulator.ca_certificate().unwrap())]).await;
         operator
             .apply(
@@ -101,7 +107,8 @@ spec:
 
     /// Applies YAML in the namespace with server-side apply, as a user would.
     pub async fn apply(&self, yaml: &str) {
-        let output = self.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(yaml)).await;
+        let output =
+            self.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(yaml)).await;
         assert!(output.success, "kubectl apply failed: {}\n{yaml}", output.stderr);
     }
 
@@ -141,7 +148,10 @@ spec:
                     return value;
                 }
                 if tokio::time::Instant::now() > deadline {
-                    panic!("{resource}: timed out waiting until {what}; last seen:\n{}", serde_json::to_string_pretty(&value).unwrap());
+                    panic!(
+                        "{resource}: timed out waiting until {what}; last seen:\n{}",
+                        serde_json::to_string_pretty(&value).unwrap()
+                    );
                 }
             } else if tokio::time::Instant::now() > deadline {
                 panic!("{resource}: timed out waiting until {what}: {}", output.stderr);
@@ -151,7 +161,11 @@ spec:
     }
 
     /// Waits until DPS (the emulator) satisfies `check`.
-    pub async fn eventually_dps<T>(&self, what: &str, mut check: impl AsyncFnMut(&dps::Client) -> Option<T>) -> T {
+    pub async fn eventually_dps<T>(
+        &self,
+        what: &str,
+        mut check: impl AsyncFnMut(&dps::Client) -> Option<T>,
+    ) -> T {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Some(value) = check(&self.dps).await {
@@ -164,8 +178,19 @@ spec:
 
     /// Events about an object, as `kubectl get events` shows them: (type, reason, message).
     pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
-        let output =
-            self.kubectl(&["get", "events.events.k8s.io", "--field-selector", &format!("regarding.name={name}"), "-o", "json"], None).await;
+        let output = self
+            .kubectl(
+                &[
+                    "get",
+                    "events.events.k8s.io",
+                    "--field-selector",
+                    &format!("regarding.name={name}"),
+                    "-o",
+                    "json",
+                ],
+                None,
+            )
+            .await;
         let list: Value = serde_json::from_str(&output.stdout).unwrap_or_default();
         list["items"]
             .as_array()
