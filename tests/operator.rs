@@ -355,7 +355,7 @@ async fn edits_rotations_and_drift_reach_dps() {
     );
     let rotation = events
         .iter()
-        .any(|(_, reason, note)| reason == "Updated" && note.contains("attestation.symmetricKey"));
+        .any(|(_, reason, note)| reason == "SecretRotated" && note.contains("attestation.symmetricKey"));
     assert!(rotation, "{events:?}");
 
     // ... and a deletion outside Kubernetes is undone too.

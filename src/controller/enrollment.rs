@@ -205,6 +205,9 @@ async fn sync<K: EnrollmentKind>(
         && ready
         && old.observed_generation == object.meta().generation
         && old.secrets_digest == digest;
+    // A snapshot record with the etag this resource last saw is the record it wrote: in sync.
+    // Any other (changed outside, or a snapshot older than our own last write) is confirmed with
+    // a GET before anything is decided from it.
     let snapshot_record = if settled {
         let max_age = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let snapshot = ctx.snapshot::<K::Record>(&connection, max_age).await.map_err(dps_error)?;
@@ -212,70 +215,89 @@ async fn sync<K: EnrollmentKind>(
             .records
             .get(&id.to_lowercase())
             .and_then(|value| serde_json::from_value::<K::Record>(value.clone()).ok())
+            .filter(|record| record.etag().is_some() && record.etag() == old.etag.as_deref())
     } else {
         None
     };
-    let observed = match snapshot_record {
-        Some(record) => Some(record),
-        None => match connection.client.get::<K::Record>(id).await {
-            Ok(record) => Some(record),
-            Err(dps::Error::NotFound { .. }) => None,
-            Err(source) => return Err(dps_error(source)),
-        },
-    };
-
     let desired_comparable = desired_comparable(&desired, &resolved);
-    let observed_comparable = observed.as_ref().map(DpsRecord::comparable);
     let may_write = !is_paused(object) && settings.management_policy != Some(ManagementPolicy::ObserveOnly);
-    let plan = decide(Facts {
-        may_write,
-        adopt: settings.adoption == Some(Adoption::Adopt),
-        claimed: *claimed,
-        desired: &desired_comparable,
-        observed: observed_comparable.as_ref().zip(observed.as_ref().and_then(|r| r.etag())),
-        secrets_changed: *claimed && digest != old.secrets_digest,
-        what: K::WHAT,
-        id,
-    })?;
-
-    let (done, record) = match plan {
-        Plan::InSync => (Done::InSync, observed),
-        Plan::Report { drift, missing } => (Done::Reported { drift, missing }, observed),
-        Plan::Create { recreate } => {
-            if !*claimed {
-                // Claim before creating, so a restart between the create and the status write
-                // does not mistake our own enrollment for someone else's.
-                claim::<K>(ctx, object, id, old).await?;
-                *claimed = true;
-            }
-            match connection.client.put(&desired, IfMatch::None).await {
-                Ok(created) => (if recreate { Done::Recreated } else { Done::Created }, Some(created)),
-                Err(dps::Error::Conflict { .. }) if !recreate => {
-                    // Someone else created it between our read and our create.
-                    *claimed = false;
-                    return Err(Error::AlreadyExists { what: K::WHAT, id: id.to_owned() });
-                }
+    let mut snapshot_record = snapshot_record;
+    // 409 and 412 mean DPS changed between our read and our write: read again and retry.
+    let mut attempts = 0;
+    let (done, record) = loop {
+        attempts += 1;
+        let observed = match snapshot_record.take() {
+            Some(record) => Some(record),
+            None => match connection.client.get::<K::Record>(id).await {
+                Ok(record) => Some(record),
+                Err(dps::Error::NotFound { .. }) => None,
                 Err(source) => return Err(dps_error(source)),
+            },
+        };
+        let observed_comparable = observed.as_ref().map(DpsRecord::comparable);
+        let plan = decide(Facts {
+            may_write,
+            adopt: settings.adoption == Some(Adoption::Adopt),
+            claimed: *claimed,
+            desired: &desired_comparable,
+            observed: observed_comparable.as_ref().zip(observed.as_ref().and_then(|r| r.etag())),
+            secrets_changed: *claimed && digest != old.secrets_digest,
+            what: K::WHAT,
+            id,
+        })?;
+        let written = match plan {
+            Plan::InSync => Ok((Done::InSync, observed)),
+            Plan::Report { drift, missing } => Ok((Done::Reported { drift, missing }, observed)),
+            Plan::Create { recreate } => {
+                if !*claimed {
+                    // Claim before creating, so a restart between the create and the status
+                    // write does not mistake our own enrollment for someone else's.
+                    claim::<K>(ctx, object, id, old).await?;
+                    *claimed = true;
+                }
+                match connection.client.put(&desired, IfMatch::None).await {
+                    Ok(created) => {
+                        Ok((if recreate { Done::Recreated } else { Done::Created }, Some(created)))
+                    }
+                    Err(dps::Error::Conflict { .. }) if !recreate => {
+                        // Someone else created it between our read and our create.
+                        *claimed = false;
+                        return Err(Error::AlreadyExists { what: K::WHAT, id: id.to_owned() });
+                    }
+                    Err(source) => Err(source),
+                }
             }
-        }
-        Plan::Update { etag, drift, adopt } => {
-            if adopt {
-                claim::<K>(ctx, object, id, old).await?;
-                *claimed = true;
+            Plan::Update { etag, drift, adopt } => {
+                if adopt {
+                    claim::<K>(ctx, object, id, old).await?;
+                    *claimed = true;
+                }
+                desired.set_etag(Some(etag.clone()));
+                let old_thumbprints = old.certificates.as_ref().map(|c| {
+                    (
+                        c.primary.as_ref().map(|i| i.sha256_thumbprint.clone()),
+                        c.secondary.as_ref().map(|i| i.sha256_thumbprint.clone()),
+                    )
+                });
+                let inputs_changed = old.observed_generation != object.meta().generation
+                    || digest != old.secrets_digest
+                    || (resolved.certificates.is_some()
+                        && old_thumbprints != Some(desired_comparable.certificate_thumbprints.clone()));
+                match connection.client.put(&desired, IfMatch::Etag(&etag)).await {
+                    Ok(updated) => Ok((
+                        if adopt { Done::Adopted } else { Done::Updated { drift, inputs_changed } },
+                        Some(updated),
+                    )),
+                    Err(source) => Err(source),
+                }
             }
-            desired.set_etag(Some(etag.clone()));
-            let updated = connection.client.put(&desired, IfMatch::Etag(&etag)).await.map_err(dps_error)?;
-            let old_thumbprints = old.certificates.as_ref().map(|c| {
-                (
-                    c.primary.as_ref().map(|i| i.sha256_thumbprint.clone()),
-                    c.secondary.as_ref().map(|i| i.sha256_thumbprint.clone()),
-                )
-            });
-            let inputs_changed = old.observed_generation != object.meta().generation
-                || digest != old.secrets_digest
-                || (resolved.certificates.is_some()
-                    && old_thumbprints != Some(desired_comparable.certificate_thumbprints.clone()));
-            (if adopt { Done::Adopted } else { Done::Updated { drift, inputs_changed } }, Some(updated))
+        };
+        match written {
+            Ok(outcome) => break outcome,
+            Err(dps::Error::PreconditionFailed { .. } | dps::Error::Conflict { .. }) if attempts < 3 => {
+                continue;
+            }
+            Err(source) => return Err(dps_error(source)),
         }
     };
 
@@ -485,9 +507,16 @@ async fn publish_events<K: EnrollmentKind>(
                 "Adopted",
                 format!("Adopted {what} {id}, which already existed in DPS, and made it match the spec."),
             ),
-            Done::Updated { drift, inputs_changed: true } => {
+            Done::Updated { drift, inputs_changed: true }
+                if old.observed_generation != object.meta().generation =>
+            {
                 (false, "Updated", format!("Updated {what} {id} in DPS ({}).", drift.join(", ")))
             }
+            Done::Updated { drift, inputs_changed: true } => (
+                false,
+                "SecretRotated",
+                format!("Wrote the new {} of {what} {id} from its Secret.", drift.join(", ")),
+            ),
             Done::Updated { drift, inputs_changed: false } => {
                 let changed = drift.join(", ");
                 (
