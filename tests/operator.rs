@@ -79,7 +79,7 @@ async fn a_symmetric_key_group_is_created_and_then_left_alone() {
     let calls = operator.emulator.calls();
     assert_eq!(calls.get("EnrollmentGroup_CreateOrUpdate"), None, "{calls:?}");
     assert_eq!(calls.get("EnrollmentGroup_Get"), None, "drift checks use the query snapshot: {calls:?}");
-    assert!(calls.get("EnrollmentGroup_Query").is_some(), "{calls:?}");
+    assert!(calls.contains_key("EnrollmentGroup_Query"), "{calls:?}");
     let unchanged = operator.get("enrollmentgroup/thermostats").await;
     assert_eq!(
         unchanged["metadata"]["resourceVersion"], resource["metadata"]["resourceVersion"],
@@ -430,7 +430,7 @@ async fn observe_only_and_paused_never_write() {
         .eventually_dps("the spec was written once unpaused", async |dps| {
             let group: models::EnrollmentGroup = dps.get("thermostats-2026").await.ok()?;
             (group.allocation_policy == Some(models::AllocationPolicy::GeoLatency)
-                && group.capabilities?.iot_edge == false)
+                && !group.capabilities?.iot_edge)
                 .then_some(())
         })
         .await;
