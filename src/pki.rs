@@ -18,6 +18,13 @@ pub struct CertificateAuthority {
     pub certificate_pem: String,
 }
 
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the signing key.
+        f.debug_struct("CertificateAuthority").finish_non_exhaustive()
+    }
+}
+
 impl CertificateAuthority {
     pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
         let mut params = CertificateParams::new(Vec::new())?;

@@ -106,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
         },
         state_file: args.state_file,
         entra_client_ids: (!args.entra_client_ids.is_empty()).then_some(args.entra_client_ids),
+        certificate_authority: None,
     };
     let emulator = RunningEmulator::start(config).await.context("the emulator could not start")?;
     if let Some(ca) = emulator.ca_certificate() {

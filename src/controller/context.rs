@@ -45,6 +45,8 @@ pub struct Context {
     pub connections: Connections,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
+    /// When each object was last compared with DPS.
+    checks: Mutex<HashMap<String, Instant>>,
     snapshots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
 }
 
@@ -66,6 +68,7 @@ impl Context {
             client,
             config,
             failures: Mutex::default(),
+            checks: Mutex::default(),
             snapshots: Mutex::default(),
         }
     }
@@ -100,6 +103,15 @@ impl Context {
 
     pub fn record_success(&self, key: &str) {
         self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    /// How long ago `key` was last compared with DPS.
+    pub fn since_check(&self, key: &str) -> Option<Duration> {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner()).get(key).map(Instant::elapsed)
+    }
+
+    pub fn checked(&self, key: &str) {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned(), Instant::now());
     }
 
     /// The enrollments of `E`'s kind on `connection`, read with the query API at most once per

@@ -58,15 +58,34 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// A digest of the secret inputs DPS never returns (the symmetric keys), to notice changes.
+    /// A digest of the secret inputs (symmetric keys, webhook URL), to notice a changed Secret
+    /// without comparing secrets DPS does not return.
     pub fn secrets_digest(&self) -> Option<String> {
-        let (primary, secondary) = self.keys.as_ref()?;
+        if self.keys.is_none() && self.webhook_url.is_none() {
+            return None;
+        }
         let mut context = ring::digest::Context::new(&ring::digest::SHA256);
-        for part in ["dps-operator/keys/v1", primary.expose(), secondary.expose()] {
-            context.update(part.as_bytes());
+        let keys = self.keys.as_ref();
+        let parts = [
+            Some("dps-operator/secrets/v1"),
+            keys.map(|k| k.0.expose()),
+            keys.map(|k| k.1.expose()),
+            self.webhook_url.as_ref().map(Secret::expose),
+        ];
+        for part in parts {
+            context.update(part.unwrap_or_default().as_bytes());
             context.update(&[0]);
         }
         Some(context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The SHA-256 thumbprints of the certificates, primary and secondary.
+    pub fn certificate_thumbprints(&self) -> Option<(String, Option<String>)> {
+        let (primary, secondary) = self.certificates.as_ref()?;
+        Some((
+            primary.facts.sha256_thumbprint.clone(),
+            secondary.as_ref().map(|s| s.facts.sha256_thumbprint.clone()),
+        ))
     }
 }
 
@@ -705,6 +724,8 @@ mod tests {
         let rotated =
             Resolved { keys: Some((Secret::new("cHJpbWFyeQ=="), Secret::new("bmV3"))), ..Default::default() };
         assert_ne!(rotated.secrets_digest().unwrap(), digest);
+        let webhook = Resolved { webhook_url: Some(Secret::new("https://f.example/?code=1")), ..keys() };
+        assert_ne!(webhook.secrets_digest().unwrap(), digest, "the webhook URL counts");
         assert_eq!(Resolved::default().secrets_digest(), None);
     }
 }

@@ -75,7 +75,8 @@ pub fn retry_delay(retry: Retry, failures: u32) -> Duration {
     const CAP: Duration = Duration::from_secs(300);
     match retry {
         Retry::Now => Duration::from_secs(1),
-        Retry::After(wait) => wait,
+        // Spread the callers DPS held back, so they do not all return at once.
+        Retry::After(wait) => wait + jitter(wait, 1.0),
         Retry::WhenInputsChange => CAP,
         Retry::Backoff => jitter(Duration::from_secs(1u64 << failures.clamp(1, 9)).min(CAP), 0.2),
     }
@@ -121,11 +122,14 @@ struct Synced<R> {
     certificates: Option<(ResolvedCertificate, Option<ResolvedCertificate>)>,
     registrations: Registrations,
     host: String,
-    interval: Duration,
+    /// When to look at DPS again.
+    next_check: Duration,
 }
 
 #[derive(Debug, PartialEq)]
 enum Done {
+    /// Settled, and the drift check is not due: DPS was not consulted.
+    NotDue,
     InSync,
     Created,
     Recreated,
@@ -172,8 +176,7 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
         write_status(ctx, &*object, &status).await?;
     }
     publish_events(ctx, &*object, &id, &old_enrollment, &result).await;
-    let synced = result?;
-    Ok(Action::requeue(jitter(synced.interval, 0.2)))
+    Ok(Action::requeue(result?.next_check))
 }
 
 async fn sync<K: EnrollmentKind>(
@@ -198,14 +201,38 @@ async fn sync<K: EnrollmentKind>(
     let digest = resolved.secrets_digest();
     let interval = drift_interval(object, Some(&connection), ctx);
 
-    // A resource that is settled (its generation handled, in sync, secrets unchanged) is on a
-    // periodic drift check: read DPS from the connection's query snapshot, not a GET each.
-    let ready = old.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
+    // A settled resource (its generation handled, in sync, its Secrets unchanged) needs DPS only
+    // when its drift check is due; events about it (its own status writes, unrelated Secret
+    // changes) cost no DPS call.
+    let synced =
+        old.conditions.iter().any(|c| c.type_ == READY && c.status == "True" && c.reason == "Synced");
+    let old_thumbprints = old.certificates.as_ref().and_then(|c| {
+        Some((
+            c.primary.as_ref()?.sha256_thumbprint.clone(),
+            c.secondary.as_ref().map(|i| i.sha256_thumbprint.clone()),
+        ))
+    });
     let settled = *claimed
-        && ready
+        && synced
         && old.observed_generation == object.meta().generation
-        && old.secrets_digest == digest;
-    // A snapshot record with the etag this resource last saw is the record it wrote: in sync.
+        && old.secrets_digest == digest
+        && old_thumbprints == resolved.certificate_thumbprints();
+    let key = object_key(object);
+    if settled && let Some(since) = ctx.since_check(&key).filter(|since| *since < interval) {
+        return Ok(Synced {
+            done: Done::NotDue,
+            record: None,
+            digest,
+            certificates: resolved.certificates,
+            registrations: Registrations::Unknown,
+            host: connection.host.clone(),
+            next_check: interval - since,
+        });
+    }
+    ctx.checked(&key);
+
+    // On a due check, read DPS from the connection's query snapshot rather than a GET each. A
+    // snapshot record with the etag this resource last saw is the record it wrote: in sync.
     // Any other (changed outside, or a snapshot older than our own last write) is confirmed with
     // a GET before anything is decided from it.
     let snapshot_record = if settled {
@@ -319,7 +346,7 @@ async fn sync<K: EnrollmentKind>(
         certificates: resolved.certificates,
         registrations,
         host: connection.host.clone(),
-        interval,
+        next_check: jitter(interval, 0.2),
     })
 }
 
@@ -495,7 +522,7 @@ async fn publish_events<K: EnrollmentKind>(
     let what = K::WHAT;
     let (warning, reason, note) = match result {
         Ok(synced) => match &synced.done {
-            Done::InSync => return,
+            Done::NotDue | Done::InSync => return,
             Done::Created => (false, "Created", format!("Created {what} {id} in DPS at {}.", synced.host)),
             Done::Recreated => (
                 false,

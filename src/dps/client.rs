@@ -290,7 +290,7 @@ impl Client {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         if let Some(wait) = retry_after.filter(|_| status == StatusCode::TOO_MANY_REQUESTS) {
-            self.rate_limiter.pause(wait);
+            self.rate_limiter.throttled(wait);
         }
         let details = serde_json::from_slice(&bytes).unwrap_or_default();
         Err(Error::from_status(operation, status.as_u16(), retry_after, details))

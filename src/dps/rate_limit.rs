@@ -10,30 +10,76 @@ use std::{
 use tokio::time::Instant;
 
 /// A generic cell rate limiter: `per_minute` operations a minute on average, with bursts of up to
-/// `burst` operations after a quiet period.
+/// a tenth of that after a quiet period. When DPS throttles anyway (its quota is shared with other
+/// clients), the rate halves, and recovers by doubling after each minute without throttling.
 #[derive(Debug)]
 pub struct RateLimiter {
-    interval: Mutex<Duration>,
-    burst: u32,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// The configured rate.
+    configured: u32,
+    /// The rate in force: the configured one, or less after throttling.
+    current: u32,
+    /// When the rate was last lowered or raised.
+    adjusted: Instant,
     /// The theoretical arrival time of the next operation.
-    next: Mutex<Instant>,
+    next: Instant,
+}
+
+impl State {
+    fn interval(&self) -> Duration {
+        Duration::from_secs(60) / self.current.max(1)
+    }
+
+    fn tolerance(&self) -> Duration {
+        self.interval() * ((self.current / 10).max(1) - 1)
+    }
+
+    fn recover(&mut self, now: Instant) {
+        if self.current < self.configured && now.duration_since(self.adjusted) >= Duration::from_secs(60) {
+            self.current = (self.current * 2).min(self.configured);
+            self.adjusted = now;
+        }
+    }
 }
 
 impl RateLimiter {
     pub fn new(per_minute: u32) -> Self {
+        let now = Instant::now();
         let per_minute = per_minute.max(1);
-        // A tenth of a minute's budget may go at once.
-        let burst = (per_minute / 10).max(1);
-        Self { interval: Mutex::new(Self::interval(per_minute)), burst, next: Mutex::new(Instant::now()) }
+        Self {
+            state: Mutex::new(State {
+                configured: per_minute,
+                current: per_minute,
+                adjusted: now,
+                next: now,
+            }),
+        }
     }
 
-    fn interval(per_minute: u32) -> Duration {
-        Duration::from_secs(60) / per_minute.max(1)
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Changes the rate, for example after a connection's `rateLimit` changed.
     pub fn set_rate(&self, per_minute: u32) {
-        *self.interval.lock().unwrap_or_else(|e| e.into_inner()) = Self::interval(per_minute);
+        let mut state = self.state();
+        let per_minute = per_minute.max(1);
+        if state.configured != per_minute {
+            state.configured = per_minute;
+            state.current = state.current.min(per_minute).max(1);
+            if state.current < per_minute && state.adjusted.elapsed() >= Duration::from_secs(60) {
+                state.current = per_minute;
+            }
+        }
+    }
+
+    /// The rate in force now, per minute.
+    pub fn current_rate(&self) -> u32 {
+        self.state().current
     }
 
     /// Waits until one more operation may go; returns how long it waited.
@@ -45,13 +91,17 @@ impl RateLimiter {
         wait
     }
 
-    /// Lets no operation go for `wait`, after DPS answered 429 with that `Retry-After`: every caller
-    /// of the host backs off, not only the one that was refused.
-    pub fn pause(&self, wait: Duration) {
-        let interval = *self.interval.lock().unwrap_or_else(|e| e.into_inner());
-        let tolerance = interval * (self.burst - 1);
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        *next = (*next).max(Instant::now() + wait + tolerance);
+    /// DPS answered 429: hold every caller of the host back for `wait` (its `Retry-After`) and
+    /// halve the rate, so the operator settles below what DPS will take.
+    pub fn throttled(&self, wait: Duration) {
+        let now = Instant::now();
+        let mut state = self.state();
+        if now.duration_since(state.adjusted) >= Duration::from_secs(1) || state.current == state.configured {
+            state.current = (state.current / 2).max(1);
+            state.adjusted = now;
+        }
+        let hold = now + wait + state.tolerance();
+        state.next = state.next.max(hold);
     }
 
     /// Takes a slot now if one is free; otherwise books nothing and returns how long until one
@@ -61,14 +111,12 @@ impl RateLimiter {
     }
 
     fn try_reserve(&self, now: Instant) -> Result<(), Duration> {
-        let interval = *self.interval.lock().unwrap_or_else(|e| e.into_inner());
-        let tolerance = interval * (self.burst - 1);
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        let arrival = (*next).max(now);
-        match arrival.checked_sub(tolerance) {
+        let mut state = self.state();
+        let arrival = state.next.max(now);
+        match arrival.checked_sub(state.tolerance()) {
             Some(allowed_at) if allowed_at > now => Err(allowed_at - now),
             _ => {
-                *next = arrival + interval;
+                state.next = arrival + state.interval();
                 Ok(())
             }
         }
@@ -76,12 +124,11 @@ impl RateLimiter {
 
     /// Books the next slot at or after `now` and returns how long until it.
     fn reserve(&self, now: Instant) -> Duration {
-        let interval = *self.interval.lock().unwrap_or_else(|e| e.into_inner());
-        let tolerance = interval * (self.burst - 1);
-        let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
-        let arrival = (*next).max(now);
-        let allowed_at = arrival.checked_sub(tolerance).unwrap_or(now).max(now);
-        *next = arrival + interval;
+        let mut state = self.state();
+        state.recover(now);
+        let arrival = state.next.max(now);
+        let allowed_at = arrival.checked_sub(state.tolerance()).unwrap_or(now).max(now);
+        state.next = arrival + state.interval();
         allowed_at - now
     }
 }
@@ -151,11 +198,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_pause_holds_every_caller_back() {
-        let limiter = RateLimiter::new(6000);
-        limiter.pause(Duration::from_secs(3));
-        assert_eq!(limiter.acquire().await, Duration::from_secs(3));
-        assert_eq!(limiter.acquire().await, Duration::from_millis(10), "then the rate, without a burst");
+    async fn throttling_holds_every_caller_back_and_halves_the_rate_until_a_quiet_minute() {
+        let limiter = RateLimiter::new(600);
+        limiter.throttled(Duration::from_secs(3));
+        assert_eq!(limiter.current_rate(), 300);
+        let waited = limiter.acquire().await;
+        assert!(waited >= Duration::from_secs(3), "{waited:?}");
+        assert_eq!(
+            limiter.acquire().await,
+            Duration::from_millis(200),
+            "then the halved rate, without a burst"
+        );
+        limiter.throttled(Duration::from_secs(1));
+        assert_eq!(limiter.current_rate(), 150);
+        tokio::time::advance(Duration::from_secs(61)).await;
+        limiter.acquire().await;
+        assert_eq!(limiter.current_rate(), 300, "recovers after a quiet minute");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        limiter.acquire().await;
+        assert_eq!(limiter.current_rate(), 600, "up to the configured rate, no further");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        limiter.acquire().await;
+        assert_eq!(limiter.current_rate(), 600);
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct EmulatorConfig {
     pub state_file: Option<PathBuf>,
     /// Entra ID application ids that may get tokens; any when not set.
     pub entra_client_ids: Option<Vec<String>>,
+    /// The CA that signs the HTTPS certificate; generated when not set. Pass the same one to
+    /// restart an emulator that clients already trust.
+    pub certificate_authority: Option<Arc<CertificateAuthority>>,
 }
 
 impl Default for EmulatorConfig {
@@ -101,6 +104,7 @@ impl Default for EmulatorConfig {
             faults: Faults::default(),
             state_file: None,
             entra_client_ids: None,
+            certificate_authority: None,
         }
     }
 }
@@ -202,14 +206,20 @@ impl RunningEmulator {
         });
 
         let (tls, ca_certificate) = if config.tls {
-            let ca = CertificateAuthority::new("dps-emulator CA")?;
+            let ca = match config.certificate_authority {
+                Some(ca) => ca,
+                None => Arc::new(CertificateAuthority::new("dps-emulator CA")?),
+            };
             let server_name = host_name.rsplit_once(':').map_or(host_name.as_str(), |(name, _)| name);
             let mut names = vec!["localhost", "127.0.0.1"];
             if !names.contains(&server_name) {
                 names.push(server_name);
             }
             let serving = ca.issue_server(server_name, &names)?;
-            (Some(tls_acceptor(&serving.certificate_pem, &serving.key_pem)?), Some(ca.certificate_pem))
+            (
+                Some(tls_acceptor(&serving.certificate_pem, &serving.key_pem)?),
+                Some(ca.certificate_pem.clone()),
+            )
         } else {
             (None, None)
         };
