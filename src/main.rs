@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// Manages Azure IoT Hub Device Provisioning Service enrollments from Kubernetes.
@@ -50,12 +51,26 @@ struct RunArgs {
     /// How long one DPS request may take.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     dps_timeout: std::time::Duration,
+    /// PEM file of CA certificates every DPS connection trusts besides the system roots (for a
+    /// TLS-inspecting proxy).
+    #[arg(long, env = "EXTRA_CA_FILE")]
+    extra_ca_file: Option<std::path::PathBuf>,
+    /// Connect to a DPS host at this address instead of what DNS says, as HOST=IP:PORT
+    /// (repeatable); for a local emulator with a real-looking host name.
+    #[arg(long = "resolve", value_parser = parse_resolve)]
+    resolve: Vec<(String, std::net::SocketAddr)>,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     log_format: dps_operator::telemetry::LogFormat,
     /// Log filter, e.g. `info` or `dps_operator=debug,info`.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log_filter: String,
+}
+
+fn parse_resolve(text: &str) -> Result<(String, std::net::SocketAddr), String> {
+    let (host, address) = text.split_once('=').ok_or("expected HOST=IP:PORT")?;
+    let address = address.parse().map_err(|_| format!("{address} is not an IP:PORT address"))?;
+    Ok((host.to_owned(), address))
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -84,6 +99,15 @@ async fn main() -> anyhow::Result<()> {
                 certificate_expiry_warning: args.certificate_expiry_warning,
                 operator_namespace: args.operator_namespace,
                 dps_timeout: args.dps_timeout,
+                extra_ca_certificates: match &args.extra_ca_file {
+                    Some(path) => Some(
+                        std::fs::read_to_string(path)
+                            .with_context(|| format!("reading {}", path.display()))?,
+                    ),
+                    None => None,
+                },
+                resolve: args.resolve,
+                azure_environment: std::env::vars().filter(|(name, _)| name.starts_with("AZURE_")).collect(),
             };
             dps_operator::controller::run(client, config, args.namespaces).await?;
         }

@@ -96,8 +96,12 @@ fn start_local_run() -> (std::process::Child, String) {
         .expect("dps-operator local starts");
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut dir = None;
+    let mut resources = Vec::new();
     for line in stdout.lines() {
         let line = line.expect("output of dps-operator local");
+        if line.contains(".dps.iot.dev/") {
+            resources.push(line.clone());
+        }
         if let Some(path) = line.trim().strip_prefix("export KUBECONFIG=") {
             dir = Some(Path::new(path).parent().unwrap().display().to_string());
         }
@@ -105,6 +109,12 @@ fn start_local_run() -> (std::process::Child, String) {
             break;
         }
     }
+    // Every example, of every kind, is shown Ready.
+    assert_eq!(resources.len(), 10, "{resources:#?}");
+    assert!(
+        resources.iter().all(|line| line.split_whitespace().any(|column| column == "True")),
+        "{resources:#?}"
+    );
     let dir = dir.expect("dps-operator local printed its kubeconfig");
     assert_eq!(processes_mentioning(&dir).len(), 2, "etcd and kube-apiserver run");
     (child, dir)

@@ -446,6 +446,7 @@ async fn tls_is_verified_and_a_ca_bundle_makes_the_emulator_trusted() {
         rate_limiter: Arc::new(RateLimiter::new(1000)),
         extra_root_certificates: None,
         timeout: Duration::from_secs(5),
+        resolve: Vec::new(),
     })
     .unwrap();
     let refused = untrusting.get::<EnrollmentGroup>("x").await.unwrap_err();
@@ -475,6 +476,7 @@ async fn workload_identity_tokens_come_from_the_authority_and_are_accepted() {
             rate_limiter: Arc::new(RateLimiter::new(1000)),
             extra_root_certificates: emulator.ca_certificate().map(str::to_owned),
             timeout: Duration::from_secs(5),
+            resolve: Vec::new(),
         })
         .unwrap()
     };

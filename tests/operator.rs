@@ -282,6 +282,20 @@ spec:
         (Some("contoso-root-2026"), Some("contoso-root-2027"))
     );
     assert_eq!(cameras.iot_hubs, Some(vec!["contoso-factory.azure-devices.net".to_owned()]));
+
+    // Deleting the resources removes every kind from DPS.
+    let deleted = operator
+        .kubectl(&["delete", "individualenrollments,enrollmentgroups", "--all", "--timeout=60s"], None)
+        .await;
+    assert!(deleted.success, "{}", deleted.stderr);
+    for id in ["boiler:0042", "sensor-7", "kiosk-3.store-117"] {
+        let gone = operator.dps.get::<models::IndividualEnrollment>(id).await;
+        assert!(matches!(gone, Err(dps::Error::NotFound { .. })), "{id}: {gone:?}");
+    }
+    for id in ["gateways", "cameras.line-1"] {
+        let gone = operator.dps.get::<models::EnrollmentGroup>(id).await;
+        assert!(matches!(gone, Err(dps::Error::NotFound { .. })), "{id}: {gone:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -47,15 +47,21 @@ pub struct Connections {
     operator_namespace: String,
     rate_limiters: RateLimiters,
     timeout: Duration,
+    extra_ca_certificates: Option<String>,
+    resolve: Vec<(String, std::net::SocketAddr)>,
+    azure_environment: HashMap<String, String>,
     clients: Mutex<HashMap<String, (String, Connection)>>,
 }
 
 impl Connections {
-    pub fn new(operator_namespace: String, timeout: Duration) -> Self {
+    pub fn new(config: &super::context::Config) -> Self {
         Self {
-            operator_namespace,
+            operator_namespace: config.operator_namespace.clone(),
             rate_limiters: RateLimiters::default(),
-            timeout,
+            timeout: config.dps_timeout,
+            extra_ca_certificates: config.extra_ca_certificates.clone(),
+            resolve: config.resolve.clone(),
+            azure_environment: config.azure_environment.clone(),
             clients: Mutex::default(),
         }
     }
@@ -177,9 +183,10 @@ impl Connections {
                     (Authenticator::shared_access(parsed), host, source)
                 }
                 (None, Some(identity)) => {
-                    let config = WorkloadIdentityConfig::from_env(
+                    let config = WorkloadIdentityConfig::from_lookup(
                         identity.client_id.as_deref(),
                         identity.tenant_id.as_deref(),
+                        |name| self.azure_environment.get(name).cloned(),
                     )
                     .map_err(|e| invalid(e.to_string()))?;
                     let host = spec
@@ -203,6 +210,10 @@ impl Connections {
             },
             None => None,
         };
+        let ca_bundle = match (ca_bundle, &self.extra_ca_certificates) {
+            (Some(own), Some(extra)) => Some(format!("{own}\n{extra}")),
+            (own, extra) => own.or_else(|| extra.clone()),
+        };
         inputs.push(ca_bundle.clone().unwrap_or_default());
         let fingerprint = inputs.join("/");
 
@@ -222,6 +233,7 @@ impl Connections {
             rate_limiter: self.rate_limiters.for_host(&host, rate),
             extra_root_certificates: ca_bundle,
             timeout: self.timeout,
+            resolve: self.resolve.clone(),
         })
         .map_err(|e| invalid(format!("{e}")))?;
         let connection = Connection {

@@ -26,6 +26,13 @@ pub struct Config {
     pub operator_namespace: String,
     /// How long one DPS request may take.
     pub dps_timeout: Duration,
+    /// PEM certificates every connection trusts besides the system roots and its own caBundle.
+    pub extra_ca_certificates: Option<String>,
+    /// DPS host names to connect to at these addresses instead of what DNS says.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// The Azure workload identity environment (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
+    /// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`), read once at start.
+    pub azure_environment: HashMap<String, String>,
 }
 
 impl Default for Config {
@@ -35,6 +42,9 @@ impl Default for Config {
             certificate_expiry_warning: Duration::from_secs(30 * 24 * 3600),
             operator_namespace: "dps-operator".into(),
             dps_timeout: dps::ClientConfig::DEFAULT_TIMEOUT,
+            extra_ca_certificates: None,
+            resolve: Vec::new(),
+            azure_environment: HashMap::new(),
         }
     }
 }
@@ -64,7 +74,7 @@ impl Context {
             Reporter { controller: "dps-operator".into(), instance: std::env::var("POD_NAME").ok() };
         Self {
             recorder: Recorder::new(client.clone(), reporter),
-            connections: Connections::new(config.operator_namespace.clone(), config.dps_timeout),
+            connections: Connections::new(&config),
             client,
             config,
             failures: Mutex::default(),

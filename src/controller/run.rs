@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, future::join_all};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
     runtime::{Controller, reflector::ObjectRef, watcher},
@@ -101,7 +101,8 @@ async fn enrollment_controller<K: EnrollmentKind>(
 ) {
     let controller = Controller::new(scoped::<K>(client, namespace), watcher::Config::default());
     let store = controller.store();
-    let (by_secret, by_service, by_cluster_service) = (store.clone(), store.clone(), store);
+    let (by_secret, by_service, by_cluster_service, by_namespace) =
+        (store.clone(), store.clone(), store.clone(), store);
     controller
         .watches(scoped::<Secret>(client, namespace), watcher::Config::default(), move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
@@ -151,6 +152,17 @@ async fn enrollment_controller<K: EnrollmentKind>(
                     .collect::<Vec<_>>()
             },
         )
+        // A namespace's labels decide which ClusterProvisioningServices its enrollments may use.
+        .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), move |namespace| {
+            let name = namespace.name_any();
+            by_namespace
+                .state()
+                .into_iter()
+                .filter(|e| e.namespace().as_deref() == Some(name.as_str()))
+                .filter(|e| e.settings().service_ref.kind == Some(ServiceKind::ClusterProvisioningService))
+                .map(|e| ObjectRef::from_obj(&*e))
+                .collect::<Vec<_>>()
+        })
         .shutdown_on_signal()
         .run(enrollment::reconcile::<K>, enrollment::error_policy::<K>, ctx)
         .for_each(log_outcome)

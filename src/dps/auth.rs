@@ -214,13 +214,10 @@ pub struct WorkloadIdentityConfig {
 }
 
 impl WorkloadIdentityConfig {
-    /// Settings from the environment the Azure workload identity webhook injects, with explicit
-    /// client and tenant ids taking precedence.
-    pub fn from_env(client_id: Option<&str>, tenant_id: Option<&str>) -> Result<Self, AuthError> {
-        Self::from_lookup(client_id, tenant_id, |name| std::env::var(name).ok())
-    }
-
-    fn from_lookup(
+    /// Settings from `lookup` of the environment the Azure workload identity webhook injects
+    /// (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`, `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`),
+    /// with explicit client and tenant ids taking precedence.
+    pub fn from_lookup(
         client_id: Option<&str>,
         tenant_id: Option<&str>,
         lookup: impl Fn(&'static str) -> Option<String>,

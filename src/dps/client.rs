@@ -77,6 +77,9 @@ pub struct ClientConfig {
     pub extra_root_certificates: Option<String>,
     /// How long one request may take, connection included.
     pub timeout: Duration,
+    /// Host names to connect to at these addresses instead of what DNS says (like curl's
+    /// `--resolve`), e.g. a local emulator standing in for a real host name.
+    pub resolve: Vec<(String, std::net::SocketAddr)>,
 }
 
 impl ClientConfig {
@@ -108,6 +111,9 @@ impl Client {
             .https_only(true)
             .user_agent(concat!("dps-operator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(config.timeout.min(Duration::from_secs(10)));
+        for (host, address) in &config.resolve {
+            builder = builder.resolve(host, *address);
+        }
         if let Some(pem) = &config.extra_root_certificates {
             let certificates =
                 reqwest::Certificate::from_pem_bundle(pem.as_bytes()).map_err(BuildError::InvalidCaBundle)?;

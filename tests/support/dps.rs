@@ -34,6 +34,7 @@ pub fn client_with(
         rate_limiter: Arc::new(RateLimiter::new(per_minute)),
         extra_root_certificates: emulator.ca_certificate().map(str::to_owned),
         timeout,
+        resolve: Vec::new(),
     })
     .expect("a client")
 }

@@ -1,0 +1,128 @@
+//! `dps-operator local`: the whole product on one machine. A real Kubernetes control plane, a DPS
+//! emulator answering for the host the examples name, the operator, and the Secrets the examples
+//! reference; then the examples, until every resource is Ready.
+
+use std::{path::Path, sync::Arc};
+
+use super::{ControlPlane, Error, Tools, run};
+use crate::{
+    controller::{self, context::Config},
+    emulator::{EmulatorConfig, RunningEmulator},
+    pki::CertificateAuthority,
+};
+
+/// The DPS host the examples name; the emulator answers for it.
+const EXAMPLE_HOST: &str = "contoso.azure-devices-provisioning.net";
+/// Where the operator runs, and where ClusterProvisioningService Secrets live.
+const OPERATOR_NAMESPACE: &str = "dps-operator";
+
+/// Starts everything, applies the manifests in `examples` to `namespace`, waits until every
+/// resource is Ready, shows them, and keeps running until Ctrl-C or SIGTERM.
+pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
+    let control_plane = ControlPlane::start(Tools::locate()?)?;
+    control_plane.install_crds()?;
+    let kubectl = |args: &[&str], stdin: Option<&str>| run(control_plane.kubectl().args(args), stdin);
+
+    let emulator =
+        RunningEmulator::start(EmulatorConfig { host_name: Some(EXAMPLE_HOST.into()), ..Default::default() })
+            .await
+            .map_err(|e| Error::Emulator(e.to_string()))?;
+    let emulator_ca = emulator.ca_certificate().unwrap_or_default().to_owned();
+    let token_file = control_plane.kubeconfig().with_file_name("federated-token");
+    std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJkcHMtb3BlcmF0b3IifQ.bG9jYWw")
+        .map_err(|source| Error::io("write", &token_file, source))?;
+
+    let _ = kubectl(&["create", "namespace", OPERATOR_NAMESPACE], None);
+    let _ = kubectl(&["create", "namespace", namespace], None);
+    // The ClusterProvisioningService example admits namespaces with this label.
+    kubectl(&["label", "--overwrite", "namespace", namespace, "iot.contoso.com/dps-access=factory"], None)?;
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&example_inputs(&emulator, namespace)?))?;
+
+    let config = Config {
+        operator_namespace: OPERATOR_NAMESPACE.into(),
+        extra_ca_certificates: Some(emulator_ca),
+        resolve: vec![(EXAMPLE_HOST.into(), emulator.address())],
+        azure_environment: [
+            ("AZURE_FEDERATED_TOKEN_FILE".to_owned(), token_file.display().to_string()),
+            ("AZURE_AUTHORITY_HOST".to_owned(), emulator.url()),
+        ]
+        .into(),
+        ..Config::default()
+    };
+    let client = control_plane.client().await?;
+    let operator = tokio::spawn(async move {
+        if let Err(error) = controller::run(client, config, Vec::new()).await {
+            eprintln!("the operator stopped: {error}");
+        }
+    });
+
+    let examples = examples.display().to_string();
+    kubectl(&["apply", "--server-side", "-n", namespace, "-f", &examples], None)?;
+    let wait = |resources: &[&str]| {
+        let mut args = vec!["wait", "--for=condition=Ready", "--all", "--timeout=120s"];
+        args.extend_from_slice(resources);
+        tokio::task::block_in_place(|| kubectl(&args, None))
+    };
+    wait(&["-n", namespace, "provisioningservices,enrollmentgroups,individualenrollments"])?;
+    wait(&["clusterprovisioningservices"])?;
+    let resources = kubectl(&["get", "dps", "--all-namespaces"], None)?;
+    println!(
+        "Everything runs on this machine: a Kubernetes API server at {server}, a DPS emulator standing in \
+         for {EXAMPLE_HOST} at {emulator}, and the operator. The manifests from {examples} are applied and \
+         Ready:\n\n{resources}\nUse it from another terminal with:\n\n    export KUBECONFIG={kubeconfig}\n    \
+         kubectl get dps -A\n    kubectl describe enrollmentgroup thermostats -n {namespace}\n\n\
+         Press Ctrl-C to stop everything and remove its data.",
+        server = control_plane.server(),
+        emulator = emulator.address(),
+        kubeconfig = control_plane.kubeconfig().display(),
+    );
+    crate::signals::shutdown()
+        .await
+        .map_err(|source| Error::io("wait for a stop signal in", Path::new("this process"), source))?;
+    operator.abort();
+    emulator.stop().await;
+    control_plane.stop();
+    Ok(())
+}
+
+/// The Secrets and ConfigMaps the examples reference, pointing at the emulator.
+fn example_inputs(emulator: &RunningEmulator, namespace: &str) -> Result<String, Error> {
+    let ca = Arc::new(CertificateAuthority::new("Contoso Devices CA")?);
+    let next_ca = CertificateAuthority::new("Contoso Devices CA 2027")?;
+    let sensor = ca.issue_client("sensor-7", None)?;
+    let sensor_next = ca.issue_client("sensor-7", None)?;
+    let secret = |name: &str, namespace: &str, data: &[(&str, &str)]| {
+        let data: serde_json::Map<String, serde_json::Value> =
+            data.iter().map(|(k, v)| ((*k).to_owned(), serde_json::Value::String((*v).to_owned()))).collect();
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace}, "stringData": data,
+        })
+        .to_string()
+    };
+    let connection = emulator.connection_string();
+    let documents = [
+        secret("dps-connection", namespace, &[("connectionString", &connection)]),
+        secret("factory-dps-connection", OPERATOR_NAMESPACE, &[("connectionString", &connection)]),
+        secret("gateways-intermediate-ca", namespace, &[("tls.crt", &ca.certificate_pem)]),
+        secret("gateways-intermediate-ca-next", namespace, &[("tls.crt", &next_ca.certificate_pem)]),
+        secret(
+            "sensor-7-cert",
+            namespace,
+            &[("tls.crt", &sensor.certificate_pem), ("ca.crt", &ca.certificate_pem)],
+        ),
+        secret("sensor-7-cert-next", namespace, &[("tls.crt", &sensor_next.certificate_pem)]),
+        secret(
+            "allocation-webhook",
+            namespace,
+            &[("url", "https://contoso-allocation.azurewebsites.net/api/allocate?code=local")],
+        ),
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "corporate-proxy-ca", "namespace": namespace},
+            "data": {"ca.crt": emulator.ca_certificate().unwrap_or_default()},
+        })
+        .to_string(),
+    ];
+    Ok(documents.join("\n---\n"))
+}
