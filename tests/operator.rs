@@ -283,6 +283,34 @@ spec:
     );
     assert_eq!(cameras.iot_hubs, Some(vec!["contoso-factory.azure-devices.net".to_owned()]));
 
+    // A new webhook URL in its Secret reaches DPS; a device's registration shows in status.
+    let patch =
+        json!({"stringData": {"url": "https://contoso-alloc.azurewebsites.net/api/allocate?code=r0tated"}})
+            .to_string();
+    assert!(operator.kubectl(&["patch", "secret", "allocation-webhook", "-p", &patch], None).await.success);
+    operator
+        .eventually_dps("the new webhook URL reached DPS", async |dps| {
+            let boiler: models::IndividualEnrollment = dps.get("boiler:0042").await.ok()?;
+            boiler.custom_allocation_definition?.webhook_url.expose().ends_with("r0tated").then_some(())
+        })
+        .await;
+    operator.emulator.add_registration(
+        models::DeviceRegistrationState {
+            registration_id: Some("boiler:0042".into()),
+            status: Some(models::RegistrationStatus::Assigned),
+            assigned_hub: Some("contoso-west.azure-devices.net".into()),
+            device_id: Some("boiler-0042".into()),
+            ..Default::default()
+        },
+        None,
+    );
+    let registered = operator
+        .eventually("individualenrollment/boiler-0042", "its registration is reported", |r| {
+            r["status"]["registration"]["status"] == "assigned"
+        })
+        .await;
+    assert_eq!(registered["status"]["registration"]["assignedHub"], "contoso-west.azure-devices.net");
+
     // Deleting the resources removes every kind from DPS.
     let deleted = operator
         .kubectl(&["delete", "individualenrollments,enrollmentgroups", "--all", "--timeout=60s"], None)

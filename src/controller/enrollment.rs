@@ -586,17 +586,33 @@ async fn publish_events<K: EnrollmentKind>(
     ctx.event(object, warning, reason, note).await;
 }
 
+/// Whether the CustomResourceDefinition of `K` is being deleted.
+async fn crd_being_deleted<K: EnrollmentKind>(ctx: &Context) -> Result<bool, Error> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let name = format!("{}.{}", K::plural(&()), K::group(&()));
+    let crd = Api::<CustomResourceDefinition>::all(ctx.client.clone())
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("read CustomResourceDefinition {name}"), e))?;
+    Ok(crd.is_none_or(|crd| crd.metadata.deletion_timestamp.is_some()))
+}
+
 async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Action, Error> {
     let id = object.dps_id();
     let namespace = object.namespace().unwrap_or_default();
     let settings = object.settings();
     let claimed = object.current_status().map(K::enrollment_status).is_some_and(|s| s.claimed == Some(true));
     let writes_off = is_paused(&*object) || settings.management_policy == Some(ManagementPolicy::ObserveOnly);
-    if !claimed || writes_off || settings.deletion_policy == Some(DeletionPolicy::Orphan) {
+    // Uninstalling (deleting the CRD deletes every resource of the kind) never deletes in DPS.
+    let uninstalling = crd_being_deleted::<K>(ctx).await?;
+    if !claimed || writes_off || uninstalling || settings.deletion_policy == Some(DeletionPolicy::Orphan) {
         if claimed {
-            let note =
-                format!("Left {} {id} in DPS (deletion policy Orphan, observe-only or paused).", K::WHAT);
-            ctx.event(&*object, false, "Orphaned", note).await;
+            let why = if uninstalling {
+                "its CustomResourceDefinition is being deleted"
+            } else {
+                "deletion policy Orphan, observe-only or paused"
+            };
+            ctx.event(&*object, false, "Orphaned", format!("Left {} {id} in DPS ({why}).", K::WHAT)).await;
         }
         return Ok(Action::await_change());
     }
