@@ -6,6 +6,8 @@ pub mod controller;
 pub mod devenv;
 pub mod dps;
 pub mod emulator;
+pub mod http;
+pub mod metrics;
 pub mod pki;
 pub mod signals;
 pub mod telemetry;

@@ -59,6 +59,19 @@ struct RunArgs {
     /// (repeatable); for a local emulator with a real-looking host name.
     #[arg(long = "resolve", value_parser = parse_resolve)]
     resolve: Vec<(String, std::net::SocketAddr)>,
+    /// Address of the /livez, /readyz and /metrics endpoints.
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: std::net::SocketAddr,
+    /// Take part in leader election through a Lease in the operator namespace; only the leader
+    /// writes. For running more than one replica.
+    #[arg(long, env = "LEADER_ELECTION")]
+    leader_election: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, default_value = "dps-operator")]
+    leader_election_lease: String,
+    /// This replica's name in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     log_format: dps_operator::telemetry::LogFormat,
@@ -109,7 +122,24 @@ async fn main() -> anyhow::Result<()> {
                 resolve: args.resolve,
                 azure_environment: std::env::vars().filter(|(name, _)| name.starts_with("AZURE_")).collect(),
             };
-            dps_operator::controller::run(client, config, args.namespaces).await?;
+            let leader_election = args.leader_election.then(|| dps_operator::controller::LeaderElection {
+                lease_name: args.leader_election_lease.clone(),
+                lease_namespace: config.operator_namespace.clone(),
+                identity: args
+                    .pod_name
+                    .clone()
+                    .unwrap_or_else(|| format!("dps-operator-{}", std::process::id())),
+            });
+            let health = std::sync::Arc::new(dps_operator::http::Health::default());
+            let server = tokio::spawn(dps_operator::http::serve(args.metrics_address, health.clone()));
+            let stopper = health.clone();
+            tokio::spawn(async move {
+                let _ = dps_operator::signals::shutdown().await;
+                tracing::info!("stopping: finishing the reconciles in flight");
+                stopper.stop();
+            });
+            dps_operator::controller::run(client, config, args.namespaces, leader_election, health).await?;
+            let _ = server.await;
         }
         Command::Local { examples, namespace } => {
             dps_operator::devenv::run_local(&examples, &namespace).await?

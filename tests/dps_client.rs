@@ -447,6 +447,7 @@ async fn tls_is_verified_and_a_ca_bundle_makes_the_emulator_trusted() {
         extra_root_certificates: None,
         timeout: Duration::from_secs(5),
         resolve: Vec::new(),
+        observer: None,
     })
     .unwrap();
     let refused = untrusting.get::<EnrollmentGroup>("x").await.unwrap_err();
@@ -477,6 +478,7 @@ async fn workload_identity_tokens_come_from_the_authority_and_are_accepted() {
             extra_root_certificates: emulator.ca_certificate().map(str::to_owned),
             timeout: Duration::from_secs(5),
             resolve: Vec::new(),
+            observer: None,
         })
         .unwrap()
     };

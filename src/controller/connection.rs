@@ -50,11 +50,12 @@ pub struct Connections {
     extra_ca_certificates: Option<String>,
     resolve: Vec<(String, std::net::SocketAddr)>,
     azure_environment: HashMap<String, String>,
+    observer: Arc<dyn dps::RequestObserver>,
     clients: Mutex<HashMap<String, (String, Connection)>>,
 }
 
 impl Connections {
-    pub fn new(config: &super::context::Config) -> Self {
+    pub fn new(config: &super::context::Config, observer: Arc<dyn dps::RequestObserver>) -> Self {
         Self {
             operator_namespace: config.operator_namespace.clone(),
             rate_limiters: RateLimiters::default(),
@@ -62,6 +63,7 @@ impl Connections {
             extra_ca_certificates: config.extra_ca_certificates.clone(),
             resolve: config.resolve.clone(),
             azure_environment: config.azure_environment.clone(),
+            observer,
             clients: Mutex::default(),
         }
     }
@@ -234,6 +236,7 @@ impl Connections {
             extra_root_certificates: ca_bundle,
             timeout: self.timeout,
             resolve: self.resolve.clone(),
+            observer: Some(self.observer.clone()),
         })
         .map_err(|e| invalid(format!("{e}")))?;
         let connection = Connection {

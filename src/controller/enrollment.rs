@@ -42,6 +42,7 @@ pub async fn reconcile<K: EnrollmentKind>(
 ) -> Result<Action, finalizer::Error<Error>> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
     let key = object_key(&*object);
+    let started = std::time::Instant::now();
     let result = finalizer(&api, FINALIZER, object, |event| async {
         match event {
             finalizer::Event::Apply(object) => apply(object, &ctx).await,
@@ -52,6 +53,11 @@ pub async fn reconcile<K: EnrollmentKind>(
     if result.is_ok() {
         ctx.record_success(&key);
     }
+    let reason = result.as_ref().err().map(|error| match error {
+        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error.reason(),
+        _ => "KubernetesApiError",
+    });
+    ctx.health.metrics.reconciled(K::kind(&()).as_ref(), started.elapsed(), reason);
     result
 }
 
@@ -171,6 +177,8 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
         Ok(synced) if synced.registrations != Registrations::Unknown => synced.registrations.clone(),
         _ => old.as_ref().map_or(Registrations::Unknown, K::registrations),
     };
+    let ready = enrollment.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
+    ctx.health.metrics.set_ready(K::kind(&()).as_ref(), &object_key(&*object), Some(ready));
     let status = K::make_status(enrollment, id.clone(), registrations);
     if old.as_ref() != Some(&status) {
         write_status(ctx, &*object, &status).await?;
@@ -653,6 +661,7 @@ async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Act
     .await;
     match result {
         Ok(deleted) => {
+            ctx.health.metrics.set_ready(K::kind(&()).as_ref(), &object_key(&*object), None);
             let note = if deleted {
                 format!("Deleted {} {id} from DPS.", K::WHAT)
             } else {

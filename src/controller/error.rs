@@ -53,6 +53,9 @@ pub enum Error {
         source: dps::Error,
     },
 
+    #[error("leader election failed: {0}")]
+    LeaderElection(String),
+
     #[error("Kubernetes API call failed: {action}")]
     Kube {
         action: String,
@@ -94,6 +97,7 @@ impl Error {
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::Dps { source, .. } => source.reason(),
             Self::Kube { .. } => "KubernetesApiError",
+            Self::LeaderElection(_) => "LeaderElectionFailed",
         }
     }
 
@@ -114,7 +118,7 @@ impl Error {
                 RetryClass::After(Some(wait)) => Retry::After(wait),
                 RetryClass::After(None) | RetryClass::Backoff => Retry::Backoff,
             },
-            Self::Kube { .. } => Retry::Backoff,
+            Self::Kube { .. } | Self::LeaderElection(_) => Retry::Backoff,
             // Missing Secrets and connections are watched: a change triggers a reconcile.
             _ => Retry::WhenInputsChange,
         }

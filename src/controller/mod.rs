@@ -16,4 +16,4 @@ pub mod kinds;
 pub mod provisioning;
 mod run;
 pub mod secrets;
-pub use run::run;
+pub use run::{LeaderElection, run};

@@ -10,6 +10,8 @@ use kube::{
     runtime::{Controller, reflector::ObjectRef, watcher},
 };
 
+use kube_lease_manager::LeaseManagerBuilder;
+
 use super::{
     Error,
     context::{Config, Context},
@@ -22,28 +24,110 @@ use crate::api::{
     ClusterProvisioningService, ConnectionSpec, EnrollmentGroup, IndividualEnrollment, ProvisioningService,
     ServiceKind,
 };
+use crate::http::Health;
 
-/// Runs the controllers until the process is asked to stop. `namespaces` limits the namespaced
-/// kinds to those namespaces; empty means all.
-pub async fn run(client: Client, config: Config, namespaces: Vec<String>) -> Result<(), Error> {
+/// Leader election: only the replica holding the Lease writes.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    pub lease_name: String,
+    pub lease_namespace: String,
+    /// This replica's name (the pod name).
+    pub identity: String,
+}
+
+/// How long a Lease is held without renewal, and how early it is renewed.
+const LEASE_DURATION: u64 = 15;
+const LEASE_GRACE: u64 = 5;
+
+/// Runs the controllers until `health` is told to stop, letting in-flight reconciles finish.
+/// `namespaces` limits the namespaced kinds to those namespaces; empty means all.
+pub async fn run(
+    client: Client,
+    config: Config,
+    namespaces: Vec<String>,
+    leader_election: Option<LeaderElection>,
+    health: Arc<Health>,
+) -> Result<(), Error> {
     check_crds_installed(&client).await?;
     let operator_namespace = config.operator_namespace.clone();
-    let ctx = Arc::new(Context::new(client.clone(), config));
+    let ctx = Arc::new(Context::new(client.clone(), config, health.clone()));
+
+    // Without leader election this replica leads; with it, once it holds the Lease.
+    let (leading, leadership) = match leader_election {
+        None => (tokio::sync::watch::channel(true).1, None),
+        Some(election) => {
+            let manager = LeaseManagerBuilder::new(client.clone(), election.lease_name)
+                .with_namespace(election.lease_namespace)
+                .with_identity(election.identity)
+                .with_duration(LEASE_DURATION)
+                .with_grace(LEASE_GRACE)
+                .with_field_manager(enrollment::FIELD_MANAGER)
+                .build()
+                .await
+                .map_err(|e| Error::LeaderElection(e.to_string()))?;
+            let (leading, task) = manager.watch().await;
+            (leading, Some(task))
+        }
+    };
+    ctx.set_leading(leading.clone());
+
     let scopes: Vec<Option<String>> =
         if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
     let mut controllers = Vec::new();
+    let mut ready = Vec::new();
     for scope in &scopes {
-        controllers
-            .push(enrollment_controller::<EnrollmentGroup>(&client, scope.as_deref(), ctx.clone()).boxed());
-        controllers.push(
-            enrollment_controller::<IndividualEnrollment>(&client, scope.as_deref(), ctx.clone()).boxed(),
-        );
-        controllers.push(provisioning_service_controller(&client, scope.as_deref(), ctx.clone()).boxed());
+        let (synced, running) =
+            enrollment_controller::<EnrollmentGroup>(&client, scope.as_deref(), ctx.clone(), &leading);
+        ready.push(synced);
+        controllers.push(running);
+        let (synced, running) =
+            enrollment_controller::<IndividualEnrollment>(&client, scope.as_deref(), ctx.clone(), &leading);
+        ready.push(synced);
+        controllers.push(running);
+        let (synced, running) =
+            provisioning_service_controller(&client, scope.as_deref(), ctx.clone(), &leading);
+        ready.push(synced);
+        controllers.push(running);
     }
-    controllers.push(cluster_provisioning_service_controller(&client, &operator_namespace, ctx).boxed());
+    let (synced, running) =
+        cluster_provisioning_service_controller(&client, &operator_namespace, ctx.clone(), &leading);
+    ready.push(synced);
+    controllers.push(running);
+
+    let readiness = health.clone();
+    tokio::spawn(async move {
+        join_all(ready).await;
+        readiness.set_ready(true);
+    });
     join_all(controllers).await;
+    // Hand the Lease over at once rather than letting it expire.
+    drop(leading);
+    ctx.set_leading(tokio::sync::watch::channel(false).1);
+    if let Some(task) = leadership {
+        let _ = task.await;
+    }
     Ok(())
 }
+
+/// A stream that yields each time this replica becomes the leader, so it reconciles everything.
+fn on_leadership(
+    leading: &tokio::sync::watch::Receiver<bool>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold((leading.clone(), false), |(mut leading, mut was_leading)| async move {
+        loop {
+            let is_leading = *leading.borrow_and_update();
+            if is_leading && !was_leading {
+                return Some(((), (leading, true)));
+            }
+            was_leading = is_leading;
+            if leading.changed().await.is_err() {
+                return None;
+            }
+        }
+    })
+}
+
+type Running = futures::future::BoxFuture<'static, ()>;
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -94,16 +178,18 @@ fn log_outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) -
     futures::future::ready(())
 }
 
-async fn enrollment_controller<K: EnrollmentKind>(
+fn enrollment_controller<K: EnrollmentKind>(
     client: &Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
-) {
+    leading: &tokio::sync::watch::Receiver<bool>,
+) -> (Running, Running) {
     let controller = Controller::new(scoped::<K>(client, namespace), watcher::Config::default());
     let store = controller.store();
+    let synced = store.clone();
     let (by_secret, by_service, by_cluster_service, by_namespace) =
         (store.clone(), store.clone(), store.clone(), store);
-    controller
+    let running = controller
         .watches(scoped::<Secret>(client, namespace), watcher::Config::default(), move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
             by_secret
@@ -163,10 +249,20 @@ async fn enrollment_controller<K: EnrollmentKind>(
                 .map(|e| ObjectRef::from_obj(&*e))
                 .collect::<Vec<_>>()
         })
-        .shutdown_on_signal()
+        .reconcile_all_on(on_leadership(leading))
+        .graceful_shutdown_on(ctx.health.stopped())
         .run(enrollment::reconcile::<K>, enrollment::error_policy::<K>, ctx)
-        .for_each(log_outcome)
-        .await;
+        .for_each(log_outcome);
+    (wait_until_synced(synced), running.boxed())
+}
+
+fn wait_until_synced<K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static>(
+    store: kube::runtime::reflector::Store<K>,
+) -> Running {
+    async move {
+        let _ = store.wait_until_ready().await;
+    }
+    .boxed()
 }
 
 /// The Secrets and ConfigMaps a connection reads.
@@ -179,11 +275,17 @@ fn connection_secrets(spec: &ConnectionSpec) -> Vec<&str> {
     names
 }
 
-async fn provisioning_service_controller(client: &Client, namespace: Option<&str>, ctx: Arc<Context>) {
+fn provisioning_service_controller(
+    client: &Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+    leading: &tokio::sync::watch::Receiver<bool>,
+) -> (Running, Running) {
     let controller =
         Controller::new(scoped::<ProvisioningService>(client, namespace), watcher::Config::default());
     let store = controller.store();
-    controller
+    let synced = store.clone();
+    let running = controller
         .watches(scoped::<Secret>(client, namespace), watcher::Config::default(), move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
             store
@@ -196,21 +298,24 @@ async fn provisioning_service_controller(client: &Client, namespace: Option<&str
                 .map(|s| ObjectRef::from_obj(&*s))
                 .collect::<Vec<_>>()
         })
-        .shutdown_on_signal()
+        .reconcile_all_on(on_leadership(leading))
+        .graceful_shutdown_on(ctx.health.stopped())
         .run(provisioning::reconcile_namespaced, provisioning::error_policy, ctx)
-        .for_each(log_outcome)
-        .await;
+        .for_each(log_outcome);
+    (wait_until_synced(synced), running.boxed())
 }
 
-async fn cluster_provisioning_service_controller(
+fn cluster_provisioning_service_controller(
     client: &Client,
     operator_namespace: &str,
     ctx: Arc<Context>,
-) {
+    leading: &tokio::sync::watch::Receiver<bool>,
+) -> (Running, Running) {
     let controller =
         Controller::new(Api::<ClusterProvisioningService>::all(client.clone()), watcher::Config::default());
     let store = controller.store();
-    controller
+    let synced = store.clone();
+    let running = controller
         .watches(
             Api::<Secret>::namespaced(client.clone(), operator_namespace),
             watcher::Config::default(),
@@ -224,8 +329,9 @@ async fn cluster_provisioning_service_controller(
                     .collect::<Vec<_>>()
             },
         )
-        .shutdown_on_signal()
+        .reconcile_all_on(on_leadership(leading))
+        .graceful_shutdown_on(ctx.health.stopped())
         .run(provisioning::reconcile_cluster, provisioning::error_policy, ctx)
-        .for_each(log_outcome)
-        .await;
+        .for_each(log_outcome);
+    (wait_until_synced(synced), running.boxed())
 }

@@ -51,7 +51,8 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
     };
     let client = control_plane.client().await?;
     let operator = tokio::spawn(async move {
-        if let Err(error) = controller::run(client, config, Vec::new()).await {
+        let health = Arc::new(crate::http::Health::default());
+        if let Err(error) = controller::run(client, config, Vec::new(), None, health).await {
             eprintln!("the operator stopped: {error}");
         }
     });

@@ -80,6 +80,32 @@ pub struct ClientConfig {
     /// Host names to connect to at these addresses instead of what DNS says (like curl's
     /// `--resolve`), e.g. a local emulator standing in for a real host name.
     pub resolve: Vec<(String, std::net::SocketAddr)>,
+    /// Told about every request, e.g. to export metrics.
+    pub observer: Option<Arc<dyn RequestObserver>>,
+}
+
+/// Hears about the client's requests.
+pub trait RequestObserver: Send + Sync {
+    /// A request finished: its operation (ids removed), status (`None` without an answer) and
+    /// duration.
+    fn request(&self, operation: &str, status: Option<u16>, duration: Duration);
+    /// A request waited this long for the rate limiter.
+    fn waited(&self, duration: Duration);
+}
+
+/// The operation of a request with the ids taken out, for metrics: `PUT enrollmentGroups/{id}`.
+pub fn operation_label(method: &Method, path: &str) -> String {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let generic: Vec<&str> = segments
+        .iter()
+        .enumerate()
+        .map(|(index, segment)| match (index, *segment) {
+            (1, "query") if segments.len() == 2 => "query",
+            (1, _) => "{id}",
+            (_, segment) => segment,
+        })
+        .collect();
+    format!("{method} {}", generic.join("/"))
 }
 
 impl ClientConfig {
@@ -102,6 +128,7 @@ pub struct Client {
     authenticator: Arc<Authenticator>,
     rate_limiter: Arc<RateLimiter>,
     timeout: Duration,
+    observer: Option<Arc<dyn RequestObserver>>,
 }
 
 impl Client {
@@ -125,6 +152,7 @@ impl Client {
             authenticator: config.authenticator,
             rate_limiter: config.rate_limiter,
             timeout: config.timeout,
+            observer: config.observer,
         })
     }
 
@@ -263,7 +291,17 @@ impl Client {
         body: Option<&B>,
     ) -> Result<Answer, Error> {
         let operation = format!("{method} {}", path.trim_start_matches('/'));
-        self.rate_limiter.acquire().await;
+        let label = operation_label(&method, path);
+        let waited = self.rate_limiter.acquire().await;
+        if let Some(observer) = &self.observer {
+            observer.waited(waited);
+        }
+        let started = std::time::Instant::now();
+        let observe = |status: Option<u16>| {
+            if let Some(observer) = &self.observer {
+                observer.request(&label, status, started.elapsed());
+            }
+        };
         let authorization = self
             .authenticator
             .authorization(&self.http)
@@ -280,10 +318,17 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|source| self.transport_error(&operation, source))?;
+        let response = request.send().await.map_err(|source| {
+            observe(None);
+            self.transport_error(&operation, source)
+        })?;
         let status = response.status();
         let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(|source| self.transport_error(&operation, source))?;
+        let bytes = response.bytes().await.map_err(|source| {
+            observe(None);
+            self.transport_error(&operation, source)
+        })?;
+        observe(Some(status.as_u16()));
         if status.is_success() {
             return Ok(Answer { operation, headers, bytes });
         }
@@ -334,5 +379,23 @@ fn if_match_header(if_match: IfMatch<'_>) -> Vec<(&'static str, String)> {
         IfMatch::None => Vec::new(),
         IfMatch::Etag(etag) => vec![("if-match", etag.to_owned())],
         IfMatch::Any => vec![("if-match", "*".to_owned())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operation_labels_carry_no_ids() {
+        let label = |method: Method, path: &str| operation_label(&method, path);
+        assert_eq!(label(Method::PUT, "enrollmentGroups/thermostats"), "PUT enrollmentGroups/{id}");
+        assert_eq!(
+            label(Method::POST, "enrollments/boiler%3A1/attestationmechanism"),
+            "POST enrollments/{id}/attestationmechanism"
+        );
+        assert_eq!(label(Method::POST, "enrollmentGroups/query"), "POST enrollmentGroups/query");
+        assert_eq!(label(Method::POST, "registrations/g1/query"), "POST registrations/{id}/query");
+        assert_eq!(label(Method::POST, "enrollments"), "POST enrollments");
     }
 }

@@ -7,5 +7,8 @@ mod error;
 pub mod models;
 pub mod rate_limit;
 
-pub use client::{API_VERSION, BuildError, Client, ClientConfig, Enrollment, IfMatch, MAX_BULK_ITEMS};
+pub use client::{
+    API_VERSION, BuildError, Client, ClientConfig, Enrollment, IfMatch, MAX_BULK_ITEMS, RequestObserver,
+    operation_label,
+};
 pub use error::{Error, RetryClass};

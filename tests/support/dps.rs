@@ -35,6 +35,7 @@ pub fn client_with(
         extra_root_certificates: emulator.ca_certificate().map(str::to_owned),
         timeout,
         resolve: Vec::new(),
+        observer: None,
     })
     .expect("a client")
 }

@@ -80,7 +80,8 @@ spec:
         let (config, namespace) = (self.config.clone(), self.namespace.clone());
         self.task = Some(tokio::spawn(async move {
             let client = control_plane().client().await.expect("a client");
-            if let Err(error) = controller::run(client, config, vec![namespace]).await {
+            let health = std::sync::Arc::new(dps_operator::http::Health::default());
+            if let Err(error) = controller::run(client, config, vec![namespace], None, health).await {
                 panic!("the operator stopped: {error}");
             }
         }));

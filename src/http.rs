@@ -1,0 +1,87 @@
+//! The operator's own HTTP endpoints: `/livez`, `/readyz` and `/metrics`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+/// What the endpoints report, shared with the controllers.
+pub struct Health {
+    pub metrics: Metrics,
+    /// The watches have listed everything once (and, with leader election, this replica leads).
+    ready: AtomicBool,
+    stopping: watch::Sender<bool>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self { metrics: Metrics::default(), ready: AtomicBool::new(false), stopping: watch::channel(false).0 }
+    }
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !*self.stopping.borrow()
+    }
+
+    /// Starts a graceful shutdown: `/readyz` turns false and the controllers finish what they do.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once [`Health::stop`] was called.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut stopping = self.stopping.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
+    }
+}
+
+pub fn router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health)
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if health.is_ready() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "not ready") }
+}
+
+async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    (
+        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        health.metrics.encode(),
+    )
+}
+
+/// Serves the endpoints on `address` until the health's shutdown.
+pub async fn serve(address: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let stopped = health.stopped();
+    axum::serve(listener, router(health)).with_graceful_shutdown(stopped).await
+}
+
+impl crate::dps::RequestObserver for Health {
+    fn request(&self, operation: &str, status: Option<u16>, duration: std::time::Duration) {
+        self.metrics.request(operation, status, duration);
+    }
+
+    fn waited(&self, duration: std::time::Duration) {
+        self.metrics.waited(duration);
+    }
+}

@@ -1,0 +1,214 @@
+//! Prometheus metrics, never labelled by object name (bounded cardinality).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub kind: String,
+    /// `success` or `error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+    /// The condition reason, e.g. `SecretNotFound`.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Method and path with ids removed, e.g. `PUT enrollmentGroups/{id}`.
+    pub operation: String,
+    /// `2xx`, `4xx`, `5xx`, or `error` when no answer came.
+    pub status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    pub kind: String,
+    /// `true` or `false`.
+    pub ready: String,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<ReconcileLabels, Counter>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_duration: Family<KindLabels, Histogram>,
+    dps_requests: Family<RequestLabels, Counter>,
+    dps_request_duration: Family<OperationLabels, Histogram>,
+    dps_throttled: Counter,
+    rate_limiter_wait: Histogram,
+    resources: Family<ReadyLabels, Gauge>,
+    /// Each object's last Ready state, to keep `resources` exact.
+    ready_by_object: Mutex<HashMap<String, (String, bool)>>,
+}
+
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0].into_iter()
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("dps_operator");
+        let metrics = Self {
+            reconciles: Family::default(),
+            reconcile_errors: Family::default(),
+            reconcile_duration: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
+            dps_requests: Family::default(),
+            dps_request_duration: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
+            dps_throttled: Counter::default(),
+            rate_limiter_wait: Histogram::new(seconds_buckets()),
+            resources: Family::default(),
+            ready_by_object: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register("reconciles", "Reconciles by kind and result", metrics.reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by kind and reason",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long reconciles take",
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "dps_requests",
+            "DPS service API requests by operation and status class",
+            metrics.dps_requests.clone(),
+        );
+        registry.register(
+            "dps_request_duration_seconds",
+            "How long DPS service API requests take",
+            metrics.dps_request_duration.clone(),
+        );
+        registry.register(
+            "dps_throttled",
+            "DPS requests answered 429 (throttled)",
+            metrics.dps_throttled.clone(),
+        );
+        registry.register(
+            "rate_limiter_wait_seconds",
+            "How long DPS requests waited for the per-host rate limiter",
+            metrics.rate_limiter_wait.clone(),
+        );
+        registry.register("resources", "Resources by kind and Ready state", metrics.resources.clone());
+        Self { registry, ..metrics }
+    }
+}
+
+impl Metrics {
+    pub fn reconciled(&self, kind: &str, duration: Duration, error_reason: Option<&str>) {
+        let result = if error_reason.is_some() { "error" } else { "success" };
+        self.reconciles.get_or_create(&ReconcileLabels { kind: kind.into(), result: result.into() }).inc();
+        if let Some(reason) = error_reason {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels { kind: kind.into(), reason: reason.into() })
+                .inc();
+        }
+        self.reconcile_duration
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Records an object's Ready state (`None` once it is gone).
+    pub fn set_ready(&self, kind: &str, object: &str, ready: Option<bool>) {
+        let mut by_object = self.ready_by_object.lock().unwrap_or_else(|e| e.into_inner());
+        let key = format!("{kind}/{object}");
+        match ready {
+            Some(ready) => by_object.insert(key, (kind.to_owned(), ready)),
+            None => by_object.remove(&key),
+        };
+        for ready in [true, false] {
+            let count = by_object.values().filter(|(k, r)| k == kind && *r == ready).count();
+            self.resources
+                .get_or_create(&ReadyLabels { kind: kind.into(), ready: ready.to_string() })
+                .set(count as i64);
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+impl crate::dps::RequestObserver for Metrics {
+    fn request(&self, operation: &str, status: Option<u16>, duration: Duration) {
+        let status_class = status.map_or_else(|| "error".to_owned(), |s| format!("{}xx", s / 100));
+        self.dps_requests.get_or_create(&RequestLabels { operation: operation.into(), status_class }).inc();
+        self.dps_request_duration
+            .get_or_create(&OperationLabels { operation: operation.into() })
+            .observe(duration.as_secs_f64());
+        if status == Some(429) {
+            self.dps_throttled.inc();
+        }
+    }
+
+    fn waited(&self, duration: Duration) {
+        self.rate_limiter_wait.observe(duration.as_secs_f64());
+    }
+}
+
+/// The metrics shared by every part of the process.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dps::RequestObserver;
+
+    #[test]
+    fn metrics_are_exported_with_bounded_labels() {
+        let metrics = Metrics::default();
+        metrics.reconciled("EnrollmentGroup", Duration::from_millis(30), None);
+        metrics.reconciled("EnrollmentGroup", Duration::from_millis(30), Some("SecretNotFound"));
+        metrics.request("PUT enrollmentGroups/{id}", Some(200), Duration::from_millis(12));
+        metrics.request("GET enrollmentGroups/{id}", Some(429), Duration::from_millis(12));
+        metrics.request("GET enrollmentGroups/{id}", None, Duration::from_secs(30));
+        metrics.waited(Duration::from_millis(250));
+        metrics.set_ready("EnrollmentGroup", "iot/thermostats", Some(true));
+        metrics.set_ready("EnrollmentGroup", "iot/cameras", Some(false));
+        metrics.set_ready("EnrollmentGroup", "iot/cameras", None);
+        let text = metrics.encode();
+        for line in [
+            r#"dps_operator_reconciles_total{kind="EnrollmentGroup",result="error"} 1"#,
+            r#"dps_operator_reconcile_errors_total{kind="EnrollmentGroup",reason="SecretNotFound"} 1"#,
+            r#"dps_operator_dps_requests_total{operation="PUT enrollmentGroups/{id}",status_class="2xx"} 1"#,
+            r#"dps_operator_dps_requests_total{operation="GET enrollmentGroups/{id}",status_class="error"} 1"#,
+            "dps_operator_dps_throttled_total 1",
+            "dps_operator_rate_limiter_wait_seconds_count 1",
+            r#"dps_operator_resources{kind="EnrollmentGroup",ready="true"} 1"#,
+            r#"dps_operator_resources{kind="EnrollmentGroup",ready="false"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("thermostats"), "object names never become labels");
+    }
+}
