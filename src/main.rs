@@ -15,7 +15,7 @@ struct Cli {
 enum Command {
     /// Run the operator: reconcile enrollments and connections until SIGTERM or Ctrl-C. Uses
     /// $KUBECONFIG (or ~/.kube/config), or the in-cluster service account.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into each --dir.
     Crds {
         /// Directory to write the CRD files into (repeatable); prints to stdout when omitted.
