@@ -56,8 +56,6 @@ pub struct Context {
     pub connections: Connections,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
-    /// Whether this replica leads (holds the Lease) and may reconcile.
-    leading: Mutex<tokio::sync::watch::Receiver<bool>>,
     /// When each object was last compared with DPS.
     checks: Mutex<HashMap<String, Instant>>,
     snapshots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
@@ -83,7 +81,6 @@ impl Context {
             config,
             failures: Mutex::default(),
             checks: Mutex::default(),
-            leading: Mutex::new(tokio::sync::watch::channel(true).1),
             snapshots: Mutex::default(),
         }
     }
@@ -106,15 +103,6 @@ impl Context {
         if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(%error, reason, "could not publish an event");
         }
-    }
-
-    pub fn set_leading(&self, leading: tokio::sync::watch::Receiver<bool>) {
-        *self.leading.lock().unwrap_or_else(|e| e.into_inner()) = leading;
-    }
-
-    /// Whether this replica may reconcile (and so write to DPS) now.
-    pub fn is_leading(&self) -> bool {
-        *self.leading.lock().unwrap_or_else(|e| e.into_inner()).borrow()
     }
 
     /// Records a failure of `key` and returns how many in a row.

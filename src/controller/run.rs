@@ -35,9 +35,11 @@ pub struct LeaderElection {
     pub identity: String,
 }
 
-/// How long a Lease is held without renewal, and how early it is renewed.
-const LEASE_DURATION: u64 = 15;
-const LEASE_GRACE: u64 = 5;
+/// How long a Lease is held without renewal, and how early it is renewed. A standby looks at the
+/// Lease again only when it would expire, so this also bounds a graceful handover (the leader
+/// releases it on SIGTERM); a leader that cannot renew for this long steps down.
+const LEASE_DURATION: u64 = 4;
+const LEASE_GRACE: u64 = 2;
 
 /// Runs the controllers until `health` is told to stop, letting in-flight reconciles finish.
 /// `namespaces` limits the namespaced kinds to those namespaces; empty means all.
@@ -52,9 +54,10 @@ pub async fn run(
     let operator_namespace = config.operator_namespace.clone();
     let ctx = Arc::new(Context::new(client.clone(), config, health.clone()));
 
-    // Without leader election this replica leads; with it, once it holds the Lease.
-    let (leading, leadership) = match leader_election {
-        None => (tokio::sync::watch::channel(true).1, None),
+    // With leader election, a standby waits for the Lease (healthy, ready to take over), and the
+    // leader runs the controllers until it stops or loses the Lease.
+    let leadership = match leader_election {
+        None => None,
         Some(election) => {
             let manager = LeaseManagerBuilder::new(client.clone(), election.lease_name)
                 .with_namespace(election.lease_namespace)
@@ -65,11 +68,23 @@ pub async fn run(
                 .build()
                 .await
                 .map_err(|e| Error::LeaderElection(e.to_string()))?;
-            let (leading, task) = manager.watch().await;
-            (leading, Some(task))
+            let (mut leading, task) = manager.watch().await;
+            health.set_ready(true);
+            let mut stopped = std::pin::pin!(health.stopped());
+            loop {
+                if *leading.borrow_and_update() {
+                    break;
+                }
+                tokio::select! {
+                    changed = leading.changed() => changed.map_err(|_| Error::LeaderElection("the lease manager stopped".into()))?,
+                    _ = &mut stopped => return Ok(()),
+                }
+            }
+            health.set_ready(false);
+            tracing::info!("leading: this replica holds the Lease");
+            Some((leading, task))
         }
     };
-    ctx.set_leading(leading.clone());
 
     let scopes: Vec<Option<String>> =
         if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
@@ -77,20 +92,19 @@ pub async fn run(
     let mut ready = Vec::new();
     for scope in &scopes {
         let (synced, running) =
-            enrollment_controller::<EnrollmentGroup>(&client, scope.as_deref(), ctx.clone(), &leading);
+            enrollment_controller::<EnrollmentGroup>(&client, scope.as_deref(), ctx.clone());
         ready.push(synced);
         controllers.push(running);
         let (synced, running) =
-            enrollment_controller::<IndividualEnrollment>(&client, scope.as_deref(), ctx.clone(), &leading);
+            enrollment_controller::<IndividualEnrollment>(&client, scope.as_deref(), ctx.clone());
         ready.push(synced);
         controllers.push(running);
-        let (synced, running) =
-            provisioning_service_controller(&client, scope.as_deref(), ctx.clone(), &leading);
+        let (synced, running) = provisioning_service_controller(&client, scope.as_deref(), ctx.clone());
         ready.push(synced);
         controllers.push(running);
     }
     let (synced, running) =
-        cluster_provisioning_service_controller(&client, &operator_namespace, ctx.clone(), &leading);
+        cluster_provisioning_service_controller(&client, &operator_namespace, ctx.clone());
     ready.push(synced);
     controllers.push(running);
 
@@ -99,32 +113,25 @@ pub async fn run(
         join_all(ready).await;
         readiness.set_ready(true);
     });
-    join_all(controllers).await;
-    // Hand the Lease over at once rather than letting it expire.
-    drop(leading);
-    ctx.set_leading(tokio::sync::watch::channel(false).1);
-    if let Some(task) = leadership {
-        let _ = task.await;
-    }
-    Ok(())
-}
-
-/// A stream that yields each time this replica becomes the leader, so it reconciles everything.
-fn on_leadership(
-    leading: &tokio::sync::watch::Receiver<bool>,
-) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold((leading.clone(), false), |(mut leading, mut was_leading)| async move {
-        loop {
-            let is_leading = *leading.borrow_and_update();
-            if is_leading && !was_leading {
-                return Some(((), (leading, true)));
-            }
-            was_leading = is_leading;
-            if leading.changed().await.is_err() {
-                return None;
+    let Some((mut leading, task)) = leadership else {
+        join_all(controllers).await;
+        return Ok(());
+    };
+    let lost = async {
+        while leading.changed().await.is_ok() {
+            if !*leading.borrow() {
+                break;
             }
         }
-    })
+    };
+    tokio::select! {
+        _ = join_all(controllers) => {}
+        _ = lost => return Err(Error::LeaderElection("lost the Lease to another replica".into())),
+    }
+    // Hand the Lease over at once rather than letting it expire.
+    drop(leading);
+    let _ = task.await;
+    Ok(())
 }
 
 type Running = futures::future::BoxFuture<'static, ()>;
@@ -182,7 +189,6 @@ fn enrollment_controller<K: EnrollmentKind>(
     client: &Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
-    leading: &tokio::sync::watch::Receiver<bool>,
 ) -> (Running, Running) {
     let controller = Controller::new(scoped::<K>(client, namespace), watcher::Config::default());
     let store = controller.store();
@@ -249,7 +255,6 @@ fn enrollment_controller<K: EnrollmentKind>(
                 .map(|e| ObjectRef::from_obj(&*e))
                 .collect::<Vec<_>>()
         })
-        .reconcile_all_on(on_leadership(leading))
         .graceful_shutdown_on(ctx.health.stopped())
         .run(enrollment::reconcile::<K>, enrollment::error_policy::<K>, ctx)
         .for_each(log_outcome);
@@ -260,7 +265,12 @@ fn wait_until_synced<K: kube::Resource<DynamicType = ()> + Clone + Send + Sync +
     store: kube::runtime::reflector::Store<K>,
 ) -> Running {
     async move {
-        let _ = store.wait_until_ready().await;
+        // The readiness future is not always woken when the first list completes after it was
+        // first polled; polling it afresh now and then sees the change.
+        while tokio::time::timeout(std::time::Duration::from_millis(250), store.wait_until_ready())
+            .await
+            .is_err()
+        {}
     }
     .boxed()
 }
@@ -279,7 +289,6 @@ fn provisioning_service_controller(
     client: &Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
-    leading: &tokio::sync::watch::Receiver<bool>,
 ) -> (Running, Running) {
     let controller =
         Controller::new(scoped::<ProvisioningService>(client, namespace), watcher::Config::default());
@@ -298,7 +307,6 @@ fn provisioning_service_controller(
                 .map(|s| ObjectRef::from_obj(&*s))
                 .collect::<Vec<_>>()
         })
-        .reconcile_all_on(on_leadership(leading))
         .graceful_shutdown_on(ctx.health.stopped())
         .run(provisioning::reconcile_namespaced, provisioning::error_policy, ctx)
         .for_each(log_outcome);
@@ -309,7 +317,6 @@ fn cluster_provisioning_service_controller(
     client: &Client,
     operator_namespace: &str,
     ctx: Arc<Context>,
-    leading: &tokio::sync::watch::Receiver<bool>,
 ) -> (Running, Running) {
     let controller =
         Controller::new(Api::<ClusterProvisioningService>::all(client.clone()), watcher::Config::default());
@@ -329,7 +336,6 @@ fn cluster_provisioning_service_controller(
                     .collect::<Vec<_>>()
             },
         )
-        .reconcile_all_on(on_leadership(leading))
         .graceful_shutdown_on(ctx.health.stopped())
         .run(provisioning::reconcile_cluster, provisioning::error_policy, ctx)
         .for_each(log_outcome);

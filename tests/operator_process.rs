@@ -1,0 +1,197 @@
+//! The `dps-operator run` process: its endpoints, its metrics, a graceful shutdown, and leader
+//! election between two replicas. (A test binary of its own: processes and a Lease.)
+
+mod support;
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use support::operator::Operator;
+
+const GROUP: &str = "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {name: thermostats}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: thermostats-keys}\n";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `dps-operator run` process on the test namespace; its endpoints on `port`.
+struct Process {
+    child: Child,
+    port: u16,
+}
+
+impl Process {
+    fn start(operator: &Operator, identity: Option<&str>) -> Self {
+        let port = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dps-operator"));
+        command
+            .args(["run", "--namespace", &operator.namespace, "--operator-namespace", &operator.namespace])
+            .args(["--metrics-address", &format!("127.0.0.1:{port}"), "--drift-check-interval", "3s"])
+            .env("KUBECONFIG", support::control_plane().kubeconfig())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(identity) = identity {
+            command.args(["--leader-election", "--pod-name", identity]);
+        }
+        Self { child: command.spawn().expect("dps-operator run starts"), port }
+    }
+
+    async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::get(format!("http://127.0.0.1:{}{path}", self.port)).await.ok()?;
+        Some((response.status().as_u16(), response.text().await.ok()?))
+    }
+
+    async fn until(&self, path: &str, what: &str, check: impl Fn(u16, &str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some((status, body)) = self.get(path).await
+                && check(status, &body)
+            {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{signal}"), &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for the process to exit, and returns whether it exited successfully.
+    async fn exited(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "the process did not exit within {within:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a metric line `name{labels} value`, if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn endpoints_metrics_and_a_graceful_shutdown() {
+    let mut operator = Operator::start("process").await;
+    operator.stop();
+    let mut process = Process::start(&operator, None);
+    process.until("/livez", "/livez answers", |status, _| status == 200).await;
+    process
+        .until("/readyz", "/readyz turns ready once the watches have listed", |status, _| status == 200)
+        .await;
+
+    operator.apply(GROUP).await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    let text = process
+        .until("/metrics", "the metrics show the group", |_, text| {
+            metric(text, r#"dps_operator_resources{kind="EnrollmentGroup",ready="true"}"#) == Some(1.0)
+        })
+        .await;
+    assert!(
+        metric(&text, r#"dps_operator_reconciles_total{kind="EnrollmentGroup",result="success"}"#).unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            r#"dps_operator_dps_requests_total{operation="PUT enrollmentGroups/{id}",status_class="2xx"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(
+        metric(
+            &text,
+            r#"dps_operator_dps_request_duration_seconds_count{operation="GET enrollmentGroups/{id}"}"#
+        )
+        .is_some()
+    );
+    assert!(
+        text.contains("dps_operator_reconcile_duration_seconds_bucket")
+            && text.contains("dps_operator_rate_limiter_wait_seconds")
+    );
+    assert!(!text.contains("thermostats"), "no object names in labels");
+
+    process.signal("TERM");
+    assert!(process.exited(Duration::from_secs(10)).await, "a clean exit after SIGTERM");
+}
+
+async fn lease_holder(operator: &Operator) -> Option<String> {
+    let output = operator
+        .kubectl(&["get", "lease", "dps-operator", "-o", "jsonpath={.spec.holderIdentity}"], None)
+        .await;
+    (output.success && !output.stdout.is_empty()).then_some(output.stdout)
+}
+
+async fn holder_becomes(operator: &Operator, expected: &str, within: Duration) -> Duration {
+    let started = Instant::now();
+    while lease_holder(operator).await.as_deref() != Some(expected) {
+        assert!(started.elapsed() < within, "{expected} did not take the Lease within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_leader_writes_and_another_replica_takes_over() {
+    let mut operator = Operator::start("leader").await;
+    operator.stop();
+    let first = Process::start(&operator, Some("replica-a"));
+    holder_becomes(&operator, "replica-a", Duration::from_secs(30)).await;
+    let mut second = Process::start(&operator, Some("replica-b"));
+    second.until("/readyz", "the standby is ready too", |status, _| status == 200).await;
+
+    operator.apply(GROUP).await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    let standby = second.get("/metrics").await.unwrap().1;
+    assert_eq!(
+        metric(
+            &standby,
+            r#"dps_operator_dps_requests_total{operation="PUT enrollmentGroups/{id}",status_class="2xx"}"#
+        ),
+        None,
+        "the standby never writes"
+    );
+
+    // The leader dies: the standby takes over within 20 seconds and carries on.
+    first.signal("KILL");
+    let took = holder_becomes(&operator, "replica-b", Duration::from_secs(20)).await;
+    eprintln!("takeover after a kill: {took:?}");
+    operator.apply(&format!("{GROUP}  iotEdge: true\n")).await;
+    operator
+        .eventually_dps("the new leader writes", async |dps| {
+            let group: dps_operator::dps::models::EnrollmentGroup = dps.get("thermostats").await.ok()?;
+            group.capabilities?.iot_edge.then_some(())
+        })
+        .await;
+
+    // A graceful stop hands over within 5 seconds.
+    let third = Process::start(&operator, Some("replica-c"));
+    third.until("/readyz", "the new standby is ready", |status, _| status == 200).await;
+    second.signal("TERM");
+    let took = holder_becomes(&operator, "replica-c", Duration::from_secs(5)).await;
+    eprintln!("handover after SIGTERM: {took:?}");
+    assert!(second.exited(Duration::from_secs(10)).await);
+}
