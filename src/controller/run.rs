@@ -50,7 +50,9 @@ pub async fn run(
     leader_election: Option<LeaderElection>,
     health: Arc<Health>,
 ) -> Result<(), Error> {
-    check_crds_installed(&client).await?;
+    let scopes: Vec<Option<String>> =
+        if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
+    check_crds_installed(&client, &scopes).await?;
     let operator_namespace = config.operator_namespace.clone();
     let ctx = Arc::new(Context::new(client.clone(), config, health.clone()));
 
@@ -86,8 +88,6 @@ pub async fn run(
         }
     };
 
-    let scopes: Vec<Option<String>> =
-        if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
     let mut controllers = Vec::new();
     let mut ready = Vec::new();
     for scope in &scopes {
@@ -147,31 +147,36 @@ where
 }
 
 /// Fails with what to do when a CRD is missing or the operator may not read it.
-async fn check_crds_installed(client: &Client) -> Result<(), Error> {
+async fn check_crds_installed(client: &Client, scopes: &[Option<String>]) -> Result<(), Error> {
     let params = kube::api::ListParams::default().limit(1);
-    let checks = [
-        ("EnrollmentGroup", Api::<EnrollmentGroup>::all(client.clone()).list_metadata(&params).await.err()),
-        (
-            "IndividualEnrollment",
-            Api::<IndividualEnrollment>::all(client.clone()).list_metadata(&params).await.err(),
-        ),
-        (
-            "ProvisioningService",
-            Api::<ProvisioningService>::all(client.clone()).list_metadata(&params).await.err(),
-        ),
-        (
-            "ClusterProvisioningService",
-            Api::<ClusterProvisioningService>::all(client.clone()).list_metadata(&params).await.err(),
-        ),
-    ];
-    for (kind, error) in checks {
-        if let Some(error) = error {
-            return Err(Error::kube(
-                format!(
-                    "list {kind}s (are the CRDs installed? `dps-operator crds | kubectl apply --server-side -f -`)"
-                ),
-                error,
-            ));
+    for scope in scopes {
+        let scope = scope.as_deref();
+        let checks = [
+            ("EnrollmentGroup", scoped::<EnrollmentGroup>(client, scope).list_metadata(&params).await.err()),
+            (
+                "IndividualEnrollment",
+                scoped::<IndividualEnrollment>(client, scope).list_metadata(&params).await.err(),
+            ),
+            (
+                "ProvisioningService",
+                scoped::<ProvisioningService>(client, scope).list_metadata(&params).await.err(),
+            ),
+            (
+                "ClusterProvisioningService",
+                Api::<ClusterProvisioningService>::all(client.clone()).list_metadata(&params).await.err(),
+            ),
+        ];
+        for (kind, error) in checks {
+            if let Some(error) = error {
+                let where_ = scope.map(|namespace| format!(" in namespace {namespace}")).unwrap_or_default();
+                return Err(Error::kube(
+                    format!(
+                        "list {kind}s{where_} (are the CRDs installed, `dps-operator crds | kubectl apply --server-side -f -`, \
+                         and may the operator list them?)"
+                    ),
+                    error,
+                ));
+            }
         }
     }
     Ok(())

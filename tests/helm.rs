@@ -1,0 +1,334 @@
+//! The Helm chart with the real `helm` and `kubectl`: rendering, the values schema, installing,
+//! Pod Security, and that its RBAC is enough for the operator and no more. (A test binary of its
+//! own: it installs cluster-wide RBAC.)
+
+mod support;
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use serde_json::Value;
+use support::{control_plane, kubectl, kubectl_ok, operator::Operator};
+
+fn chart() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/dps-operator").display().to_string()
+}
+
+fn helm(args: &[&str]) -> support::Output {
+    support::run(control_plane().helm().args(args), None)
+}
+
+/// The chart rendered with `sets`, as JSON documents.
+fn render(sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec!["template", "release", &chart as &str, "--namespace", "dps-system"];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let output = helm(&args);
+    assert!(output.success, "helm template {sets:?} failed: {}", output.stderr);
+    serde_yaml_ng::Deserializer::from_str(&output.stdout)
+        .filter_map(|document| serde::Deserialize::deserialize(document).ok())
+        .filter(|document: &Value| !document.is_null())
+        .collect()
+}
+
+fn find<'a>(documents: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    documents.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn rules_granting<'a>(role: &'a Value, resource: &str) -> Vec<&'a Value> {
+    role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["resources"].as_array().unwrap().iter().any(|x| x == resource))
+        .collect()
+}
+
+#[test]
+fn the_chart_lints_and_renders_for_every_kind_of_install() {
+    let matrix: [&[&str]; 5] = [
+        &[],
+        &["watchNamespaces={factory,office}"],
+        &["replicaCount=2"],
+        &["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prometheus"],
+        &[
+            "workloadIdentity.enabled=true",
+            "serviceAccount.annotations.azure\\.workload\\.identity/client-id=6f1b3c2e-7a4d-4e1b-9c3a-2d5e8f0a1b7c",
+        ],
+    ];
+    for sets in matrix {
+        let mut lint = vec!["lint", "--strict"];
+        let chart = chart();
+        lint.push(&chart);
+        for set in sets {
+            lint.extend(["--set", set]);
+        }
+        let linted = helm(&lint);
+        assert!(linted.success, "helm lint {sets:?}: {}{}", linted.stdout, linted.stderr);
+
+        let documents = render(sets);
+        for role in find(&documents, "ClusterRole").into_iter().chain(find(&documents, "Role")) {
+            for rule in role["rules"].as_array().unwrap() {
+                let text = rule.to_string();
+                assert!(!text.contains("\"*\""), "a wildcard in {sets:?}: {text}");
+            }
+        }
+        let deployment = find(&documents, "Deployment")[0];
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        let container = &pod["containers"][0];
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(container["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    }
+
+    // Every RBAC rule says why it is there.
+    for template in ["templates/rbac.yaml", "templates/_helpers.tpl"] {
+        let text = std::fs::read_to_string(Path::new(&chart()).join(template)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, _) in lines.iter().enumerate().filter(|(_, l)| l.trim_start().starts_with("- apiGroups:"))
+        {
+            assert!(
+                lines[index - 1].trim_start().starts_with('#'),
+                "{template}:{} has no comment",
+                index + 1
+            );
+        }
+    }
+
+    let cluster_wide = render(&[]);
+    assert_eq!(rules_granting(find(&cluster_wide, "ClusterRole")[0], "secrets").len(), 1);
+    let restricted = render(&["watchNamespaces={factory,office}"]);
+    assert!(
+        rules_granting(find(&restricted, "ClusterRole")[0], "secrets").is_empty(),
+        "no cluster-wide Secrets"
+    );
+    let namespaces: Vec<&str> =
+        find(&restricted, "Role").iter().map(|r| r["metadata"]["namespace"].as_str().unwrap()).collect();
+    assert_eq!(namespaces, ["factory", "office", "dps-system"]);
+    let args =
+        find(&restricted, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("--namespace=factory") && args.contains("--namespace=office"), "{args}");
+
+    let single = render(&[]);
+    assert_eq!(find(&single, "Deployment")[0]["spec"]["strategy"]["type"], "Recreate");
+    assert!(find(&single, "PodDisruptionBudget").is_empty());
+    let ha = render(&["replicaCount=2"]);
+    assert!(
+        find(&ha, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+            .to_string()
+            .contains("--leader-election")
+    );
+    assert_eq!(find(&ha, "PodDisruptionBudget").len(), 1);
+    assert!(find(&ha, "Role").iter().any(|r| !rules_granting(r, "leases").is_empty()));
+
+    let monitored = render(&["metrics.serviceMonitor.enabled=true"]);
+    assert_eq!(find(&monitored, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"], "metrics");
+    let identity = render(&[
+        "workloadIdentity.enabled=true",
+        "serviceAccount.annotations.azure\\.workload\\.identity/client-id=abc",
+    ]);
+    assert_eq!(
+        find(&identity, "ServiceAccount")[0]["metadata"]["annotations"]["azure.workload.identity/client-id"],
+        "abc"
+    );
+    assert_eq!(
+        find(&identity, "Deployment")[0]["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"],
+        "true"
+    );
+}
+
+#[test]
+fn invalid_values_are_refused_by_the_schema() {
+    let chart = chart();
+    for (set, complaint) in [
+        ("replicas=2", "additional properties 'replicas' not allowed"),
+        ("replicaCount=two", "/replicaCount"),
+        ("replicaCount=0", "/replicaCount"),
+        ("logging.format=xml", "/logging/format"),
+        ("watchNamespaces={Not_A_Namespace}", "/watchNamespaces"),
+        ("operator.driftCheckInterval=often", "/operator/driftCheckInterval"),
+        ("metrics.serviceMonitor.enable=true", "'enable' not allowed"),
+    ] {
+        let output = helm(&["template", "release", &chart, "--set", set]);
+        assert!(!output.success, "{set} was accepted");
+        assert!(output.stderr.contains(complaint), "{set}: {}", output.stderr);
+    }
+}
+
+/// Installs the chart as `release` in `namespace`.
+fn install(release: &str, namespace: &str, sets: &[&str]) {
+    let chart = chart();
+    let mut args = vec![
+        "install",
+        release,
+        &chart as &str,
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--skip-crds",
+        "--wait=false",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let output = helm(&args);
+    assert!(output.success, "helm install failed: {}{}", output.stdout, output.stderr);
+}
+
+#[test]
+fn the_chart_installs_and_its_pod_passes_pod_security_restricted() {
+    kubectl_ok(&["create", "namespace", "dps-restricted"]);
+    kubectl_ok(&["label", "namespace", "dps-restricted", "pod-security.kubernetes.io/enforce=restricted"]);
+    install(
+        "operator",
+        "dps-restricted",
+        &[
+            "replicaCount=2",
+            "metrics.serviceMonitor.enabled=false",
+            "extraCaBundle=-----BEGIN CERTIFICATE-----",
+        ],
+    );
+    let objects = kubectl_ok(&[
+        "get",
+        "deployment,serviceaccount,service,poddisruptionbudget,configmap,role,rolebinding",
+        "-n",
+        "dps-restricted",
+        "-o",
+        "name",
+    ]);
+    for object in [
+        "deployment.apps/operator-dps-operator",
+        "serviceaccount/operator-dps-operator",
+        "service/operator-dps-operator-metrics",
+        "poddisruptionbudget.policy/operator-dps-operator",
+    ] {
+        assert!(objects.contains(object), "{object} missing:\n{objects}");
+    }
+    assert!(
+        kubectl_ok(&["get", "clusterrole", "operator-dps-operator", "-o", "name"])
+            .contains("operator-dps-operator")
+    );
+
+    // No controller manager runs here to make pods, so admit the Deployment's pod template as a pod.
+    let deployment: Value = serde_json::from_str(&kubectl_ok(&[
+        "get",
+        "deployment",
+        "operator-dps-operator",
+        "-n",
+        "dps-restricted",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "operator-pod", "namespace": "dps-restricted", "labels": deployment["spec"]["template"]["metadata"]["labels"]},
+        "spec": deployment["spec"]["template"]["spec"],
+    });
+    let admitted = kubectl(&["apply", "-f", "-"], Some(&pod.to_string()));
+    assert!(admitted.success, "the pod template violates Pod Security restricted: {}", admitted.stderr);
+}
+
+/// Runs `dps-operator run` as the chart's ServiceAccount.
+fn run_as_service_account(namespace: &str, release: &str, extra: &[&str]) -> std::process::Child {
+    let service_account = format!("{release}-dps-operator");
+    let token = kubectl_ok(&["create", "token", &service_account, "-n", namespace, "--duration=1h"]);
+    let kubeconfig = control_plane().token_kubeconfig(&service_account, &token).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_dps-operator"))
+        .args([
+            "run",
+            "--operator-namespace",
+            namespace,
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--drift-check-interval",
+            "3s",
+        ])
+        .args(extra)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_charts_rbac_is_enough_for_the_operator_and_no_more() {
+    // Cluster-wide install: the operator, as its ServiceAccount, runs the main scenario.
+    tokio::task::spawn_blocking(|| install("everywhere", "dps-everywhere", &[])).await.unwrap();
+    let mut operator = Operator::start("rbac").await;
+    operator.stop();
+    let mut process = run_as_service_account("dps-everywhere", "everywhere", &[]);
+    operator.apply("apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {name: thermostats}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: thermostats-keys}\n").await;
+    operator.wait("provisioningservice/dps", "condition=Ready").await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    operator
+        .dps
+        .get::<dps_operator::dps::models::EnrollmentGroup>("thermostats")
+        .await
+        .expect("written as the ServiceAccount");
+    assert!(
+        operator.get("secret/thermostats-keys").await["data"]["primaryKey"].is_string(),
+        "the key Secret was created"
+    );
+    assert!(
+        operator.kubectl(&["delete", "enrollmentgroup/thermostats", "--timeout=60s"], None).await.success
+    );
+    assert!(
+        operator.dps.get::<dps_operator::dps::models::EnrollmentGroup>("thermostats").await.is_err(),
+        "deleted from DPS"
+    );
+    let _ = process.kill();
+    let _ = process.wait();
+
+    // Namespace-restricted install: Secrets elsewhere are refused to the ServiceAccount.
+    kubectl_ok(&["create", "namespace", "dps-allowed"]);
+    kubectl_ok(&["create", "namespace", "dps-elsewhere"]);
+    tokio::task::spawn_blocking(|| install("restricted", "dps-limited", &["watchNamespaces={dps-allowed}"]))
+        .await
+        .unwrap();
+    let token = kubectl_ok(&["create", "token", "restricted-dps-operator", "-n", "dps-limited"]);
+    let kubeconfig = control_plane().token_kubeconfig("restricted", &token).unwrap();
+    let can = |args: &[&str]| {
+        let mut command = control_plane().kubectl();
+        command.env("KUBECONFIG", &kubeconfig).args(["auth", "can-i"]).args(args);
+        // `kubectl auth can-i` exits 0 for yes and 1 for no.
+        support::run(&mut command, None).success
+    };
+    assert!(can(&["get", "secrets", "-n", "dps-allowed"]));
+    assert!(can(&["watch", "enrollmentgroups.dps.iot.dev", "-n", "dps-allowed"]));
+    assert!(!can(&["get", "secrets", "-n", "dps-elsewhere"]), "Secrets outside the watched namespaces");
+    assert!(!can(&["list", "secrets", "--all-namespaces"]));
+    assert!(!can(&["get", "enrollmentgroups.dps.iot.dev", "-n", "dps-elsewhere"]));
+    assert!(!can(&["delete", "secrets", "-n", "dps-allowed"]), "no more than the operator needs");
+    assert!(!can(&["create", "pods", "-n", "dps-allowed"]));
+}
+
+/// No Docker engine runs here to build the image, so at least keep it in line with the chart:
+/// the user the pod runs as, the port it probes and scrapes, the command it runs.
+#[test]
+fn the_image_matches_what_the_chart_expects() {
+    let dockerfile =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile")).unwrap();
+    let documents = render(&[]);
+    let pod = &find(&documents, "Deployment")[0]["spec"]["template"]["spec"];
+    let user = pod["securityContext"]["runAsUser"].as_i64().unwrap();
+    assert!(dockerfile.contains(&format!("USER {user}:{user}")), "the image runs as {user}");
+    let port = pod["containers"][0]["ports"][0]["containerPort"].as_i64().unwrap();
+    assert!(dockerfile.contains(&format!("EXPOSE {port}\n")), "the image exposes {port}");
+    assert_eq!(dockerfile.matches("EXPOSE").count(), 1, "only the port it uses");
+    assert_eq!(pod["containers"][0]["args"][0], "run");
+    assert!(
+        dockerfile.contains("x86_64-unknown-linux-musl") && dockerfile.contains("distroless/static"),
+        "static binary, minimal base"
+    );
+}
