@@ -85,3 +85,28 @@ impl crate::dps::RequestObserver for Health {
         self.metrics.waited(duration);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    async fn readyz(health: &Arc<Health>) -> StatusCode {
+        let request = axum::http::Request::get("/readyz").body(axum::body::Body::empty()).unwrap();
+        router(health.clone()).oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_watches_and_ends_with_a_stop() {
+        let health = Arc::new(Health::default());
+        assert_eq!(readyz(&health).await, StatusCode::SERVICE_UNAVAILABLE, "not before the watches listed");
+        health.set_ready(true);
+        assert_eq!(readyz(&health).await, StatusCode::OK);
+        let stopped = health.stopped();
+        health.stop();
+        assert_eq!(readyz(&health).await, StatusCode::SERVICE_UNAVAILABLE, "not ready once stopping");
+        tokio::time::timeout(std::time::Duration::from_secs(1), stopped)
+            .await
+            .expect("the controllers hear the stop");
+    }
+}
