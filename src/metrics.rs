@@ -1,10 +1,6 @@
 //! Prometheus metrics, never labelled by object name (bounded cardinality).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -175,9 +171,6 @@ impl crate::dps::RequestObserver for Metrics {
         self.rate_limiter_wait.observe(duration.as_secs_f64());
     }
 }
-
-/// The metrics shared by every part of the process.
-pub type SharedMetrics = Arc<Metrics>;
 
 #[cfg(test)]
 mod tests {

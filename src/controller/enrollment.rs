@@ -220,11 +220,11 @@ async fn sync<K: EnrollmentKind>(
             c.secondary.as_ref().map(|i| i.sha256_thumbprint.clone()),
         ))
     });
-    let settled = *claimed
-        && synced
-        && old.observed_generation == object.meta().generation
-        && old.secrets_digest == digest
-        && old_thumbprints == resolved.certificate_thumbprints();
+    // Whether the spec or a referenced Secret changed since the last pass.
+    let inputs_changed = old.observed_generation != object.meta().generation
+        || old.secrets_digest != digest
+        || old_thumbprints != resolved.certificate_thumbprints();
+    let settled = *claimed && synced && !inputs_changed;
     let key = object_key(object);
     if settled && let Some(since) = ctx.since_check(&key).filter(|since| *since < interval) {
         return Ok(Synced {
@@ -308,16 +308,6 @@ async fn sync<K: EnrollmentKind>(
                     *claimed = true;
                 }
                 desired.set_etag(Some(etag.clone()));
-                let old_thumbprints = old.certificates.as_ref().map(|c| {
-                    (
-                        c.primary.as_ref().map(|i| i.sha256_thumbprint.clone()),
-                        c.secondary.as_ref().map(|i| i.sha256_thumbprint.clone()),
-                    )
-                });
-                let inputs_changed = old.observed_generation != object.meta().generation
-                    || digest != old.secrets_digest
-                    || (resolved.certificates.is_some()
-                        && old_thumbprints != Some(desired_comparable.certificate_thumbprints.clone()));
                 match connection.client.put(&desired, IfMatch::Etag(&etag)).await {
                     Ok(updated) => Ok((
                         if adopt { Done::Adopted } else { Done::Updated { drift, inputs_changed } },
