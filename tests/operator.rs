@@ -563,3 +563,36 @@ async fn a_restarted_operator_converges_without_duplicate_writes() {
     assert_eq!(calls.get("EnrollmentGroup_CreateOrUpdate"), Some(&1), "one write for one change: {calls:?}");
     assert_eq!(calls.get("IndividualEnrollment_CreateOrUpdate"), Some(&1), "one create: {calls:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reconcile_handed_a_copy_from_before_its_own_write_reads_the_latest() {
+    use dps_operator::{api::IndividualEnrollment, controller::enrollment::reconcile};
+    use std::sync::Arc;
+
+    let mut operator = Operator::start("stale").await;
+    operator.stop();
+    let ctx = operator.context().await;
+    let api: kube::Api<IndividualEnrollment> = kube::Api::namespaced(ctx.client.clone(), &operator.namespace);
+    let key = BASE64.encode([7u8; 32]);
+    operator.create_secret("boiler-keys", &[("primaryKey", &key), ("secondaryKey", &key)]).await;
+    operator
+        .apply(
+            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: boiler}\n\
+             spec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: boiler-keys}\n",
+        )
+        .await;
+    // The first pass adds the finalizer, the second creates the enrollment and records it.
+    reconcile(Arc::new(api.get("boiler").await.unwrap()), ctx.clone()).await.unwrap();
+    let before_create = Arc::new(api.get("boiler").await.unwrap());
+    reconcile(before_create.clone(), ctx.clone()).await.unwrap();
+    assert_eq!(operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"), Some(&1));
+
+    // A watch cache can still hand out the copy from before that write; it shows no claim. Acting
+    // on it would call the new enrollment someone else's. The reconcile reads the latest instead.
+    assert!(before_create.status.is_none());
+    reconcile(before_create, ctx.clone()).await.expect("the latest copy is in sync");
+    let resource = operator.get("individualenrollment/boiler").await;
+    assert!(is_ready(&resource), "{resource}");
+    assert_eq!(resource["status"]["claimed"], json!(true));
+    assert_eq!(operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"), Some(&1));
+}

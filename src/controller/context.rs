@@ -8,8 +8,13 @@ use std::{
 };
 
 use futures::TryStreamExt;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use serde_json::Value;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::events::{Event, EventType, Recorder, Reporter},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::connection::{Connection, Connections};
@@ -59,6 +64,8 @@ pub struct Context {
     /// When each object was last compared with DPS.
     checks: Mutex<HashMap<String, Instant>>,
     snapshots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
+    /// The resourceVersion each of this process's status writes produced, by object uid.
+    written: Mutex<HashMap<String, String>>,
 }
 
 /// The enrollments of one kind on one connection, as a query read them.
@@ -82,6 +89,7 @@ impl Context {
             failures: Mutex::default(),
             checks: Mutex::default(),
             snapshots: Mutex::default(),
+            written: Mutex::default(),
         }
     }
 
@@ -126,6 +134,61 @@ impl Context {
         self.checks.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned(), Instant::now());
     }
 
+    /// `object` as the API server holds it, when the watch cache has not caught up with this
+    /// process's last status write yet; else `object` itself. `None` when it is gone.
+    ///
+    /// Decisions read the status (whether the enrollment is ours, which keys were written), and a
+    /// copy from before our own write would repeat that write in DPS.
+    pub async fn latest<K>(&self, api: &Api<K>, object: Arc<K>) -> Result<Option<Arc<K>>, kube::Error>
+    where
+        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let uid = object.meta().uid.clone().unwrap_or_default();
+        let written = self.written.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).cloned();
+        match written {
+            Some(version) if object.meta().resource_version.as_ref() != Some(&version) => {
+                let Some(latest) = api.get_opt(&object.name_any()).await? else { return Ok(None) };
+                // It holds our write; once the cache holds this version, it is read from there.
+                if let Some(version) = latest.meta().resource_version.clone() {
+                    self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, version);
+                }
+                Ok(Some(Arc::new(latest)))
+            }
+            _ => Ok(Some(object)),
+        }
+    }
+
+    /// Writes `status` to `object` by server-side apply, as the operator's field manager.
+    pub async fn write_status<K>(
+        &self,
+        api: &Api<K>,
+        object: &K,
+        status: &impl Serialize,
+    ) -> Result<(), kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let patch = json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status });
+        let params = PatchParams::apply(super::enrollment::FIELD_MANAGER).force();
+        let written = api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch)).await?;
+        if let (Some(uid), Some(version)) =
+            (written.meta().uid.clone(), written.meta().resource_version.clone())
+        {
+            self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, version);
+        }
+        Ok(())
+    }
+
+    /// Drops what is remembered about an object that is gone.
+    pub fn forget<K: Resource<DynamicType = ()>>(&self, object: &K) {
+        if let Some(uid) = &object.meta().uid {
+            self.written.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+        }
+        let key = object_key(object);
+        self.checks.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        self.record_success(&key);
+    }
+
     /// The enrollments of `E`'s kind on `connection`, read with the query API at most once per
     /// `max_age`, so periodic drift checks cost a few queries per connection, not a GET each.
     pub async fn snapshot<E: dps::Enrollment>(
@@ -149,6 +212,11 @@ impl Context {
         *slot = Some(snapshot.clone());
         Ok(snapshot)
     }
+}
+
+/// `Kind/namespace/name`, the key of the per-object memories.
+pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
 }
 
 fn truncate(mut text: String, limit: usize) -> String {

@@ -6,17 +6,15 @@ use std::{sync::Arc, time::Duration};
 use futures::TryStreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    Api, ResourceExt,
     runtime::{controller::Action, finalizer},
 };
-use serde_json::json;
 
 use super::{
     Error, Retry,
     conditions::{self, CERTIFICATE_EXPIRING_SOON, Observation, READY, RECONCILING, STALLED},
     connection::Connection,
-    context::Context,
+    context::{Context, object_key},
     desired::{DpsRecord, Facts, Plan, ResolvedCertificate, decide, desired_comparable},
     kinds::{EnrollmentKind, Registrations, registration_record, summarize},
     secrets::Reader,
@@ -43,6 +41,14 @@ pub async fn reconcile<K: EnrollmentKind>(
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
     let key = object_key(&*object);
     let started = std::time::Instant::now();
+    let object = match ctx.latest(&api, object).await {
+        Ok(Some(object)) => object,
+        Ok(None) => return Ok(Action::await_change()),
+        Err(error) => {
+            let action = format!("read {key}");
+            return Err(finalizer::Error::ApplyFailed(Error::kube(action, error)));
+        }
+    };
     let result = finalizer(&api, FINALIZER, object, |event| async {
         match event {
             finalizer::Event::Apply(object) => apply(object, &ctx).await,
@@ -95,10 +101,6 @@ pub fn jitter(duration: Duration, fraction: f64) -> Duration {
     let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
     let unit = f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX);
     duration.mul_f64(1.0 - fraction + 2.0 * fraction * unit)
-}
-
-fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
-    format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
 }
 
 fn is_paused<K: ResourceExt>(object: &K) -> bool {
@@ -363,11 +365,9 @@ async fn claim<K: EnrollmentKind>(
 
 async fn write_status<K: EnrollmentKind>(ctx: &Context, object: &K, status: &K::Status) -> Result<(), Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
-    let patch = json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status });
-    api.patch_status(&object.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+    ctx.write_status(&api, object, status)
         .await
-        .map_err(|e| Error::kube(format!("write the status of {}", object_key(object)), e))?;
-    Ok(())
+        .map_err(|e| Error::kube(format!("write the status of {}", object_key(object)), e))
 }
 
 /// An error and its causes, as one sentence chain for a condition or event message.
@@ -651,6 +651,7 @@ async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Act
     .await;
     match result {
         Ok(deleted) => {
+            ctx.forget(&*object);
             ctx.health.metrics.set_ready(K::kind(&()).as_ref(), &object_key(&*object), None);
             let note = if deleted {
                 format!("Deleted {} {id} from DPS.", K::WHAT)

@@ -4,18 +4,13 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
-    runtime::controller::Action,
-};
-use serde_json::json;
+use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
 
 use super::{
     Error, conditions,
     connection::{Connection, probe},
     context::Context,
-    enrollment::{FIELD_MANAGER, describe, jitter},
+    enrollment::{describe, jitter},
 };
 use crate::api::{ClusterProvisioningService, ProvisioningService, ProvisioningServiceStatus};
 
@@ -26,25 +21,39 @@ pub async fn reconcile_namespaced(
     service: Arc<ProvisioningService>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let api =
+        Api::<ProvisioningService>::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
+    let Some(service) = latest(&ctx, &api, service).await? else {
+        return Ok(Action::await_change());
+    };
     let result = match ctx.connections.for_provisioning_service(&ctx.client, &service).await {
         Ok(connection) => probe(&connection).await.map(|()| connection),
         Err(error) => Err(error),
     };
-    let api =
-        Api::<ProvisioningService>::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
-    report(&api, &*service, service.status.as_ref(), result).await
+    report(&ctx, &api, &*service, service.status.as_ref(), result).await
 }
 
 pub async fn reconcile_cluster(
     service: Arc<ClusterProvisioningService>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let api = Api::<ClusterProvisioningService>::all(ctx.client.clone());
+    let Some(service) = latest(&ctx, &api, service).await? else {
+        return Ok(Action::await_change());
+    };
     let result = match ctx.connections.for_cluster_provisioning_service(&ctx.client, &service).await {
         Ok(connection) => probe(&connection).await.map(|()| connection),
         Err(error) => Err(error),
     };
-    let api = Api::<ClusterProvisioningService>::all(ctx.client.clone());
-    report(&api, &*service, service.status.as_ref(), result).await
+    report(&ctx, &api, &*service, service.status.as_ref(), result).await
+}
+
+async fn latest<K>(ctx: &Context, api: &Api<K>, service: Arc<K>) -> Result<Option<Arc<K>>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = service.name_any();
+    ctx.latest(api, service).await.map_err(|e| Error::kube(format!("read {} {name}", K::kind(&())), e))
 }
 
 pub fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
@@ -53,6 +62,7 @@ pub fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
 
 /// Writes the connection's status (when it changed) and decides when to check again.
 async fn report<K>(
+    ctx: &Context,
     api: &Api<K>,
     service: &K,
     old: Option<&ProvisioningServiceStatus>,
@@ -88,14 +98,7 @@ where
         credentials,
     };
     if old != Some(&status) {
-        let patch = json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status });
-        api.patch_status(
-            &service.name_any(),
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|e| {
+        ctx.write_status(api, service, &status).await.map_err(|e| {
             Error::kube(format!("write the status of {} {}", K::kind(&()), service.name_any()), e)
         })?;
     }

@@ -87,6 +87,13 @@ spec:
         }));
     }
 
+    /// A reconcile context like the running operator's, to drive reconciles by hand.
+    pub async fn context(&self) -> std::sync::Arc<controller::context::Context> {
+        let client = control_plane().client().await.expect("a client");
+        let health = std::sync::Arc::new(dps_operator::http::Health::default());
+        std::sync::Arc::new(controller::context::Context::new(client, self.config.clone(), health))
+    }
+
     /// Stops the operator, as a crash would.
     pub fn stop(&mut self) {
         if let Some(task) = self.task.take() {
