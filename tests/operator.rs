@@ -478,16 +478,21 @@ async fn observe_only_and_paused_never_write() {
         .await;
 }
 
+/// Symmetric-key attestation with the keys left for DPS to generate, as someone outside would.
+fn symmetric_key_made_by_dps() -> models::AttestationMechanism {
+    models::AttestationMechanism {
+        type_: models::AttestationType::SymmetricKey,
+        symmetric_key: Some(Default::default()),
+        ..Default::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adoption_is_refused_unless_asked_and_deletion_follows_the_policy() {
     let operator = Operator::start("adopt").await;
     let existing = models::EnrollmentGroup {
         enrollment_group_id: "thermostats-2026".into(),
-        attestation: models::AttestationMechanism {
-            type_: models::AttestationType::SymmetricKey,
-            symmetric_key: Some(Default::default()),
-            ..Default::default()
-        },
+        attestation: symmetric_key_made_by_dps(),
         ..Default::default()
     };
     operator.dps.put(&existing, IfMatch::None).await.unwrap();
@@ -595,4 +600,95 @@ async fn a_reconcile_handed_a_copy_from_before_its_own_write_reads_the_latest() 
     assert!(is_ready(&resource), "{resource}");
     assert_eq!(resource["status"]["claimed"], json!(true));
     assert_eq!(operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"), Some(&1));
+}
+
+/// What the shipped Argo CD health check says of `resource`: its status and message.
+fn argo_cd_health(script: &str, resource: &serde_json::Value) -> (String, String) {
+    use mlua::LuaSerdeExt;
+    let lua = mlua::Lua::new();
+    lua.globals().set("obj", lua.to_value(resource).unwrap()).unwrap();
+    let health: mlua::Table = lua.load(script).eval().expect("the health script runs");
+    (health.get("status").unwrap(), health.get("message").unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_argo_cd_health_check_follows_the_conditions() {
+    let operator = Operator::start("argocd").await;
+    // The patch applies with the real kubectl and gives every kind the same script.
+    let patch = concat!(env!("CARGO_MANIFEST_DIR"), "/integrations/argocd/argocd-cm-patch.yaml");
+    assert!(operator.kubectl(&["create", "configmap", "argocd-cm"], None).await.success);
+    let patched = operator.kubectl(&["patch", "configmap", "argocd-cm", "--patch-file", patch], None).await;
+    assert!(patched.success, "{}", patched.stderr);
+    let data = operator.get("configmap/argocd-cm").await["data"].clone();
+    let scripts: Vec<&str> =
+        ["EnrollmentGroup", "IndividualEnrollment", "ProvisioningService", "ClusterProvisioningService"]
+            .iter()
+            .map(|kind| {
+                data[format!("resource.customizations.health.dps.iot.dev_{kind}")].as_str().expect(kind)
+            })
+            .collect();
+    assert!(scripts.iter().all(|s| *s == scripts[0] && s.contains("Suspended")), "{data}");
+    let script = scripts[0];
+
+    let existing = models::IndividualEnrollment {
+        registration_id: "taken".into(),
+        attestation: symmetric_key_made_by_dps(),
+        ..Default::default()
+    };
+    operator.dps.put(&existing, IfMatch::None).await.unwrap();
+    let enrollment = |name: &str, extra: &str| {
+        format!(
+            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
+             serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: {name}-keys}}\n{extra}"
+        )
+    };
+    operator.apply(&enrollment("ready", "")).await;
+    operator.apply(&enrollment("taken", "")).await;
+    operator.apply(&enrollment("observed", "  managementPolicy: ObserveOnly\n")).await;
+    operator
+        .apply(
+            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: waiting}\nspec:\n  \
+             serviceRef: {name: dps}\n  attestation:\n    x509:\n      clientCertificates:\n        primary: {name: waiting-cert}\n",
+        )
+        .await;
+
+    operator.wait("individualenrollment/ready", "condition=Ready").await;
+    let health = |resource: &serde_json::Value| argo_cd_health(script, resource);
+    assert_eq!(health(&operator.get("provisioningservice/dps").await).0, "Healthy");
+    let (status, message) = health(&operator.get("individualenrollment/ready").await);
+    assert_eq!(
+        (status.as_str(), message.ends_with("holds enrollment ready as specified.")),
+        ("Healthy", true)
+    );
+    let taken = operator
+        .eventually("individualenrollment/taken", "stalled", |r| condition(r, "Stalled").is_some())
+        .await;
+    let (status, message) = health(&taken);
+    assert_eq!((status.as_str(), message.starts_with("AlreadyExists: ")), ("Degraded", true), "{message}");
+    let observed = operator
+        .eventually("individualenrollment/observed", "reported", |r| condition(r, "Ready").is_some())
+        .await;
+    assert_eq!(health(&observed).0, "Degraded", "observe-only and missing in DPS");
+    let waiting = operator
+        .eventually("individualenrollment/waiting", "reported", |r| condition(r, "Ready").is_some())
+        .await;
+    let (status, message) = health(&waiting);
+    assert_eq!(
+        (status.as_str(), message.starts_with("SecretNotFound: ")),
+        ("Progressing", true),
+        "{message}"
+    );
+
+    assert!(
+        operator
+            .kubectl(&["annotate", "individualenrollment/ready", "dps.iot.dev/paused=true"], None)
+            .await
+            .success
+    );
+    assert_eq!(health(&operator.get("individualenrollment/ready").await).0, "Suspended");
+    // A spec change the operator has not handled yet is progress, whatever the old conditions say.
+    let mut edited = operator.get("individualenrollment/taken").await;
+    edited["metadata"]["generation"] = json!(edited["metadata"]["generation"].as_i64().unwrap() + 1);
+    assert_eq!(health(&edited).0, "Progressing");
+    assert_eq!(health(&json!({"metadata": {"name": "new", "generation": 1}})).0, "Progressing");
 }
