@@ -58,6 +58,13 @@ struct Args {
     /// Close this fraction of connections without an answer.
     #[arg(long, default_value_t = 0.0)]
     fault_drop_rate: f64,
+    /// Carry out this fraction of calls, then close the connection without the answer.
+    #[arg(long, default_value_t = 0.0)]
+    fault_lost_answer_rate: f64,
+    /// Inject the faults only into this operation, e.g. IndividualEnrollment_CreateOrUpdate
+    /// (repeatable); into every call when none is given.
+    #[arg(long = "fault-operation")]
+    fault_operations: Vec<String>,
     /// Entra ID application id that may get tokens (repeatable); any when none is given.
     #[arg(long = "entra-client-id")]
     entra_client_ids: Vec<String>,
@@ -103,6 +110,8 @@ async fn main() -> anyhow::Result<()> {
             error_rates: args.fault_errors.into_iter().collect(),
             latency_ms: args.fault_latency_ms,
             drop_rate: args.fault_drop_rate,
+            lost_answer_rate: args.fault_lost_answer_rate,
+            operations: args.fault_operations.into_iter().collect(),
         },
         state_file: args.state_file,
         entra_client_ids: (!args.entra_client_ids.is_empty()).then_some(args.entra_client_ids),

@@ -2,7 +2,7 @@
 //! admin endpoint, with throttling, fault injection and optional persistence.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -61,6 +61,21 @@ pub struct Faults {
     /// Fraction of calls whose connection is closed without an answer.
     #[serde(default)]
     pub drop_rate: f64,
+    /// Fraction of calls carried out whose answer is then lost (the connection closes), as when
+    /// a client gives up on a slow answer: the client cannot tell whether its write happened.
+    #[serde(default)]
+    pub lost_answer_rate: f64,
+    /// The operations (swagger operation ids, e.g. `IndividualEnrollment_CreateOrUpdate`) the
+    /// faults hit; every service API call when empty.
+    #[serde(default)]
+    pub operations: BTreeSet<String>,
+}
+
+impl Faults {
+    fn hit(&self, method: &Method, path: &str) -> bool {
+        self.operations.is_empty()
+            || route(method, path).is_ok_and(|operation| self.operations.contains(&operation.operation_id()))
+    }
 }
 
 /// How the emulator runs.
@@ -346,14 +361,24 @@ async fn serve(
                 hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
                     let (app, shared) = (app.clone(), shared.clone());
                     async move {
-                        let is_api = !request.uri().path().starts_with("/admin")
-                            && !request.uri().path().contains("/oauth2/");
-                        if is_api && chance(lock(&shared.faults).drop_rate) {
+                        let path = request.uri().path();
+                        let faults = lock(&shared.faults).clone();
+                        let is_api = !path.starts_with("/admin") && !path.contains("/oauth2/");
+                        let faults = if is_api && faults.hit(request.method(), path) {
+                            faults
+                        } else {
+                            Faults::default()
+                        };
+                        if chance(faults.drop_rate) {
                             return Err(DropConnection);
                         }
-                        Ok(tower::ServiceExt::oneshot(app, request)
+                        let answer = tower::ServiceExt::oneshot(app, request)
                             .await
-                            .unwrap_or_else(|never| match never {}))
+                            .unwrap_or_else(|never| match never {});
+                        if chance(faults.lost_answer_rate) {
+                            return Err(DropConnection);
+                        }
+                        Ok(answer)
                     }
                 });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -495,6 +520,7 @@ async fn handle(
     *lock(&shared.calls).entry(operation.operation_id()).or_default() += 1;
 
     let faults = lock(&shared.faults).clone();
+    let faults = if faults.hit(method, uri.path()) { faults } else { Faults::default() };
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
