@@ -234,6 +234,32 @@ async fn throttling_is_waited_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_whose_answer_was_lost_is_not_written_again() {
+    let operator = Operator::start("lost").await;
+    operator.emulator.set_faults(Faults {
+        lost_answer_rate: 1.0,
+        operations: ["IndividualEnrollment_CreateOrUpdate".to_owned()].into(),
+        ..Default::default()
+    });
+    operator.apply(BOILER).await;
+    // DPS created it; the operator could not hear so, and then found it on its next look.
+    operator.wait("individualenrollment/boiler", "condition=Ready").await;
+    let events = operator.events("boiler").await;
+    assert!(
+        events.iter().any(|(kind, reason, note)| kind == "Warning"
+            && reason == "DpsUnreachable"
+            && note.contains("could not reach DPS")),
+        "{events:?}"
+    );
+    let enrollment: models::IndividualEnrollment = operator.dps.get("boiler").await.unwrap();
+    assert_eq!(enrollment.created_date_time_utc, enrollment.last_updated_date_time_utc, "written once");
+    let calls = operator.emulator.calls();
+    assert_eq!(calls.get("IndividualEnrollment_CreateOrUpdate"), Some(&1), "{calls:?}");
+    let resource = operator.get("individualenrollment/boiler").await;
+    assert_eq!(resource["status"]["etag"].as_str(), enrollment.etag.as_deref());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_blocked_deletion_says_how_to_get_out_and_completes_when_dps_is_back() {
     let operator = Operator::start("delete").await;
     operator.apply(BOILER).await;

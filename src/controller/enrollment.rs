@@ -159,16 +159,15 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     let id = object.dps_id();
     let old = object.current_status().cloned();
     let old_enrollment = old.as_ref().map(K::enrollment_status).cloned().unwrap_or_default();
-    let mut claimed = old_enrollment.claimed == Some(true);
-    let result = sync(&*object, ctx, &id, &old_enrollment, &mut claimed).await;
+    let mut recorded = old_enrollment.clone();
+    let result = sync(&*object, ctx, &id, &old_enrollment, &mut recorded).await;
 
     let kind = object.attestation_input().map(|input| input.kind()).ok();
     let now = Time(jiff::Timestamp::now());
     let enrollment = enrollment_status::<K>(
-        &old_enrollment,
+        &recorded,
         object.meta().generation,
         kind,
-        claimed,
         &id,
         &result,
         &now,
@@ -194,7 +193,8 @@ async fn sync<K: EnrollmentKind>(
     ctx: &Context,
     id: &str,
     old: &EnrollmentStatus,
-    claimed: &mut bool,
+    // The status as this pass has written it so far: `old`, then the claim.
+    recorded: &mut EnrollmentStatus,
 ) -> Result<Synced<K::Record>, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let settings = object.settings();
@@ -226,7 +226,7 @@ async fn sync<K: EnrollmentKind>(
     let inputs_changed = old.observed_generation != object.meta().generation
         || old.secrets_digest != digest
         || old_thumbprints != resolved.certificate_thumbprints();
-    let settled = *claimed && synced && !inputs_changed;
+    let settled = old.claimed == Some(true) && synced && !inputs_changed;
     let key = object_key(object);
     if settled && let Some(since) = ctx.since_check(&key).filter(|since| *since < interval) {
         return Ok(Synced {
@@ -275,10 +275,10 @@ async fn sync<K: EnrollmentKind>(
         let plan = decide(Facts {
             may_write,
             adopt: settings.adoption == Some(Adoption::Adopt),
-            claimed: *claimed,
+            claimed: recorded.claimed == Some(true),
             desired: &desired_comparable,
             observed: observed_comparable.as_ref().zip(observed.as_ref().and_then(|r| r.etag())),
-            secrets_changed: *claimed && digest != old.secrets_digest,
+            secrets_changed: recorded.claimed == Some(true) && digest != recorded.secrets_digest,
             what: K::WHAT,
             id,
         })?;
@@ -286,11 +286,12 @@ async fn sync<K: EnrollmentKind>(
             Plan::InSync => Ok((Done::InSync, observed)),
             Plan::Report { drift, missing } => Ok((Done::Reported { drift, missing }, observed)),
             Plan::Create { recreate } => {
-                if !*claimed {
+                if recorded.claimed != Some(true) {
                     // Claim before creating, so a restart between the create and the status
-                    // write does not mistake our own enrollment for someone else's.
-                    claim::<K>(ctx, object, id, old).await?;
-                    *claimed = true;
+                    // write does not mistake our own enrollment for someone else's; and record
+                    // the keys being written, so an answer lost on the way does not write them
+                    // again.
+                    claim::<K>(ctx, object, id, recorded, digest.clone()).await?;
                 }
                 match connection.client.put(&desired, IfMatch::None).await {
                     Ok(created) => {
@@ -298,7 +299,7 @@ async fn sync<K: EnrollmentKind>(
                     }
                     Err(dps::Error::Conflict { .. }) if !recreate => {
                         // Someone else created it between our read and our create.
-                        *claimed = false;
+                        *recorded = old.clone();
                         return Err(Error::AlreadyExists { what: K::WHAT, id: id.to_owned() });
                     }
                     Err(source) => Err(source),
@@ -306,8 +307,9 @@ async fn sync<K: EnrollmentKind>(
             }
             Plan::Update { etag, drift, adopt } => {
                 if adopt {
-                    claim::<K>(ctx, object, id, old).await?;
-                    *claimed = true;
+                    // The keys DPS holds stay unknown until this update is answered.
+                    let unknown = recorded.secrets_digest.clone();
+                    claim::<K>(ctx, object, id, recorded, unknown).await?;
                 }
                 desired.set_etag(Some(etag.clone()));
                 match connection.client.put(&desired, IfMatch::Etag(&etag)).await {
@@ -350,17 +352,20 @@ async fn sync<K: EnrollmentKind>(
     })
 }
 
-/// Marks the enrollment as ours in the status before the write that creates or adopts it.
+/// Marks the enrollment as ours in the status before the write that creates or adopts it, with
+/// the digest of the keys DPS will hold once that write is done.
 async fn claim<K: EnrollmentKind>(
     ctx: &Context,
     object: &K,
     id: &str,
-    old: &EnrollmentStatus,
+    recorded: &mut EnrollmentStatus,
+    secrets_digest: Option<String>,
 ) -> Result<(), Error> {
+    let claimed = EnrollmentStatus { claimed: Some(true), secrets_digest, ..recorded.clone() };
     let registrations = object.current_status().map_or(Registrations::Unknown, K::registrations);
-    let status =
-        K::make_status(EnrollmentStatus { claimed: Some(true), ..old.clone() }, id.to_owned(), registrations);
-    write_status(ctx, object, &status).await
+    write_status(ctx, object, &K::make_status(claimed.clone(), id.to_owned(), registrations)).await?;
+    *recorded = claimed;
+    Ok(())
 }
 
 async fn write_status<K: EnrollmentKind>(ctx: &Context, object: &K, status: &K::Status) -> Result<(), Error> {
@@ -402,19 +407,13 @@ fn enrollment_status<K: EnrollmentKind>(
     old: &EnrollmentStatus,
     generation: Option<i64>,
     attestation: Option<AttestationKind>,
-    claimed: bool,
     id: &str,
     result: &Result<Synced<K::Record>, Error>,
     now: &Time,
     expiry_warning: Duration,
     paused: bool,
 ) -> EnrollmentStatus {
-    let mut status = EnrollmentStatus {
-        observed_generation: generation,
-        attestation,
-        claimed: claimed.then_some(true),
-        ..old.clone()
-    };
+    let mut status = EnrollmentStatus { observed_generation: generation, attestation, ..old.clone() };
     let observations = match result {
         Err(error) => conditions::outcome(Err((error.reason(), error.is_stalled())), &describe(error)),
         Ok(synced) => {
