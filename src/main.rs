@@ -51,6 +51,10 @@ struct RunArgs {
     /// How long one DPS request may take.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     dps_timeout: std::time::Duration,
+    /// How many enrollments of each kind are reconciled at once; 0 for no limit. Bounds memory
+    /// and the load on the API server when many change at once (DPS calls are paced anyway).
+    #[arg(long, default_value_t = 16)]
+    max_concurrent_reconciles: u16,
     /// PEM file of CA certificates every DPS connection trusts besides the system roots (for a
     /// TLS-inspecting proxy).
     #[arg(long, env = "EXTRA_CA_FILE")]
@@ -121,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 resolve: args.resolve,
                 azure_environment: std::env::vars().filter(|(name, _)| name.starts_with("AZURE_")).collect(),
+                max_concurrent_reconciles: args.max_concurrent_reconciles,
             };
             let leader_election = args.leader_election.then(|| dps_operator::controller::LeaderElection {
                 lease_name: args.leader_election_lease.clone(),

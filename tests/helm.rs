@@ -116,6 +116,19 @@ fn the_chart_lints_and_renders_for_every_kind_of_install() {
     let args =
         find(&restricted, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(args.contains("--namespace=factory") && args.contains("--namespace=office"), "{args}");
+    assert!(args.contains("--max-concurrent-reconciles=16"), "{args}");
+
+    // The binary accepts the arguments every variant of the chart gives it.
+    for sets in [&[][..], &["watchNamespaces={factory}", "replicaCount=2", "extraCaBundle=x"][..]] {
+        let rendered = render(sets);
+        let args: Vec<String> = serde_json::from_value(
+            find(&rendered, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"].clone(),
+        )
+        .unwrap();
+        let parsed =
+            Command::new(env!("CARGO_BIN_EXE_dps-operator")).args(&args).arg("--help").output().unwrap();
+        assert!(parsed.status.success(), "{args:?}: {}", String::from_utf8_lossy(&parsed.stderr));
+    }
 
     let single = render(&[]);
     assert_eq!(find(&single, "Deployment")[0]["spec"]["strategy"]["type"], "Recreate");
@@ -155,6 +168,7 @@ fn invalid_values_are_refused_by_the_schema() {
         ("logging.format=xml", "/logging/format"),
         ("watchNamespaces={Not_A_Namespace}", "/watchNamespaces"),
         ("operator.driftCheckInterval=often", "/operator/driftCheckInterval"),
+        ("operator.maxConcurrentReconciles=-1", "/operator/maxConcurrentReconciles"),
         ("metrics.serviceMonitor.enable=true", "'enable' not allowed"),
     ] {
         let output = helm(&["template", "release", &chart, "--set", set]);

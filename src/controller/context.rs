@@ -38,6 +38,8 @@ pub struct Config {
     /// The Azure workload identity environment (`AZURE_CLIENT_ID`, `AZURE_TENANT_ID`,
     /// `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_AUTHORITY_HOST`), read once at start.
     pub azure_environment: HashMap<String, String>,
+    /// How many enrollments of each kind are reconciled at once (0: no limit).
+    pub max_concurrent_reconciles: u16,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             extra_ca_certificates: None,
             resolve: Vec::new(),
             azure_environment: HashMap::new(),
+            max_concurrent_reconciles: 16,
         }
     }
 }

@@ -7,7 +7,7 @@ use futures::{FutureExt, StreamExt, future::join_all};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
-    runtime::{Controller, reflector::ObjectRef, watcher},
+    runtime::{Controller, controller, reflector::ObjectRef, watcher},
 };
 
 use kube_lease_manager::LeaseManagerBuilder;
@@ -260,6 +260,7 @@ fn enrollment_controller<K: EnrollmentKind>(
                 .map(|e| ObjectRef::from_obj(&*e))
                 .collect::<Vec<_>>()
         })
+        .with_config(controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles))
         .graceful_shutdown_on(ctx.health.stopped())
         .run(enrollment::reconcile::<K>, enrollment::error_policy::<K>, ctx)
         .for_each(log_outcome);
