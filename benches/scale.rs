@@ -1,0 +1,271 @@
+//! Scale benchmark: N IndividualEnrollments applied at once to a real control plane and reconciled
+//! by the `dps-operator` binary (this build's bench profile) against the DPS emulator over HTTPS.
+//! It reports the time until all are Ready, DPS calls per enrollment, the operator's memory and
+//! CPU, what steady state costs, and the time until all are deleted from DPS.
+//!
+//!     cargo bench --bench scale -- 1000 [dps-operator run arguments, e.g. --max-concurrent-reconciles 0]
+//!
+//! Results are recorded in `docs/benchmarks.md`.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use dps_operator::{
+    api::IndividualEnrollment,
+    devenv::{ControlPlane, Tools, run},
+    emulator::{EmulatorConfig, RunningEmulator},
+};
+use kube::{Api, api::ListParams};
+
+const NAMESPACE: &str = "bench";
+/// How long steady state is watched for DPS calls and CPU.
+const STEADY: Duration = Duration::from_secs(30);
+
+#[tokio::main]
+async fn main() {
+    // cargo passes `--bench`; then the count, then arguments for `dps-operator run`.
+    let args: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+    let count: usize = args.first().and_then(|arg| arg.parse().ok()).unwrap_or(500);
+    let operator_args = args.get(1..).unwrap_or_default().to_vec();
+    let control_plane = Tools::locate().and_then(ControlPlane::start).expect("the control plane starts");
+    control_plane.install_crds().expect("the CRDs install");
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        run(control_plane.kubectl().args(args), stdin).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+    };
+    let emulator = RunningEmulator::start(EmulatorConfig::default()).await.expect("the emulator starts");
+    kubectl(&["create", "namespace", NAMESPACE], None);
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&connection(&emulator)));
+
+    // The enrollments are applied first, then the operator starts: this times the operator, not
+    // the API server taking in the manifests.
+    let api: Api<IndividualEnrollment> =
+        Api::namespaced(control_plane.client().await.expect("a client"), NAMESPACE);
+    let manifests: String = (0..count).map(enrollment).collect();
+    let started = Instant::now();
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&manifests));
+    let applied = started.elapsed();
+
+    emulator.reset_calls();
+    let started = Instant::now();
+    let mut operator = Operator::start(&control_plane, &operator_args);
+    until(started, "all Ready", async || ready(&api).await == count).await;
+    let all_ready = started.elapsed();
+    let converge_calls = total_calls(&emulator);
+    let converged = operator.sample();
+
+    emulator.reset_calls();
+    tokio::time::sleep(STEADY).await;
+    let steady_calls = total_calls(&emulator);
+    let steady = operator.sample();
+
+    // A restart: every enrollment is looked at again, from the drift snapshot, not a GET each.
+    operator.stop();
+    emulator.reset_calls();
+    let started = Instant::now();
+    let mut operator = Operator::start(&control_plane, &operator_args);
+    until(started, "every enrollment checked after the restart", async || {
+        operator.resources_ready().await == Some(count)
+    })
+    .await;
+    let rechecked = started.elapsed();
+    let restart_calls = total_calls(&emulator);
+    let restarted = operator.sample();
+
+    emulator.reset_calls();
+    let started = Instant::now();
+    kubectl(&["delete", "individualenrollments", "--all", "-n", NAMESPACE, "--wait=false"], None);
+    until(started, "all deleted", async || {
+        api.list(&ListParams::default()).await.expect("list").items.is_empty()
+    })
+    .await;
+    let deleted = started.elapsed();
+    let delete_calls = total_calls(&emulator);
+
+    operator.stop();
+    emulator.stop().await;
+    control_plane.stop();
+
+    let per = |calls: u64| calls as f64 / count as f64;
+    let rows = [
+        ("enrollments".to_owned(), count.to_string()),
+        (
+            "`kubectl apply` of all, before the operator starts".into(),
+            format!("{:.1} s", applied.as_secs_f64()),
+        ),
+        (
+            "from the operator's start to all created in DPS and Ready".into(),
+            format!(
+                "{:.1} s ({:.0} per second)",
+                all_ready.as_secs_f64(),
+                count as f64 / all_ready.as_secs_f64()
+            ),
+        ),
+        (
+            "DPS calls to converge".into(),
+            format!("{converge_calls} ({:.2} per enrollment)", per(converge_calls)),
+        ),
+        ("operator CPU to converge".into(), format!("{:.1} s", converged.cpu_seconds)),
+        (
+            "operator memory: converged / peak".into(),
+            format!("{} / {} MiB", converged.rss_mib, converged.peak_mib),
+        ),
+        (
+            format!("steady state for {} s: DPS calls / operator CPU", STEADY.as_secs()),
+            format!("{steady_calls} / {:.2} s", steady.cpu_seconds - converged.cpu_seconds),
+        ),
+        (
+            "restart: until every enrollment is checked / DPS calls".into(),
+            format!("{:.1} s / {restart_calls}", rechecked.as_secs_f64()),
+        ),
+        (
+            "restart: operator CPU / memory".into(),
+            format!("{:.1} s / {} MiB", restarted.cpu_seconds, restarted.rss_mib),
+        ),
+        (
+            "delete all: until gone from DPS and Kubernetes / DPS calls".into(),
+            format!("{:.1} s / {delete_calls}", deleted.as_secs_f64()),
+        ),
+    ];
+    for (what, value) in rows {
+        println!("| {what} | {value} |");
+    }
+}
+
+/// Waits, polling, until `done`; gives up after half an hour.
+async fn until(started: Instant, what: &str, mut done: impl AsyncFnMut() -> bool) {
+    while !done().await {
+        assert!(started.elapsed() < Duration::from_secs(1800), "not {what} after 30 minutes");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn ready(api: &Api<IndividualEnrollment>) -> usize {
+    let list = api.list(&ListParams::default()).await.expect("list");
+    list.items
+        .iter()
+        .filter(|e| {
+            e.status.as_ref().is_some_and(|s| {
+                s.enrollment.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count()
+}
+
+fn total_calls(emulator: &RunningEmulator) -> u64 {
+    emulator.calls().values().sum()
+}
+
+/// A `dps-operator run` process.
+struct Operator {
+    child: Child,
+    port: u16,
+}
+
+impl Operator {
+    fn start(control_plane: &ControlPlane, args: &[String]) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(env!("CARGO_BIN_EXE_dps-operator"))
+            .args(["run", "--namespace", NAMESPACE, "--operator-namespace", NAMESPACE])
+            .args(["--metrics-address", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("KUBECONFIG", control_plane.kubeconfig())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("dps-operator run starts");
+        Self { child, port }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// How many IndividualEnrollments the operator has found Ready since it started.
+    async fn resources_ready(&self) -> Option<usize> {
+        let metrics =
+            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port)).await.ok()?.text().await.ok()?;
+        metrics
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(r#"dps_operator_resources{kind="IndividualEnrollment",ready="true"} "#)
+            })
+            .and_then(|value| value.trim().parse().ok())
+    }
+
+    fn sample(&self) -> Sample {
+        Sample::take(self.child.id())
+    }
+}
+
+/// The connection `dps`, without a practical rate limit: this measures the operator, not the
+/// pacing a real DPS needs (`rateLimit` defaults to 200 operations a minute).
+fn connection(emulator: &RunningEmulator) -> String {
+    let secret = |name: &str, key: &str, value: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": NAMESPACE}, "stringData": {key: value},
+        })
+        .to_string()
+    };
+    [
+        secret("dps-connection", "connectionString", &emulator.connection_string()),
+        secret("dps-ca", "ca.crt", emulator.ca_certificate().unwrap_or_default()),
+        format!(
+            "apiVersion: dps.iot.dev/v1alpha1\nkind: ProvisioningService\nmetadata: {{name: dps, namespace: {NAMESPACE}}}\n\
+             spec:\n  credentials:\n    connectionStringSecretRef: {{name: dps-connection, key: connectionString}}\n  \
+             caBundle:\n    secretRef: {{name: dps-ca, key: ca.crt}}\n  rateLimit: {{operationsPerMinute: 100000}}\n"
+        ),
+    ]
+    .join("\n---\n")
+}
+
+/// A symmetric-key enrollment whose keys the operator generates into a Secret.
+fn enrollment(i: usize) -> String {
+    format!(
+        "---\napiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: device-{i:05}, namespace: {NAMESPACE}}}\n\
+         spec:\n  serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: device-{i:05}-keys}}\n  \
+         iotHubs: [contoso-west.azure-devices.net]\n  allocationPolicy: static\n  initialTwin:\n    tags: {{batch: bench}}\n"
+    )
+}
+
+/// The operator process's CPU time so far and its memory.
+struct Sample {
+    cpu_seconds: f64,
+    rss_mib: u64,
+    peak_mib: u64,
+}
+
+impl Sample {
+    fn take(pid: u32) -> Self {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| {
+                    line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+                })
+                .unwrap_or_default()
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
+        // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default().split_whitespace().collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or_default() + fields[12].parse::<u64>().unwrap_or_default();
+        let ticks_per_second = Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+            .unwrap_or(100.0);
+        Self {
+            cpu_seconds: ticks as f64 / ticks_per_second,
+            rss_mib: kib("VmRSS:") / 1024,
+            peak_mib: kib("VmHWM:") / 1024,
+        }
+    }
+}
