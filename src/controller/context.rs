@@ -20,6 +20,9 @@ use tokio::time::Instant;
 use super::connection::{Connection, Connections};
 use crate::dps;
 
+/// The field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "dps-operator";
+
 /// Settings of the operator process.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -172,7 +175,7 @@ impl Context {
         K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     {
         let patch = json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status });
-        let params = PatchParams::apply(super::enrollment::FIELD_MANAGER).force();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
         let written = api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch)).await?;
         if let (Some(uid), Some(version)) =
             (written.meta().uid.clone(), written.meta().resource_version.clone())

@@ -29,8 +29,6 @@ use crate::{
 
 /// The finalizer that holds a resource until its enrollment is removed from DPS.
 pub const FINALIZER: &str = "dps.iot.dev/cleanup";
-/// The field manager of everything the operator writes.
-pub const FIELD_MANAGER: &str = "dps-operator";
 /// How many of a group's latest registrations the status lists.
 const LATEST_REGISTRATIONS: usize = 5;
 

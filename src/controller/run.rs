@@ -14,7 +14,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 
 use super::{
     Error,
-    context::{Config, Context},
+    context::{Config, Context, FIELD_MANAGER},
     enrollment,
     kinds::EnrollmentKind,
     provisioning,
@@ -66,7 +66,7 @@ pub async fn run(
                 .with_identity(election.identity)
                 .with_duration(LEASE_DURATION)
                 .with_grace(LEASE_GRACE)
-                .with_field_manager(enrollment::FIELD_MANAGER)
+                .with_field_manager(FIELD_MANAGER)
                 .build()
                 .await
                 .map_err(|e| Error::LeaderElection(e.to_string()))?;
