@@ -52,6 +52,19 @@ async fn a_symmetric_key_group_is_created_and_then_left_alone() {
     // The missing Secret was created with random 64-byte keys, owned by the group, and DPS uses them.
     let secret = operator.get("secret/thermostats-keys").await;
     assert_eq!(secret["metadata"]["ownerReferences"][0]["kind"], "EnrollmentGroup");
+    let managers = operator
+        .kubectl(
+            &[
+                "get",
+                "secret/thermostats-keys",
+                "--show-managed-fields",
+                "-o",
+                "jsonpath={.metadata.managedFields[*].manager}",
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(managers.stdout, "dps-operator", "written by the operator's field manager");
     let primary =
         String::from_utf8(BASE64.decode(secret["data"]["primaryKey"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(BASE64.decode(&primary).unwrap().len(), 64);

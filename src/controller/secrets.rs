@@ -136,7 +136,9 @@ impl Reader<'_> {
             ..Default::default()
         };
         let api = Api::<Secret>::namespaced(self.client.clone(), self.namespace);
-        match api.create(&PostParams::default(), &secret).await {
+        let params =
+            PostParams { field_manager: Some(super::context::FIELD_MANAGER.into()), ..Default::default() };
+        match api.create(&params, &secret).await {
             Ok(created) => Ok(created),
             // Created meanwhile (by us in an earlier attempt, or by the user): use that one.
             Err(kube::Error::Api(status)) if status.code == 409 => self.existing_secret(name).await,
