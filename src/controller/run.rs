@@ -7,6 +7,7 @@ use futures::{FutureExt, StreamExt, future::join_all};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{Controller, controller, reflector::ObjectRef, watcher},
 };
 
@@ -136,6 +137,10 @@ pub async fn run(
 
 type Running = futures::future::BoxFuture<'static, ()>;
 
+/// Secrets are watched as metadata only: which Secret changed is all a trigger needs, and the
+/// operator neither receives nor holds the content of Secrets it does not use.
+type SecretMetadata = PartialObjectMeta<Secret>;
+
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
@@ -201,7 +206,7 @@ fn enrollment_controller<K: EnrollmentKind>(
     let (by_secret, by_service, by_cluster_service, by_namespace) =
         (store.clone(), store.clone(), store.clone(), store);
     let running = controller
-        .watches(scoped::<Secret>(client, namespace), watcher::Config::default(), move |secret| {
+        .watches(scoped::<SecretMetadata>(client, namespace), watcher::Config::default(), move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
             by_secret
                 .state()
@@ -301,7 +306,7 @@ fn provisioning_service_controller(
     let store = controller.store();
     let synced = store.clone();
     let running = controller
-        .watches(scoped::<Secret>(client, namespace), watcher::Config::default(), move |secret| {
+        .watches(scoped::<SecretMetadata>(client, namespace), watcher::Config::default(), move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
             store
                 .state()
@@ -330,7 +335,7 @@ fn cluster_provisioning_service_controller(
     let synced = store.clone();
     let running = controller
         .watches(
-            Api::<Secret>::namespaced(client.clone(), operator_namespace),
+            Api::<SecretMetadata>::namespaced(client.clone(), operator_namespace),
             watcher::Config::default(),
             move |secret| {
                 let name = secret.name_any();
