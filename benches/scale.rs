@@ -23,6 +23,8 @@ use kube::{Api, api::ListParams};
 const NAMESPACE: &str = "bench";
 /// How long steady state is watched for DPS calls and CPU.
 const STEADY: Duration = Duration::from_secs(30);
+/// Secrets in the namespace that no enrollment uses, each of 256 KiB, like Helm release records.
+const UNRELATED_SECRETS: usize = 40;
 
 #[tokio::main]
 async fn main() {
@@ -38,6 +40,9 @@ async fn main() {
     let emulator = RunningEmulator::start(EmulatorConfig::default()).await.expect("the emulator starts");
     kubectl(&["create", "namespace", NAMESPACE], None);
     kubectl(&["apply", "--server-side", "-f", "-"], Some(&connection(&emulator)));
+    for i in 0..UNRELATED_SECRETS {
+        kubectl(&["apply", "--server-side", "-f", "-"], Some(&unrelated_secret(i)));
+    }
 
     // The enrollments are applied first, then the operator starts: this times the operator, not
     // the API server taking in the manifests.
@@ -221,6 +226,16 @@ fn connection(emulator: &RunningEmulator) -> String {
         ),
     ]
     .join("\n---\n")
+}
+
+fn unrelated_secret(i: usize) -> String {
+    let filler: String = (0..256 * 1024 / 64).map(|n| format!("{n:064}")).collect();
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
+        "metadata": {"name": format!("sh.helm.release.v1.app-{i}.v1"), "namespace": NAMESPACE},
+        "stringData": {"release": filler},
+    })
+    .to_string()
 }
 
 /// A symmetric-key enrollment whose keys the operator generates into a Secret.
