@@ -674,16 +674,22 @@ async fn the_argo_cd_health_check_follows_the_conditions() {
         ("Healthy", true)
     );
     let taken = operator
-        .eventually("individualenrollment/taken", "stalled", |r| condition(r, "Stalled").is_some())
+        .eventually("individualenrollment/taken", "stalled", |r| {
+            condition(r, "Stalled").is_some_and(|(status, _, _)| status == "True")
+        })
         .await;
     let (status, message) = health(&taken);
     assert_eq!((status.as_str(), message.starts_with("AlreadyExists: ")), ("Degraded", true), "{message}");
     let observed = operator
-        .eventually("individualenrollment/observed", "reported", |r| condition(r, "Ready").is_some())
+        .eventually("individualenrollment/observed", "reported", |r| {
+            condition(r, "Ready").is_some_and(|(_, reason, _)| reason == "ObserveOnly")
+        })
         .await;
     assert_eq!(health(&observed).0, "Degraded", "observe-only and missing in DPS");
     let waiting = operator
-        .eventually("individualenrollment/waiting", "reported", |r| condition(r, "Ready").is_some())
+        .eventually("individualenrollment/waiting", "reported", |r| {
+            condition(r, "Ready").is_some_and(|(_, reason, _)| reason == "SecretNotFound")
+        })
         .await;
     let (status, message) = health(&waiting);
     assert_eq!(
