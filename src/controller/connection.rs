@@ -170,7 +170,7 @@ impl Connections {
                         Error::SecretNotFound { namespace: namespace.into(), name: reference.name.clone() }
                     })?;
                     inputs.push(secret.resource_version().unwrap_or_default());
-                    let text = reader.secret_text(&reference.name, &reference.key).await?;
+                    let text = reader.text(&secret, &reference.name, &reference.key)?;
                     let parsed: ConnectionString = text.expose().parse().map_err(|e| {
                         invalid(format!(
                             "key {} of Secret {namespace}/{}: {e}",

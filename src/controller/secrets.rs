@@ -50,7 +50,8 @@ impl Reader<'_> {
         self.text(&secret, name, key)
     }
 
-    fn text(&self, secret: &Secret, name: &str, key: &str) -> Result<SecretValue, Error> {
+    /// The text under `key` of `secret`, which is Secret `name`.
+    pub fn text(&self, secret: &Secret, name: &str, key: &str) -> Result<SecretValue, Error> {
         let bytes = secret_bytes(secret, key).ok_or_else(|| Error::SecretKeyMissing {
             namespace: self.namespace.into(),
             name: name.into(),
