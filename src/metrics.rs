@@ -58,8 +58,8 @@ pub struct Metrics {
     dps_throttled: Counter,
     rate_limiter_wait: Histogram,
     resources: Family<ReadyLabels, Gauge>,
-    /// Each object's last Ready state, to keep `resources` exact.
-    ready_by_object: Mutex<HashMap<String, (String, bool)>>,
+    /// Each object's last Ready state, by kind and object, to keep `resources` exact.
+    ready_by_object: Mutex<HashMap<(String, String), bool>>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -134,16 +134,21 @@ impl Metrics {
     /// Records an object's Ready state (`None` once it is gone).
     pub fn set_ready(&self, kind: &str, object: &str, ready: Option<bool>) {
         let mut by_object = self.ready_by_object.lock().unwrap_or_else(|e| e.into_inner());
-        let key = format!("{kind}/{object}");
-        match ready {
-            Some(ready) => by_object.insert(key, (kind.to_owned(), ready)),
+        let key = (kind.to_owned(), object.to_owned());
+        let previous = match ready {
+            Some(ready) => by_object.insert(key, ready),
             None => by_object.remove(&key),
         };
-        for ready in [true, false] {
-            let count = by_object.values().filter(|(k, r)| k == kind && *r == ready).count();
-            self.resources
-                .get_or_create(&ReadyLabels { kind: kind.into(), ready: ready.to_string() })
-                .set(count as i64);
+        // Both series exist as soon as the kind is seen, so a count of 0 shows as 0.
+        for series in [true, false] {
+            let gauge =
+                self.resources.get_or_create(&ReadyLabels { kind: kind.into(), ready: series.to_string() });
+            if previous == Some(series) && ready != Some(series) {
+                gauge.dec();
+            }
+            if ready == Some(series) && previous != Some(series) {
+                gauge.inc();
+            }
         }
     }
 
