@@ -94,10 +94,7 @@ pub fn retry_delay(retry: Retry, failures: u32) -> Duration {
 
 /// `duration` ± `fraction` at random, so checks of many resources spread out.
 pub fn jitter(duration: Duration, fraction: f64) -> Duration {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 4];
-    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
-    let unit = f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX);
+    let unit = f64::from(u32::from_le_bytes(crate::random_bytes())) / f64::from(u32::MAX);
     duration.mul_f64(1.0 - fraction + 2.0 * fraction * unit)
 }
 

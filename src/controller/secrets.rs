@@ -112,12 +112,7 @@ impl Reader<'_> {
     }
 
     async fn create_key_secret(&self, name: &str, owner: &OwnerReference) -> Result<Secret, Error> {
-        let random_key = || {
-            use ring::rand::SecureRandom;
-            let mut bytes = [0u8; 64];
-            ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system random generator works");
-            ByteString(BASE64.encode(bytes).into_bytes())
-        };
+        let random_key = || ByteString(BASE64.encode(crate::random_bytes::<64>()).into_bytes());
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.into()),

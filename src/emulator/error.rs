@@ -85,7 +85,7 @@ impl IntoResponse for ApiError {
 
 /// A GUID-shaped id for the answer, as DPS gives one with every error.
 pub fn tracking_id() -> String {
-    let b = super::validation::random_bytes::<16>();
+    let b = crate::random_bytes::<16>();
     format!(
         "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
         b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]

@@ -16,5 +16,5 @@ pub use store::{Quotas, Registration, Store};
 
 /// A random 32-byte key for a shared access policy.
 pub fn random_key() -> [u8; 32] {
-    validation::random_bytes()
+    crate::random_bytes()
 }

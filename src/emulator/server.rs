@@ -26,7 +26,6 @@ use super::{
     auth::{AccessPolicy, verify_sas},
     error::ApiError,
     store::{self, Quotas, Record, Registration, Store},
-    validation::random_bytes,
 };
 use crate::{
     dps::{
@@ -37,6 +36,7 @@ use crate::{
         rate_limit::RateLimiter,
     },
     pki::CertificateAuthority,
+    random_bytes,
 };
 
 /// The service api-versions real clients send.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     error::ApiError,
-    validation::{self, Kind, random_bytes},
+    validation::{self, Kind},
 };
 use crate::dps::{
     Enrollment,
@@ -18,6 +18,7 @@ use crate::dps::{
         EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, ReprovisionPolicy, Timestamp,
     },
 };
+use crate::random_bytes;
 
 /// Limits on what the emulator holds, as DPS has them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

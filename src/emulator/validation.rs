@@ -9,6 +9,7 @@ use crate::{
         AllocationPolicy, AttestationMechanism, AttestationType, CustomAllocationDefinition, Secret,
         SymmetricKeyAttestation, Timestamp, X509CertificateInfo, X509Certificates,
     },
+    random_bytes,
 };
 
 /// Which kind of enrollment is being validated.
@@ -268,13 +269,6 @@ fn fill_certificate_info(
         return Err(ApiError::bad_request(400006, "A primary certificate is required."));
     }
     Ok(())
-}
-
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; N];
-    ring::rand::SystemRandom::new().fill(&mut bytes).expect("the system random generator works");
-    bytes
 }
 
 #[cfg(test)]
