@@ -328,6 +328,9 @@ impl Authenticator {
     }
 }
 
+/// How long a token request to Microsoft Entra ID may take.
+const TOKEN_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Exchanges the federated service account token for an Entra ID access token.
 async fn request_entra_token(
     http: &reqwest::Client,
@@ -348,8 +351,11 @@ async fn request_entra_token(
     let body =
         form.iter().map(|(k, v)| format!("{k}={}", encode_uri_component(v))).collect::<Vec<_>>().join("&");
     let endpoint_error = |source| AuthError::TokenEndpoint { endpoint: endpoint.clone(), source };
+    // Bounded: the authenticator's lock is held meanwhile, and every call of the connection
+    // waits on it.
     let response = http
         .post(&endpoint)
+        .timeout(TOKEN_REQUEST_TIMEOUT)
         .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(body)
         .send()

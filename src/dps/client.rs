@@ -156,11 +156,6 @@ impl Client {
         })
     }
 
-    /// The HTTP client, also used to obtain Entra ID tokens.
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
     /// Reads an enrollment or enrollment group. Symmetric keys are not returned.
     pub async fn get<E: Enrollment>(&self, id: &str) -> Result<E, Error> {
         let path = item_path(E::COLLECTION, id);

@@ -25,7 +25,7 @@ pub enum Error {
     #[error("{operation}: the item changed in DPS since it was read (etag mismatch)")]
     PreconditionFailed { operation: String, details: Box<ProvisioningServiceErrorDetails> },
 
-    #[error("DPS throttled {operation}{}", retry_after.map(|d| format!("; retry after {}s", d.as_secs())).unwrap_or_default())]
+    #[error("DPS throttled {operation}")]
     Throttled { operation: String, retry_after: Option<Duration> },
 
     #[error("DPS failed {operation} with status {status}: {details}")]
@@ -103,6 +103,22 @@ impl Error {
             Self::Throttled { .. } => "DpsThrottled",
             Self::Server { .. } | Self::UnexpectedStatus { .. } | Self::InvalidResponse { .. } => "DpsError",
             Self::Network { .. } | Self::Timeout { .. } => "DpsUnreachable",
+        }
+    }
+
+    /// The tracking id DPS gave the failed call, for a support request (logged, never put in a
+    /// condition: it differs on every call).
+    pub fn tracking_id(&self) -> Option<&str> {
+        match self {
+            Self::InvalidRequest { details, .. }
+            | Self::Unauthorized { details, .. }
+            | Self::Forbidden { details, .. }
+            | Self::NotFound { details, .. }
+            | Self::Conflict { details, .. }
+            | Self::PreconditionFailed { details, .. }
+            | Self::Server { details, .. }
+            | Self::UnexpectedStatus { details, .. } => details.tracking_id.as_deref(),
+            _ => None,
         }
     }
 
@@ -188,14 +204,19 @@ mod tests {
         let error = Error::from_status("PUT enrollmentGroups/g".into(), 400, None, details);
         assert_eq!(
             error.to_string(),
-            "DPS refused PUT enrollmentGroups/g as invalid: Invalid enrollment group id (error 400004, tracking id abc)"
+            "DPS refused PUT enrollmentGroups/g as invalid: Invalid enrollment group id (error 400004)"
         );
+        assert_eq!(error.tracking_id(), Some("abc"), "kept for the log, out of the message");
         let throttled = Error::from_status(
             "GET enrollments/x".into(),
             429,
             Some(Duration::from_secs(3)),
             Default::default(),
         );
-        assert_eq!(throttled.to_string(), "DPS throttled GET enrollments/x; retry after 3s");
+        assert_eq!(
+            throttled.to_string(),
+            "DPS throttled GET enrollments/x",
+            "no wait that differs each time"
+        );
     }
 }

@@ -407,13 +407,11 @@ pub struct ProvisioningServiceErrorDetails {
 
 impl fmt::Display for ProvisioningServiceErrorDetails {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No tracking id or timestamp: this text goes into conditions, which must not change
+        // from one failure to the next of the same kind. The tracking id is logged instead.
         f.write_str(self.message.as_deref().unwrap_or("no message"))?;
         if let Some(code) = self.error_code {
-            write!(f, " (error {code}")?;
-            if let Some(tracking_id) = &self.tracking_id {
-                write!(f, ", tracking id {tracking_id}")?;
-            }
-            f.write_str(")")?;
+            write!(f, " (error {code})")?;
         }
         Ok(())
     }

@@ -11,7 +11,12 @@ use tokio::time::Instant;
 
 /// A generic cell rate limiter: `per_minute` operations a minute on average, with bursts of up to
 /// a tenth of that after a quiet period. When DPS throttles anyway (its quota is shared with other
-/// clients), the rate halves, and recovers by doubling after each minute without throttling.
+/// clients), every caller waits out its `Retry-After` and the rate halves; it then climbs back by a
+/// quarter of the configured rate every [`RECOVERY_STEP`] without throttling, so a few 429s cost
+/// seconds, not minutes.
+/// How long without a 429 before the rate climbs back one step.
+pub const RECOVERY_STEP: Duration = Duration::from_secs(5);
+
 #[derive(Debug)]
 pub struct RateLimiter {
     state: Mutex<State>,
@@ -39,9 +44,9 @@ impl State {
     }
 
     fn recover(&mut self, now: Instant) {
-        if self.current < self.configured && now.duration_since(self.adjusted) >= Duration::from_secs(60) {
-            self.current = (self.current * 2).min(self.configured);
-            self.adjusted = now;
+        while self.current < self.configured && now.duration_since(self.adjusted) >= RECOVERY_STEP {
+            self.current = (self.current + self.configured.div_ceil(4)).min(self.configured);
+            self.adjusted += RECOVERY_STEP;
         }
     }
 }
@@ -71,7 +76,7 @@ impl RateLimiter {
         if state.configured != per_minute {
             state.configured = per_minute;
             state.current = state.current.min(per_minute).max(1);
-            if state.current < per_minute && state.adjusted.elapsed() >= Duration::from_secs(60) {
+            if state.current < per_minute && state.adjusted.elapsed() >= RECOVERY_STEP {
                 state.current = per_minute;
             }
         }
@@ -198,7 +203,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn throttling_holds_every_caller_back_and_halves_the_rate_until_a_quiet_minute() {
+    async fn throttling_holds_every_caller_back_halves_the_rate_and_climbs_back_within_seconds() {
         let limiter = RateLimiter::new(600);
         limiter.throttled(Duration::from_secs(3));
         assert_eq!(limiter.current_rate(), 300);
@@ -211,13 +216,13 @@ mod tests {
         );
         limiter.throttled(Duration::from_secs(1));
         assert_eq!(limiter.current_rate(), 150);
-        tokio::time::advance(Duration::from_secs(61)).await;
+        tokio::time::advance(RECOVERY_STEP).await;
         limiter.acquire().await;
-        assert_eq!(limiter.current_rate(), 300, "recovers after a quiet minute");
-        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(limiter.current_rate(), 300, "a quarter of the configured rate back per quiet step");
+        tokio::time::advance(RECOVERY_STEP * 3).await;
         limiter.acquire().await;
         assert_eq!(limiter.current_rate(), 600, "up to the configured rate, no further");
-        tokio::time::advance(Duration::from_secs(61)).await;
+        tokio::time::advance(RECOVERY_STEP * 10).await;
         limiter.acquire().await;
         assert_eq!(limiter.current_rate(), 600);
     }
