@@ -69,9 +69,14 @@ async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
     )
 }
 
-/// Serves the endpoints on `address` until the health's shutdown.
-pub async fn serve(address: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(address).await?;
+/// Binds the endpoints' address, so that a port in use fails the start, loudly, rather than
+/// leaving the operator without probes.
+pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address).await
+}
+
+/// Serves the endpoints on `listener` until the health's shutdown.
+pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>) -> std::io::Result<()> {
     let stopped = health.stopped();
     axum::serve(listener, router(health)).with_graceful_shutdown(stopped).await
 }

@@ -136,7 +136,16 @@ async fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|| format!("dps-operator-{}", std::process::id())),
             });
             let health = std::sync::Arc::new(dps_operator::http::Health::default());
-            let server = tokio::spawn(dps_operator::http::serve(args.metrics_address, health.clone()));
+            let health_for_server = health.clone();
+            let listener = dps_operator::http::bind(args.metrics_address).await.map_err(|e| {
+                anyhow::anyhow!("cannot serve metrics and health probes on {}: {e}", args.metrics_address)
+            })?;
+            tracing::info!(address = %args.metrics_address, "serving /livez, /readyz and /metrics");
+            let server = tokio::spawn(async move {
+                if let Err(error) = dps_operator::http::serve(listener, health_for_server).await {
+                    tracing::error!(%error, "the metrics and health server stopped");
+                }
+            });
             let stopper = health.clone();
             tokio::spawn(async move {
                 let _ = dps_operator::signals::shutdown().await;

@@ -319,6 +319,8 @@ async fn a_complete_status_survives_the_status_subresource() {
         }],
         attestation: Some(AttestationKind::X509),
         claimed: Some(true),
+        claimed_host: Some("contoso.azure-devices-provisioning.net".into()),
+        create_pending: Some(true),
         secrets_digest: Some("0f".repeat(32)),
         etag: Some("\"IjA2MDA4ZTYyIg==\"".into()),
         created_time: Some(time("2026-11-26T07:00:00Z")),

@@ -465,11 +465,11 @@ async fn observe_only_and_paused_never_write() {
     );
     operator.apply(&GROUP.replace("allocationPolicy: hashed", "allocationPolicy: geoLatency")).await;
     operator
-        .eventually("enrollmentgroup/thermostats", "paused is reported", |r| {
+        .eventually("enrollmentgroup/thermostats", "the paused pass over the change is reported", |r| {
             condition(r, "Ready").is_some_and(|(_, reason, _)| reason == "Paused")
+                && r["status"]["observedGeneration"] == r["metadata"]["generation"]
         })
         .await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(
         operator.emulator.calls().get("EnrollmentGroup_CreateOrUpdate"),
         Some(&1),

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::time::Duration;
-
 use dps_operator::dps::models;
 use support::operator::Operator;
 
@@ -21,7 +19,6 @@ async fn removing_the_operator_or_the_crds_leaves_dps_alone() {
     // Without the operator, a deleted resource waits on its finalizer; DPS keeps the group.
     operator.stop();
     assert!(operator.kubectl(&["delete", "enrollmentgroup/thermostats", "--wait=false"], None).await.success);
-    tokio::time::sleep(Duration::from_secs(3)).await;
     let waiting = operator.get("enrollmentgroup/thermostats").await;
     assert!(waiting["metadata"]["deletionTimestamp"].is_string());
     operator.dps.get::<models::EnrollmentGroup>("thermostats").await.expect("still in DPS");

@@ -108,8 +108,10 @@ pub struct EnrollmentSettings {
 #[serde(rename_all = "camelCase")]
 pub struct SymmetricKeyAttestation {
     /// Secret with the base64 keys under `primaryKey` and `secondaryKey` (16 to 64 bytes each).
-    /// When the Secret does not exist, the operator creates it with random 64-byte keys, owned by
-    /// this resource.
+    /// When the Secret does not exist, the operator creates it, owned by this resource: with
+    /// random 64-byte keys for a new enrollment, or with the keys DPS holds for one it already has
+    /// (never new keys for devices already in the field). When the enrollment stays in DPS after
+    /// this resource is deleted, the Secret stays too.
     pub secret_ref: SecretReference,
 }
 
@@ -242,10 +244,20 @@ pub struct EnrollmentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<AttestationKind>,
 
-    /// True once this resource created or adopted the enrollment in DPS. An enrollment it did not
-    /// claim is never changed or deleted by it.
+    /// True once DPS confirmed that this resource created the enrollment, or once it adopted
+    /// it. An enrollment it did not claim is never changed or deleted by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claimed: Option<bool>,
+
+    /// The DPS host the claim belongs to. When the connection points at another DPS, the claim
+    /// does not follow it: there the enrollment is created afresh under the adoption rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_host: Option<String>,
+
+    /// True while a create was sent to DPS and not yet confirmed. An enrollment found at the id
+    /// then is taken as this resource's only when it holds exactly what was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_pending: Option<bool>,
 
     /// A SHA-256 digest of the secret inputs last written to DPS (symmetric keys), which DPS never
     /// returns; a changed Secret is noticed by comparing it. Not reversible to the secrets.

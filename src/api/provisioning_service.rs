@@ -230,4 +230,10 @@ pub struct ProvisioningServiceStatus {
     /// The kind of credentials in use: `SharedAccessPolicy` or `WorkloadIdentity`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<String>,
+
+    /// While the connection is being deleted: how many enrollments still use it. It stays (the
+    /// finalizer `dps.iot.dev/in-use`) until they are gone, so that they can still be removed
+    /// from DPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use_by: Option<i64>,
 }

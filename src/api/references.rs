@@ -95,9 +95,22 @@ pub enum ServiceKind {
     ClusterProvisioningService,
 }
 
+fn refuse_service_namespace(schema: &mut schemars::Schema) {
+    refuse_property(
+        schema,
+        "namespace",
+        serde_json::json!({"type": "string"}),
+        "Not allowed: a ProvisioningService is always looked up in the enrollment's own namespace; \
+         to share a connection across namespaces, use a ClusterProvisioningService.",
+        "cross-namespace references are not allowed: remove serviceRef.namespace; a ProvisioningService \
+         is looked up in the enrollment's namespace (share one with kind: ClusterProvisioningService)",
+    );
+}
+
 /// Which DPS connection (`ProvisioningService` or `ClusterProvisioningService`) to use.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = refuse_service_namespace)]
 pub struct ServiceRef {
     /// Kind of the connection. Defaults to `ProvisioningService`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -17,7 +17,11 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::connection::{Connection, Connections};
+use super::{
+    connection::{Connection, Connections},
+    kinds::EnrollmentKind,
+    ownership::{ClaimKey, Owner, Owners},
+};
 use crate::dps;
 
 /// The field manager of everything the operator writes.
@@ -65,6 +69,10 @@ pub struct Context {
     pub config: Config,
     pub health: Arc<crate::http::Health>,
     pub connections: Connections,
+    /// Which resource owns each enrollment.
+    pub owners: Owners,
+    /// The namespaces the operator manages; empty: all.
+    pub namespaces: Vec<String>,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
     /// When each object was last compared with DPS.
@@ -89,6 +97,8 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             connections: Connections::new(&config, health.clone()),
+            owners: Owners::default(),
+            namespaces: Vec::new(),
             health,
             client,
             config,
@@ -183,6 +193,43 @@ impl Context {
             self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, version);
         }
         Ok(())
+    }
+
+    /// Rebuilds the register of owners from the claims the statuses of `K` in `api` record, so
+    /// that a restart keeps every enrollment with the resource that owned it.
+    pub async fn seed_owners<K: EnrollmentKind>(&self, api: &Api<K>) -> Result<(), kube::Error> {
+        let mut params = kube::api::ListParams::default().limit(500);
+        loop {
+            let page = api.list(&params).await?;
+            for object in &page.items {
+                let Some(status) = object.current_status().map(K::enrollment_status) else { continue };
+                let confirmed = status.claimed == Some(true);
+                let (Some(host), true) =
+                    (&status.claimed_host, confirmed || status.create_pending == Some(true))
+                else {
+                    continue;
+                };
+                let key = ClaimKey::new(host, <K::Record as dps::Enrollment>::COLLECTION, &object.dps_id());
+                self.owners.seed(
+                    key,
+                    Owner {
+                        uid: object.meta().uid.clone().unwrap_or_default(),
+                        name: format!(
+                            "{} {}/{}",
+                            K::kind(&()),
+                            object.namespace().unwrap_or_default(),
+                            object.name_any()
+                        ),
+                        confirmed,
+                        created: object.meta().creation_timestamp.as_ref().map(|t| t.0),
+                    },
+                );
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => return Ok(()),
+            }
+        }
     }
 
     /// Drops what is remembered about an object that is gone.

@@ -15,8 +15,11 @@ use super::{
     conditions::{self, CERTIFICATE_EXPIRING_SOON, Observation, READY, RECONCILING, STALLED},
     connection::Connection,
     context::{Context, object_key},
-    desired::{DpsRecord, Facts, Plan, ResolvedCertificate, decide, desired_comparable},
+    desired::{
+        AttestationInput, DpsRecord, Facts, Plan, ResolvedCertificate, decide, desired_comparable, drift,
+    },
     kinds::{EnrollmentKind, Registrations, registration_record, summarize},
+    ownership::{ClaimKey, Owner, Ownership, claim_elsewhere, ownership},
     secrets::Reader,
 };
 use crate::{
@@ -77,18 +80,34 @@ pub fn error_policy<K: EnrollmentKind>(
         finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error.retry(),
         _ => Retry::Backoff,
     };
-    tracing::warn!(object = %object_key(&*object), %error, failures, "reconcile failed");
+    let tracking_id = match error {
+        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error.tracking_id(),
+        _ => None,
+    };
+    tracing::warn!(object = %object_key(&*object), %error, failures, tracking_id, "reconcile failed");
     Action::requeue(retry_delay(retry, failures))
 }
 
+/// The first delay after a transient failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+
+/// The longest wait between attempts.
+const CAP: Duration = Duration::from_secs(300);
+
+/// The delay after `failures` transient failures in a row, before jitter.
+fn backoff(failures: u32) -> Duration {
+    (BACKOFF_BASE * (1u32 << failures.clamp(1, 8).saturating_sub(1))).min(CAP)
+}
+
 pub fn retry_delay(retry: Retry, failures: u32) -> Duration {
-    const CAP: Duration = Duration::from_secs(300);
     match retry {
         Retry::Now => Duration::from_secs(1),
         // Spread the callers DPS held back, so they do not all return at once.
         Retry::After(wait) => wait + jitter(wait, 1.0),
         Retry::WhenInputsChange => CAP,
-        Retry::Backoff => jitter(Duration::from_secs(1u64 << failures.clamp(1, 9)).min(CAP), 0.2),
+        // 5 s, 10 s, 20 s … 5 min: a DPS that fails every call costs one resource at most five
+        // attempts in its first two minutes.
+        Retry::Backoff => jitter(backoff(failures), 0.2),
     }
 }
 
@@ -98,8 +117,51 @@ pub fn jitter(duration: Duration, fraction: f64) -> Duration {
     duration.mul_f64(1.0 - fraction + 2.0 * fraction * unit)
 }
 
-fn is_paused<K: ResourceExt>(object: &K) -> bool {
-    object.annotations().get(PAUSED_ANNOTATION).is_some_and(|value| value == "true")
+/// Whether the operator writes to DPS for an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    Manage,
+    ObserveOnly,
+    /// The `dps.iot.dev/paused: "true"` annotation.
+    Paused,
+}
+
+impl WriteMode {
+    /// The mode of `object`; any value of the paused annotation but `"true"` and `"false"` is an
+    /// error, since the user meant something and writing on would be a guess.
+    pub fn of<K: EnrollmentKind>(object: &K) -> Result<Self, Error> {
+        match object.annotations().get(PAUSED_ANNOTATION).map(String::as_str) {
+            Some("true") => return Ok(Self::Paused),
+            None | Some("false") => {}
+            Some(value) => return Err(Error::InvalidPausedAnnotation { value: value.to_owned() }),
+        }
+        Ok(match object.settings().management_policy {
+            Some(ManagementPolicy::ObserveOnly) => Self::ObserveOnly,
+            _ => Self::Manage,
+        })
+    }
+
+    fn may_write(self) -> bool {
+        self == Self::Manage
+    }
+
+    /// The reason of `Ready` when DPS holds what the spec says.
+    fn in_sync_reason(self) -> &'static str {
+        match self {
+            Self::Manage => "Synced",
+            Self::ObserveOnly => "ObserveOnly",
+            Self::Paused => "Paused",
+        }
+    }
+
+    /// Why nothing is written, for messages.
+    fn why_not_written(self) -> &'static str {
+        match self {
+            Self::Manage => "",
+            Self::ObserveOnly => "managementPolicy is ObserveOnly",
+            Self::Paused => "the dps.iot.dev/paused annotation is \"true\"",
+        }
+    }
 }
 
 /// The drift check interval: the enrollment's, else its connection's, else the operator's.
@@ -125,6 +187,8 @@ struct Synced<R> {
     certificates: Option<(ResolvedCertificate, Option<ResolvedCertificate>)>,
     registrations: Registrations,
     host: String,
+    /// Whether the enrollment is now this resource's on `host`, confirmed by DPS.
+    owned: bool,
     /// When to look at DPS again.
     next_check: Duration,
 }
@@ -155,7 +219,13 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     let old = object.current_status().cloned();
     let old_enrollment = old.as_ref().map(K::enrollment_status).cloned().unwrap_or_default();
     let mut recorded = old_enrollment.clone();
-    let result = sync(&*object, ctx, &id, &old_enrollment, &mut recorded).await;
+    let mode = WriteMode::of(&*object);
+    // An annotation that cannot be read stops all writes, as pausing does.
+    let shown_mode = *mode.as_ref().unwrap_or(&WriteMode::Paused);
+    let result = match mode {
+        Ok(mode) => sync(&*object, ctx, &id, mode, &old_enrollment, &mut recorded).await,
+        Err(error) => Err(error),
+    };
 
     let kind = object.attestation_input().map(|input| input.kind()).ok();
     let now = Time(jiff::Timestamp::now());
@@ -167,7 +237,7 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
         &result,
         &now,
         ctx.config.certificate_expiry_warning,
-        is_paused(&*object),
+        shown_mode,
     );
     let registrations = match &result {
         Ok(synced) if synced.registrations != Registrations::Unknown => synced.registrations.clone(),
@@ -183,10 +253,23 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     Ok(Action::requeue(result?.next_check))
 }
 
+/// How messages name a resource: `IndividualEnrollment iot/boiler`.
+fn resource_name<K: EnrollmentKind>(object: &K) -> String {
+    format!("{} {}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
+}
+
+/// Forgets a claim `recorded` holds, in the status this pass writes.
+fn drop_claim(recorded: &mut EnrollmentStatus) {
+    recorded.claimed = None;
+    recorded.create_pending = None;
+    recorded.claimed_host = None;
+}
+
 async fn sync<K: EnrollmentKind>(
     object: &K,
     ctx: &Context,
     id: &str,
+    mode: WriteMode,
     old: &EnrollmentStatus,
     // The status as this pass has written it so far: `old`, then the claim.
     recorded: &mut EnrollmentStatus,
@@ -195,22 +278,55 @@ async fn sync<K: EnrollmentKind>(
     let settings = object.settings();
     let input = object.attestation_input()?;
     let connection = ctx.connections.for_enrollment(&ctx.client, &settings.service_ref, &namespace).await?;
+    let host = connection.host.clone();
     let dps_error = |source| Error::Dps { connection: connection.name.clone(), source };
-    let owner = object
+    let owner_reference = object
         .controller_owner_ref(&())
         .ok_or_else(|| Error::InvalidSpec("the resource has no uid yet".into()))?;
     let webhook = settings.custom_allocation.as_ref().map(|c| &c.webhook_url_secret_ref);
-    let resolved =
-        Reader { client: &ctx.client, namespace: &namespace }.resolve(input, webhook, &owner).await?;
+    let reader = Reader { client: &ctx.client, namespace: &namespace };
+    let mut resolved = reader.resolve(input, webhook).await?;
     let mut desired = object.build(id, &resolved)?;
-    let digest = resolved.secrets_digest();
+    let mut digest = resolved.secrets_digest();
     let interval = drift_interval(object, Some(&connection), ctx);
 
+    // A claim belongs to the DPS it was made on: when the connection now points at another DPS,
+    // the enrollment there is created afresh under the adoption rules, and the one left behind is
+    // never touched again.
+    if let Some(elsewhere) = claim_elsewhere(recorded, &host) {
+        let note = format!(
+            "The connection now points at DPS at {host}: {} {id} at {elsewhere} is left there untouched, and \
+             is not deleted with this resource.",
+            K::WHAT
+        );
+        ctx.event(object, true, "ConnectionMoved", note).await;
+        drop_claim(recorded);
+    }
+    let mut ownership = ownership(recorded, &host);
+
+    // One owner per enrollment: a resource that may write, or that holds a claim, must hold the
+    // enrollment's entry in the register.
+    let me = Owner {
+        uid: owner_reference.uid.clone(),
+        name: resource_name(object),
+        confirmed: ownership == Ownership::Owned,
+        created: object.meta().creation_timestamp.as_ref().map(|t| t.0),
+    };
+    let claim_key = ClaimKey::new(&host, <K::Record as dps::Enrollment>::COLLECTION, id);
+    if (mode.may_write() || ownership != Ownership::None)
+        && let Err(holder) = ctx.owners.acquire(claim_key, me)
+    {
+        drop_claim(recorded);
+        return Err(Error::OwnedByAnother { what: K::WHAT, id: id.to_owned(), host, owner: holder.name });
+    }
+
     // A settled resource (its generation handled, in sync, its Secrets unchanged) needs DPS only
-    // when its drift check is due; events about it (its own status writes, unrelated Secret
-    // changes) cost no DPS call.
-    let synced =
-        old.conditions.iter().any(|c| c.type_ == READY && c.status == "True" && c.reason == "Synced");
+    // when its drift check is due; events about it (unrelated Secret changes, a connection's
+    // status) cost no DPS call.
+    let synced = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True" && c.reason == mode.in_sync_reason());
     let old_thumbprints = old.certificates.as_ref().and_then(|c| {
         Some((
             c.primary.as_ref()?.sha256_thumbprint.clone(),
@@ -221,7 +337,7 @@ async fn sync<K: EnrollmentKind>(
     let inputs_changed = old.observed_generation != object.meta().generation
         || old.secrets_digest != digest
         || old_thumbprints != resolved.certificate_thumbprints();
-    let settled = old.claimed == Some(true) && synced && !inputs_changed;
+    let settled = ownership == Ownership::Owned && synced && !inputs_changed;
     let key = object_key(object);
     if settled && let Some(since) = ctx.since_check(&key).filter(|since| *since < interval) {
         return Ok(Synced {
@@ -230,7 +346,8 @@ async fn sync<K: EnrollmentKind>(
             digest,
             certificates: resolved.certificates,
             registrations: Registrations::Unknown,
-            host: connection.host.clone(),
+            host,
+            owned: true,
             next_check: interval - since,
         });
     }
@@ -251,8 +368,11 @@ async fn sync<K: EnrollmentKind>(
     } else {
         None
     };
-    let desired_comparable = desired_comparable(&desired, &resolved);
-    let may_write = !is_paused(object) && settings.management_policy != Some(ManagementPolicy::ObserveOnly);
+    let adopt = settings.adoption == Some(Adoption::Adopt);
+    let key_secret = match input {
+        AttestationInput::SymmetricKey(secret) => Some(secret.name.as_str()),
+        _ => None,
+    };
     let mut snapshot_record = snapshot_record;
     // 409 and 412 mean DPS changed between our read and our write: read again and retry.
     let mut attempts = 0;
@@ -266,54 +386,140 @@ async fn sync<K: EnrollmentKind>(
                 Err(source) => return Err(dps_error(source)),
             },
         };
+
+        // A create of ours that DPS never confirmed (its answer lost, or the operator stopped):
+        // the enrollment now at the id is ours only if it holds exactly what was sent.
+        if ownership == Ownership::CreatePending
+            && let Some(found) = &observed
+        {
+            let sent = desired_comparable(&desired, &resolved);
+            let same_keys = match &resolved.keys {
+                None if key_secret.is_some() => false,
+                None => true,
+                Some(keys) => {
+                    let held = connection
+                        .client
+                        .attestation_mechanism::<K::Record>(id)
+                        .await
+                        .map_err(dps_error)?
+                        .symmetric_key
+                        .and_then(|k| Some((k.primary_key?, k.secondary_key?)));
+                    held.is_some_and(|held| {
+                        held.0.expose() == keys.0.expose() && held.1.expose() == keys.1.expose()
+                    })
+                }
+            };
+            if same_keys && drift(&sent, &found.comparable()).is_empty() {
+                ownership = Ownership::Owned;
+            } else {
+                ownership = Ownership::None;
+                drop_claim(recorded);
+            }
+        }
+
+        // Keys for a key Secret that does not exist: new ones for an enrollment about to be
+        // created; for one DPS already has, the keys it holds, so devices keep working.
+        if let (None, Some(secret), true) = (&resolved.keys, key_secret, mode.may_write()) {
+            let keys = match &observed {
+                None => Some((random_key(), random_key())),
+                Some(_) if ownership == Ownership::Owned || adopt => {
+                    let unreadable = |source: dps::Error| Error::KeysUnreadable {
+                        what: K::WHAT,
+                        id: id.to_owned(),
+                        namespace: namespace.clone(),
+                        secret: secret.to_owned(),
+                        connection: connection.name.clone(),
+                        source: Box::new(source),
+                    };
+                    let mechanism =
+                        connection.client.attestation_mechanism::<K::Record>(id).await.map_err(unreadable)?;
+                    mechanism.symmetric_key.and_then(|k| Some((k.primary_key?, k.secondary_key?)))
+                }
+                // Not ours and not to be adopted: refused below, nothing written.
+                Some(_) => None,
+            };
+            if let Some(keys) = keys {
+                let from_dps = observed.is_some();
+                resolved.keys = Some(reader.create_key_secret(secret, &owner_reference, keys).await?);
+                if from_dps {
+                    let note = format!(
+                        "Created Secret {namespace}/{secret} with the keys DPS holds for {} {id}.",
+                        K::WHAT
+                    );
+                    ctx.event(object, false, "KeysRestored", note).await;
+                }
+                desired = object.build(id, &resolved)?;
+                digest = resolved.secrets_digest();
+            }
+        }
+
+        let owned = ownership == Ownership::Owned;
+        let desired_comparable = desired_comparable(&desired, &resolved);
         let observed_comparable = observed.as_ref().map(DpsRecord::comparable);
         let plan = decide(Facts {
-            may_write,
-            adopt: settings.adoption == Some(Adoption::Adopt),
-            claimed: recorded.claimed == Some(true),
+            may_write: mode.may_write(),
+            adopt,
+            claimed: owned,
             desired: &desired_comparable,
             observed: observed_comparable.as_ref().zip(observed.as_ref().and_then(|r| r.etag())),
-            secrets_changed: recorded.claimed == Some(true) && digest != recorded.secrets_digest,
+            secrets_changed: owned && digest != recorded.secrets_digest,
             what: K::WHAT,
             id,
-        })?;
+        });
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(error) => {
+                if !owned && ownership != Ownership::CreatePending {
+                    ctx.owners.release(&owner_reference.uid);
+                }
+                return Err(error);
+            }
+        };
         let written = match plan {
             Plan::InSync => Ok((Done::InSync, observed)),
             Plan::Report { drift, missing } => Ok((Done::Reported { drift, missing }, observed)),
             Plan::Create { recreate } => {
-                if recorded.claimed != Some(true) {
-                    // Claim before creating, so a restart between the create and the status
-                    // write does not mistake our own enrollment for someone else's; and record
-                    // the keys being written, so an answer lost on the way does not write them
-                    // again.
-                    claim::<K>(ctx, object, id, recorded, digest.clone()).await?;
+                if !owned {
+                    // Record the create before sending it, with the keys it writes: should its
+                    // answer be lost, the enrollment then found is recognised as ours, and is
+                    // not written again.
+                    let pending = EnrollmentStatus {
+                        claimed: None,
+                        create_pending: Some(true),
+                        claimed_host: Some(host.clone()),
+                        secrets_digest: digest.clone(),
+                        ..recorded.clone()
+                    };
+                    record_claim::<K>(ctx, object, id, recorded, pending).await?;
+                    ownership = Ownership::CreatePending;
                 }
-                match connection.client.put(&desired, IfMatch::None).await {
-                    Ok(created) => {
-                        Ok((if recreate { Done::Recreated } else { Done::Created }, Some(created)))
-                    }
-                    Err(dps::Error::Conflict { .. }) if !recreate => {
-                        // Someone else created it between our read and our create.
-                        *recorded = old.clone();
-                        return Err(Error::AlreadyExists { what: K::WHAT, id: id.to_owned() });
-                    }
-                    Err(source) => Err(source),
-                }
+                // Without If-Match, DPS never overwrites: an enrollment that appeared meanwhile
+                // is answered 409, and read again below.
+                connection.client.put(&desired, IfMatch::None).await.map(|created| {
+                    ownership = Ownership::Owned;
+                    (if recreate { Done::Recreated } else { Done::Created }, Some(created))
+                })
             }
             Plan::Update { etag, drift, adopt } => {
                 if adopt {
-                    // The keys DPS holds stay unknown until this update is answered.
-                    let unknown = recorded.secrets_digest.clone();
-                    claim::<K>(ctx, object, id, recorded, unknown).await?;
+                    // An explicit adoption: the enrollment is ours from here on. The keys DPS
+                    // holds stay unknown until this update is answered.
+                    let adopted = EnrollmentStatus {
+                        claimed: Some(true),
+                        create_pending: None,
+                        claimed_host: Some(host.clone()),
+                        ..recorded.clone()
+                    };
+                    record_claim::<K>(ctx, object, id, recorded, adopted).await?;
+                    ownership = Ownership::Owned;
                 }
                 desired.set_etag(Some(etag.clone()));
-                match connection.client.put(&desired, IfMatch::Etag(&etag)).await {
-                    Ok(updated) => Ok((
+                connection.client.put(&desired, IfMatch::Etag(&etag)).await.map(|updated| {
+                    (
                         if adopt { Done::Adopted } else { Done::Updated { drift, inputs_changed } },
                         Some(updated),
-                    )),
-                    Err(source) => Err(source),
-                }
+                    )
+                })
             }
         };
         match written {
@@ -342,24 +548,32 @@ async fn sync<K: EnrollmentKind>(
         digest,
         certificates: resolved.certificates,
         registrations,
-        host: connection.host.clone(),
+        host,
+        owned: ownership == Ownership::Owned,
         next_check: jitter(interval, 0.2),
     })
 }
 
-/// Marks the enrollment as ours in the status before the write that creates or adopts it, with
-/// the digest of the keys DPS will hold once that write is done.
-async fn claim<K: EnrollmentKind>(
+/// A random 64-byte symmetric key, base64, as DPS generates them.
+fn random_key() -> crate::dps::models::Secret {
+    use base64::Engine;
+    crate::dps::models::Secret::new(
+        base64::engine::general_purpose::STANDARD.encode(crate::random_bytes::<64>()),
+    )
+}
+
+/// Writes `claim` to the status before the DPS write it prepares, so a restart between the two
+/// knows what was sent.
+async fn record_claim<K: EnrollmentKind>(
     ctx: &Context,
     object: &K,
     id: &str,
     recorded: &mut EnrollmentStatus,
-    secrets_digest: Option<String>,
+    claim: EnrollmentStatus,
 ) -> Result<(), Error> {
-    let claimed = EnrollmentStatus { claimed: Some(true), secrets_digest, ..recorded.clone() };
     let registrations = object.current_status().map_or(Registrations::Unknown, K::registrations);
-    write_status(ctx, object, &K::make_status(claimed.clone(), id.to_owned(), registrations)).await?;
-    *recorded = claimed;
+    write_status(ctx, object, &K::make_status(claim.clone(), id.to_owned(), registrations)).await?;
+    *recorded = claim;
     Ok(())
 }
 
@@ -406,7 +620,7 @@ fn enrollment_status<K: EnrollmentKind>(
     result: &Result<Synced<K::Record>, Error>,
     now: &Time,
     expiry_warning: Duration,
-    paused: bool,
+    mode: WriteMode,
 ) -> EnrollmentStatus {
     let mut status = EnrollmentStatus { observed_generation: generation, attestation, ..old.clone() };
     let observations = match result {
@@ -432,15 +646,16 @@ fn enrollment_status<K: EnrollmentKind>(
                 Done::Reported { drift, .. } => drift.iter().map(|d| d.to_string()).collect(),
                 _ => Vec::new(),
             };
+            if synced.owned {
+                status.claimed = Some(true);
+                status.create_pending = None;
+                status.claimed_host = Some(synced.host.clone());
+            }
             let held = format!("DPS at {} holds {} {id} as specified.", synced.host, K::WHAT);
+            let reason = mode.in_sync_reason();
+            let why = mode.why_not_written();
             match &synced.done {
                 Done::Reported { drift, missing } => {
-                    let reason = if paused { "Paused" } else { "ObserveOnly" };
-                    let why = if paused {
-                        "the dps.iot.dev/paused annotation is set"
-                    } else {
-                        "managementPolicy is ObserveOnly"
-                    };
                     let (ready, message) = if *missing {
                         (
                             false,
@@ -451,7 +666,7 @@ fn enrollment_status<K: EnrollmentKind>(
                             ),
                         )
                     } else if drift.is_empty() {
-                        (true, held)
+                        (true, format!("{held} Nothing is written because {why}."))
                     } else {
                         (
                             false,
@@ -467,7 +682,10 @@ fn enrollment_status<K: EnrollmentKind>(
                         Observation::new(STALLED, false, reason, message),
                     ]
                 }
-                _ => conditions::outcome(Ok("Synced"), &held),
+                _ if mode != WriteMode::Manage => {
+                    conditions::outcome(Ok(reason), &format!("{held} Nothing is written because {why}."))
+                }
+                _ => conditions::outcome(Ok(reason), &held),
             }
         }
     };
@@ -590,72 +808,40 @@ async fn crd_being_deleted<K: EnrollmentKind>(ctx: &Context) -> Result<bool, Err
 }
 
 async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Action, Error> {
-    let id = object.dps_id();
+    // The deletion policy that applies is the one on the latest object: the watch cache may still
+    // hold a copy from before the user set `Orphan` just ahead of the delete.
     let namespace = object.namespace().unwrap_or_default();
-    let settings = object.settings();
-    let claimed = object.current_status().map(K::enrollment_status).is_some_and(|s| s.claimed == Some(true));
-    let writes_off = is_paused(&*object) || settings.management_policy == Some(ManagementPolicy::ObserveOnly);
-    // Uninstalling (deleting the CRD deletes every resource of the kind) never deletes in DPS.
-    let uninstalling = crd_being_deleted::<K>(ctx).await?;
-    if !claimed || writes_off || uninstalling || settings.deletion_policy == Some(DeletionPolicy::Orphan) {
-        if claimed {
-            let why = if uninstalling {
-                "its CustomResourceDefinition is being deleted"
-            } else {
-                "deletion policy Orphan, observe-only or paused"
-            };
-            ctx.event(&*object, false, "Orphaned", format!("Left {} {id} in DPS ({why}).", K::WHAT)).await;
-        }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let name = object.name_any();
+    let Some(object) =
+        api.get_opt(&name).await.map_err(|e| Error::kube(format!("read {}", object_key(&*object)), e))?
+    else {
         return Ok(Action::await_change());
-    }
-    let result = async {
-        let connection =
-            ctx.connections.for_enrollment(&ctx.client, &settings.service_ref, &namespace).await?;
-        let policy = settings
-            .deletion_policy
-            .or_else(|| connection.defaults.as_ref().and_then(|d| d.deletion_policy))
-            .unwrap_or_default();
-        if policy == DeletionPolicy::Orphan {
-            return Ok(false);
-        }
-        let dps_error = |source| Error::Dps { connection: connection.name.clone(), source };
-        let gone = |result: Result<(), dps::Error>| match result {
-            Ok(()) | Err(dps::Error::NotFound { .. }) => Ok(()),
-            Err(source) => Err(dps_error(source)),
-        };
-        gone(connection.client.delete::<K::Record>(&id, IfMatch::None).await)?;
-        if settings.delete_registration_records == Some(true) {
-            let registrations: Vec<String> = if K::IS_GROUP {
-                let states: Vec<_> = connection
-                    .client
-                    .query_registrations(&id, Some(100))
-                    .try_collect()
-                    .await
-                    .map_err(dps_error)?;
-                states.into_iter().filter_map(|s| s.registration_id).collect()
-            } else {
-                vec![id.clone()]
-            };
-            for registration in registrations {
-                gone(connection.client.delete_registration(&registration, IfMatch::None).await)?;
-            }
-        }
-        Ok(true)
-    }
-    .await;
+    };
+    let result = delete_from_dps(&object, ctx).await;
     match result {
-        Ok(deleted) => {
-            ctx.forget(&*object);
-            ctx.health.metrics.set_ready(K::kind(&()).as_ref(), &object_key(&*object), None);
-            let note = if deleted {
-                format!("Deleted {} {id} from DPS.", K::WHAT)
-            } else {
-                format!("Left {} {id} in DPS (the connection's deletion policy is Orphan).", K::WHAT)
+        Ok(outcome) => {
+            if let Outcome::Left { claimed: true, .. } = outcome {
+                keep_key_secret(&object, ctx).await?;
+            }
+            let id = object.dps_id();
+            let (reason, note) = match &outcome {
+                Outcome::Deleted => ("Deleted", format!("Deleted {} {id} from DPS.", K::WHAT)),
+                Outcome::Left { claimed: true, why } => {
+                    ("Orphaned", format!("Left {} {id} in DPS: {why}.", K::WHAT))
+                }
+                Outcome::Left { claimed: false, .. } => ("", String::new()),
             };
-            ctx.event(&*object, false, if deleted { "Deleted" } else { "Orphaned" }, note).await;
+            if !reason.is_empty() {
+                ctx.event(&object, false, reason, note).await;
+            }
+            ctx.owners.release(object.meta().uid.as_deref().unwrap_or_default());
+            ctx.forget(&object);
+            ctx.health.metrics.set_ready(K::kind(&()).as_ref(), &object_key(&object), None);
             Ok(Action::await_change())
         }
         Err(error) => {
+            let id = object.dps_id();
             let message = format!(
                 "Could not delete {} {id} from DPS: {}. It is retried; to leave it in DPS and let the resource go, run \
                  `kubectl patch {} {} -n {namespace} --type merge -p '{{\"spec\":{{\"deletionPolicy\":\"Orphan\"}}}}'`.",
@@ -673,10 +859,135 @@ async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Act
             let registrations = old.as_ref().map_or(Registrations::Unknown, K::registrations);
             let status = K::make_status(enrollment, id, registrations);
             if old.as_ref() != Some(&status) {
-                write_status(ctx, &*object, &status).await?;
-                ctx.event(&*object, true, "DeletionBlocked", message).await;
+                write_status(ctx, &object, &status).await?;
+                ctx.event(&object, true, "DeletionBlocked", message).await;
             }
             Err(error)
         }
+    }
+}
+
+/// What deleting a resource did in DPS.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Deleted,
+    /// Left in DPS; `claimed`: the enrollment was this resource's, so its keys must outlive it.
+    Left {
+        claimed: bool,
+        why: String,
+    },
+}
+
+async fn delete_from_dps<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<Outcome, Error> {
+    let id = object.dps_id();
+    let namespace = object.namespace().unwrap_or_default();
+    let settings = object.settings();
+    let status = object.current_status().map(K::enrollment_status).cloned().unwrap_or_default();
+    let any_claim = status.claimed == Some(true) || status.create_pending == Some(true);
+    let left = |claimed: bool, why: &str| Ok(Outcome::Left { claimed, why: why.to_owned() });
+    if !any_claim {
+        return left(false, "this resource never created or adopted it");
+    }
+    // Uninstalling (deleting the CRD deletes every resource of the kind) never deletes in DPS.
+    if crd_being_deleted::<K>(ctx).await? {
+        return left(true, "its CustomResourceDefinition is being deleted");
+    }
+    match WriteMode::of(object) {
+        Ok(WriteMode::Manage) => {}
+        Ok(mode) => return left(true, &format!("nothing is deleted because {}", mode.why_not_written())),
+        Err(error) => return left(true, &format!("nothing is deleted because the {error}")),
+    }
+    if settings.deletion_policy == Some(DeletionPolicy::Orphan) {
+        return left(true, "its deletionPolicy is Orphan");
+    }
+    let connection = ctx.connections.for_enrollment(&ctx.client, &settings.service_ref, &namespace).await?;
+    let policy = settings
+        .deletion_policy
+        .or_else(|| connection.defaults.as_ref().and_then(|d| d.deletion_policy))
+        .unwrap_or_default();
+    if policy == DeletionPolicy::Orphan {
+        return left(true, &format!("the deletion policy of {} is Orphan", connection.name));
+    }
+    match ownership(&status, &connection.host) {
+        Ownership::Owned => {}
+        // A create DPS never confirmed: whatever is at the id may be someone else's.
+        Ownership::CreatePending => return left(true, "DPS never confirmed that this resource created it"),
+        Ownership::None => {
+            let elsewhere = status.claimed_host.as_deref().unwrap_or("another DPS");
+            return left(
+                true,
+                &format!(
+                    "it was created at {elsewhere}, and the connection now points at {}",
+                    connection.host
+                ),
+            );
+        }
+    }
+    let dps_error = |source| Error::Dps { connection: connection.name.clone(), source };
+    let gone = |result: Result<(), dps::Error>| match result {
+        Ok(()) | Err(dps::Error::NotFound { .. }) => Ok(()),
+        Err(source) => Err(dps_error(source)),
+    };
+    gone(connection.client.delete::<K::Record>(&id, IfMatch::None).await)?;
+    if settings.delete_registration_records == Some(true) {
+        let registrations: Vec<String> = if K::IS_GROUP {
+            let states: Vec<_> = connection
+                .client
+                .query_registrations(&id, Some(100))
+                .try_collect()
+                .await
+                .map_err(dps_error)?;
+            states.into_iter().filter_map(|s| s.registration_id).collect()
+        } else {
+            vec![id.clone()]
+        };
+        for registration in registrations {
+            gone(connection.client.delete_registration(&registration, IfMatch::None).await)?;
+        }
+    }
+    Ok(Outcome::Deleted)
+}
+
+/// The enrollment stays in DPS: its generated key Secret must outlive the resource, or the keys
+/// devices use would be lost with it.
+async fn keep_key_secret<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<(), Error> {
+    let Ok(AttestationInput::SymmetricKey(secret)) = object.attestation_input() else { return Ok(()) };
+    let namespace = object.namespace().unwrap_or_default();
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    let reader = Reader { client: &ctx.client, namespace: &namespace };
+    if reader.release_secret(&secret.name, &uid).await? {
+        let note = format!(
+            "Secret {namespace}/{} keeps the keys of {} {}, which stays in DPS; it is no longer owned by this \
+             resource and is not deleted with it.",
+            secret.name,
+            K::WHAT,
+            object.dps_id()
+        );
+        ctx.event(object, false, "SecretKept", note).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dps_failing_every_call_gets_at_most_five_attempts_in_two_minutes() {
+        // Each retry at the earliest the jitter allows (-20%).
+        let mut at = Duration::ZERO;
+        let mut attempts = 1;
+        for failures in 1.. {
+            at += backoff(failures).mul_f64(0.8);
+            if at > Duration::from_secs(120) {
+                break;
+            }
+            attempts += 1;
+        }
+        assert_eq!(attempts, 5);
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(30), CAP);
+        let jittered = retry_delay(Retry::Backoff, 2);
+        assert!((Duration::from_secs(8)..=Duration::from_secs(12)).contains(&jittered), "{jittered:?}");
     }
 }

@@ -38,6 +38,34 @@ pub enum Error {
     AlreadyExists { what: &'static str, id: String },
 
     #[error(
+        "{what} {id} on DPS at {host} is managed by {owner}; this resource makes no change to it in DPS and \
+         its deletion leaves it alone. Delete this resource, or give it another id"
+    )]
+    OwnedByAnother { what: &'static str, id: String, host: String, owner: String },
+
+    #[error(
+        "DPS already has {what} {id} and the Secret {namespace}/{secret} for its keys does not exist; the \
+         keys DPS holds could not be read into it, so nothing was written (devices in the field use those \
+         keys). Grant the credentials of {connection} the permission to read attestation mechanisms, or \
+         create the Secret with the keys DPS holds"
+    )]
+    KeysUnreadable {
+        what: &'static str,
+        id: String,
+        namespace: String,
+        secret: String,
+        connection: String,
+        #[source]
+        source: Box<dps::Error>,
+    },
+
+    #[error(
+        "annotation dps.iot.dev/paused is {value:?}; it must be \"true\" (no writes to DPS) or \"false\". \
+         Until it is, nothing is written"
+    )]
+    InvalidPausedAnnotation { value: String },
+
+    #[error(
         "DPS has {what} {id} with {actual} attestation, but the spec asks for {desired}; DPS cannot change the \
          attestation kind in place: delete the enrollment in DPS or use another id"
     )]
@@ -82,6 +110,15 @@ impl Error {
         Self::Kube { action: action.into(), source }
     }
 
+    /// The tracking id of the failed DPS call, for the log.
+    pub fn tracking_id(&self) -> Option<&str> {
+        match self {
+            Self::Dps { source, .. } => source.tracking_id(),
+            Self::KeysUnreadable { source, .. } => source.tracking_id(),
+            _ => None,
+        }
+    }
+
     /// The stable PascalCase reason of the `Ready` condition.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -94,6 +131,9 @@ impl Error {
             Self::InvalidCredentials { .. } => "InvalidCredentials",
             Self::AlreadyExists { .. } => "AlreadyExists",
             Self::AttestationKindMismatch { .. } => "AttestationKindMismatch",
+            Self::OwnedByAnother { .. } => "Conflict",
+            Self::KeysUnreadable { .. } => "KeysUnreadable",
+            Self::InvalidPausedAnnotation { .. } => "InvalidAnnotation",
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::Dps { source, .. } => source.reason(),
             Self::Kube { .. } => "KubernetesApiError",
@@ -104,7 +144,11 @@ impl Error {
     /// Whether only a change of the spec can help (kstatus `Stalled`).
     pub fn is_stalled(&self) -> bool {
         match self {
-            Self::AlreadyExists { .. } | Self::AttestationKindMismatch { .. } | Self::InvalidSpec(_) => true,
+            Self::AlreadyExists { .. }
+            | Self::AttestationKindMismatch { .. }
+            | Self::InvalidSpec(_)
+            | Self::OwnedByAnother { .. }
+            | Self::InvalidPausedAnnotation { .. } => true,
             Self::Dps { source, .. } => source.retry_class() == RetryClass::Permanent,
             _ => false,
         }
@@ -119,6 +163,10 @@ impl Error {
                 RetryClass::After(None) | RetryClass::Backoff => Retry::Backoff,
             },
             Self::Kube { .. } | Self::LeaderElection(_) => Retry::Backoff,
+            Self::KeysUnreadable { source, .. } => match source.retry_class() {
+                RetryClass::Backoff | RetryClass::After(_) => Retry::Backoff,
+                _ => Retry::WhenInputsChange,
+            },
             // Missing Secrets and connections are watched: a change triggers a reconcile.
             _ => Retry::WhenInputsChange,
         }

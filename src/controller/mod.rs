@@ -13,6 +13,7 @@ pub mod connection;
 pub mod context;
 pub mod enrollment;
 pub mod kinds;
+pub mod ownership;
 pub mod provisioning;
 mod run;
 pub mod secrets;

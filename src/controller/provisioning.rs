@@ -4,28 +4,47 @@
 use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{Api, Resource, ResourceExt, runtime::controller::Action};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
 
 use super::{
     Error, conditions,
     connection::{Connection, probe},
     context::Context,
     enrollment::{describe, jitter},
+    kinds::EnrollmentKind,
 };
-use crate::api::{ClusterProvisioningService, ProvisioningService, ProvisioningServiceStatus};
+use crate::api::{
+    ClusterProvisioningService, EnrollmentGroup, IndividualEnrollment, ProvisioningService,
+    ProvisioningServiceStatus, ServiceKind,
+};
 
 /// How often a working connection is checked again.
 const RECHECK: Duration = Duration::from_secs(300);
+
+/// The finalizer that keeps a connection while enrollments use it, so that deleting everything
+/// at once (`kubectl delete -f`, `helm uninstall`, a namespace) still removes them from DPS.
+pub const IN_USE_FINALIZER: &str = "dps.iot.dev/in-use";
+
+/// How often a connection being deleted looks again whether enrollments still use it.
+const IN_USE_RECHECK: Duration = Duration::from_secs(2);
 
 pub async fn reconcile_namespaced(
     service: Arc<ProvisioningService>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let api =
-        Api::<ProvisioningService>::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
+    let namespace = service.namespace().unwrap_or_default();
+    let api = Api::<ProvisioningService>::namespaced(ctx.client.clone(), &namespace);
     let Some(service) = latest(&ctx, &api, service).await? else {
         return Ok(Action::await_change());
     };
+    let reference = (ServiceKind::ProvisioningService, service.name_any());
+    if let Some(action) = hold_while_in_use(&ctx, &api, &*service, reference, vec![namespace]).await? {
+        return Ok(action);
+    }
     let result = match ctx.connections.for_provisioning_service(&ctx.client, &service).await {
         Ok(connection) => probe(&connection).await.map(|()| connection),
         Err(error) => Err(error),
@@ -41,11 +60,159 @@ pub async fn reconcile_cluster(
     let Some(service) = latest(&ctx, &api, service).await? else {
         return Ok(Action::await_change());
     };
+    let reference = (ServiceKind::ClusterProvisioningService, service.name_any());
+    let namespaces = ctx.namespaces.clone();
+    if let Some(action) = hold_while_in_use(&ctx, &api, &*service, reference, namespaces).await? {
+        return Ok(action);
+    }
     let result = match ctx.connections.for_cluster_provisioning_service(&ctx.client, &service).await {
         Ok(connection) => probe(&connection).await.map(|()| connection),
         Err(error) => Err(error),
     };
     report(&ctx, &api, &*service, service.status.as_ref(), result).await
+}
+
+/// Keeps the in-use finalizer on a live connection; on one being deleted, removes it once no
+/// enrollment in `namespaces` (empty: all) uses it. `Some` when the reconcile ends here.
+async fn hold_while_in_use<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    service: &K,
+    reference: (ServiceKind, String),
+    namespaces: Vec<String>,
+) -> Result<Option<Action>, Error>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + HasConnectionStatus,
+{
+    let name = format!("{} {}", K::kind(&()), service.name_any());
+    let finalizers = service.meta().finalizers.clone().unwrap_or_default();
+    let held = finalizers.iter().any(|f| f == IN_USE_FINALIZER);
+    if service.meta().deletion_timestamp.is_none() {
+        if !held {
+            let mut finalizers = finalizers;
+            finalizers.push(IN_USE_FINALIZER.to_owned());
+            set_finalizers(api, service, finalizers)
+                .await
+                .map_err(|e| Error::kube(format!("add the finalizer of {name}"), e))?;
+        }
+        return Ok(None);
+    }
+    if !held {
+        return Ok(Some(Action::await_change()));
+    }
+    let users = users(ctx, &reference, &namespaces).await?;
+    if users.is_empty() {
+        let finalizers = finalizers.into_iter().filter(|f| f != IN_USE_FINALIZER).collect();
+        set_finalizers(api, service, finalizers)
+            .await
+            .map_err(|e| Error::kube(format!("remove the finalizer of {name}"), e))?;
+        return Ok(Some(Action::await_change()));
+    }
+    let old = service.connection_status();
+    let shown: Vec<&str> = users.iter().take(3).map(String::as_str).collect();
+    let more = if users.len() > shown.len() {
+        format!(" and {} more", users.len() - shown.len())
+    } else {
+        String::new()
+    };
+    let message = format!(
+        "Being deleted, and still in use by {} enrollment(s) ({}{more}); it stays until they are gone, so that \
+         they can still be removed from DPS.",
+        users.len(),
+        shown.join(", ")
+    );
+    let now = Time(jiff::Timestamp::now());
+    let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let observations = conditions::outcome(Err(("InUse", false)), &message);
+    let status = ProvisioningServiceStatus {
+        observed_generation: service.meta().generation,
+        conditions: conditions::update(old_conditions, &observations, service.meta().generation, &now),
+        in_use_by: Some(users.len() as i64),
+        ..old.cloned().unwrap_or_default()
+    };
+    if old != Some(&status) {
+        ctx.write_status(api, service, &status)
+            .await
+            .map_err(|e| Error::kube(format!("write the status of {name}"), e))?;
+    }
+    Ok(Some(Action::requeue(IN_USE_RECHECK)))
+}
+
+/// The enrollments in `namespaces` (empty: all) whose `serviceRef` is `reference`, as
+/// `Kind namespace/name`.
+async fn users(
+    ctx: &Context,
+    reference: &(ServiceKind, String),
+    namespaces: &[String],
+) -> Result<Vec<String>, Error> {
+    async fn of_kind<K: EnrollmentKind>(
+        ctx: &Context,
+        reference: &(ServiceKind, String),
+        namespace: Option<&str>,
+        users: &mut Vec<String>,
+    ) -> Result<(), Error> {
+        let api: Api<K> = match namespace {
+            Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+            None => Api::all(ctx.client.clone()),
+        };
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(|e| Error::kube(format!("list the {}s that use a connection", K::kind(&())), e))?;
+        users.extend(
+            list.items
+                .iter()
+                .filter(|e| {
+                    let used = &e.settings().service_ref;
+                    (used.kind.unwrap_or_default(), &used.name) == (reference.0, &reference.1)
+                })
+                .map(|e| format!("{} {}/{}", K::kind(&()), e.namespace().unwrap_or_default(), e.name_any())),
+        );
+        Ok(())
+    }
+    let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    };
+    let mut found = Vec::new();
+    for scope in scopes {
+        of_kind::<EnrollmentGroup>(ctx, reference, scope, &mut found).await?;
+        of_kind::<IndividualEnrollment>(ctx, reference, scope, &mut found).await?;
+    }
+    Ok(found)
+}
+
+/// Sets the finalizers, failing rather than overwriting when the object changed meanwhile.
+async fn set_finalizers<K>(api: &Api<K>, object: &K, finalizers: Vec<String>) -> Result<(), kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = serde_json::json!({
+        "metadata": {"finalizers": finalizers, "resourceVersion": object.meta().resource_version}
+    });
+    api.patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(drop)
+}
+
+/// Both connection kinds carry the same status.
+pub trait HasConnectionStatus {
+    fn connection_status(&self) -> Option<&ProvisioningServiceStatus>;
+}
+
+impl HasConnectionStatus for ProvisioningService {
+    fn connection_status(&self) -> Option<&ProvisioningServiceStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl HasConnectionStatus for ClusterProvisioningService {
+    fn connection_status(&self) -> Option<&ProvisioningServiceStatus> {
+        self.status.as_ref()
+    }
 }
 
 async fn latest<K>(ctx: &Context, api: &Api<K>, service: Arc<K>) -> Result<Option<Arc<K>>, Error>
@@ -96,6 +263,7 @@ where
         conditions: conditions::update(old_conditions, &observations, service.meta().generation, &now),
         host,
         credentials,
+        in_use_by: None,
     };
     if old != Some(&status) {
         ctx.write_status(api, service, &status).await.map_err(|e| {

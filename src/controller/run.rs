@@ -6,9 +6,13 @@ use std::sync::Arc;
 use futures::{FutureExt, StreamExt, future::join_all};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
-    runtime::{Controller, controller, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, WatchStreamExt, controller, reflector,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
 };
 
 use kube_lease_manager::LeaseManagerBuilder;
@@ -22,8 +26,8 @@ use super::{
     secrets::referenced_secrets,
 };
 use crate::api::{
-    ClusterProvisioningService, ConnectionSpec, EnrollmentGroup, IndividualEnrollment, ProvisioningService,
-    ServiceKind,
+    ClusterProvisioningService, ConnectionSpec, EnrollmentGroup, IndividualEnrollment, PAUSED_ANNOTATION,
+    ProvisioningService, ServiceKind,
 };
 use crate::http::Health;
 
@@ -55,7 +59,9 @@ pub async fn run(
         if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
     check_crds_installed(&client, &scopes).await?;
     let operator_namespace = config.operator_namespace.clone();
-    let ctx = Arc::new(Context::new(client.clone(), config, health.clone()));
+    let mut ctx = Context::new(client.clone(), config, health.clone());
+    ctx.namespaces = scopes.iter().flatten().cloned().collect();
+    let ctx = Arc::new(ctx);
 
     // With leader election, a standby waits for the Lease (healthy, ready to take over), and the
     // leader runs the controllers until it stops or loses the Lease.
@@ -88,6 +94,15 @@ pub async fn run(
             Some((leading, task))
         }
     };
+
+    // Who owns which enrollment, as the statuses record it, before any reconcile claims anew.
+    for scope in &scopes {
+        let seeded = async {
+            ctx.seed_owners(&scoped::<EnrollmentGroup>(&client, scope.as_deref())).await?;
+            ctx.seed_owners(&scoped::<IndividualEnrollment>(&client, scope.as_deref())).await
+        };
+        seeded.await.map_err(|e| Error::kube("list the enrollments to learn who owns which", e))?;
+    }
 
     let mut controllers = Vec::new();
     let mut ready = Vec::new();
@@ -187,6 +202,47 @@ async fn check_crds_installed(client: &Client, scopes: &[Option<String>]) -> Res
     Ok(())
 }
 
+/// What of an object, when it changes, calls for a reconcile: its spec (generation), its
+/// finalizers and deletion, and the paused annotation. Status writes, our own above all, do not:
+/// were they to trigger a reconcile, a failure would be retried at once, whatever the backoff.
+fn reconcile_worthy<K: Resource>(object: &K) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let meta = object.meta();
+    let mut hasher = DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.finalizers.hash(&mut hasher);
+    meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
+    meta.annotations.as_ref().and_then(|a| a.get(PAUSED_ANNOTATION)).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// What of a connection, when it changes, concerns the enrollments that use it: its spec, and
+/// whether it works (not the wording of its status).
+fn connection_worthy(generation: Option<i64>, ready: Option<&str>) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    (generation, ready).hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// A controller for `K` in `api` that reconciles only on [`reconcile_worthy`] changes.
+fn filtered_controller<K>(api: Api<K>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let changes = reflector(writer, watcher(api, watcher::Config::default()))
+        .applied_objects()
+        .predicate_filter(reconcile_worthy::<K>, Default::default());
+    Controller::for_stream(changes, store)
+}
+
 fn log_outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) -> futures::future::Ready<()> {
     match result {
         Ok(object) => tracing::debug!(?object, "reconciled"),
@@ -200,7 +256,7 @@ fn enrollment_controller<K: EnrollmentKind>(
     namespace: Option<&str>,
     ctx: Arc<Context>,
 ) -> (Running, Running) {
-    let controller = Controller::new(scoped::<K>(client, namespace), watcher::Config::default());
+    let controller = filtered_controller(scoped::<K>(client, namespace));
     let store = controller.store();
     let synced = store.clone();
     let (by_secret, by_service, by_cluster_service, by_namespace) =
@@ -219,9 +275,15 @@ fn enrollment_controller<K: EnrollmentKind>(
                 .map(|e| ObjectRef::from_obj(&*e))
                 .collect::<Vec<_>>()
         })
-        .watches(
-            scoped::<ProvisioningService>(client, namespace),
-            watcher::Config::default(),
+        .watches_stream(
+            watcher(scoped::<ProvisioningService>(client, namespace), watcher::Config::default())
+                .touched_objects()
+                .predicate_filter(
+                    |s: &ProvisioningService| {
+                        connection_worthy(s.meta().generation, ready_status(s.status.as_ref()))
+                    },
+                    Default::default(),
+                ),
             move |service| {
                 let (namespace, name) = (service.namespace(), service.name_any());
                 by_service
@@ -237,9 +299,15 @@ fn enrollment_controller<K: EnrollmentKind>(
                     .collect::<Vec<_>>()
             },
         )
-        .watches(
-            Api::<ClusterProvisioningService>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            watcher(Api::<ClusterProvisioningService>::all(client.clone()), watcher::Config::default())
+                .touched_objects()
+                .predicate_filter(
+                    |s: &ClusterProvisioningService| {
+                        connection_worthy(s.meta().generation, ready_status(s.status.as_ref()))
+                    },
+                    Default::default(),
+                ),
             move |service| {
                 let name = service.name_any();
                 by_cluster_service
@@ -272,8 +340,13 @@ fn enrollment_controller<K: EnrollmentKind>(
     (wait_until_synced(synced), running.boxed())
 }
 
+/// The status of a connection's `Ready` condition.
+fn ready_status(status: Option<&crate::api::ProvisioningServiceStatus>) -> Option<&str> {
+    status?.conditions.iter().find(|c| c.type_ == super::conditions::READY).map(|c| c.status.as_str())
+}
+
 fn wait_until_synced<K: kube::Resource<DynamicType = ()> + Clone + Send + Sync + 'static>(
-    store: kube::runtime::reflector::Store<K>,
+    store: Store<K>,
 ) -> Running {
     async move {
         // The readiness future is not always woken when the first list completes after it was
@@ -301,8 +374,7 @@ fn provisioning_service_controller(
     namespace: Option<&str>,
     ctx: Arc<Context>,
 ) -> (Running, Running) {
-    let controller =
-        Controller::new(scoped::<ProvisioningService>(client, namespace), watcher::Config::default());
+    let controller = filtered_controller(scoped::<ProvisioningService>(client, namespace));
     let store = controller.store();
     let synced = store.clone();
     let running = controller
@@ -329,8 +401,7 @@ fn cluster_provisioning_service_controller(
     operator_namespace: &str,
     ctx: Arc<Context>,
 ) -> (Running, Running) {
-    let controller =
-        Controller::new(Api::<ClusterProvisioningService>::all(client.clone()), watcher::Config::default());
+    let controller = filtered_controller(Api::<ClusterProvisioningService>::all(client.clone()));
     let store = controller.store();
     let synced = store.clone();
     let running = controller

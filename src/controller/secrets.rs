@@ -11,7 +11,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{ObjectMeta, PostParams},
+    api::{ObjectMeta, Patch, PatchParams, PostParams},
 };
 
 use super::{
@@ -85,17 +85,9 @@ impl Reader<'_> {
         config_map.data.and_then(|mut data| data.remove(key)).ok_or_else(missing)
     }
 
-    /// The symmetric keys, from the Secret, or from a new Secret with random 64-byte keys owned by
-    /// `owner` when the Secret does not exist.
-    async fn symmetric_keys(
-        &self,
-        name: &str,
-        owner: &OwnerReference,
-    ) -> Result<(SecretValue, SecretValue), Error> {
-        let secret = match self.secret(name).await? {
-            Some(secret) => secret,
-            None => self.create_key_secret(name, owner).await?,
-        };
+    /// The symmetric keys in Secret `name`; `None` when the Secret does not exist.
+    async fn symmetric_keys(&self, name: &str) -> Result<Option<(SecretValue, SecretValue)>, Error> {
+        let Some(secret) = self.secret(name).await? else { return Ok(None) };
         let key = |key: &str| -> Result<SecretValue, Error> {
             let value = self.text(&secret, name, key)?;
             match BASE64.decode(value.expose()) {
@@ -108,11 +100,18 @@ impl Reader<'_> {
                 Err(_) => Err(self.invalid(name, key, "is not base64")),
             }
         };
-        Ok((key(PRIMARY_KEY)?, key(SECONDARY_KEY)?))
+        Ok(Some((key(PRIMARY_KEY)?, key(SECONDARY_KEY)?)))
     }
 
-    async fn create_key_secret(&self, name: &str, owner: &OwnerReference) -> Result<Secret, Error> {
-        let random_key = || ByteString(BASE64.encode(crate::random_bytes::<64>()).into_bytes());
+    /// Creates Secret `name` holding `keys` (primary, secondary), owned by `owner`, and returns
+    /// the keys it holds: these, or those of a Secret created meanwhile.
+    pub async fn create_key_secret(
+        &self,
+        name: &str,
+        owner: &OwnerReference,
+        keys: (SecretValue, SecretValue),
+    ) -> Result<(SecretValue, SecretValue), Error> {
+        let value = |key: SecretValue| ByteString(key.expose().as_bytes().to_vec());
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.into()),
@@ -125,8 +124,8 @@ impl Reader<'_> {
                 ..Default::default()
             },
             data: Some(BTreeMap::from([
-                (PRIMARY_KEY.into(), random_key()),
-                (SECONDARY_KEY.into(), random_key()),
+                (PRIMARY_KEY.into(), value(keys.0.clone())),
+                (SECONDARY_KEY.into(), value(keys.1.clone())),
             ])),
             type_: Some("Opaque".into()),
             ..Default::default()
@@ -135,11 +134,35 @@ impl Reader<'_> {
         let params =
             PostParams { field_manager: Some(super::context::FIELD_MANAGER.into()), ..Default::default() };
         match api.create(&params, &secret).await {
-            Ok(created) => Ok(created),
+            Ok(_) => Ok(keys),
             // Created meanwhile (by us in an earlier attempt, or by the user): use that one.
-            Err(kube::Error::Api(status)) if status.code == 409 => self.existing_secret(name).await,
+            Err(kube::Error::Api(status)) if status.code == 409 => self
+                .symmetric_keys(name)
+                .await?
+                .ok_or_else(|| Error::SecretNotFound { namespace: self.namespace.into(), name: name.into() }),
             Err(e) => Err(Error::kube(format!("create Secret {}/{name}", self.namespace), e)),
         }
+    }
+
+    /// Lets Secret `name` outlive `owner`: removes `owner` from its ownerReferences, so the
+    /// garbage collector keeps it when the resource goes. A Secret `owner` does not own is left
+    /// alone.
+    pub async fn release_secret(&self, name: &str, owner_uid: &str) -> Result<bool, Error> {
+        let Some(secret) = self.secret(name).await? else { return Ok(false) };
+        let references = secret.metadata.owner_references.unwrap_or_default();
+        if !references.iter().any(|r| r.uid == owner_uid) {
+            return Ok(false);
+        }
+        let kept: Vec<&OwnerReference> = references.iter().filter(|r| r.uid != owner_uid).collect();
+        // The resourceVersion makes the patch fail rather than drop a reference added meanwhile.
+        let patch = serde_json::json!({
+            "metadata": {"ownerReferences": kept, "resourceVersion": secret.metadata.resource_version}
+        });
+        Api::<Secret>::namespaced(self.client.clone(), self.namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::kube(format!("release Secret {}/{name}", self.namespace), e))?;
+        Ok(true)
     }
 
     async fn certificate(&self, reference: &api::CertificateSecretRef) -> Result<ResolvedCertificate, Error> {
@@ -162,17 +185,18 @@ impl Reader<'_> {
         Ok(ResolvedCertificate { pem, facts })
     }
 
-    /// Everything secret an enrollment needs: keys or certificates, and the webhook URL.
+    /// Everything secret an enrollment needs: keys or certificates, and the webhook URL. A
+    /// symmetric key Secret that does not exist leaves `keys` empty: whether to generate keys or
+    /// take DPS's is decided once DPS has been read.
     pub async fn resolve(
         &self,
         input: AttestationInput<'_>,
         webhook: Option<&api::SecretKeySelector>,
-        owner: &OwnerReference,
     ) -> Result<Resolved, Error> {
         let mut resolved = Resolved::default();
         match input {
             AttestationInput::SymmetricKey(secret) => {
-                resolved.keys = Some(self.symmetric_keys(&secret.name, owner).await?)
+                resolved.keys = self.symmetric_keys(&secret.name).await?
             }
             AttestationInput::ClientCertificates(pair) | AttestationInput::SigningCertificates(pair) => {
                 let secondary = match &pair.secondary {

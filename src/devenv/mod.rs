@@ -1,5 +1,5 @@
 //! A local environment for development and tests: a real Kubernetes control plane on loopback
-//! (and, later, the DPS emulator). `scripts/run-local` and the integration tests use it.
+//! and the DPS emulator. `dps-operator local` and the integration tests use it.
 
 mod control_plane;
 mod local;

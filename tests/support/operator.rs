@@ -15,6 +15,8 @@ use super::{control_plane, namespace};
 
 pub struct Operator {
     pub namespace: String,
+    /// Further namespaces this operator manages (see [`Operator::add_namespace`]).
+    pub more_namespaces: Vec<String>,
     pub emulator: RunningEmulator,
     /// A client of the emulator, to look at and change DPS "outside Kubernetes".
     pub dps: dps::Client,
@@ -47,14 +49,52 @@ impl Operator {
             ..Config::default()
         };
         configure(&mut config);
-        let operator = Self { namespace, emulator, dps, config, task: None };
+        let operator = Self { namespace, more_namespaces: Vec::new(), emulator, dps, config, task: None };
+        operator.add_connection(&operator.namespace).await;
+        let mut operator = operator;
+        operator.restart();
         operator
-            .create_secret("dps-connection", &[("connectionString", &operator.emulator.connection_string())])
-            .await;
-        operator.create_secret("dps-ca", &[("ca.crt", operator.emulator.ca_certificate().unwrap())]).await;
-        operator
-            .apply(
-                r#"
+    }
+
+    /// Another namespace, with the same connection `dps`, managed by this operator too (it is
+    /// restarted to watch it).
+    pub async fn add_namespace(&mut self) -> String {
+        let namespace = namespace(&format!("{}-more", self.namespace));
+        self.add_connection(&namespace).await;
+        self.more_namespaces.push(namespace.clone());
+        self.restart();
+        namespace
+    }
+
+    /// The connection `dps` to the emulator in `namespace`: its Secrets and ProvisioningService.
+    async fn add_connection(&self, namespace: &str) {
+        let in_namespace = |mut args: Vec<String>| {
+            args.extend(["-n".to_owned(), namespace.to_owned()]);
+            args
+        };
+        let secrets = [
+            ("dps-connection", "connectionString", self.emulator.connection_string()),
+            ("dps-ca", "ca.crt", self.emulator.ca_certificate().unwrap().to_owned()),
+        ];
+        for (name, key, value) in secrets {
+            let args = in_namespace(
+                ["create", "secret", "generic", name, &format!("--from-literal={key}={value}")]
+                    .map(str::to_owned)
+                    .to_vec(),
+            );
+            let output = tokio::task::spawn_blocking(move || {
+                super::kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None)
+            })
+            .await
+            .unwrap();
+            assert!(output.success, "{}", output.stderr);
+        }
+        let args = in_namespace(["apply", "--server-side", "-f", "-"].map(str::to_owned).to_vec());
+        let output = tokio::task::spawn_blocking(move || {
+            super::kubectl(
+                &args.iter().map(String::as_str).collect::<Vec<_>>(),
+                Some(
+                    r#"
 apiVersion: dps.iot.dev/v1alpha1
 kind: ProvisioningService
 metadata: {name: dps}
@@ -65,11 +105,12 @@ spec:
     secretRef: {name: dps-ca, key: ca.crt}
   rateLimit: {operationsPerMinute: 6000}
 "#,
+                ),
             )
-            .await;
-        let mut operator = operator;
-        operator.restart();
-        operator
+        })
+        .await
+        .unwrap();
+        assert!(output.success, "{}", output.stderr);
     }
 
     /// Starts the operator (again), as a process restart would.
@@ -77,11 +118,13 @@ spec:
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        let (config, namespace) = (self.config.clone(), self.namespace.clone());
+        let config = self.config.clone();
+        let namespaces: Vec<String> =
+            std::iter::once(self.namespace.clone()).chain(self.more_namespaces.iter().cloned()).collect();
         self.task = Some(tokio::spawn(async move {
             let client = control_plane().client().await.expect("a client");
             let health = std::sync::Arc::new(dps_operator::http::Health::default());
-            if let Err(error) = controller::run(client, config, vec![namespace], None, health).await {
+            if let Err(error) = controller::run(client, config, namespaces, None, health).await {
                 panic!("the operator stopped: {error}");
             }
         }));

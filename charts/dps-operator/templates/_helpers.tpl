@@ -33,10 +33,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   resources: ["enrollmentgroups/status", "individualenrollments/status", "provisioningservices/status"]
   verbs: ["patch"]
 # Read the Secrets they reference (keys, certificates, connection strings, webhook URLs), watch
-# them to follow rotations, and create missing symmetric key Secrets.
+# them to follow rotations, create missing symmetric key Secrets, and release a generated key
+# Secret (drop its ownerReference) when its enrollment stays in DPS after the resource goes.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 # Read CA bundles kept in ConfigMaps.
 - apiGroups: [""]
   resources: ["configmaps"]
