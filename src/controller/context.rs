@@ -80,6 +80,9 @@ pub struct Context {
     snapshots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
     /// The resourceVersion each of this process's status writes produced, by object uid.
     written: Mutex<HashMap<String, String>>,
+    /// The resourceVersion of each key Secret this process created, by `namespace/name`: the
+    /// watch event of our own create is no reason to reconcile again.
+    written_secrets: Mutex<HashMap<String, String>>,
 }
 
 /// The enrollments of one kind on one connection, as a query read them.
@@ -106,6 +109,7 @@ impl Context {
             checks: Mutex::default(),
             snapshots: Mutex::default(),
             written: Mutex::default(),
+            written_secrets: Mutex::default(),
         }
     }
 
@@ -193,6 +197,29 @@ impl Context {
             self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, version);
         }
         Ok(())
+    }
+
+    /// Remembers that this process created Secret `namespace/name` at `version`.
+    pub fn wrote_secret(&self, namespace: &str, name: &str, version: String) {
+        self.written_secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(format!("{namespace}/{name}"), version);
+    }
+
+    /// Whether a Secret watch event shows only this process's own create; a later version (the
+    /// user edited the keys) is news.
+    pub fn is_own_secret_write(&self, namespace: &str, name: &str, version: Option<&str>) -> bool {
+        let mut written = self.written_secrets.lock().unwrap_or_else(|e| e.into_inner());
+        let key = format!("{namespace}/{name}");
+        match written.get(&key) {
+            Some(ours) if Some(ours.as_str()) == version => true,
+            Some(_) => {
+                written.remove(&key);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Rebuilds the register of owners from the claims the statuses of `K` in `api` record, so

@@ -440,7 +440,11 @@ async fn sync<K: EnrollmentKind>(
             };
             if let Some(keys) = keys {
                 let from_dps = observed.is_some();
-                resolved.keys = Some(reader.create_key_secret(secret, &owner_reference, keys).await?);
+                let (keys, version) = reader.create_key_secret(secret, &owner_reference, keys).await?;
+                if let Some(version) = version {
+                    ctx.wrote_secret(&namespace, secret, version);
+                }
+                resolved.keys = Some(keys);
                 if from_dps {
                     let note = format!(
                         "Created Secret {namespace}/{secret} with the keys DPS holds for {} {id}.",

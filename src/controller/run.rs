@@ -261,9 +261,14 @@ fn enrollment_controller<K: EnrollmentKind>(
     let synced = store.clone();
     let (by_secret, by_service, by_cluster_service, by_namespace) =
         (store.clone(), store.clone(), store.clone(), store);
+    let own_writes = ctx.clone();
     let running = controller
         .watches(scoped::<SecretMetadata>(client, namespace), watcher::Config::default(), move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
+            let version = secret.metadata.resource_version.as_deref();
+            if own_writes.is_own_secret_write(namespace.as_deref().unwrap_or_default(), &name, version) {
+                return Vec::new();
+            }
             by_secret
                 .state()
                 .into_iter()

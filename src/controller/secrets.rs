@@ -104,13 +104,14 @@ impl Reader<'_> {
     }
 
     /// Creates Secret `name` holding `keys` (primary, secondary), owned by `owner`, and returns
-    /// the keys it holds: these, or those of a Secret created meanwhile.
+    /// the keys it holds (these, or those of a Secret created meanwhile) and the resourceVersion
+    /// of our create.
     pub async fn create_key_secret(
         &self,
         name: &str,
         owner: &OwnerReference,
         keys: (SecretValue, SecretValue),
-    ) -> Result<(SecretValue, SecretValue), Error> {
+    ) -> Result<((SecretValue, SecretValue), Option<String>), Error> {
         let value = |key: SecretValue| ByteString(key.expose().as_bytes().to_vec());
         let secret = Secret {
             metadata: ObjectMeta {
@@ -134,12 +135,15 @@ impl Reader<'_> {
         let params =
             PostParams { field_manager: Some(super::context::FIELD_MANAGER.into()), ..Default::default() };
         match api.create(&params, &secret).await {
-            Ok(_) => Ok(keys),
+            Ok(created) => Ok((keys, created.metadata.resource_version)),
             // Created meanwhile (by us in an earlier attempt, or by the user): use that one.
-            Err(kube::Error::Api(status)) if status.code == 409 => self
-                .symmetric_keys(name)
-                .await?
-                .ok_or_else(|| Error::SecretNotFound { namespace: self.namespace.into(), name: name.into() }),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let keys = self.symmetric_keys(name).await?.ok_or_else(|| Error::SecretNotFound {
+                    namespace: self.namespace.into(),
+                    name: name.into(),
+                })?;
+                Ok((keys, None))
+            }
             Err(e) => Err(Error::kube(format!("create Secret {}/{name}", self.namespace), e)),
         }
     }
