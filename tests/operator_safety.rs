@@ -15,7 +15,7 @@ use dps_operator::{
     emulator::{EmulatorConfig, Faults},
 };
 use serde_json::{Value, json};
-use support::operator::{Operator, condition, is_ready};
+use support::operator::{Operator, condition, connection, is_ready};
 
 fn enrollment(name: &str, namespace_extra: &str) -> String {
     format!(
@@ -118,20 +118,7 @@ async fn a_rejected_spec_and_wrong_credentials_are_not_retried_in_a_loop() {
     };
     let operator = Operator::start_with("stalled", linked, |_| {}).await;
     operator.apply(&format!("{}  iotHubs: [not-linked.azure-devices.net]\n", enrollment("boiler", ""))).await;
-    operator
-        .apply(
-            r#"
-apiVersion: dps.iot.dev/v1alpha1
-kind: ProvisioningService
-metadata: {name: wrong-key}
-spec:
-  credentials:
-    connectionStringSecretRef: {name: wrong-key, key: connectionString}
-  caBundle:
-    secretRef: {name: dps-ca, key: ca.crt}
-"#,
-        )
-        .await;
+    operator.apply(&connection("wrong-key", "wrong-key")).await;
     let wrong = operator.emulator.connection_string().replace("SharedAccessKey=", "SharedAccessKey=AAAA");
     operator.create_secret("wrong-key", &[("connectionString", &wrong)]).await;
     operator
@@ -190,7 +177,7 @@ async fn one_resource_owns_an_enrollment_and_the_other_never_touches_it() {
     assert!(applied.success, "{}", applied.stderr);
     let in_other =
         |r: &Value| condition(r, "Ready").is_some_and(|(s, reason, _)| s == "False" && reason == "Conflict");
-    let refused = eventually_in(&operator, &other, "individualenrollment/boiler", in_other).await;
+    let refused = eventually_in(&other, "individualenrollment/boiler", in_other).await;
     let message = condition(&refused, "Ready").unwrap().2;
     assert!(message.contains(&format!("IndividualEnrollment {}/boiler", operator.namespace)), "{message}");
     assert_eq!(condition(&refused, "Stalled").unwrap().0, "True");
@@ -198,7 +185,7 @@ async fn one_resource_owns_an_enrollment_and_the_other_never_touches_it() {
     // A restart keeps the owner.
     operator.restart();
     operator.emulator.reset_calls();
-    let refused = eventually_in(&operator, &other, "individualenrollment/boiler", in_other).await;
+    let refused = eventually_in(&other, "individualenrollment/boiler", in_other).await;
     assert!(refused["status"]["claimed"].is_null());
     let held = operator.dps.attestation_mechanism::<models::IndividualEnrollment>("boiler").await.unwrap();
     assert_eq!(keys_of(&held), keys, "the owner's keys stay in DPS");
@@ -240,7 +227,7 @@ async fn contenders_created_at_once_under_failing_creates_end_with_one_owner_eac
     for id in &ids {
         loop {
             let here = operator.get(&format!("individualenrollment/{id}")).await;
-            let there = get_in(&operator, &other, &format!("individualenrollment/{id}")).await;
+            let there = get_in(&other, &format!("individualenrollment/{id}")).await;
             let reason = |r: &Value| condition(r, "Ready").map(|(s, reason, _)| (s, reason));
             let states = [reason(&here), reason(&there)];
             let ready = states.iter().filter(|s| s.as_ref().is_some_and(|(s, _)| s == "True")).count();
@@ -298,16 +285,7 @@ async fn deleting_a_connection_with_its_enrollments_completes() {
     let operator = Operator::start("teardown").await;
     let file = format!(
         "{}---\n{}",
-        r#"
-apiVersion: dps.iot.dev/v1alpha1
-kind: ProvisioningService
-metadata: {name: second}
-spec:
-  credentials:
-    connectionStringSecretRef: {name: dps-connection, key: connectionString}
-  caBundle:
-    secretRef: {name: dps-ca, key: ca.crt}
-"#,
+        connection("second", "dps-connection"),
         enrollment("boiler", "").replace("{name: dps}", "{name: second}")
     );
     operator.apply(&file).await;
@@ -483,20 +461,15 @@ async fn kubectl_in(namespace: &str, args: &[&str], stdin: Option<&str>) -> supp
 }
 
 /// `kubectl get` of a resource in another namespace.
-async fn get_in(_operator: &Operator, namespace: &str, resource: &str) -> Value {
+async fn get_in(namespace: &str, resource: &str) -> Value {
     let output = kubectl_in(namespace, &["get", resource, "-o", "json"], None).await;
     if output.success { serde_json::from_str(&output.stdout).unwrap() } else { Value::Null }
 }
 
-async fn eventually_in(
-    operator: &Operator,
-    namespace: &str,
-    resource: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
+async fn eventually_in(namespace: &str, resource: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + support::operator::PATIENCE;
     loop {
-        let value = get_in(operator, namespace, resource).await;
+        let value = get_in(namespace, resource).await;
         if check(&value) {
             return value;
         }

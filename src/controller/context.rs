@@ -241,12 +241,7 @@ impl Context {
                     key,
                     Owner {
                         uid: object.meta().uid.clone().unwrap_or_default(),
-                        name: format!(
-                            "{} {}/{}",
-                            K::kind(&()),
-                            object.namespace().unwrap_or_default(),
-                            object.name_any()
-                        ),
+                        name: resource_name(object),
                         confirmed,
                         created: object.meta().creation_timestamp.as_ref().map(|t| t.0),
                     },
@@ -292,6 +287,11 @@ impl Context {
         *slot = Some(snapshot.clone());
         Ok(snapshot)
     }
+}
+
+/// How messages name a resource: `IndividualEnrollment iot/boiler`.
+pub fn resource_name<K: Resource<DynamicType = ()>>(object: &K) -> String {
+    format!("{} {}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
 }
 
 /// `Kind/namespace/name`, the key of the per-object memories.

@@ -14,7 +14,7 @@ use super::{
     Error, Retry,
     conditions::{self, CERTIFICATE_EXPIRING_SOON, Observation, READY, RECONCILING, STALLED},
     connection::Connection,
-    context::{Context, object_key},
+    context::{Context, object_key, resource_name},
     desired::{
         AttestationInput, DpsRecord, Facts, Plan, ResolvedCertificate, decide, desired_comparable, drift,
     },
@@ -253,11 +253,6 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     Ok(Action::requeue(result?.next_check))
 }
 
-/// How messages name a resource: `IndividualEnrollment iot/boiler`.
-fn resource_name<K: EnrollmentKind>(object: &K) -> String {
-    format!("{} {}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
-}
-
 /// Forgets a claim `recorded` holds, in the status this pass writes.
 fn drop_claim(recorded: &mut EnrollmentStatus) {
     recorded.claimed = None;
@@ -397,14 +392,7 @@ async fn sync<K: EnrollmentKind>(
                 None if key_secret.is_some() => false,
                 None => true,
                 Some(keys) => {
-                    let held = connection
-                        .client
-                        .attestation_mechanism::<K::Record>(id)
-                        .await
-                        .map_err(dps_error)?
-                        .symmetric_key
-                        .and_then(|k| Some((k.primary_key?, k.secondary_key?)));
-                    held.is_some_and(|held| {
+                    keys_in_dps::<K>(&connection, id).await.map_err(dps_error)?.is_some_and(|held| {
                         held.0.expose() == keys.0.expose() && held.1.expose() == keys.1.expose()
                     })
                 }
@@ -431,9 +419,7 @@ async fn sync<K: EnrollmentKind>(
                         connection: connection.name.clone(),
                         source: Box::new(source),
                     };
-                    let mechanism =
-                        connection.client.attestation_mechanism::<K::Record>(id).await.map_err(unreadable)?;
-                    mechanism.symmetric_key.and_then(|k| Some((k.primary_key?, k.secondary_key?)))
+                    keys_in_dps::<K>(&connection, id).await.map_err(unreadable)?
                 }
                 // Not ours and not to be adopted: refused below, nothing written.
                 Some(_) => None,
@@ -473,7 +459,8 @@ async fn sync<K: EnrollmentKind>(
         let plan = match plan {
             Ok(plan) => plan,
             Err(error) => {
-                if !owned && ownership != Ownership::CreatePending {
+                // Not ours (a create still pending was settled above): leave the id to others.
+                if !owned {
                     ctx.owners.release(&owner_reference.uid);
                 }
                 return Err(error);
@@ -556,6 +543,15 @@ async fn sync<K: EnrollmentKind>(
         owned: ownership == Ownership::Owned,
         next_check: jitter(interval, 0.2),
     })
+}
+
+/// The symmetric keys DPS holds for `id` (the attestation mechanism call), if it has both.
+async fn keys_in_dps<K: EnrollmentKind>(
+    connection: &Connection,
+    id: &str,
+) -> Result<Option<(crate::dps::models::Secret, crate::dps::models::Secret)>, dps::Error> {
+    let mechanism = connection.client.attestation_mechanism::<K::Record>(id).await?;
+    Ok(mechanism.symmetric_key.and_then(|k| Some((k.primary_key?, k.secondary_key?))))
 }
 
 /// A random 64-byte symmetric key, base64, as DPS generates them.
@@ -829,14 +825,14 @@ async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Act
                 keep_key_secret(&object, ctx).await?;
             }
             let id = object.dps_id();
-            let (reason, note) = match &outcome {
-                Outcome::Deleted => ("Deleted", format!("Deleted {} {id} from DPS.", K::WHAT)),
+            let event = match &outcome {
+                Outcome::Deleted => Some(("Deleted", format!("Deleted {} {id} from DPS.", K::WHAT))),
                 Outcome::Left { claimed: true, why } => {
-                    ("Orphaned", format!("Left {} {id} in DPS: {why}.", K::WHAT))
+                    Some(("Orphaned", format!("Left {} {id} in DPS: {why}.", K::WHAT)))
                 }
-                Outcome::Left { claimed: false, .. } => ("", String::new()),
+                Outcome::Left { claimed: false, .. } => None,
             };
-            if !reason.is_empty() {
+            if let Some((reason, note)) = event {
                 ctx.event(&object, false, reason, note).await;
             }
             ctx.owners.release(object.meta().uid.as_deref().unwrap_or_default());

@@ -13,7 +13,7 @@ use kube::{
 use super::{
     Error, conditions,
     connection::{Connection, probe},
-    context::Context,
+    context::{Context, resource_name},
     enrollment::{describe, jitter},
     kinds::EnrollmentKind,
 };
@@ -170,7 +170,7 @@ async fn users(
                     let used = &e.settings().service_ref;
                     (used.kind.unwrap_or_default(), &used.name) == (reference.0, &reference.1)
                 })
-                .map(|e| format!("{} {}/{}", K::kind(&()), e.namespace().unwrap_or_default(), e.name_any())),
+                .map(|e| resource_name(e)),
         );
         Ok(())
     }

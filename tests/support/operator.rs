@@ -93,19 +93,11 @@ impl Operator {
         let output = tokio::task::spawn_blocking(move || {
             super::kubectl(
                 &args.iter().map(String::as_str).collect::<Vec<_>>(),
-                Some(
-                    r#"
-apiVersion: dps.iot.dev/v1alpha1
-kind: ProvisioningService
-metadata: {name: dps}
-spec:
-  credentials:
-    connectionStringSecretRef: {name: dps-connection, key: connectionString}
-  caBundle:
-    secretRef: {name: dps-ca, key: ca.crt}
-  rateLimit: {operationsPerMinute: 6000}
-"#,
-                ),
+                Some(&format!(
+                    "{}  rateLimit: {{operationsPerMinute: 6000}}
+",
+                    connection("dps", "dps-connection")
+                )),
             )
         })
         .await
@@ -259,6 +251,16 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A ProvisioningService `name` with the connection string in Secret `secret` (key
+/// `connectionString`) and the emulator's CA from Secret `dps-ca`.
+pub fn connection(name: &str, secret: &str) -> String {
+    format!(
+        "apiVersion: dps.iot.dev/v1alpha1\nkind: ProvisioningService\nmetadata: {{name: {name}}}\nspec:\n  \
+         credentials:\n    connectionStringSecretRef: {{name: {secret}, key: connectionString}}\n  caBundle:\n    \
+         secretRef: {{name: dps-ca, key: ca.crt}}\n"
+    )
 }
 
 /// The status condition `type_` of a resource's JSON: (status, reason, message).
