@@ -5,6 +5,9 @@
 //!
 //!     cargo bench --bench scale -- 1000 [dps-operator run arguments, e.g. --max-concurrent-reconciles 0]
 //!
+//! `BENCH_FAULTS` sets the emulator's faults for the converge phase, as the JSON its
+//! `/admin/faults` takes, e.g. `{"errorRates": {"429": 0.04}}`.
+//!
 //! Results are recorded in `docs/benchmarks.md`.
 
 use std::{
@@ -16,7 +19,7 @@ use std::{
 use dps_operator::{
     api::IndividualEnrollment,
     devenv::{ControlPlane, Tools, run},
-    emulator::{EmulatorConfig, RunningEmulator},
+    emulator::{EmulatorConfig, Faults, RunningEmulator},
 };
 use kube::{Api, api::ListParams};
 
@@ -37,6 +40,9 @@ async fn main() {
     let kubectl = |args: &[&str], stdin: Option<&str>| {
         run(control_plane.kubectl().args(args), stdin).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
     };
+    let faults: Faults = std::env::var("BENCH_FAULTS")
+        .map(|json| serde_json::from_str(&json).expect("BENCH_FAULTS is the JSON of emulator faults"))
+        .unwrap_or_default();
     let emulator = RunningEmulator::start(EmulatorConfig::default()).await.expect("the emulator starts");
     kubectl(&["create", "namespace", NAMESPACE], None);
     kubectl(&["apply", "--server-side", "-f", "-"], Some(&connection(&emulator)));
@@ -54,12 +60,17 @@ async fn main() {
     let applied = started.elapsed();
 
     emulator.reset_calls();
+    emulator.set_faults(faults.clone());
     let started = Instant::now();
     let mut operator = Operator::start(&control_plane, &operator_args);
+    until(started, "90% Ready", async || ready(&api).await * 10 >= count * 9).await;
+    let most_ready = started.elapsed();
     until(started, "all Ready", async || ready(&api).await == count).await;
     let all_ready = started.elapsed();
     let converge_calls = total_calls(&emulator);
+    let converge_throttled = emulator.calls_answered(429);
     let converged = operator.sample();
+    emulator.set_faults(Faults::default());
 
     emulator.reset_calls();
     tokio::time::sleep(STEADY).await;
@@ -96,10 +107,12 @@ async fn main() {
     let per = |calls: u64| calls as f64 / count as f64;
     let rows = [
         ("enrollments".to_owned(), count.to_string()),
+        ("emulator faults while converging".into(), format!("`{}`", serde_json::to_string(&faults).unwrap())),
         (
             "`kubectl apply` of all, before the operator starts".into(),
             format!("{:.1} s", applied.as_secs_f64()),
         ),
+        ("from the operator's start to 90% Ready".into(), format!("{:.1} s", most_ready.as_secs_f64())),
         (
             "from the operator's start to all created in DPS and Ready".into(),
             format!(
@@ -109,8 +122,8 @@ async fn main() {
             ),
         ),
         (
-            "DPS calls to converge".into(),
-            format!("{converge_calls} ({:.2} per enrollment)", per(converge_calls)),
+            "DPS calls to converge / answered 429".into(),
+            format!("{converge_calls} ({:.2} per enrollment) / {converge_throttled}", per(converge_calls)),
         ),
         ("operator CPU to converge".into(), format!("{:.1} s", converged.cpu_seconds)),
         (

@@ -576,7 +576,11 @@ async fn a_restarted_operator_converges_without_duplicate_writes() {
     operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
     operator.wait("individualenrollment/boiler-0042", "condition=Ready").await;
     operator.restart();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The new process has reconciled both once it counts both Ready.
+    for kind in ["EnrollmentGroup", "IndividualEnrollment"] {
+        let sample = format!(r#"dps_operator_resources{{kind="{kind}",ready="true"}}"#);
+        operator.eventually_metric(&sample, 1.0).await;
+    }
     let calls = operator.emulator.calls();
     assert_eq!(calls.get("EnrollmentGroup_CreateOrUpdate"), Some(&1), "one write for one change: {calls:?}");
     assert_eq!(calls.get("IndividualEnrollment_CreateOrUpdate"), Some(&1), "one create: {calls:?}");

@@ -195,3 +195,25 @@ async fn only_the_leader_writes_and_another_replica_takes_over() {
     eprintln!("handover after SIGTERM: {took:?}");
     assert!(second.exited(Duration::from_secs(10)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_metrics_address_in_use_stops_the_start_with_a_clear_error() {
+    let mut operator = Operator::start("bind").await;
+    operator.stop();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_dps-operator"))
+            .args(["run", "--namespace", &operator.namespace, "--operator-namespace", &operator.namespace])
+            .args(["--metrics-address", &address])
+            .env("KUBECONFIG", support::control_plane().kubeconfig())
+            .output()
+            .expect("dps-operator run starts")
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "runs on without /livez and /metrics: {stderr}");
+    let address = taken.local_addr().unwrap().to_string();
+    assert!(stderr.contains(&address), "the error names the address: {stderr}");
+}

@@ -165,6 +165,41 @@ async fn adoption_and_a_lost_key_secret_keep_the_keys_devices_use() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adoption_whose_keys_cannot_be_read_writes_nothing() {
+    let operator = Operator::start("unreadable").await;
+    let keys = created_outside(&operator, "heater").await;
+    // Credentials that may not read attestation mechanisms.
+    operator.emulator.set_faults(Faults {
+        error_rates: [(401, 1.0)].into(),
+        operations: ["IndividualEnrollment_GetAttestationMechanism".to_owned()].into(),
+        ..Default::default()
+    });
+    operator.emulator.reset_calls();
+    operator.apply(&enrollment("heater", "  adoption: Adopt\n")).await;
+    let refused = operator
+        .eventually("individualenrollment/heater", "Ready=False KeysUnreadable", |r| {
+            condition(r, "Ready")
+                .is_some_and(|(status, reason, _)| status == "False" && reason == "KeysUnreadable")
+        })
+        .await;
+    let message = condition(&refused, "Ready").unwrap().2;
+    let secret = format!("Secret {}/heater-keys", operator.namespace);
+    assert!(
+        message.contains(&secret) && message.contains("dps"),
+        "names the Secret and connection: {message}"
+    );
+    assert_eq!(secret_keys(&operator, "heater-keys", None).await, None, "no Secret with other keys");
+    assert_eq!(operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"), None, "no write");
+
+    // The user's remedy: the Secret with the keys DPS holds. The resource adopts, keys unchanged.
+    operator.create_secret("heater-keys", &[("primaryKey", &keys.0), ("secondaryKey", &keys.1)]).await;
+    operator.wait("individualenrollment/heater", "condition=Ready").await;
+    operator.emulator.set_faults(Faults::default());
+    let held = operator.dps.attestation_mechanism::<models::IndividualEnrollment>("heater").await.unwrap();
+    assert_eq!(keys_of(&held), keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_resource_owns_an_enrollment_and_the_other_never_touches_it() {
     let mut operator = Operator::start("owner").await;
     let other = operator.add_namespace().await;
@@ -259,6 +294,8 @@ async fn generated_keys_outlive_an_orphaned_resource() {
     operator.apply(&enrollment("removed", "")).await;
     operator.wait("individualenrollment/kept", "condition=Ready").await;
     operator.wait("individualenrollment/removed", "condition=Ready").await;
+    let ready = r#"dps_operator_resources{kind="IndividualEnrollment",ready="true"}"#;
+    operator.eventually_metric(ready, 2.0).await;
     let owners =
         |secret: &Value| secret["metadata"]["ownerReferences"].as_array().cloned().unwrap_or_default();
     assert_eq!(owners(&operator.get("secret/kept-keys").await).len(), 1, "owned while the resource lives");
@@ -278,6 +315,8 @@ async fn generated_keys_outlive_an_orphaned_resource() {
     assert_eq!(owners(&operator.get("secret/removed-keys").await).len(), 1, "removed with its enrollment");
     assert!(operator.dps.get::<models::IndividualEnrollment>("removed").await.is_err());
     assert!(operator.events("kept").await.iter().any(|(_, reason, _)| reason == "SecretKept"));
+    // Both are gone from the operator's books too, the orphaned one included.
+    operator.eventually_metric(ready, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

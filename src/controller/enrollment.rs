@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::TryStreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::{
     Api, ResourceExt,
     runtime::{controller::Action, finalizer},
@@ -15,9 +15,8 @@ use super::{
     conditions::{self, CERTIFICATE_EXPIRING_SOON, Observation, READY, RECONCILING, STALLED},
     connection::Connection,
     context::{Context, object_key, resource_name},
-    desired::{
-        AttestationInput, DpsRecord, Facts, Plan, ResolvedCertificate, decide, desired_comparable, drift,
-    },
+    converge::{Done, Edges, Keys, Pass, converge, drop_claim},
+    desired::{AttestationInput, DpsRecord, Resolved, ResolvedCertificate},
     kinds::{EnrollmentKind, Registrations, registration_record, summarize},
     ownership::{ClaimKey, Owner, Ownership, claim_elsewhere, ownership},
     secrets::Reader,
@@ -193,27 +192,6 @@ struct Synced<R> {
     next_check: Duration,
 }
 
-#[derive(Debug, PartialEq)]
-enum Done {
-    /// Settled, and the drift check is not due: DPS was not consulted.
-    NotDue,
-    InSync,
-    Created,
-    Recreated,
-    /// Written because the spec or a referenced Secret changed (`inputs_changed`), or because
-    /// DPS was changed outside Kubernetes.
-    Updated {
-        drift: Vec<&'static str>,
-        inputs_changed: bool,
-    },
-    Adopted,
-    /// Not written (observe-only or paused): what differs, or that it is missing.
-    Reported {
-        drift: Vec<&'static str>,
-        missing: bool,
-    },
-}
-
 async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Action, Error> {
     let id = object.dps_id();
     let old = object.current_status().cloned();
@@ -253,13 +231,6 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     Ok(Action::requeue(result?.next_check))
 }
 
-/// Forgets a claim `recorded` holds, in the status this pass writes.
-fn drop_claim(recorded: &mut EnrollmentStatus) {
-    recorded.claimed = None;
-    recorded.create_pending = None;
-    recorded.claimed_host = None;
-}
-
 async fn sync<K: EnrollmentKind>(
     object: &K,
     ctx: &Context,
@@ -280,9 +251,9 @@ async fn sync<K: EnrollmentKind>(
         .ok_or_else(|| Error::InvalidSpec("the resource has no uid yet".into()))?;
     let webhook = settings.custom_allocation.as_ref().map(|c| &c.webhook_url_secret_ref);
     let reader = Reader { client: &ctx.client, namespace: &namespace };
-    let mut resolved = reader.resolve(input, webhook).await?;
-    let mut desired = object.build(id, &resolved)?;
-    let mut digest = resolved.secrets_digest();
+    let resolved = reader.resolve(input, webhook).await?;
+    let desired = object.build(id, &resolved)?;
+    let digest = resolved.secrets_digest();
     let interval = drift_interval(object, Some(&connection), ctx);
 
     // A claim belongs to the DPS it was made on: when the connection now points at another DPS,
@@ -297,7 +268,7 @@ async fn sync<K: EnrollmentKind>(
         ctx.event(object, true, "ConnectionMoved", note).await;
         drop_claim(recorded);
     }
-    let mut ownership = ownership(recorded, &host);
+    let ownership = ownership(recorded, &host);
 
     // One owner per enrollment: a resource that may write, or that holds a claim, must hold the
     // enrollment's entry in the register.
@@ -363,164 +334,36 @@ async fn sync<K: EnrollmentKind>(
     } else {
         None
     };
-    let adopt = settings.adoption == Some(Adoption::Adopt);
     let key_secret = match input {
         AttestationInput::SymmetricKey(secret) => Some(secret.name.as_str()),
         _ => None,
     };
-    let mut snapshot_record = snapshot_record;
-    // 409 and 412 mean DPS changed between our read and our write: read again and retry.
-    let mut attempts = 0;
-    let (done, record) = loop {
-        attempts += 1;
-        let observed = match snapshot_record.take() {
-            Some(record) => Some(record),
-            None => match connection.client.get::<K::Record>(id).await {
-                Ok(record) => Some(record),
-                Err(dps::Error::NotFound { .. }) => None,
-                Err(source) => return Err(dps_error(source)),
-            },
-        };
-
-        // A create of ours that DPS never confirmed (its answer lost, or the operator stopped):
-        // the enrollment now at the id is ours only if it holds exactly what was sent.
-        if ownership == Ownership::CreatePending
-            && let Some(found) = &observed
-        {
-            let sent = desired_comparable(&desired, &resolved);
-            let same_keys = match &resolved.keys {
-                None if key_secret.is_some() => false,
-                None => true,
-                Some(keys) => {
-                    keys_in_dps::<K>(&connection, id).await.map_err(dps_error)?.is_some_and(|held| {
-                        held.0.expose() == keys.0.expose() && held.1.expose() == keys.1.expose()
-                    })
-                }
-            };
-            if same_keys && drift(&sent, &found.comparable()).is_empty() {
-                ownership = Ownership::Owned;
-            } else {
-                ownership = Ownership::None;
-                drop_claim(recorded);
-            }
-        }
-
-        // Keys for a key Secret that does not exist: new ones for an enrollment about to be
-        // created; for one DPS already has, the keys it holds, so devices keep working.
-        if let (None, Some(secret), true) = (&resolved.keys, key_secret, mode.may_write()) {
-            let keys = match &observed {
-                None => Some((random_key(), random_key())),
-                Some(_) if ownership == Ownership::Owned || adopt => {
-                    let unreadable = |source: dps::Error| Error::KeysUnreadable {
-                        what: K::WHAT,
-                        id: id.to_owned(),
-                        namespace: namespace.clone(),
-                        secret: secret.to_owned(),
-                        connection: connection.name.clone(),
-                        source: Box::new(source),
-                    };
-                    keys_in_dps::<K>(&connection, id).await.map_err(unreadable)?
-                }
-                // Not ours and not to be adopted: refused below, nothing written.
-                Some(_) => None,
-            };
-            if let Some(keys) = keys {
-                let from_dps = observed.is_some();
-                let (keys, version) = reader.create_key_secret(secret, &owner_reference, keys).await?;
-                if let Some(version) = version {
-                    ctx.wrote_secret(&namespace, secret, version);
-                }
-                resolved.keys = Some(keys);
-                if from_dps {
-                    let note = format!(
-                        "Created Secret {namespace}/{secret} with the keys DPS holds for {} {id}.",
-                        K::WHAT
-                    );
-                    ctx.event(object, false, "KeysRestored", note).await;
-                }
-                desired = object.build(id, &resolved)?;
-                digest = resolved.secrets_digest();
-            }
-        }
-
-        let owned = ownership == Ownership::Owned;
-        let desired_comparable = desired_comparable(&desired, &resolved);
-        let observed_comparable = observed.as_ref().map(DpsRecord::comparable);
-        let plan = decide(Facts {
-            may_write: mode.may_write(),
-            adopt,
-            claimed: owned,
-            desired: &desired_comparable,
-            observed: observed_comparable.as_ref().zip(observed.as_ref().and_then(|r| r.etag())),
-            secrets_changed: owned && digest != recorded.secrets_digest,
-            what: K::WHAT,
-            id,
-        });
-        let plan = match plan {
-            Ok(plan) => plan,
-            Err(error) => {
-                // Not ours (a create still pending was settled above): leave the id to others.
-                if !owned {
-                    ctx.owners.release(&owner_reference.uid);
-                }
-                return Err(error);
-            }
-        };
-        let written = match plan {
-            Plan::InSync => Ok((Done::InSync, observed)),
-            Plan::Report { drift, missing } => Ok((Done::Reported { drift, missing }, observed)),
-            Plan::Create { recreate } => {
-                if !owned {
-                    // Record the create before sending it, with the keys it writes: should its
-                    // answer be lost, the enrollment then found is recognised as ours, and is
-                    // not written again.
-                    let pending = EnrollmentStatus {
-                        claimed: None,
-                        create_pending: Some(true),
-                        claimed_host: Some(host.clone()),
-                        secrets_digest: digest.clone(),
-                        ..recorded.clone()
-                    };
-                    record_claim::<K>(ctx, object, id, recorded, pending).await?;
-                    ownership = Ownership::CreatePending;
-                }
-                // Without If-Match, DPS never overwrites: an enrollment that appeared meanwhile
-                // is answered 409, and read again below.
-                connection.client.put(&desired, IfMatch::None).await.map(|created| {
-                    ownership = Ownership::Owned;
-                    (if recreate { Done::Recreated } else { Done::Created }, Some(created))
-                })
-            }
-            Plan::Update { etag, drift, adopt } => {
-                if adopt {
-                    // An explicit adoption: the enrollment is ours from here on. The keys DPS
-                    // holds stay unknown until this update is answered.
-                    let adopted = EnrollmentStatus {
-                        claimed: Some(true),
-                        create_pending: None,
-                        claimed_host: Some(host.clone()),
-                        ..recorded.clone()
-                    };
-                    record_claim::<K>(ctx, object, id, recorded, adopted).await?;
-                    ownership = Ownership::Owned;
-                }
-                desired.set_etag(Some(etag.clone()));
-                connection.client.put(&desired, IfMatch::Etag(&etag)).await.map(|updated| {
-                    (
-                        if adopt { Done::Adopted } else { Done::Updated { drift, inputs_changed } },
-                        Some(updated),
-                    )
-                })
-            }
-        };
-        match written {
-            Ok(outcome) => break outcome,
-            Err(dps::Error::PreconditionFailed { .. } | dps::Error::Conflict { .. }) if attempts < 3 => {
-                continue;
-            }
-            Err(source) => return Err(dps_error(source)),
-        }
+    let edges = LiveEdges {
+        ctx,
+        object,
+        connection: &connection,
+        reader: &reader,
+        owner_reference: &owner_reference,
+        id,
     };
+    let mut pass = Pass {
+        what: K::WHAT,
+        id,
+        host: &host,
+        connection: &connection.name,
+        namespace: &namespace,
+        may_write: mode.may_write(),
+        adopt: settings.adoption == Some(Adoption::Adopt),
+        key_secret,
+        inputs_changed,
+        ownership,
+        resolved,
+        desired,
+        digest,
+        snapshot_record,
+    };
+    let (done, record) = converge(&edges, &mut pass, recorded).await?;
+    let Pass { ownership, resolved, digest, .. } = pass;
 
     let registrations = if K::IS_GROUP {
         match connection.client.query_registrations(id, Some(100)).try_collect::<Vec<_>>().await {
@@ -545,36 +388,65 @@ async fn sync<K: EnrollmentKind>(
     })
 }
 
-/// The symmetric keys DPS holds for `id` (the attestation mechanism call), if it has both.
-async fn keys_in_dps<K: EnrollmentKind>(
-    connection: &Connection,
-    id: &str,
-) -> Result<Option<(crate::dps::models::Secret, crate::dps::models::Secret)>, dps::Error> {
-    let mechanism = connection.client.attestation_mechanism::<K::Record>(id).await?;
-    Ok(mechanism.symmetric_key.and_then(|k| Some((k.primary_key?, k.secondary_key?))))
+/// The I/O of a pass: this enrollment's DPS calls on its connection, and the status and Secret
+/// writes in its namespace.
+struct LiveEdges<'a, K> {
+    ctx: &'a Context,
+    object: &'a K,
+    connection: &'a Connection,
+    reader: &'a Reader<'a>,
+    owner_reference: &'a OwnerReference,
+    id: &'a str,
 }
 
-/// A random 64-byte symmetric key, base64, as DPS generates them.
-fn random_key() -> crate::dps::models::Secret {
-    use base64::Engine;
-    crate::dps::models::Secret::new(
-        base64::engine::general_purpose::STANDARD.encode(crate::random_bytes::<64>()),
-    )
-}
+impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
+    async fn get(&self) -> Result<Option<K::Record>, dps::Error> {
+        match self.connection.client.get::<K::Record>(self.id).await {
+            Ok(record) => Ok(Some(record)),
+            Err(dps::Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
 
-/// Writes `claim` to the status before the DPS write it prepares, so a restart between the two
-/// knows what was sent.
-async fn record_claim<K: EnrollmentKind>(
-    ctx: &Context,
-    object: &K,
-    id: &str,
-    recorded: &mut EnrollmentStatus,
-    claim: EnrollmentStatus,
-) -> Result<(), Error> {
-    let registrations = object.current_status().map_or(Registrations::Unknown, K::registrations);
-    write_status(ctx, object, &K::make_status(claim.clone(), id.to_owned(), registrations)).await?;
-    *recorded = claim;
-    Ok(())
+    async fn keys_in_dps(&self) -> Result<Option<Keys>, dps::Error> {
+        let mechanism = self.connection.client.attestation_mechanism::<K::Record>(self.id).await?;
+        Ok(mechanism.symmetric_key.and_then(|k| Some((k.primary_key?, k.secondary_key?))))
+    }
+
+    async fn put(&self, record: &K::Record, if_match: IfMatch<'_>) -> Result<K::Record, dps::Error> {
+        self.connection.client.put(record, if_match).await
+    }
+
+    async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<Keys, Error> {
+        let namespace = self.reader.namespace;
+        let (keys, version) = self.reader.create_key_secret(name, self.owner_reference, keys).await?;
+        if let Some(version) = version {
+            self.ctx.wrote_secret(namespace, name, version);
+        }
+        if from_dps {
+            let note = format!(
+                "Created Secret {namespace}/{name} with the keys DPS holds for {} {}.",
+                K::WHAT,
+                self.id
+            );
+            self.ctx.event(self.object, false, "KeysRestored", note).await;
+        }
+        Ok(keys)
+    }
+
+    async fn record_claim(&self, claim: &EnrollmentStatus) -> Result<(), Error> {
+        let registrations = self.object.current_status().map_or(Registrations::Unknown, K::registrations);
+        let status = K::make_status(claim.clone(), self.id.to_owned(), registrations);
+        write_status(self.ctx, self.object, &status).await
+    }
+
+    fn build(&self, resolved: &Resolved) -> Result<K::Record, Error> {
+        self.object.build(self.id, resolved)
+    }
+
+    fn release(&self) {
+        self.ctx.owners.release(&self.owner_reference.uid);
+    }
 }
 
 async fn write_status<K: EnrollmentKind>(ctx: &Context, object: &K, status: &K::Status) -> Result<(), Error> {

@@ -11,6 +11,7 @@ mod error;
 pub use error::{Error, Retry};
 pub mod connection;
 pub mod context;
+mod converge;
 pub mod enrollment;
 pub mod kinds;
 pub mod ownership;

@@ -4,13 +4,14 @@
 
 use std::{
     path::PathBuf,
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Deserialize;
-use tokio::sync::Mutex;
+use tokio::{sync::Mutex, time::Instant};
 
 use super::models::Secret;
 
@@ -199,6 +200,9 @@ pub enum AuthError {
     },
     #[error("Microsoft Entra ID refused a token for client {client_id}: {error}")]
     TokenRefused { client_id: String, error: String },
+    /// A token request that failed moments ago, answered again without asking once more.
+    #[error(transparent)]
+    Recent(Arc<AuthError>),
 }
 
 /// Workload identity settings: an Entra application federated with a Kubernetes service account.
@@ -276,25 +280,43 @@ enum Credentials {
 }
 
 /// Makes the `Authorization` header for DPS requests, caching the token it makes.
+///
+/// One token request at a time: the calls of a connection that need a token wait for the one
+/// request in flight, and for [`REMEMBER_FAILURE`] after it failed they get its error at once
+/// rather than each waiting on a request of its own.
 pub struct Authenticator {
     credentials: Credentials,
-    cached: Mutex<Option<CachedToken>>,
+    cache: Mutex<Cache>,
 }
+
+#[derive(Default)]
+struct Cache {
+    token: Option<CachedToken>,
+    failure: Option<(Instant, Arc<AuthError>)>,
+}
+
+/// How long a failed token request answers for every caller.
+const REMEMBER_FAILURE: Duration = Duration::from_secs(5);
 
 impl Authenticator {
     pub fn shared_access(connection: ConnectionString) -> Self {
-        Self { credentials: Credentials::SharedAccess(connection), cached: Mutex::new(None) }
+        Self { credentials: Credentials::SharedAccess(connection), cache: Mutex::default() }
     }
 
     pub fn workload_identity(config: WorkloadIdentityConfig) -> Self {
-        Self { credentials: Credentials::WorkloadIdentity(config), cached: Mutex::new(None) }
+        Self { credentials: Credentials::WorkloadIdentity(config), cache: Mutex::default() }
     }
 
     /// The header value, from the cache while it has more than a few minutes left.
     pub async fn authorization(&self, http: &reqwest::Client) -> Result<Secret, AuthError> {
-        let mut cached = self.cached.lock().await;
-        if let Some(token) = cached.as_ref().and_then(CachedToken::fresh) {
+        let mut cache = self.cache.lock().await;
+        if let Some(token) = cache.token.as_ref().and_then(CachedToken::fresh) {
             return Ok(token);
+        }
+        if let Some((failed, error)) = &cache.failure
+            && failed.elapsed() < REMEMBER_FAILURE
+        {
+            return Err(AuthError::Recent(error.clone()));
         }
         let token = match &self.credentials {
             Credentials::SharedAccess(connection) => {
@@ -307,16 +329,23 @@ impl Authenticator {
                 );
                 CachedToken { value: Secret::new(value), expires_at }
             }
-            Credentials::WorkloadIdentity(config) => request_entra_token(http, config).await?,
+            Credentials::WorkloadIdentity(config) => match request_entra_token(http, config).await {
+                Ok(token) => token,
+                Err(error) => {
+                    let error = Arc::new(error);
+                    cache.failure = Some((Instant::now(), error.clone()));
+                    return Err(AuthError::Recent(error));
+                }
+            },
         };
         let value = token.value.clone();
-        *cached = Some(token);
+        *cache = Cache { token: Some(token), failure: None };
         Ok(value)
     }
 
     /// Forgets the cached token, after DPS refused it.
     pub async fn invalidate(&self) {
-        *self.cached.lock().await = None;
+        self.cache.lock().await.token = None;
     }
 
     /// The kind of credentials, as the connection's status reports it.
@@ -351,8 +380,7 @@ async fn request_entra_token(
     let body =
         form.iter().map(|(k, v)| format!("{k}={}", encode_uri_component(v))).collect::<Vec<_>>().join("&");
     let endpoint_error = |source| AuthError::TokenEndpoint { endpoint: endpoint.clone(), source };
-    // Bounded: the authenticator's lock is held meanwhile, and every call of the connection
-    // waits on it.
+    // Bounded: every call of the connection that needs a token waits for this one.
     let response = http
         .post(&endpoint)
         .timeout(TOKEN_REQUEST_TIMEOUT)
@@ -508,6 +536,45 @@ mod tests {
         assert!(matches!(missing, AuthError::MissingSetting("AZURE_FEDERATED_TOKEN_FILE")));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_token_request_answers_every_caller_for_a_few_seconds() {
+        crate::install_crypto_provider();
+        let directory = std::env::temp_dir().join(format!("dps-operator-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let token_file = directory.join("token");
+        let _ = std::fs::remove_file(&token_file);
+        let authenticator = Authenticator::workload_identity(WorkloadIdentityConfig {
+            client_id: "app".into(),
+            tenant_id: "tenant".into(),
+            token_file: token_file.clone(),
+            // Nothing listens there: a request that is made fails to connect.
+            authority_host: "http://127.0.0.1:1/".into(),
+            scope: DPS_SCOPE.into(),
+        });
+        let http = reqwest::Client::new();
+        let first = authenticator.authorization(&http).await.unwrap_err();
+        assert!(
+            matches!(&first, AuthError::Recent(e) if matches!(**e, AuthError::TokenFile { .. })),
+            "{first:?}"
+        );
+
+        // The file appears; within the window the failure still answers, without a new request.
+        std::fs::write(&token_file, "federated-token").unwrap();
+        let again = authenticator.authorization(&http).await.unwrap_err();
+        assert!(
+            matches!(&again, AuthError::Recent(e) if matches!(**e, AuthError::TokenFile { .. })),
+            "{again:?}"
+        );
+
+        tokio::time::advance(REMEMBER_FAILURE).await;
+        let later = authenticator.authorization(&http).await.unwrap_err();
+        assert!(
+            matches!(&later, AuthError::Recent(e) if matches!(**e, AuthError::TokenEndpoint { .. })),
+            "asked again after the window: {later:?}"
+        );
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
     #[tokio::test]
     async fn sas_tokens_are_cached_until_close_to_expiry() {
         let connection: ConnectionString =
@@ -518,7 +585,7 @@ mod tests {
         let first = authenticator.authorization(&http).await.unwrap();
         assert_eq!(authenticator.authorization(&http).await.unwrap(), first);
         let about_to_expire = Secret::new("SharedAccessSignature about-to-expire");
-        *authenticator.cached.lock().await =
+        authenticator.cache.lock().await.token =
             Some(CachedToken { value: about_to_expire.clone(), expires_at: unix_now() + 60 });
         let renewed = authenticator.authorization(&http).await.unwrap();
         assert_ne!(renewed, about_to_expire, "a token about to expire is renewed");

@@ -157,8 +157,17 @@ struct Shared {
     throttle: Mutex<Option<Arc<RateLimiter>>>,
     faults: Mutex<Faults>,
     calls: Mutex<BTreeMap<String, u64>>,
+    /// Service API answers by HTTP status, since the calls were last reset.
+    statuses: Mutex<BTreeMap<u16, u64>>,
     /// Bearer tokens issued by the token endpoint, with their expiry (Unix seconds).
     tokens: Mutex<HashMap<String, u64>>,
+}
+
+impl Shared {
+    fn reset_calls(&self) {
+        lock(&self.calls).clear();
+        lock(&self.statuses).clear();
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -217,6 +226,7 @@ impl RunningEmulator {
             throttle: Mutex::new(config.operations_per_minute.map(|n| Arc::new(RateLimiter::new(n)))),
             faults: Mutex::new(config.faults),
             calls: Mutex::new(BTreeMap::new()),
+            statuses: Mutex::new(BTreeMap::new()),
             tokens: Mutex::new(HashMap::new()),
         });
 
@@ -281,8 +291,13 @@ impl RunningEmulator {
         lock(&self.shared.calls).clone()
     }
 
+    /// How many service API calls were answered with `status` since the calls were last reset.
+    pub fn calls_answered(&self, status: u16) -> u64 {
+        lock(&self.shared.statuses).get(&status).copied().unwrap_or_default()
+    }
+
     pub fn reset_calls(&self) {
-        lock(&self.shared.calls).clear();
+        self.shared.reset_calls();
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -503,10 +518,12 @@ async fn service_api(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match handle(&shared, &method, &uri, &headers, &body).await {
+    let response = match handle(&shared, &method, &uri, &headers, &body).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
-    }
+    };
+    *lock(&shared.statuses).entry(response.status().as_u16()).or_default() += 1;
+    response
 }
 
 async fn handle(
@@ -882,12 +899,13 @@ async fn token_endpoint(
 
 async fn admin_calls(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let calls = lock(&shared.calls).clone();
+    let statuses = lock(&shared.statuses).clone();
     let total: u64 = calls.values().sum();
-    Json(json!({ "operations": calls, "total": total }))
+    Json(json!({ "operations": calls, "statuses": statuses, "total": total }))
 }
 
 async fn admin_reset_calls(State(shared): State<Arc<Shared>>) -> StatusCode {
-    lock(&shared.calls).clear();
+    shared.reset_calls();
     StatusCode::NO_CONTENT
 }
 

@@ -22,6 +22,8 @@ pub struct Operator {
     pub dps: dps::Client,
     config: Config,
     task: Option<JoinHandle<()>>,
+    /// The health and metrics of the running operator, new at each start.
+    health: std::sync::Arc<dps_operator::http::Health>,
 }
 
 /// How long the tests wait for the operator to get somewhere.
@@ -49,7 +51,15 @@ impl Operator {
             ..Config::default()
         };
         configure(&mut config);
-        let operator = Self { namespace, more_namespaces: Vec::new(), emulator, dps, config, task: None };
+        let operator = Self {
+            namespace,
+            more_namespaces: Vec::new(),
+            emulator,
+            dps,
+            config,
+            task: None,
+            health: Default::default(),
+        };
         operator.add_connection(&operator.namespace).await;
         let mut operator = operator;
         operator.restart();
@@ -113,9 +123,10 @@ impl Operator {
         let config = self.config.clone();
         let namespaces: Vec<String> =
             std::iter::once(self.namespace.clone()).chain(self.more_namespaces.iter().cloned()).collect();
+        self.health = Default::default();
+        let health = self.health.clone();
         self.task = Some(tokio::spawn(async move {
             let client = control_plane().client().await.expect("a client");
-            let health = std::sync::Arc::new(dps_operator::http::Health::default());
             if let Err(error) = controller::run(client, config, namespaces, None, health).await {
                 panic!("the operator stopped: {error}");
             }
@@ -200,6 +211,29 @@ impl Operator {
                 panic!("{resource}: timed out waiting until {what}: {}", output.stderr);
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The value of one sample of the running operator's metrics, as `/metrics` shows it, e.g.
+    /// `dps_operator_resources{kind="IndividualEnrollment",ready="true"}`.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        self.health
+            .metrics
+            .encode()
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// Waits until the running operator's metric `sample` has the value `want`.
+    pub async fn eventually_metric(&self, sample: &str, want: f64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while self.metric(sample) != Some(want) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} is {:?}, not {want}, after {PATIENCE:?}",
+                self.metric(sample)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -1,0 +1,621 @@
+//! One pass's conversation with DPS about one enrollment: read it, settle a create DPS never
+//! confirmed, fill a missing key Secret, decide, write, and read again when DPS changed between
+//! the read and the write (409, 412). Its I/O goes through [`Edges`], so each decision path has a
+//! table test below.
+
+use super::{
+    Error,
+    desired::{DpsRecord, Facts, Plan, Resolved, decide, desired_comparable, drift},
+    ownership::Ownership,
+};
+use crate::{
+    api::EnrollmentStatus,
+    dps::{self, IfMatch, models::Secret},
+};
+
+/// A primary and a secondary symmetric key.
+pub type Keys = (Secret, Secret);
+
+/// What a pass does outside itself: the DPS calls about its enrollment, and the Kubernetes writes
+/// that go with them.
+pub trait Edges<R> {
+    /// The enrollment as DPS holds it, `None` when DPS has none.
+    async fn get(&self) -> Result<Option<R>, dps::Error>;
+    /// The symmetric keys DPS holds for the enrollment (the attestation mechanism call), if both.
+    async fn keys_in_dps(&self) -> Result<Option<Keys>, dps::Error>;
+    async fn put(&self, record: &R, if_match: IfMatch<'_>) -> Result<R, dps::Error>;
+    /// Creates the missing key Secret `name` with `keys` (`from_dps`: the keys DPS holds) and
+    /// answers the keys it then holds: another writer may have created it first.
+    async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<Keys, Error>;
+    /// Writes `claim` to the resource's status, before the DPS write it prepares.
+    async fn record_claim(&self, claim: &EnrollmentStatus) -> Result<(), Error>;
+    /// The record the spec describes with the material in `resolved`.
+    fn build(&self, resolved: &Resolved) -> Result<R, Error>;
+    /// Gives up this resource's entry in the register of owners, for another to take.
+    fn release(&self);
+}
+
+/// What a pass starts from, and what it leaves for the status.
+#[derive(Debug)]
+pub struct Pass<'a, R> {
+    pub what: &'static str,
+    pub id: &'a str,
+    /// The DPS host and the name of the connection to it.
+    pub host: &'a str,
+    pub connection: &'a str,
+    pub namespace: &'a str,
+    pub may_write: bool,
+    pub adopt: bool,
+    /// The key Secret the spec names, for a symmetric-key enrollment.
+    pub key_secret: Option<&'a str>,
+    /// Whether the spec or a referenced Secret changed since the last pass.
+    pub inputs_changed: bool,
+    pub ownership: Ownership,
+    pub resolved: Resolved,
+    pub desired: R,
+    pub digest: Option<String>,
+    /// A record from the connection's query snapshot, known current: read instead of a GET.
+    pub snapshot_record: Option<R>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Done {
+    /// Settled, and the drift check is not due: DPS was not consulted.
+    NotDue,
+    InSync,
+    Created,
+    Recreated,
+    /// Written because the spec or a referenced Secret changed (`inputs_changed`), or because
+    /// DPS was changed outside Kubernetes.
+    Updated {
+        drift: Vec<&'static str>,
+        inputs_changed: bool,
+    },
+    Adopted,
+    /// Not written (observe-only or paused): what differs, or that it is missing.
+    Reported {
+        drift: Vec<&'static str>,
+        missing: bool,
+    },
+}
+
+/// How often one pass reads again after DPS answered that the enrollment changed meanwhile.
+const ATTEMPTS: u32 = 3;
+
+/// Brings DPS in line with `pass`, recording claims in `recorded` (the status as this pass has
+/// written it so far). Answers what was done and the record DPS now holds.
+pub async fn converge<R: DpsRecord, E: Edges<R>>(
+    edges: &E,
+    pass: &mut Pass<'_, R>,
+    recorded: &mut EnrollmentStatus,
+) -> Result<(Done, Option<R>), Error> {
+    let dps_error = |source| Error::Dps { connection: pass.connection.to_owned(), source };
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let observed = match pass.snapshot_record.take() {
+            Some(record) => Some(record),
+            None => edges.get().await.map_err(dps_error)?,
+        };
+
+        // A create of ours that DPS never confirmed (its answer lost, or the operator stopped):
+        // the enrollment now at the id is ours only if it holds exactly what was sent.
+        if pass.ownership == Ownership::CreatePending
+            && let Some(found) = &observed
+        {
+            let same_keys = match &pass.resolved.keys {
+                None => pass.key_secret.is_none(),
+                Some(keys) => edges.keys_in_dps().await.map_err(dps_error)?.is_some_and(|held| {
+                    held.0.expose() == keys.0.expose() && held.1.expose() == keys.1.expose()
+                }),
+            };
+            let sent = desired_comparable(&pass.desired, &pass.resolved);
+            if same_keys && drift(&sent, &found.comparable()).is_empty() {
+                pass.ownership = Ownership::Owned;
+            } else {
+                pass.ownership = Ownership::None;
+                drop_claim(recorded);
+            }
+        }
+
+        fill_key_secret(edges, pass, observed.is_some()).await?;
+
+        let owned = pass.ownership == Ownership::Owned;
+        let desired = desired_comparable(&pass.desired, &pass.resolved);
+        let observed_comparable = observed.as_ref().map(DpsRecord::comparable);
+        let plan = decide(Facts {
+            may_write: pass.may_write,
+            adopt: pass.adopt,
+            claimed: owned,
+            desired: &desired,
+            observed: observed_comparable.as_ref().zip(observed.as_ref().and_then(|r| r.etag())),
+            secrets_changed: owned && pass.digest != recorded.secrets_digest,
+            what: pass.what,
+            id: pass.id,
+        });
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(error) => {
+                // Not ours (a create still pending was settled above): leave the id to others.
+                if !owned {
+                    edges.release();
+                }
+                return Err(error);
+            }
+        };
+        let written = match plan {
+            Plan::InSync => return Ok((Done::InSync, observed)),
+            Plan::Report { drift, missing } => return Ok((Done::Reported { drift, missing }, observed)),
+            Plan::Create { recreate } => {
+                if !owned {
+                    // Record the create before sending it, with the keys it writes: should its
+                    // answer be lost, the enrollment then found is recognised as ours, and is
+                    // not written again.
+                    let pending = EnrollmentStatus {
+                        claimed: None,
+                        create_pending: Some(true),
+                        claimed_host: Some(pass.host.to_owned()),
+                        secrets_digest: pass.digest.clone(),
+                        ..recorded.clone()
+                    };
+                    edges.record_claim(&pending).await?;
+                    *recorded = pending;
+                    pass.ownership = Ownership::CreatePending;
+                }
+                // Without If-Match, DPS never overwrites: an enrollment that appeared meanwhile
+                // is answered 409, and read again.
+                edges.put(&pass.desired, IfMatch::None).await.map(|created| {
+                    pass.ownership = Ownership::Owned;
+                    (if recreate { Done::Recreated } else { Done::Created }, Some(created))
+                })
+            }
+            Plan::Update { etag, drift, adopt } => {
+                if adopt {
+                    // An explicit adoption: the enrollment is ours from here on.
+                    let adopted = EnrollmentStatus {
+                        claimed: Some(true),
+                        create_pending: None,
+                        claimed_host: Some(pass.host.to_owned()),
+                        ..recorded.clone()
+                    };
+                    edges.record_claim(&adopted).await?;
+                    *recorded = adopted;
+                    pass.ownership = Ownership::Owned;
+                }
+                pass.desired.set_etag(Some(etag.clone()));
+                let done = if adopt {
+                    Done::Adopted
+                } else {
+                    Done::Updated { drift, inputs_changed: pass.inputs_changed }
+                };
+                edges.put(&pass.desired, IfMatch::Etag(&etag)).await.map(|updated| (done, Some(updated)))
+            }
+        };
+        match written {
+            Ok(outcome) => return Ok(outcome),
+            Err(dps::Error::PreconditionFailed { .. } | dps::Error::Conflict { .. })
+                if attempts < ATTEMPTS => {}
+            Err(source) => return Err(dps_error(source)),
+        }
+    }
+}
+
+/// Keys for a key Secret that does not exist: new ones for an enrollment about to be created;
+/// for one DPS already has (ours, or to adopt), the keys it holds, so devices keep working. An
+/// enrollment neither ours nor to adopt gets none: it is refused without a write.
+async fn fill_key_secret<R, E: Edges<R>>(
+    edges: &E,
+    pass: &mut Pass<'_, R>,
+    exists: bool,
+) -> Result<(), Error> {
+    let (None, Some(secret), true) = (&pass.resolved.keys, pass.key_secret, pass.may_write) else {
+        return Ok(());
+    };
+    let keys = if !exists {
+        Some((random_key(), random_key()))
+    } else if pass.ownership == Ownership::Owned || pass.adopt {
+        edges.keys_in_dps().await.map_err(|source| Error::KeysUnreadable {
+            what: pass.what,
+            id: pass.id.to_owned(),
+            namespace: pass.namespace.to_owned(),
+            secret: secret.to_owned(),
+            connection: pass.connection.to_owned(),
+            source: Box::new(source),
+        })?
+    } else {
+        None
+    };
+    if let Some(keys) = keys {
+        pass.resolved.keys = Some(edges.create_key_secret(secret, keys, exists).await?);
+        pass.desired = edges.build(&pass.resolved)?;
+        pass.digest = pass.resolved.secrets_digest();
+    }
+    Ok(())
+}
+
+/// Forgets a claim `recorded` holds, in the status this pass writes.
+pub fn drop_claim(recorded: &mut EnrollmentStatus) {
+    recorded.claimed = None;
+    recorded.create_pending = None;
+    recorded.claimed_host = None;
+}
+
+/// A random 64-byte symmetric key, base64, as DPS generates them.
+fn random_key() -> Secret {
+    use base64::Engine;
+    Secret::new(base64::engine::general_purpose::STANDARD.encode(crate::random_bytes::<64>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        cell::{Cell, RefCell},
+        collections::VecDeque,
+        time::Duration,
+    };
+
+    use super::*;
+    use crate::{
+        controller::ownership::ownership,
+        dps::models::{AttestationMechanism, AttestationType, IndividualEnrollment, SymmetricKeyAttestation},
+    };
+
+    const HOST: &str = "dps.example";
+
+    fn keys(name: &str) -> Keys {
+        (Secret::new(format!("{name}-primary")), Secret::new(format!("{name}-secondary")))
+    }
+
+    /// A symmetric-key enrollment `device-1` with these keys (DPS generates them when `None`)
+    /// and this device id.
+    fn record(keys: Option<&Keys>, device_id: &str) -> IndividualEnrollment {
+        IndividualEnrollment {
+            registration_id: "device-1".into(),
+            device_id: Some(device_id.into()),
+            attestation: AttestationMechanism {
+                type_: AttestationType::SymmetricKey,
+                symmetric_key: Some(SymmetricKeyAttestation {
+                    primary_key: keys.map(|k| k.0.clone()),
+                    secondary_key: keys.map(|k| k.1.clone()),
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    /// How the fake DPS answers a PUT.
+    enum PutAnswer {
+        /// Refused with this error; nothing written.
+        Fail(dps::Error),
+        /// Carried out, then the answer is lost.
+        Lost,
+        /// Another client writes this record just before ours arrives.
+        Raced(Box<IndividualEnrollment>),
+    }
+
+    /// DPS holding at most one enrollment, and the Kubernetes side of a pass, recording each call.
+    #[derive(Default)]
+    struct Fake {
+        record: RefCell<Option<IndividualEnrollment>>,
+        /// The keys DPS holds for the record.
+        keys: RefCell<Option<Keys>>,
+        /// Whether the attestation mechanism call is refused (a policy without the permission).
+        keys_forbidden: bool,
+        /// How the next PUTs are answered; carried out as DPS would once these run out.
+        puts: RefCell<VecDeque<PutAnswer>>,
+        etags: Cell<u32>,
+        /// The key Secret the pass created.
+        secret: RefCell<Option<Keys>>,
+        calls: RefCell<Vec<&'static str>>,
+        claims: RefCell<Vec<EnrollmentStatus>>,
+    }
+
+    fn details() -> Box<crate::dps::models::ProvisioningServiceErrorDetails> {
+        Box::default()
+    }
+
+    impl Fake {
+        fn holding(record: IndividualEnrollment, keys: Keys) -> Self {
+            let fake = Self::default();
+            fake.store(record, Some(keys));
+            fake
+        }
+
+        fn store(&self, mut record: IndividualEnrollment, keys: Option<Keys>) {
+            self.etags.set(self.etags.get() + 1);
+            record.etag = Some(format!("etag-{}", self.etags.get()));
+            record.attestation.symmetric_key = Some(SymmetricKeyAttestation::default());
+            *self.keys.borrow_mut() = keys;
+            *self.record.borrow_mut() = Some(record);
+        }
+
+        fn with_puts(self, answers: impl IntoIterator<Item = PutAnswer>) -> Self {
+            self.puts.borrow_mut().extend(answers);
+            self
+        }
+
+        fn call(&self, what: &'static str) {
+            self.calls.borrow_mut().push(what);
+        }
+
+        fn calls(&self) -> Vec<&'static str> {
+            self.calls.borrow().clone()
+        }
+
+        fn dps_keys(&self) -> Option<(String, String)> {
+            self.keys.borrow().as_ref().map(|k| (k.0.expose().to_owned(), k.1.expose().to_owned()))
+        }
+    }
+
+    impl Edges<IndividualEnrollment> for Fake {
+        async fn get(&self) -> Result<Option<IndividualEnrollment>, dps::Error> {
+            self.call("GET");
+            Ok(self.record.borrow().clone())
+        }
+
+        async fn keys_in_dps(&self) -> Result<Option<Keys>, dps::Error> {
+            self.call("KEYS");
+            if self.keys_forbidden {
+                return Err(dps::Error::Forbidden {
+                    operation: "POST attestationmechanism".into(),
+                    details: details(),
+                });
+            }
+            Ok(self.keys.borrow().clone())
+        }
+
+        async fn put(
+            &self,
+            record: &IndividualEnrollment,
+            if_match: IfMatch<'_>,
+        ) -> Result<IndividualEnrollment, dps::Error> {
+            self.call("PUT");
+            let operation = "PUT enrollments/device-1".to_owned();
+            let lost = match self.puts.borrow_mut().pop_front() {
+                Some(PutAnswer::Fail(error)) => return Err(error),
+                Some(PutAnswer::Raced(other)) => {
+                    self.store(*other, Some(keys("raced")));
+                    false
+                }
+                Some(PutAnswer::Lost) => true,
+                None => false,
+            };
+            let held = self.record.borrow().as_ref().and_then(|r| r.etag.clone());
+            match (if_match, held) {
+                (IfMatch::None, Some(_)) => {
+                    return Err(dps::Error::Conflict { operation, details: details() });
+                }
+                (IfMatch::Etag(wanted), held) if held.as_deref() != Some(wanted) => {
+                    return Err(dps::Error::PreconditionFailed { operation, details: details() });
+                }
+                _ => {}
+            }
+            let given = record.attestation.symmetric_key.as_ref();
+            let keys = match given.and_then(|k| Some((k.primary_key.clone()?, k.secondary_key.clone()?))) {
+                Some(keys) => keys,
+                None => self.keys.borrow().clone().unwrap_or_else(|| keys("generated")),
+            };
+            self.store(record.clone(), Some(keys));
+            if lost {
+                return Err(dps::Error::Timeout { operation, timeout: Duration::from_secs(5) });
+            }
+            Ok(self.record.borrow().clone().expect("just stored"))
+        }
+
+        async fn create_key_secret(&self, _name: &str, keys: Keys, _from_dps: bool) -> Result<Keys, Error> {
+            self.call("SECRET");
+            *self.secret.borrow_mut() = Some(keys.clone());
+            Ok(keys)
+        }
+
+        async fn record_claim(&self, claim: &EnrollmentStatus) -> Result<(), Error> {
+            self.call("CLAIM");
+            self.claims.borrow_mut().push(claim.clone());
+            Ok(())
+        }
+
+        fn build(&self, resolved: &Resolved) -> Result<IndividualEnrollment, Error> {
+            Ok(record(resolved.keys.as_ref(), "thermostat"))
+        }
+
+        fn release(&self) {
+            self.call("RELEASE");
+        }
+    }
+
+    /// A pass of a managed resource whose spec names the key Secret `device-1-keys`, holding
+    /// `secret_keys` (missing when `None`), with the ownership its status `recorded` gives.
+    fn pass(secret_keys: Option<Keys>, recorded: &EnrollmentStatus) -> Pass<'static, IndividualEnrollment> {
+        let resolved = Resolved { keys: secret_keys, ..Default::default() };
+        Pass {
+            what: "individual enrollment",
+            id: "device-1",
+            host: HOST,
+            connection: "dps",
+            namespace: "factory",
+            may_write: true,
+            adopt: false,
+            key_secret: Some("device-1-keys"),
+            inputs_changed: false,
+            ownership: ownership(recorded, HOST),
+            desired: record(resolved.keys.as_ref(), "thermostat"),
+            digest: resolved.secrets_digest(),
+            resolved,
+            snapshot_record: None,
+        }
+    }
+
+    fn owned() -> EnrollmentStatus {
+        EnrollmentStatus { claimed: Some(true), claimed_host: Some(HOST.into()), ..Default::default() }
+    }
+
+    fn run<R>(future: impl std::future::Future<Output = R>) -> R {
+        tokio::runtime::Builder::new_current_thread().build().expect("a runtime").block_on(future)
+    }
+
+    #[test]
+    fn a_new_enrollment_gets_new_keys_and_is_claimed_before_it_is_created() {
+        let dps = Fake::default();
+        let mut recorded = EnrollmentStatus::default();
+        let mut pass = pass(None, &recorded);
+        let (done, _) = run(converge(&dps, &mut pass, &mut recorded)).expect("created");
+        assert_eq!(done, Done::Created);
+        assert_eq!(dps.calls(), ["GET", "SECRET", "CLAIM", "PUT"]);
+        assert_eq!(pass.ownership, Ownership::Owned);
+        let secret = dps.secret.borrow().clone().expect("a key Secret");
+        assert_eq!(dps.dps_keys(), Some((secret.0.expose().into(), secret.1.expose().into())));
+        let claim = &dps.claims.borrow()[0];
+        assert_eq!((claim.create_pending, claim.claimed_host.as_deref()), (Some(true), Some(HOST)));
+        assert_eq!(claim.secrets_digest, pass.digest, "the claim names the keys the create sends");
+    }
+
+    #[test]
+    fn a_create_whose_answer_was_lost_is_recognised_by_its_content_and_keys() {
+        let dps = Fake::default().with_puts([PutAnswer::Lost]);
+        let mut recorded = EnrollmentStatus::default();
+        let mut first = pass(None, &recorded);
+        let error = run(converge(&dps, &mut first, &mut recorded)).expect_err("the answer is lost");
+        assert!(matches!(error, Error::Dps { source: dps::Error::Timeout { .. }, .. }), "{error}");
+        assert_eq!(recorded.create_pending, Some(true));
+
+        // The next pass reads the Secret the first one created.
+        let secret = dps.secret.borrow().clone();
+        dps.calls.borrow_mut().clear();
+        let mut next = pass(secret, &recorded);
+        assert_eq!(next.ownership, Ownership::CreatePending);
+        let (done, _) = run(converge(&dps, &mut next, &mut recorded)).expect("in sync");
+        assert_eq!(done, Done::InSync);
+        assert_eq!(dps.calls(), ["GET", "KEYS"], "confirmed without writing again");
+        assert_eq!(next.ownership, Ownership::Owned);
+    }
+
+    #[test]
+    fn a_pending_create_never_takes_what_another_client_put_at_the_id() {
+        let cases = [
+            ("other content", record(None, "someone-else"), keys("ours")),
+            ("the same content with other keys", record(None, "thermostat"), keys("theirs")),
+        ];
+        for (case, found, their_keys) in cases {
+            let dps = Fake::holding(found, their_keys.clone());
+            let mut recorded = EnrollmentStatus {
+                create_pending: Some(true),
+                claimed_host: Some(HOST.into()),
+                ..Default::default()
+            };
+            let mut pass = pass(Some(keys("ours")), &recorded);
+            let error = run(converge(&dps, &mut pass, &mut recorded)).expect_err(case);
+            assert!(matches!(error, Error::AlreadyExists { .. }), "{case}: {error}");
+            assert_eq!(dps.calls(), ["GET", "KEYS", "RELEASE"], "{case}");
+            assert_eq!((recorded.create_pending, recorded.claimed_host.as_deref()), (None, None), "{case}");
+            let held = their_keys.0.expose().to_owned();
+            assert_eq!(dps.dps_keys().map(|k| k.0), Some(held), "{case}: DPS keeps its keys");
+        }
+    }
+
+    #[test]
+    fn an_enrollment_created_by_another_client_meanwhile_is_read_again_and_not_overwritten() {
+        let dps = Fake::default().with_puts([PutAnswer::Raced(Box::new(record(None, "someone-else")))]);
+        let mut recorded = EnrollmentStatus::default();
+        let mut pass = pass(Some(keys("ours")), &recorded);
+        let error = run(converge(&dps, &mut pass, &mut recorded)).expect_err("not ours");
+        assert!(matches!(error, Error::AlreadyExists { .. }), "{error}");
+        assert_eq!(dps.calls(), ["GET", "CLAIM", "PUT", "GET", "KEYS", "RELEASE"]);
+        assert_eq!(
+            dps.record.borrow().as_ref().and_then(|r| r.device_id.clone()).as_deref(),
+            Some("someone-else")
+        );
+        assert_eq!(dps.dps_keys(), Some(("raced-primary".into(), "raced-secondary".into())));
+    }
+
+    #[test]
+    fn an_update_refused_for_a_stale_etag_is_read_again_and_retried_with_the_new_one() {
+        let dps = Fake::holding(record(None, "old-name"), keys("ours"))
+            .with_puts([PutAnswer::Raced(Box::new(record(None, "older-name")))]);
+        let mut recorded = owned();
+        let mut pass = pass(Some(keys("ours")), &recorded);
+        let (done, written) = run(converge(&dps, &mut pass, &mut recorded)).expect("updated");
+        assert!(matches!(done, Done::Updated { ref drift, .. } if drift.contains(&"deviceId")), "{done:?}");
+        assert_eq!(dps.calls(), ["GET", "PUT", "GET", "PUT"]);
+        assert_eq!(written.and_then(|r| r.device_id).as_deref(), Some("thermostat"));
+    }
+
+    #[test]
+    fn an_enrollment_changed_at_every_attempt_gives_up_after_three_writes() {
+        let raced = (0..3).map(|i| PutAnswer::Raced(Box::new(record(None, &format!("name-{i}")))));
+        let dps = Fake::holding(record(None, "old-name"), keys("ours")).with_puts(raced);
+        let mut recorded = owned();
+        let mut pass = pass(Some(keys("ours")), &recorded);
+        let error = run(converge(&dps, &mut pass, &mut recorded)).expect_err("gives up");
+        assert!(matches!(error, Error::Dps { source: dps::Error::PreconditionFailed { .. }, .. }), "{error}");
+        assert_eq!(dps.calls().iter().filter(|c| **c == "PUT").count(), ATTEMPTS as usize);
+    }
+
+    #[test]
+    fn adoption_with_a_missing_key_secret_keeps_the_keys_devices_use() {
+        let dps = Fake::holding(record(None, "thermostat"), keys("field"));
+        let mut recorded = EnrollmentStatus::default();
+        let mut pass = Pass { adopt: true, ..pass(None, &recorded) };
+        let (done, _) = run(converge(&dps, &mut pass, &mut recorded)).expect("adopted");
+        assert_eq!(done, Done::Adopted);
+        assert_eq!(dps.calls(), ["GET", "KEYS", "SECRET", "CLAIM", "PUT"]);
+        let secret = dps.secret.borrow().clone().expect("a key Secret");
+        assert_eq!(secret.0.expose(), "field-primary");
+        assert_eq!(dps.dps_keys(), Some(("field-primary".into(), "field-secondary".into())));
+        assert_eq!((recorded.claimed, recorded.claimed_host.as_deref()), (Some(true), Some(HOST)));
+    }
+
+    #[test]
+    fn adoption_whose_keys_cannot_be_read_writes_nothing() {
+        let dps = Fake { keys_forbidden: true, ..Fake::holding(record(None, "thermostat"), keys("field")) };
+        let mut recorded = EnrollmentStatus::default();
+        let mut pass = Pass { adopt: true, ..pass(None, &recorded) };
+        let error = run(converge(&dps, &mut pass, &mut recorded)).expect_err("refused");
+        assert!(matches!(error, Error::KeysUnreadable { .. }), "{error}");
+        assert_eq!(error.reason(), "KeysUnreadable");
+        assert_eq!(dps.calls(), ["GET", "KEYS"]);
+        assert!(dps.secret.borrow().is_none());
+    }
+
+    #[test]
+    fn an_enrollment_neither_ours_nor_to_adopt_is_refused_without_any_write() {
+        for secret_keys in [None, Some(keys("ours"))] {
+            let dps = Fake::holding(record(None, "thermostat"), keys("field"));
+            let mut recorded = EnrollmentStatus::default();
+            let mut pass = pass(secret_keys.clone(), &recorded);
+            let error = run(converge(&dps, &mut pass, &mut recorded)).expect_err("refused");
+            assert!(matches!(error, Error::AlreadyExists { .. }), "{error}");
+            assert_eq!(dps.calls(), ["GET", "RELEASE"], "Secret given: {}", secret_keys.is_some());
+            assert!(dps.secret.borrow().is_none());
+        }
+    }
+
+    #[test]
+    fn an_observe_only_resource_reports_and_writes_nothing() {
+        let dps = Fake::default();
+        let mut recorded = EnrollmentStatus::default();
+        let mut pass = Pass { may_write: false, ..pass(None, &recorded) };
+        let (done, _) = run(converge(&dps, &mut pass, &mut recorded)).expect("reported");
+        assert_eq!(done, Done::Reported { drift: Vec::new(), missing: true });
+        assert_eq!(dps.calls(), ["GET"]);
+    }
+
+    #[test]
+    fn a_failed_create_leaves_a_pending_claim_not_ownership() {
+        let unavailable = dps::Error::Server { operation: "PUT".into(), status: 503, details: details() };
+        let dps = Fake::default().with_puts([PutAnswer::Fail(unavailable)]);
+        let mut recorded = EnrollmentStatus::default();
+        let mut pass = pass(Some(keys("ours")), &recorded);
+        let error = run(converge(&dps, &mut pass, &mut recorded)).expect_err("503");
+        assert_eq!(error.retry(), crate::controller::Retry::Backoff);
+        assert_eq!(pass.ownership, Ownership::CreatePending);
+        assert_eq!((recorded.claimed, recorded.create_pending), (None, Some(true)));
+
+        // Someone else then creates the id: the pending claim does not make it ours.
+        dps.store(record(None, "someone-else"), Some(keys("theirs")));
+        let mut next = self::pass(Some(keys("ours")), &recorded);
+        let error = run(converge(&dps, &mut next, &mut recorded)).expect_err("not ours");
+        assert!(matches!(error, Error::AlreadyExists { .. }), "{error}");
+        assert_eq!(dps.dps_keys(), Some(("theirs-primary".into(), "theirs-secondary".into())));
+    }
+}
