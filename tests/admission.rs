@@ -364,3 +364,16 @@ async fn a_complete_status_survives_the_status_subresource() {
         api.patch_status("thermostats", &params, &Patch::Apply(&patch)).await.expect("status written");
     assert_eq!(written.status, Some(group_status));
 }
+
+/// DPS accepts `static` without `iotHubs` (the hub linked to the DPS is used; azure-sdk-for-python
+/// recording `test_device_registration.pyTestDeviceRegistrationtest_device_registration_lifecycle.json`),
+/// so the API server does too.
+#[test]
+fn static_allocation_without_hubs_is_admitted() {
+    let namespace = namespace("static");
+    let yaml = "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {name: one-hub}\nspec:\n  \
+                serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: one-hub-keys}\n  \
+                allocationPolicy: static\n";
+    let applied = kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(yaml));
+    assert!(applied.success, "refused: {}", applied.stderr);
+}

@@ -75,19 +75,24 @@ async fn individual_enrollment_lifecycle_follows_etags() {
     let created = client.put(&desired, IfMatch::None).await.expect("created");
     let etag = created.etag.clone().expect("an etag");
     assert!(created.created_date_time_utc.is_some() && created.last_updated_date_time_utc.is_some());
-    assert_eq!(created.provisioning_status, Some(ProvisioningStatus::Enabled), "defaults filled in");
-    assert_eq!(created.capabilities, Some(DeviceCapabilities { iot_edge: false }));
-    assert_eq!(created.reprovision_policy, Some(ReprovisionPolicy::default()));
-    assert_eq!(created.attestation.symmetric_key, None, "keys are not returned");
+    // Settings left out stay out: DPS fills in no defaults.
+    assert_eq!(
+        (created.provisioning_status, created.capabilities, created.reprovision_policy),
+        (None, None, None)
+    );
+    let answered = created.attestation.symmetric_key.clone().expect("a PUT answers with the keys");
     assert_eq!(
         (created.device_id.as_deref(), created.initial_twin.as_ref()),
         (Some("boiler-0042"), desired.initial_twin.as_ref())
     );
 
     let read: IndividualEnrollment = client.get("BOILER:0042").await.expect("ids are case-insensitive");
-    assert_eq!(read, created);
+    assert_eq!(read.attestation.symmetric_key, None, "a GET has no keys");
+    assert_eq!(read.registration_state.and_then(|s| s.status), Some(RegistrationStatus::Unassigned));
+    assert_eq!(read.etag, created.etag);
     let keys = client.attestation_mechanism::<IndividualEnrollment>("boiler:0042").await.unwrap();
     let keys = keys.symmetric_key.expect("the attestation mechanism has the keys");
+    assert_eq!(keys, answered, "the keys the PUT answered are the ones DPS holds");
     for key in [keys.primary_key.as_ref().unwrap(), keys.secondary_key.as_ref().unwrap()] {
         assert_eq!(BASE64.decode(key.expose()).unwrap().len(), 64, "generated keys are 64 bytes");
     }
@@ -269,8 +274,14 @@ async fn bulk_operations_go_in_calls_of_ten_with_per_item_errors() {
     let left: Vec<IndividualEnrollment> = client.query("SELECT *", None).try_collect().await.unwrap();
     assert_eq!(left.len(), 1);
 
+    // Mode update without etags never overwrites: each existing item is answered 409 (as DPS
+    // does, see the emulator's `Store::bulk`), and what is missing is created.
     let groups = client.bulk(BulkMode::Update, &[symmetric_key_group("bulk-group")]).await.unwrap();
-    assert!(groups.is_successful, "update creates what is missing");
+    assert!(groups.is_successful && groups.errors.is_empty(), "update creates what is missing");
+    let again = client.bulk(BulkMode::Update, &[symmetric_key_group("bulk-group")]).await.unwrap();
+    let failed: Vec<(&str, i32)> =
+        again.errors.iter().map(|e| (e.enrollment_group_id.as_str(), e.error_code)).collect();
+    assert_eq!(failed, [("bulk-group", 409202)]);
 }
 
 #[tokio::test]

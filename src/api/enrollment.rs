@@ -23,8 +23,8 @@ use super::{
     .message("spec.customAllocation is only used with allocationPolicy: custom")
     .field_path(".customAllocation")
     .reason(Reason::FieldValueForbidden))]
-#[x_kube(validation = Rule::new("!has(self.allocationPolicy) || self.allocationPolicy != 'static' || (has(self.iotHubs) && size(self.iotHubs) == 1)")
-    .message("allocationPolicy static needs exactly one hub in spec.iotHubs")
+#[x_kube(validation = Rule::new("!has(self.allocationPolicy) || self.allocationPolicy != 'static' || !has(self.iotHubs) || size(self.iotHubs) == 1")
+    .message("allocationPolicy static takes at most one hub in spec.iotHubs (none: the hub linked to the DPS)")
     .field_path(".iotHubs")
     .reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!has(self.deleteRegistrationRecords) || !self.deleteRegistrationRecords || !has(self.deletionPolicy) || self.deletionPolicy != 'Orphan'")
@@ -44,7 +44,8 @@ pub struct EnrollmentSettings {
     pub iot_hubs: Option<Vec<String>>,
 
     /// How DPS chooses a hub for a device: `hashed` (evenly distributed), `geoLatency` (lowest
-    /// latency), `static` (the one hub in `iotHubs`) or `custom` (an Azure Function decides; needs
+    /// latency), `static` (the one hub in `iotHubs`, or without `iotHubs` the hub linked to the
+    /// DPS: meant for a DPS with one linked hub) or `custom` (an Azure Function decides; needs
     /// `customAllocation`). When omitted, the DPS instance's default policy applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation_policy: Option<AllocationPolicy>,

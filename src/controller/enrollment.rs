@@ -374,7 +374,12 @@ async fn sync<K: EnrollmentKind>(
             }
         }
     } else {
-        Registrations::Device(record.as_ref().and_then(K::registration_state).map(registration_record))
+        // A GET holds the registration state (`unassigned` before any device registered); a
+        // query's records hold none, and say nothing about it.
+        match record.as_ref().and_then(K::registration_state) {
+            Some(state) => Registrations::Device(Some(registration_record(state))),
+            None => Registrations::Unknown,
+        }
     };
     Ok(Synced {
         done,

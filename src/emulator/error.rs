@@ -7,6 +7,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use super::validation::Kind;
 use crate::dps::models::{ProvisioningServiceErrorDetails, Timestamp};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,12 +37,15 @@ impl ApiError {
         Self::new(404, code, format!("The {what} '{id}' does not exist."))
     }
 
-    pub fn conflict(what: &str, id: &str) -> Self {
-        Self::new(
-            409,
-            409201,
-            format!("The {what} '{id}' already exists; update it with its etag (If-Match)."),
-        )
+    /// 409201 for an enrollment, 409202 for a group, as DPS's per-item bulk errors show
+    /// (azure-sdk-for-python recordings of `test_individual_enrollment_bulk_operations` and
+    /// `test_enrollment_group_bulk_operations`); the message is DPS's, which bulk answers carry
+    /// as `errorStatus`.
+    pub fn conflict(kind: Kind) -> Self {
+        match kind {
+            Kind::Individual => Self::new(409, 409201, "Enrollment already exists."),
+            Kind::Group => Self::new(409, 409202, "EnrollmentGroup already exists."),
+        }
     }
 
     pub fn precondition_failed(what: &str, id: &str) -> Self {

@@ -2,7 +2,7 @@
 //! admin endpoint, with throttling, fault injection and optional persistence.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
@@ -46,6 +46,8 @@ pub const SERVICE_API_VERSIONS: &[&str] = &["2018-04-01", "2019-03-31", "2021-10
 const DEFAULT_PAGE_SIZE: usize = 100;
 const MAX_PAGE_SIZE: usize = 1000;
 const MAX_BULK_ITEMS: usize = 10;
+/// How many request bodies [`RunningEmulator::requests`] keeps.
+pub const REQUESTS_KEPT: usize = 256;
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Faults to inject into service API calls (never into admin or token calls).
@@ -159,6 +161,8 @@ struct Shared {
     calls: Mutex<BTreeMap<String, u64>>,
     /// Service API answers by HTTP status, since the calls were last reset.
     statuses: Mutex<BTreeMap<u16, u64>>,
+    /// The latest request bodies, with their operation ids, oldest first.
+    requests: Mutex<VecDeque<(String, Bytes)>>,
     /// Bearer tokens issued by the token endpoint, with their expiry (Unix seconds).
     tokens: Mutex<HashMap<String, u64>>,
 }
@@ -227,6 +231,7 @@ impl RunningEmulator {
             faults: Mutex::new(config.faults),
             calls: Mutex::new(BTreeMap::new()),
             statuses: Mutex::new(BTreeMap::new()),
+            requests: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(HashMap::new()),
         });
 
@@ -289,6 +294,12 @@ impl RunningEmulator {
     /// Calls per DPS operation id since the start or the last reset.
     pub fn calls(&self) -> BTreeMap<String, u64> {
         lock(&self.shared.calls).clone()
+    }
+
+    /// The bodies of the latest service API requests (at most [`REQUESTS_KEPT`]), oldest first,
+    /// each with its operation id: what clients really send.
+    pub fn requests(&self) -> Vec<(String, Bytes)> {
+        lock(&self.shared.requests).iter().cloned().collect()
     }
 
     /// How many service API calls were answered with `status` since the calls were last reset.
@@ -535,6 +546,13 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let operation = route(method, uri.path())?;
     *lock(&shared.calls).entry(operation.operation_id()).or_default() += 1;
+    if !body.is_empty() {
+        let mut requests = lock(&shared.requests);
+        if requests.len() == REQUESTS_KEPT {
+            requests.pop_front();
+        }
+        requests.push_back((operation.operation_id(), body.clone()));
+    }
 
     let faults = lock(&shared.faults).clone();
     let faults = if faults.hit(method, uri.path()) { faults } else { Faults::default() };
@@ -563,8 +581,12 @@ async fn handle(
 
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
     match operation {
-        Operation::Get(Collection::Enrollments, id) => read(shared, |s| s.get::<IndividualEnrollment>(&id)),
-        Operation::Get(Collection::EnrollmentGroups, id) => read(shared, |s| s.get::<EnrollmentGroup>(&id)),
+        Operation::Get(Collection::Enrollments, id) => {
+            read(shared, |s| s.get::<IndividualEnrollment>(&id).map(|e| e.answer()))
+        }
+        Operation::Get(Collection::EnrollmentGroups, id) => {
+            read(shared, |s| s.get::<EnrollmentGroup>(&id).map(|g| g.answer()))
+        }
         Operation::Put(Collection::Enrollments, id) => {
             put::<IndividualEnrollment>(shared, &id, body, if_match)
         }
@@ -598,14 +620,18 @@ async fn handle(
                 Collection::Enrollments => {
                     let (items, next) =
                         store.query::<IndividualEnrollment>(page_size, continuation.as_deref())?;
-                    (serde_json::to_value(items), next, IndividualEnrollment::ITEM_TYPE)
+                    (
+                        items.iter().map(Record::answer).collect::<Vec<_>>(),
+                        next,
+                        IndividualEnrollment::ITEM_TYPE,
+                    )
                 }
                 Collection::EnrollmentGroups => {
                     let (items, next) = store.query::<EnrollmentGroup>(page_size, continuation.as_deref())?;
-                    (serde_json::to_value(items), next, EnrollmentGroup::ITEM_TYPE)
+                    (items.iter().map(Record::answer).collect(), next, EnrollmentGroup::ITEM_TYPE)
                 }
             };
-            Ok(query_response(items.unwrap_or_default(), next, item_type, page_size))
+            Ok(query_response(Value::Array(items), next, item_type, page_size))
         }
         Operation::GetRegistration(id) => read(shared, |s| {
             s.registrations
@@ -694,7 +720,9 @@ fn check_query(query: &str) -> Result<(), ApiError> {
     let words: Vec<String> = query.split_whitespace().map(str::to_ascii_lowercase).collect();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["select", "*"] | ["select", "*", "from", _] => Ok(()),
+        // Microsoft's SDK samples query with "*" alone (azure-iot-sdk-node,
+        // `provisioning/service/samples/query.js`).
+        ["*"] | ["select", "*"] | ["select", "*", "from", _] => Ok(()),
         _ => Err(ApiError::bad_request(
             400011,
             format!("The query '{query}' is not supported: the emulator answers SELECT * queries."),
@@ -760,7 +788,7 @@ fn put<R: Record>(
     let mut store = lock(&shared.store);
     let stored = store.put(id, item, if_match, &shared.quotas, shared.linked_hubs.as_deref())?;
     save(shared, &store);
-    Ok(Json(stored).into_response())
+    Ok(Json(stored.answer()).into_response())
 }
 
 fn bulk<R: Record>(
@@ -813,11 +841,8 @@ fn bulk<R: Record>(
         .into_iter()
         .map(|(id, error)| json!({ id_field: id, "errorCode": error.code, "errorStatus": error.message }))
         .collect();
-    let mut result = json!({ "isSuccessful": errors.is_empty() });
-    if !errors.is_empty() {
-        result["errors"] = Value::Array(errors);
-    }
-    Ok(Json(result).into_response())
+    // `errors` is there even when empty (every bulk answer in the azure-sdk-for-python recordings).
+    Ok(Json(json!({ "isSuccessful": errors.is_empty(), "errors": errors })).into_response())
 }
 
 /// Writes the state to the state file, if there is one (a temporary file, then a rename).

@@ -14,8 +14,8 @@ use super::{
 use crate::dps::{
     Enrollment,
     models::{
-        AttestationMechanism, AttestationType, BulkMode, DeviceCapabilities, DeviceRegistrationState,
-        EnrollmentGroup, IndividualEnrollment, ProvisioningStatus, ReprovisionPolicy, Timestamp,
+        AttestationMechanism, AttestationType, BulkMode, DeviceRegistrationState, EnrollmentGroup,
+        IndividualEnrollment, RegistrationStatus, Timestamp,
     },
 };
 use crate::random_bytes;
@@ -68,10 +68,27 @@ pub trait Record: Enrollment + Clone {
     fn created(&self) -> Option<Timestamp>;
     /// Sets the etag, creation and last update time.
     fn stamp(&mut self, etag: String, created: Timestamp, updated: Timestamp);
-    /// Checks and defaults of the fields besides the id and attestation.
+    /// Checks of the fields besides the id and attestation. Fields sent as null or left out stay
+    /// so: DPS answers them left out (`capabilities`, `reprovisionPolicy`) or null
+    /// (`provisioningStatus`), never with defaults of its own (azure-sdk-for-python,
+    /// `test_individual_enrollments.pyTestIndividualEnrollmentstest_enrollment_symmetrickey_lifecycle.json`).
     fn settle(&mut self, linked_hubs: Option<&[String]>) -> Result<(), ApiError>;
-    /// What a read returns: no keys, and for an individual enrollment its registration state.
-    fn public(&self, store: &Store) -> Self;
+    /// What a GET returns: no keys, and for an individual enrollment its registration state,
+    /// `unassigned` until a device registers (the same recording's GET).
+    fn read(&self, store: &Store) -> Self;
+    /// What a query returns: no keys, and no registration state for an enrollment no device
+    /// used (the same recording's queries). The recordings hold no query of a registered one:
+    /// the emulator keeps its registration state there, as DPS keeps it with the enrollment.
+    fn listed(&self, store: &Store) -> Self;
+    /// The JSON of an answer: `provisioningStatus` is always there, null when it was not set
+    /// (every answer in the same recording).
+    fn answer(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(fields) = value.as_object_mut() {
+            fields.entry("provisioningStatus").or_insert(serde_json::Value::Null);
+        }
+        value
+    }
 }
 
 /// The accessors both kinds implement the same way (their fields have the same names).
@@ -105,9 +122,6 @@ macro_rules! settle_common {
             $item.custom_allocation_definition.as_ref(),
             $linked_hubs,
         )?;
-        $item.capabilities.get_or_insert(DeviceCapabilities { iot_edge: false });
-        $item.provisioning_status.get_or_insert(ProvisioningStatus::Enabled);
-        $item.reprovision_policy.get_or_insert_with(ReprovisionPolicy::default);
     }};
 }
 
@@ -136,7 +150,19 @@ impl Record for IndividualEnrollment {
         settle_common!(self, linked_hubs);
         Ok(())
     }
-    fn public(&self, store: &Store) -> Self {
+    fn read(&self, store: &Store) -> Self {
+        let listed = self.listed(store);
+        let unassigned = || DeviceRegistrationState {
+            registration_id: Some(self.registration_id.clone()),
+            status: Some(RegistrationStatus::Unassigned),
+            ..Default::default()
+        };
+        Self {
+            registration_state: Some(listed.registration_state.clone().unwrap_or_else(unassigned)),
+            ..listed
+        }
+    }
+    fn listed(&self, store: &Store) -> Self {
         let registration =
             store.registrations.get(&self.registration_id.to_lowercase()).map(|r| r.state.clone());
         Self {
@@ -163,7 +189,10 @@ impl Record for EnrollmentGroup {
         settle_common!(self, linked_hubs);
         Ok(())
     }
-    fn public(&self, _: &Store) -> Self {
+    fn read(&self, store: &Store) -> Self {
+        self.listed(store)
+    }
+    fn listed(&self, _: &Store) -> Self {
         Self { attestation: without_keys(&self.attestation), ..self.clone() }
     }
 }
@@ -241,7 +270,7 @@ impl Store {
         let key = path_id.to_lowercase();
         let existing = R::table(self).get(&key);
         match (existing, if_match.map(str::trim)) {
-            (Some(_), None) => return Err(ApiError::conflict(R::WHAT, path_id)),
+            (Some(_), None) => return Err(ApiError::conflict(R::KIND)),
             // Any If-Match, `*` included, needs an existing item (RFC 7232).
             (None, Some(_)) => return Err(ApiError::precondition_failed(R::WHAT, path_id)),
             (Some(existing), Some(tag)) if tag != "*" && !etag_matches(tag, existing.etag()) => {
@@ -261,7 +290,9 @@ impl Store {
         }
         item.stamp(new_etag(), created, now);
         R::table_mut(self).insert(key, item.clone());
-        Ok(item.public(self))
+        // The answer to a PUT holds the symmetric keys, given or generated, unlike every read
+        // (the same recording's PUTs, individual and group).
+        Ok(item)
     }
 
     fn check_quota<R: Record>(&self, attestation: AttestationType, quotas: &Quotas) -> Result<(), ApiError> {
@@ -292,7 +323,7 @@ impl Store {
     pub fn get<R: Record>(&self, id: &str) -> Result<R, ApiError> {
         R::table(self)
             .get(&id.to_lowercase())
-            .map(|item| item.public(self))
+            .map(|item| item.read(self))
             .ok_or_else(|| ApiError::not_found(R::WHAT, id))
     }
 
@@ -320,7 +351,7 @@ impl Store {
         page_size: usize,
         continuation: Option<&str>,
     ) -> Result<(Vec<R>, Option<String>), ApiError> {
-        page(R::table(self).iter().map(|(key, item)| (key, item.public(self))), page_size, continuation)
+        page(R::table(self).iter().map(|(key, item)| (key, item.listed(self))), page_size, continuation)
     }
 
     /// Applies a bulk operation item by item; returns the failed ids with their errors.
@@ -336,9 +367,14 @@ impl Store {
             let id = item.id().to_owned();
             let result = match mode {
                 BulkMode::Create => self.put(&id, item, None, quotas, linked_hubs).map(drop),
+                // An item without an etag is a create: over an existing one DPS answers the
+                // item 409 "already exists" and leaves it (azure-sdk-for-python,
+                // `test_individual_enrollments.pyTestIndividualEnrollmentstest_individual_enrollment_bulk_operations.json`
+                // and `test_enrollment_groups.pyTestEnrollmentGroupstest_enrollment_group_bulk_operations.json`).
+                // With an etag it replaces the item that has it.
                 BulkMode::Update => {
-                    let if_match = R::table(self).contains_key(&id.to_lowercase()).then_some("*");
-                    self.put(&id, item, if_match, quotas, linked_hubs).map(drop)
+                    let etag = item.etag().map(str::to_owned);
+                    self.put(&id, item, etag.as_deref(), quotas, linked_hubs).map(drop)
                 }
                 BulkMode::UpdateIfMatchETag => match item.etag().map(str::to_owned) {
                     Some(etag) => self.put(&id, item, Some(&etag), quotas, linked_hubs).map(drop),

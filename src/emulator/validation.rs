@@ -82,17 +82,21 @@ pub fn check_allocation(
                     "customAllocationDefinition.webhookUrl must be an https URL.",
                 ));
             }
-            if custom.api_version.len() < 10 || custom.api_version[..10] < *"2018-09-01" {
+            if custom.api_version.get(..10).is_none_or(|date| date < "2018-09-01") {
                 return Err(ApiError::bad_request(
                     400013,
                     "customAllocationDefinition.apiVersion must be 2018-09-01-preview or later.",
                 ));
             }
         }
-        Some(AllocationPolicy::Static) if hubs.is_none_or(|hubs| hubs.len() != 1) => {
+        // Without iotHubs DPS takes the hub from its linked hubs: it accepts `static` with none
+        // (azure-sdk-for-python, `test_device_registration.pyTestDeviceRegistrationtest_device_registration_lifecycle.json`,
+        // where a device then registers to the one linked hub). The swagger names "the desired
+        // IoT hub": more than one is refused.
+        Some(AllocationPolicy::Static) if hubs.is_some_and(|hubs| hubs.len() > 1) => {
             return Err(ApiError::bad_request(
                 400014,
-                "Static allocation needs exactly one IoT hub in iotHubs.",
+                "Static allocation takes at most one IoT hub in iotHubs.",
             ));
         }
         _ => {}
@@ -265,8 +269,12 @@ fn fill_certificate_info(
             },
         }
     }
-    if certificates.primary.is_none() {
-        return Err(ApiError::bad_request(400006, "A primary certificate is required."));
+    // A secondary alone is fine: the Azure CLI's live test removes the primary certificate
+    // (`az iot dps enrollment update --rc`) and DPS answers `clientCertificates.primary: null`
+    // (azure-iot-cli-extension, `azext_iot/tests/dps/enrollment/test_iot_dps_enrollment_int.py`,
+    // `test_dps_enrollment_x509_lifecycle`).
+    if certificates.primary.is_none() && certificates.secondary.is_none() {
+        return Err(ApiError::bad_request(400006, "A primary or a secondary certificate is required."));
     }
     Ok(())
 }
