@@ -11,7 +11,7 @@ mod validation;
 
 pub use auth::AccessPolicy;
 pub use error::ApiError;
-pub use server::{EmulatorConfig, Faults, RunningEmulator, SERVICE_API_VERSIONS, StartError};
+pub use server::{EmulatorConfig, Faults, RunningEmulator, SERVICE_API_VERSIONS, StartError, service};
 pub use store::{Quotas, Registration, Store};
 
 /// A random 32-byte key for a shared access policy.

@@ -168,6 +168,24 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(config: EmulatorConfig, host_name: String, store: Store) -> Self {
+        Self {
+            host_name,
+            policies: config.policies,
+            quotas: config.quotas,
+            linked_hubs: config.linked_hubs,
+            state_file: config.state_file,
+            entra_client_ids: config.entra_client_ids,
+            store: Mutex::new(store),
+            throttle: Mutex::new(config.operations_per_minute.map(|n| Arc::new(RateLimiter::new(n)))),
+            faults: Mutex::new(config.faults),
+            calls: Mutex::new(BTreeMap::new()),
+            statuses: Mutex::new(BTreeMap::new()),
+            requests: Mutex::new(VecDeque::new()),
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn reset_calls(&self) {
         lock(&self.calls).clear();
         lock(&self.statuses).clear();
@@ -185,6 +203,13 @@ fn unix_now() -> u64 {
 /// A fair coin that comes up heads with probability `rate`.
 fn chance(rate: f64) -> bool {
     rate > 0.0 && (u32::from_le_bytes(random_bytes::<4>()) as f64) < rate * (u32::MAX as f64)
+}
+
+/// The emulator's HTTP service without a listener, its state in memory, answering as the DPS at
+/// `host_name` (the audience SAS tokens must name): to embed it, or to drive it without sockets
+/// as the fuzz targets do.
+pub fn service(config: EmulatorConfig, host_name: &str) -> Router {
+    router(Arc::new(Shared::new(config, host_name.to_owned(), Store::default())))
 }
 
 /// A running emulator. Dropping it stops it.
@@ -219,24 +244,11 @@ impl RunningEmulator {
             }
             _ => Store::default(),
         };
-        let shared = Arc::new(Shared {
-            host_name: host_name.clone(),
-            policies: config.policies,
-            quotas: config.quotas,
-            linked_hubs: config.linked_hubs,
-            state_file: config.state_file,
-            entra_client_ids: config.entra_client_ids,
-            store: Mutex::new(store),
-            throttle: Mutex::new(config.operations_per_minute.map(|n| Arc::new(RateLimiter::new(n)))),
-            faults: Mutex::new(config.faults),
-            calls: Mutex::new(BTreeMap::new()),
-            statuses: Mutex::new(BTreeMap::new()),
-            requests: Mutex::new(VecDeque::new()),
-            tokens: Mutex::new(HashMap::new()),
-        });
+        let (tls_wanted, certificate_authority) = (config.tls, config.certificate_authority.clone());
+        let shared = Arc::new(Shared::new(config, host_name.clone(), store));
 
-        let (tls, ca_certificate) = if config.tls {
-            let ca = match config.certificate_authority {
+        let (tls, ca_certificate) = if tls_wanted {
+            let ca = match certificate_authority {
                 Some(ca) => ca,
                 None => Arc::new(CertificateAuthority::new("dps-emulator CA")?),
             };
