@@ -146,8 +146,10 @@ pub struct CustomAllocation {
     pub webhook_url_secret_ref: SecretKeySelector,
     /// Version of the DPS request and response format the webhook speaks, e.g. `2021-10-01`
     /// (`2018-09-01-preview` or later).
-    #[schemars(regex(pattern = API_VERSION_PATTERN))]
-    #[x_kube(validation = Rule::new("self.substring(0, 10) >= '2018-09-01'")
+    #[schemars(length(max = 18))]
+    #[x_kube(validation = Rule::new(format!("self.matches('{API_VERSION_PATTERN}')"))
+        .message("customAllocation.apiVersion must be a date such as 2021-10-01, optionally followed by -preview"))]
+    #[x_kube(validation = Rule::new(format!("!self.matches('{API_VERSION_PATTERN}') || self.substring(0, 10) >= '2018-09-01'"))
         .message("customAllocation.apiVersion must be 2018-09-01-preview or later"))]
     pub api_version: String,
 }
@@ -156,11 +158,16 @@ pub struct CustomAllocation {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct InitialTwin {
-    /// Twin tags, as JSON.
+    /// Twin tags, as JSON: at most 8 KB as IoT Hub counts a twin's size. IoT Hub's twin limits
+    /// apply to both sections ("Understand and use device twins in IoT Hub"): property names of
+    /// up to 1 KB without `.`, `$`, spaces or control characters, strings of up to 4 KB, objects
+    /// nested at most 10 deep. The operator checks them before writing to DPS (reason
+    /// `InvalidSpec`), where a device would otherwise find out when it provisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub tags: Option<Map<String, Value>>,
-    /// Desired properties, as JSON.
+    /// Desired properties, as JSON: at most 32 KB as IoT Hub counts a twin's size, with the
+    /// limits of `tags`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub desired_properties: Option<Map<String, Value>>,

@@ -23,8 +23,8 @@ pub const HOST_NAME_PATTERN: &str =
 /// A Go-style duration such as `30s`, `10m` or `1h30m`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
-/// An Azure API version date, e.g. `2021-10-01` or `2019-03-31-preview`.
-pub const API_VERSION_PATTERN: &str = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(-preview)?$";
+/// An Azure API version: a real calendar date, e.g. `2021-10-01`, or one with `-preview`.
+pub const API_VERSION_PATTERN: &str = r"^[0-9]{4}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-9]))(-preview)?$";
 
 /// Base64 (standard alphabet, padded).
 pub const BASE64_PATTERN: &str = r"^[A-Za-z0-9+/]*={0,2}$";

@@ -141,23 +141,72 @@ fn attestation(input: AttestationInput<'_>, resolved: &Resolved) -> AttestationM
     mechanism
 }
 
-/// IoT Hub refuses twin property names with `.`, `$` or spaces; the CRD schema cannot check
-/// inside free-form JSON, so it is checked here, before anything is sent.
-fn check_twin_names(field: &str, twin: &Map<String, Value>) -> Result<(), Error> {
-    fn walk(path: &str, value: &Value, field: &str) -> Result<(), Error> {
-        if let Value::Object(map) = value {
-            for (name, value) in map {
-                if name.contains(['.', '$', ' ']) || name.chars().any(char::is_control) {
-                    return Err(Error::InvalidSpec(format!(
-                        "{field}{path} has the property name {name:?}; twin property names cannot contain '.', '$', spaces or control characters"
-                    )));
-                }
-                walk(&format!("{path}.{name}"), value, field)?;
-            }
-        }
-        Ok(())
+/// IoT Hub's limits on a twin section ("Understand and use device twins in IoT Hub",
+/// learn.microsoft.com/azure/iot-hub/iot-hub-devguide-device-twins: tags and properties format,
+/// device twin size).
+struct TwinLimits {
+    /// The section's size as IoT Hub counts it: 8 KB for tags, 32 KB for desired properties.
+    size: usize,
+}
+
+/// Property names: UTF-8, at most 1 KB.
+const TWIN_NAME_BYTES: usize = 1024;
+/// String values: UTF-8, at most 4 KB.
+const TWIN_STRING_BYTES: usize = 4096;
+/// Objects nest at most 10 deep below the section.
+const TWIN_DEPTH: usize = 10;
+
+/// Checks a twin section against IoT Hub's limits before anything is sent: IoT Hub would refuse
+/// it only when a device provisions. The CRD schema cannot look inside free-form JSON.
+fn check_twin(field: &str, twin: &Map<String, Value>, limits: TwinLimits) -> Result<(), Error> {
+    let size =
+        twin_size(twin, 1).map_err(|(path, what)| Error::InvalidSpec(format!("{field}{path} {what}")))?;
+    if size > limits.size {
+        return Err(Error::InvalidSpec(format!(
+            "{field} is {size} bytes as IoT Hub counts them; IoT Hub allows {}",
+            limits.size
+        )));
     }
-    walk("", &Value::Object(twin.clone()), field)
+    Ok(())
+}
+
+/// The size of `map`, nested `depth` deep, as IoT Hub counts it: each name plus its value;
+/// strings count their characters but control characters, numbers 8 bytes, booleans 4, objects
+/// what they hold. Or where a limit is broken (the path below `map`) and how.
+fn twin_size(map: &Map<String, Value>, depth: usize) -> Result<usize, (String, String)> {
+    let mut size = 0;
+    for (name, value) in map {
+        let here = format!(".{name}");
+        let within = |(path, what): (String, String)| (format!("{here}{path}"), what);
+        if name.contains(['.', '$', ' ']) || name.chars().any(char::is_control) {
+            let what = format!(
+                "has the property name {name:?}; twin property names cannot contain '.', '$', spaces or control characters"
+            );
+            return Err((String::new(), what));
+        }
+        if name.len() > TWIN_NAME_BYTES {
+            let what =
+                format!("has a property name of {} bytes; IoT Hub allows {TWIN_NAME_BYTES}", name.len());
+            return Err((String::new(), what));
+        }
+        size += name.chars().filter(|c| !c.is_control()).count();
+        size += match value {
+            Value::Object(_) if depth == TWIN_DEPTH => {
+                return Err((here, format!("nests objects deeper than IoT Hub's {TWIN_DEPTH} levels")));
+            }
+            Value::Object(inner) => twin_size(inner, depth + 1).map_err(within)?,
+            Value::String(text) if text.len() > TWIN_STRING_BYTES => {
+                let what = format!("is a string of {} bytes; IoT Hub allows {TWIN_STRING_BYTES}", text.len());
+                return Err((here, what));
+            }
+            Value::String(text) => text.chars().filter(|c| !c.is_control()).count(),
+            Value::Number(_) => 8,
+            Value::Bool(_) => 4,
+            Value::Array(items) => items.iter().map(|item| item.to_string().len()).sum(),
+            Value::Null => 0,
+        };
+    }
+    Ok(size)
 }
 
 /// The fields both enrollment kinds share, built from the common settings.
@@ -174,10 +223,10 @@ struct Common {
 fn common(settings: &EnrollmentSettings, resolved: &Resolved) -> Result<Common, Error> {
     let twin = settings.initial_twin.as_ref();
     if let Some(tags) = twin.and_then(|t| t.tags.as_ref()) {
-        check_twin_names("spec.initialTwin.tags", tags)?;
+        check_twin("spec.initialTwin.tags", tags, TwinLimits { size: 8 * 1024 })?;
     }
     if let Some(desired) = twin.and_then(|t| t.desired_properties.as_ref()) {
-        check_twin_names("spec.initialTwin.desiredProperties", desired)?;
+        check_twin("spec.initialTwin.desiredProperties", desired, TwinLimits { size: 32 * 1024 })?;
     }
     let reprovision = settings.reprovision_policy.as_ref();
     Ok(Common {
@@ -574,6 +623,29 @@ mod tests {
             enrollment_group("g", AttestationInput::SymmetricKey(&secret), &settings, &keys()).unwrap_err();
         assert!(error.to_string().contains("spec.initialTwin.tags.building"), "{error}");
         assert!(error.is_stalled());
+    }
+
+    #[test]
+    fn twins_beyond_iot_hub_limits_are_refused_naming_the_place() {
+        fn nested(levels: usize) -> Value {
+            (0..levels).fold(json!("leaf"), |inner, level| json!({ format!("l{level}"): inner }))
+        }
+        let check = |tags: Value| {
+            check_twin("spec.initialTwin.tags", tags.as_object().unwrap(), TwinLimits { size: 8 * 1024 })
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(check(nested(10)), Ok(()), "10 levels of objects are allowed");
+        let deep = check(nested(11)).unwrap_err();
+        let path = "spec.initialTwin.tags.l10.l9.l8.l7.l6.l5.l4.l3.l2.l1";
+        assert!(deep.contains(&format!("{path} nests objects deeper than IoT Hub's 10 levels")), "{deep}");
+        let long = check(json!({"site": "x".repeat(4097)})).unwrap_err();
+        assert!(long.contains("spec.initialTwin.tags.site is a string of 4097 bytes"), "{long}");
+        let name = check(json!({"n".repeat(1025): 1})).unwrap_err();
+        assert!(name.contains("property name of 1025 bytes"), "{name}");
+        let big: Map<String, Value> = (0..3).map(|i| (format!("k{i}"), json!("v".repeat(3000)))).collect();
+        let size = check(Value::Object(big)).unwrap_err();
+        assert!(size.contains("is 9006 bytes as IoT Hub counts them; IoT Hub allows 8192"), "{size}");
+        assert_eq!(check(json!({"n": 1, "b": true, "s": "ok", "z": null})), Ok(()));
     }
 
     #[test]
