@@ -896,3 +896,80 @@ fn the_closed_swagger_refuses_a_misspelt_field() {
     let misspelt = json!({"registrationId": "a", "attestation": {"type": "symmetricKey"}, "iotHub": ["x"]});
     assert!(!validator.is_valid(&misspelt));
 }
+
+/// What `openssl x509 -noout <flag>` prints for the PEM certificate `pem`, after its `name=`.
+fn openssl(pem: &str, flags: &[&str]) -> String {
+    let dir = std::env::temp_dir().join(format!("dps-conformance-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{:x}.pem", pem.len() * 31 + flags.len()));
+    fs::write(&file, pem).unwrap();
+    let output = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-in"])
+        .arg(&file)
+        .args(flags)
+        .output()
+        .expect("openssl runs (scripts/test needs it)");
+    assert!(output.status.success(), "openssl {flags:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    text.trim().split_once('=').map(|(_, value)| value.trim().to_owned()).unwrap_or(text)
+}
+
+/// The certificate info the emulator answers, as `openssl x509` reads the same certificates: the
+/// thumbprints, serial number, validity and names (DPS writes names most specific part first,
+/// `CN=…, O=…, C=…`, which is OpenSSL's RFC 2253 order with ", " between the parts).
+#[tokio::test]
+async fn certificate_info_is_what_openssl_reads() {
+    let emulator = emulator(EmulatorConfig::default()).await;
+    let contract = Contract::new();
+    let raw = RawClient::new(&emulator, &contract);
+    let issuer_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    for (kind, value) in [
+        (rcgen::DnType::CountryName, "US"),
+        (rcgen::DnType::OrganizationName, "Contoso"),
+        (rcgen::DnType::CommonName, "Contoso Devices CA"),
+    ] {
+        ca_params.distinguished_name.push(kind, value);
+    }
+    let ca = ca_params.self_signed(&issuer_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, issuer_key);
+    let mut leaf = rcgen::CertificateParams::new(vec!["device-9".to_owned()]).unwrap();
+    leaf.distinguished_name.push(rcgen::DnType::OrganizationName, "Contoso");
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "device-9");
+    leaf.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0a, 0x1b, 0x2c, 0x3d, 0x4e]));
+    let leaf = leaf.signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer).unwrap();
+
+    for (id, pem) in [("ca-cert", ca.pem()), ("leaf-cert", leaf.pem())] {
+        let body = json!({"enrollmentGroupId": id, "attestation": {"type": "x509", "x509": {"signingCertificates": {"primary": {"certificate": pem}}}}});
+        let put = raw.call("EnrollmentGroup_CreateOrUpdate", Some(id), &[], Some(&body)).await;
+        let info = &put.body["attestation"]["x509"]["signingCertificates"]["primary"]["info"];
+        let hex = |flag: &str| openssl(&pem, &["-fingerprint", flag]).replace(':', "");
+        assert_eq!(info["sha1Thumbprint"], json!(hex("-sha1")), "{id}");
+        assert_eq!(info["sha256Thumbprint"], json!(hex("-sha256")), "{id}");
+        assert_eq!(info["serialNumber"], json!(openssl(&pem, &["-serial"])), "{id}");
+        let name = |flag: &str| openssl(&pem, &[flag, "-nameopt", "RFC2253"]).replace(',', ", ");
+        assert_eq!(info["subjectName"], json!(name("-subject")), "{id}");
+        assert_eq!(info["issuerName"], json!(name("-issuer")), "{id}");
+        // openssl: `Jan  1 00:00:00 1975 GMT`.
+        let date = |flag: &str| {
+            let text = openssl(&pem, &[flag]);
+            jiff::fmt::strtime::parse("%b %e %H:%M:%S %Y GMT", &text).unwrap().to_datetime().unwrap()
+        };
+        let answered = |field: &str| {
+            info[field]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .datetime()
+        };
+        // Whole seconds, as DPS writes them (SDK recording
+        // `test_individual_enrollments.pyTestIndividualEnrollmentstest_enrollment_x509_lifecycle.json`).
+        assert!(!info["notBeforeUtc"].as_str().unwrap().contains('.'), "{info}");
+        assert_eq!(answered("notBeforeUtc"), date("-startdate"), "{id}");
+        assert_eq!(answered("notAfterUtc"), date("-enddate"), "{id}");
+        assert_eq!(info["version"], json!(3), "{id}");
+    }
+}

@@ -99,6 +99,8 @@ pub struct ClusterProvisioningServiceSpec {
     /// admits every namespace; when omitted, no namespace may use it (set it deliberately: every
     /// admitted namespace can write enrollments with this connection's credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'] && ((e.operator == 'In' || e.operator == 'NotIn') == (has(e.values) && size(e.values) > 0)))")
+        .message("each spec.allowedNamespaces.matchExpressions entry needs the operator In or NotIn with values, or Exists or DoesNotExist without: no namespace could match it otherwise"))]
     pub allowed_namespaces: Option<LabelSelector>,
 }
 

@@ -82,10 +82,26 @@ pub trait Record: Enrollment + Clone {
     fn listed(&self, store: &Store) -> Self;
     /// The JSON of an answer: `provisioningStatus` is always there, null when it was not set
     /// (every answer in the same recording).
+    ///
+    /// Certificate validity times are whole seconds (`2023-05-19T23:10:43Z`), unlike the
+    /// record's own times (the recording
+    /// `test_individual_enrollments.pyTestIndividualEnrollmentstest_enrollment_x509_lifecycle.json`).
     fn answer(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         if let Some(fields) = value.as_object_mut() {
             fields.entry("provisioningStatus").or_insert(serde_json::Value::Null);
+        }
+        for certificates in ["clientCertificates", "signingCertificates"] {
+            for slot in ["primary", "secondary"] {
+                for time in ["notBeforeUtc", "notAfterUtc"] {
+                    let path = format!("/attestation/x509/{certificates}/{slot}/info/{time}");
+                    if let Some(time) = value.pointer_mut(&path)
+                        && let Some((whole, _)) = time.as_str().and_then(|text| text.split_once('.'))
+                    {
+                        *time = serde_json::Value::String(format!("{whole}Z"));
+                    }
+                }
+            }
         }
         value
     }
