@@ -97,9 +97,26 @@ fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     dps_operator::install_crypto_provider();
-    match Cli::parse().command {
+    let command = Cli::parse().command;
+    let logs = matches!(command, Command::Run(_));
+    match run(command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The cause chain in one line, in the log format asked for; no backtrace.
+            if logs {
+                tracing::error!(error = format!("{error:#}"), "dps-operator stopped");
+            } else {
+                eprintln!("dps-operator: {error:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Crds { dirs } if dirs.is_empty() => print!("{}", dps_operator::api::crds_yaml()),
         Command::Crds { dirs } => {
             for dir in dirs {
@@ -110,7 +127,14 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             dps_operator::telemetry::init(args.log_format, &args.log_filter);
-            let client = kube::Client::try_default().await?;
+            tracing::info!(
+                version = env!("CARGO_PKG_VERSION"),
+                namespaces = if args.namespaces.is_empty() { "all".to_owned() } else { args.namespaces.join(",") },
+                operator_namespace = %args.operator_namespace,
+                leader_election = args.leader_election,
+                "dps-operator starting"
+            );
+            let client = kube::Client::try_default().await.context("connect to the Kubernetes API server")?;
             let config = dps_operator::controller::context::Config {
                 drift_check_interval: args.drift_check_interval,
                 certificate_expiry_warning: args.certificate_expiry_warning,

@@ -217,3 +217,57 @@ async fn a_metrics_address_in_use_stops_the_start_with_a_clear_error() {
     let address = taken.local_addr().unwrap().to_string();
     assert!(stderr.contains(&address), "the error names the address: {stderr}");
 }
+
+/// `dps-operator run` with these arguments and kubeconfig until it exits: (success, stdout, stderr).
+async fn run_to_exit(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let (kubeconfig, args): (std::path::PathBuf, Vec<String>) =
+        (kubeconfig.to_owned(), args.iter().map(|a| a.to_string()).collect());
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_dps-operator"))
+            .arg("run")
+            .args(&args)
+            .args(["--metrics-address", "127.0.0.1:0"])
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("dps-operator run starts")
+    })
+    .await
+    .unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn start_up_says_what_it_does_and_a_fatal_error_is_one_line_that_points_at_the_cause() {
+    let operator = Operator::start("startup").await;
+    let rejected = support::control_plane().token_kubeconfig("startup-bad-token", "not-a-token").unwrap();
+    let namespace = operator.namespace.clone();
+
+    let (success, stdout, stderr) =
+        run_to_exit(&rejected, &["--namespace", &namespace, "--log-format", "json"]).await;
+    assert!(!success, "a 401 at start is fatal");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}")))
+        .collect();
+    let starting = lines.iter().find(|l| l["message"] == "dps-operator starting").expect("a start line");
+    assert_eq!(starting["level"], "INFO");
+    assert_eq!(starting["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(starting["namespaces"], namespace.as_str());
+    let stopped = lines.last().unwrap();
+    assert_eq!(
+        (stopped["level"].as_str(), stopped["message"].as_str()),
+        (Some("ERROR"), Some("dps-operator stopped"))
+    );
+    let error = stopped["error"].as_str().unwrap();
+    assert!(error.contains("did not accept the operator's credentials"), "{error}");
+    assert!(!error.contains("CRDs"), "no hint about CRDs for a 401: {error}");
+    assert!(!stderr.contains("backtrace") && !stdout.contains("backtrace"), "no backtrace: {stderr}");
+    assert!(stderr.trim().is_empty(), "nothing outside the JSON log: {stderr}");
+
+    // Plain logs into a pipe carry no terminal colours.
+    let (_, stdout, _) = run_to_exit(&rejected, &["--namespace", &namespace]).await;
+    assert!(stdout.contains("dps-operator stopped"), "{stdout}");
+    assert!(!stdout.contains('\u{1b}'), "ANSI escapes in a pipe: {stdout:?}");
+}

@@ -265,6 +265,17 @@ where
         credentials,
         in_use_by: None,
     };
+    let was_ready = old_conditions.iter().any(|c| c.type_ == conditions::READY && c.status == "True");
+    let what = resource_name(service);
+    match &result {
+        Ok(connection) if !was_ready => {
+            tracing::info!(connection = %what, host = %connection.host, credentials = connection.credentials, "connection ready");
+        }
+        Err(error) if was_ready || old.is_none() => {
+            tracing::warn!(connection = %what, reason = error.reason(), error = %describe(error), "connection not ready");
+        }
+        _ => {}
+    }
     if old != Some(&status) {
         ctx.write_status(api, service, &status).await.map_err(|e| {
             Error::kube(format!("write the status of {} {}", K::kind(&()), service.name_any()), e)

@@ -68,6 +68,7 @@ pub async fn run(
     let leadership = match leader_election {
         None => None,
         Some(election) => {
+            tracing::info!(lease = %election.lease_name, namespace = %election.lease_namespace, identity = %election.identity, "standby: waiting for the Lease");
             let manager = LeaseManagerBuilder::new(client.clone(), election.lease_name)
                 .with_namespace(election.lease_namespace)
                 .with_identity(election.identity)
@@ -189,17 +190,29 @@ async fn check_crds_installed(client: &Client, scopes: &[Option<String>]) -> Res
         for (kind, error) in checks {
             if let Some(error) = error {
                 let where_ = scope.map(|namespace| format!(" in namespace {namespace}")).unwrap_or_default();
-                return Err(Error::kube(
-                    format!(
-                        "list {kind}s{where_} (are the CRDs installed, `dps-operator crds | kubectl apply --server-side -f -`, \
-                         and may the operator list them?)"
-                    ),
-                    error,
-                ));
+                let hint = list_failure_hint(&error).map(|hint| format!(" ({hint})")).unwrap_or_default();
+                return Err(Error::kube(format!("list {kind}s{where_}{hint}"), error));
             }
         }
     }
     Ok(())
+}
+
+/// What to do about a failed start-up list, by what the API server answered.
+fn list_failure_hint(error: &kube::Error) -> Option<&'static str> {
+    match error {
+        kube::Error::Api(status) if status.code == 401 => Some(
+            "the API server did not accept the operator's credentials: check the kubeconfig, or the \
+             Pod's service account token",
+        ),
+        kube::Error::Api(status) if status.code == 403 => {
+            Some("the operator may not list them: check its RBAC, the chart's ClusterRole")
+        }
+        kube::Error::Api(status) if status.code == 404 => {
+            Some("are the CRDs installed? `dps-operator crds | kubectl apply --server-side -f -`")
+        }
+        _ => None,
+    }
 }
 
 /// What of an object, when it changes, calls for a reconcile: its spec (generation), its
@@ -427,4 +440,19 @@ fn cluster_provisioning_service_controller(
         .run(provisioning::reconcile_cluster, provisioning::error_policy, ctx)
         .for_each(log_outcome);
     (wait_until_synced(synced), running.boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_start_up_list_points_at_its_cause() {
+        let answered = |code| kube::Error::Api(Box::new(kube::core::Status { code, ..Default::default() }));
+        let hint = |code| list_failure_hint(&answered(code)).unwrap_or("none");
+        assert!(hint(401).contains("credentials"));
+        assert!(hint(403).contains("RBAC"));
+        assert!(hint(404).contains("CRDs installed"));
+        assert_eq!(hint(500), "none");
+    }
 }
