@@ -248,6 +248,7 @@ fn printer_columns_show_ready_reason_id_and_attestation_from_status() {
             }],
             "enrollmentGroupId": "thermostats-2026",
             "attestation": "symmetricKey",
+            "provisioningStatus": "disabled",
         },
     });
     let patched = kubectl(
@@ -271,6 +272,37 @@ fn printer_columns_show_ready_reason_id_and_attestation_from_status() {
     assert_eq!(header, ["NAME", "READY", "REASON", "GROUP", "ID", "ATTESTATION", "AGE"]);
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(&row[..5], ["thermostats", "True", "Synced", "thermostats-2026", "symmetricKey"]);
+
+    // `-o wide` adds whether DPS lets devices in, the connection and the Ready message.
+    let wide = kubectl_ok(&["get", "enrollmentgroup", "thermostats", "-n", &namespace, "-o", "wide"]);
+    let mut lines = wide.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "READY",
+            "REASON",
+            "GROUP",
+            "ID",
+            "ATTESTATION",
+            "PROVISIONING",
+            "CONNECTION",
+            "MESSAGE",
+            "AGE"
+        ]
+    );
+    let row = lines.next().unwrap();
+    let connection = yaml_to_json(&yaml)["spec"]["serviceRef"]["name"].as_str().unwrap().to_owned();
+    let expected = format!("symmetricKey   disabled       {connection}");
+    assert!(
+        row.split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(3)
+            .any(|w| w == ["symmetricKey", "disabled", connection.as_str()]),
+        "{row} (expected {expected})"
+    );
+    assert!(row.contains("DPS holds the enrollment group as specified."), "{row}");
 }
 
 /// Writing every status field with server-side apply and reading it back proves the status schema
@@ -318,6 +350,7 @@ async fn a_complete_status_survives_the_status_subresource() {
             observed_generation: Some(1),
         }],
         attestation: Some(AttestationKind::X509),
+        provisioning_status: Some(ProvisioningStatus::Disabled),
         claimed: Some(true),
         claimed_host: Some("contoso.azure-devices-provisioning.net".into()),
         create_pending: Some(true),

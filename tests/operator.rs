@@ -228,6 +228,11 @@ spec:
     );
     assert_eq!(boiler.capabilities, Some(models::DeviceCapabilities { iot_edge: true }));
     assert_eq!(boiler.provisioning_status, Some(models::ProvisioningStatus::Disabled));
+    // What `kubectl get -o wide` shows: DPS's provisioning status, from the status.
+    let shown = operator.get("individualenrollment/boiler-0042").await;
+    assert_eq!(shown["status"]["provisioningStatus"], "disabled");
+    let gateways = operator.get("enrollmentgroup/gateways").await;
+    assert_eq!(gateways["status"]["provisioningStatus"], "enabled", "DPS's default when not set");
     assert_eq!(boiler.allocation_policy, Some(models::AllocationPolicy::Custom));
     let custom = boiler.custom_allocation_definition.clone().unwrap();
     assert_eq!(

@@ -272,6 +272,10 @@ pub struct EnrollmentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_digest: Option<String>,
 
+    /// Whether DPS lets devices provision through the enrollment, as DPS holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning_status: Option<ProvisioningStatus>,
+
     /// The DPS etag of the enrollment as last read or written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,

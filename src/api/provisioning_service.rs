@@ -39,6 +39,19 @@ use super::{
         json_path = ".status.host"
     ),
     printcolumn(name = "Credentials", type_ = "string", json_path = ".status.credentials"),
+    printcolumn(
+        name = "In Use By",
+        type_ = "integer",
+        description = "Enrollments still using it while it is deleted",
+        json_path = ".status.inUseBy",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#,
+        priority = "1"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.host) || has(self.credentials.connectionStringSecretRef)")
@@ -84,6 +97,19 @@ pub struct ProvisioningServiceSpec {
         json_path = ".status.host"
     ),
     printcolumn(name = "Credentials", type_ = "string", json_path = ".status.credentials"),
+    printcolumn(
+        name = "In Use By",
+        type_ = "integer",
+        description = "Enrollments still using it while it is deleted",
+        json_path = ".status.inUseBy",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].message"#,
+        priority = "1"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("has(self.host) || has(self.credentials.connectionStringSecretRef)")

@@ -505,6 +505,10 @@ fn enrollment_status<K: EnrollmentKind>(
         Ok(synced) => {
             if let Some(record) = &synced.record {
                 status.etag = record.etag().map(str::to_owned);
+                status.provisioning_status = Some(match record.comparable().provisioning_status {
+                    dps::models::ProvisioningStatus::Enabled => crate::api::ProvisioningStatus::Enabled,
+                    dps::models::ProvisioningStatus::Disabled => crate::api::ProvisioningStatus::Disabled,
+                });
                 status.created_time = record.created().map(|t| Time(t.0));
                 status.last_updated_time = record.updated().map(|t| Time(t.0));
             }
