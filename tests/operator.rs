@@ -720,3 +720,62 @@ async fn the_argo_cd_health_check_follows_the_conditions() {
     assert_eq!(health(&edited).0, "Progressing");
     assert_eq!(health(&json!({"metadata": {"name": "new", "generation": 1}})).0, "Progressing");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_secrets_digest_confirms_no_guess_and_older_statuses_are_taken_over_without_a_write() {
+    use dps_operator::{controller::desired::Resolved, dps::models::Secret};
+
+    let mut operator = Operator::start("digest").await;
+    let keys = (BASE64.encode([3u8; 32]), BASE64.encode([4u8; 32]));
+    operator.create_secret("boiler-keys", &[("primaryKey", &keys.0), ("secondaryKey", &keys.1)]).await;
+    operator
+        .apply(
+            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: boiler}\n\
+             spec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: boiler-keys}\n",
+        )
+        .await;
+    operator.wait("individualenrollment/boiler", "condition=Ready").await;
+    let digest = |resource: &serde_json::Value| {
+        resource["status"]["secretsDigest"].as_str().unwrap_or_default().to_owned()
+    };
+    let keyed = digest(&operator.get("individualenrollment/boiler").await);
+    assert!(keyed.starts_with("hmac-sha256:"), "{keyed}");
+    // Whoever reads the status and guesses the keys cannot confirm the guess with a hash.
+    let guessed = Resolved {
+        keys: Some((Secret::new(keys.0.clone()), Secret::new(keys.1.clone()))),
+        ..Default::default()
+    };
+    let unkeyed = guessed.unkeyed_secrets_digest().unwrap();
+    assert!(!keyed.contains(&unkeyed));
+    let key_secret = operator.get("secret/dps-operator-digest-key").await;
+    assert!(key_secret["data"]["key"].is_string(), "the key lives in the operator's namespace");
+
+    // A status written by an operator from before digests were keyed.
+    operator.stop();
+    let patch = json!({"status": {"secretsDigest": unkeyed}}).to_string();
+    let patched = operator
+        .kubectl(
+            &[
+                "patch",
+                "individualenrollment",
+                "boiler",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        )
+        .await;
+    assert!(patched.success, "{}", patched.stderr);
+    operator.emulator.reset_calls();
+    operator.restart();
+    operator
+        .eventually("individualenrollment/boiler", "its digest is keyed again", |r| digest(r) == keyed)
+        .await;
+    assert_eq!(
+        operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"),
+        None,
+        "the same keys are not written again"
+    );
+}

@@ -267,8 +267,10 @@ pub struct EnrollmentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_pending: Option<bool>,
 
-    /// A SHA-256 digest of the secret inputs last written to DPS (symmetric keys), which DPS never
-    /// returns; a changed Secret is noticed by comparing it. Not reversible to the secrets.
+    /// A digest of the secret inputs last written to DPS (symmetric keys, webhook URL), which DPS
+    /// never returns; a changed Secret is noticed by comparing it. An HMAC-SHA256 with a key only
+    /// the operator holds (the Secret `dps-operator-digest-key` in its namespace), so it confirms
+    /// nothing about a guessed key to whoever reads this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_digest: Option<String>,
 

@@ -73,6 +73,8 @@ pub struct Context {
     pub owners: Owners,
     /// The namespaces the operator manages; empty: all.
     pub namespaces: Vec<String>,
+    /// The key of the status digests (`run` loads the operator's own; random until then).
+    pub digest_key: super::secrets::DigestKey,
     recorder: Recorder,
     failures: Mutex<HashMap<String, u32>>,
     /// When each object was last compared with DPS.
@@ -102,6 +104,7 @@ impl Context {
             connections: Connections::new(&config, health.clone()),
             owners: Owners::default(),
             namespaces: Vec::new(),
+            digest_key: super::secrets::DigestKey::random(),
             health,
             client,
             config,

@@ -7,6 +7,7 @@ use super::{
     Error,
     desired::{DpsRecord, Facts, Plan, Resolved, decide, desired_comparable, drift},
     ownership::Ownership,
+    secrets::DigestKey,
 };
 use crate::{
     api::EnrollmentStatus,
@@ -54,6 +55,8 @@ pub struct Pass<'a, R> {
     pub resolved: Resolved,
     pub desired: R,
     pub digest: Option<String>,
+    /// The key `digest` is made with.
+    pub digest_key: &'a DigestKey,
     /// A record from the connection's query snapshot, known current: read instead of a GET.
     pub snapshot_record: Option<R>,
 }
@@ -228,7 +231,7 @@ async fn fill_key_secret<R, E: Edges<R>>(
     if let Some(keys) = keys {
         pass.resolved.keys = Some(edges.create_key_secret(secret, keys, exists).await?);
         pass.desired = edges.build(&pass.resolved)?;
-        pass.digest = pass.resolved.secrets_digest();
+        pass.digest = pass.resolved.secrets_digest(pass.digest_key);
     }
     Ok(())
 }
@@ -261,6 +264,7 @@ mod tests {
     };
 
     const HOST: &str = "dps.example";
+    static DIGEST_KEY: std::sync::LazyLock<DigestKey> = std::sync::LazyLock::new(DigestKey::random);
 
     fn keys(name: &str) -> Keys {
         (Secret::new(format!("{name}-primary")), Secret::new(format!("{name}-secondary")))
@@ -440,7 +444,8 @@ mod tests {
             inputs_changed: false,
             ownership: ownership(recorded, HOST),
             desired: record(resolved.keys.as_ref(), "thermostat"),
-            digest: resolved.secrets_digest(),
+            digest: resolved.secrets_digest(&DIGEST_KEY),
+            digest_key: &DIGEST_KEY,
             resolved,
             snapshot_record: None,
         }

@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::Error;
+use super::{Error, secrets::DigestKey};
 use crate::{
     api::{self, EnrollmentSettings},
     certificates::CertificateFacts,
@@ -59,12 +59,27 @@ pub struct Resolved {
 
 impl Resolved {
     /// A digest of the secret inputs (symmetric keys, webhook URL), to notice a changed Secret
-    /// without comparing secrets DPS does not return.
-    pub fn secrets_digest(&self) -> Option<String> {
+    /// without comparing secrets DPS does not return: HMAC-SHA256 with the operator's own key,
+    /// so that it confirms nothing about a guessed secret to whoever reads the status.
+    pub fn secrets_digest(&self, key: &DigestKey) -> Option<String> {
+        let mut context =
+            ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.bytes()));
+        self.digest_parts(|part| context.update(part))?;
+        Some(format!("hmac-sha256:{}", hex(context.sign().as_ref())))
+    }
+
+    /// The unkeyed SHA-256 digest statuses held before digests were keyed: only compared, to
+    /// take such a status over without treating its secrets as changed.
+    pub fn unkeyed_secrets_digest(&self) -> Option<String> {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        self.digest_parts(|part| context.update(part))?;
+        Some(hex(context.finish().as_ref()))
+    }
+
+    fn digest_parts(&self, mut update: impl FnMut(&[u8])) -> Option<()> {
         if self.keys.is_none() && self.webhook_url.is_none() {
             return None;
         }
-        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
         let keys = self.keys.as_ref();
         let parts = [
             Some("dps-operator/secrets/v1"),
@@ -73,10 +88,10 @@ impl Resolved {
             self.webhook_url.as_ref().map(Secret::expose),
         ];
         for part in parts {
-            context.update(part.unwrap_or_default().as_bytes());
-            context.update(&[0]);
+            update(part.unwrap_or_default().as_bytes());
+            update(&[0]);
         }
-        Some(context.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+        Some(())
     }
 
     /// The SHA-256 thumbprints of the certificates, primary and secondary.
@@ -87,6 +102,10 @@ impl Resolved {
             secondary.as_ref().map(|s| s.facts.sha256_thumbprint.clone()),
         ))
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The DPS attestation for `input` with the material in `resolved`.
@@ -789,15 +808,21 @@ mod tests {
     }
 
     #[test]
-    fn the_secrets_digest_changes_with_either_key_and_hides_them() {
-        let digest = keys().secrets_digest().unwrap();
-        assert_eq!(digest.len(), 64);
+    fn the_secrets_digest_changes_with_either_key_and_confirms_nothing_without_the_operator_s_key() {
+        let key = DigestKey::random();
+        let digest = keys().secrets_digest(&key).unwrap();
+        assert!(digest.starts_with("hmac-sha256:") && digest.len() == "hmac-sha256:".len() + 64, "{digest}");
         assert!(!digest.contains("cHJpbWFyeQ"));
+        assert_eq!(keys().secrets_digest(&key), Some(digest.clone()), "stable for one key");
+        // Who reads the status cannot check a guess: the plain hash of the keys is not it, and
+        // another key gives another digest.
+        assert_ne!(keys().unkeyed_secrets_digest(), Some(digest.clone()));
+        assert_ne!(keys().secrets_digest(&DigestKey::random()), Some(digest.clone()));
         let rotated =
             Resolved { keys: Some((Secret::new("cHJpbWFyeQ=="), Secret::new("bmV3"))), ..Default::default() };
-        assert_ne!(rotated.secrets_digest().unwrap(), digest);
+        assert_ne!(rotated.secrets_digest(&key).unwrap(), digest);
         let webhook = Resolved { webhook_url: Some(Secret::new("https://f.example/?code=1")), ..keys() };
-        assert_ne!(webhook.secrets_digest().unwrap(), digest, "the webhook URL counts");
-        assert_eq!(Resolved::default().secrets_digest(), None);
+        assert_ne!(webhook.secrets_digest(&key).unwrap(), digest, "the webhook URL counts");
+        assert_eq!(Resolved::default().secrets_digest(&key), None);
     }
 }

@@ -253,7 +253,12 @@ async fn sync<K: EnrollmentKind>(
     let reader = Reader { client: &ctx.client, namespace: &namespace };
     let resolved = reader.resolve(input, webhook).await?;
     let desired = object.build(id, &resolved)?;
-    let digest = resolved.secrets_digest();
+    let digest = resolved.secrets_digest(&ctx.digest_key);
+    // A status from before digests were keyed holds the plain SHA-256: for the same secrets it
+    // is taken over as it is, not read as a change of the keys (which would write to DPS).
+    if recorded.secrets_digest.is_some() && recorded.secrets_digest == resolved.unkeyed_secrets_digest() {
+        recorded.secrets_digest = digest.clone();
+    }
     let interval = drift_interval(object, Some(&connection), ctx);
 
     // A claim belongs to the DPS it was made on: when the connection now points at another DPS,
@@ -301,7 +306,7 @@ async fn sync<K: EnrollmentKind>(
     });
     // Whether the spec or a referenced Secret changed since the last pass.
     let inputs_changed = old.observed_generation != object.meta().generation
-        || old.secrets_digest != digest
+        || recorded.secrets_digest != digest
         || old_thumbprints != resolved.certificate_thumbprints();
     let settled = ownership == Ownership::Owned && synced && !inputs_changed;
     let key = object_key(object);
@@ -360,6 +365,7 @@ async fn sync<K: EnrollmentKind>(
         resolved,
         desired,
         digest,
+        digest_key: &ctx.digest_key,
         snapshot_record,
     };
     let (done, record) = converge(&edges, &mut pass, recorded).await?;

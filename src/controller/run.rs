@@ -23,7 +23,7 @@ use super::{
     enrollment,
     kinds::EnrollmentKind,
     provisioning,
-    secrets::referenced_secrets,
+    secrets::{DigestKey, referenced_secrets},
 };
 use crate::api::{
     ClusterProvisioningService, ConnectionSpec, EnrollmentGroup, IndividualEnrollment, PAUSED_ANNOTATION,
@@ -61,6 +61,7 @@ pub async fn run(
     let operator_namespace = config.operator_namespace.clone();
     let mut ctx = Context::new(client.clone(), config, health.clone());
     ctx.namespaces = scopes.iter().flatten().cloned().collect();
+    ctx.digest_key = DigestKey::load_or_create(&client, &ctx.config.operator_namespace).await?;
     let ctx = Arc::new(ctx);
 
     // With leader election, a standby waits for the Lease (healthy, ready to take over), and the

@@ -243,3 +243,79 @@ pub fn referenced_secrets(input: AttestationInput<'_>, settings: &api::Enrollmen
     names.extend(settings.custom_allocation.iter().map(|c| c.webhook_url_secret_ref.name.clone()));
     names
 }
+
+/// The Secret, in the operator's namespace, that holds the key of every `status.secretsDigest`.
+pub const DIGEST_KEY_SECRET: &str = "dps-operator-digest-key";
+
+/// The key status digests are made with. Only the operator holds it, so a digest in a status
+/// confirms nothing about a guessed key to whoever can read the resource.
+#[derive(Clone)]
+pub struct DigestKey(std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for DigestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DigestKey(..)")
+    }
+}
+
+impl DigestKey {
+    /// A new random key.
+    pub fn random() -> Self {
+        Self(crate::random_bytes::<32>().to_vec().into())
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The key kept in [`DIGEST_KEY_SECRET`] in `namespace`, created on the first start.
+    pub async fn load_or_create(client: &Client, namespace: &str) -> Result<Self, Error> {
+        let api = Api::<Secret>::namespaced(client.clone(), namespace);
+        let what = format!("Secret {namespace}/{DIGEST_KEY_SECRET}, the key of the status digests");
+        let read = |secret: &Secret| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get("key"))
+                .filter(|key| key.0.len() >= 32)
+                .map(|key| Self(key.0.clone().into()))
+        };
+        if let Some(secret) =
+            api.get_opt(DIGEST_KEY_SECRET).await.map_err(|e| Error::kube(format!("read {what}"), e))?
+        {
+            return read(&secret).ok_or_else(|| {
+                Error::InvalidSpec(format!(
+                    "{what} has no key of 32 bytes or more; delete it to have a new one made"
+                ))
+            });
+        }
+        let key = Self::random();
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(DIGEST_KEY_SECRET.into()),
+                namespace: Some(namespace.into()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".into(),
+                    "dps-operator".into(),
+                )])),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([("key".into(), ByteString(key.0.to_vec()))])),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let params =
+            PostParams { field_manager: Some(super::context::FIELD_MANAGER.into()), ..Default::default() };
+        match api.create(&params, &secret).await {
+            Ok(_) => Ok(key),
+            // Another replica was first: use its key.
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                let secret =
+                    api.get(DIGEST_KEY_SECRET).await.map_err(|e| Error::kube(format!("read {what}"), e))?;
+                read(&secret)
+                    .ok_or_else(|| Error::InvalidSpec(format!("{what} has no key of 32 bytes or more")))
+            }
+            Err(e) => Err(Error::kube(format!("create {what}"), e)),
+        }
+    }
+}

@@ -137,7 +137,12 @@ impl Operator {
     pub async fn context(&self) -> std::sync::Arc<controller::context::Context> {
         let client = control_plane().client().await.expect("a client");
         let health = std::sync::Arc::new(dps_operator::http::Health::default());
-        std::sync::Arc::new(controller::context::Context::new(client, self.config.clone(), health))
+        let mut ctx = controller::context::Context::new(client.clone(), self.config.clone(), health);
+        ctx.digest_key =
+            controller::secrets::DigestKey::load_or_create(&client, &self.config.operator_namespace)
+                .await
+                .unwrap();
+        std::sync::Arc::new(ctx)
     }
 
     /// Stops the operator, as a crash would.
