@@ -779,3 +779,51 @@ async fn the_secrets_digest_confirms_no_guess_and_older_statuses_are_taken_over_
         "the same keys are not written again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spec_changed_while_paused_is_reported_as_an_update_not_as_drift() {
+    let operator = Operator::start("unpause").await;
+    let key = BASE64.encode([9u8; 32]);
+    operator.create_secret("pump-keys", &[("primaryKey", &key), ("secondaryKey", &key)]).await;
+    let pump = "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: pump}\n\
+                spec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: pump-keys}\n";
+    operator.apply(pump).await;
+    operator.wait("individualenrollment/pump", "condition=Ready").await;
+    let annotate = |value: &'static str| {
+        let operator = &operator;
+        async move {
+            let args = ["annotate", "--overwrite", "individualenrollment", "pump", value];
+            assert!(operator.kubectl(&args, None).await.success);
+        }
+    };
+    annotate("dps.iot.dev/paused=true").await;
+    operator.apply(&format!("{pump}  iotEdge: true\n")).await;
+    operator
+        .eventually("individualenrollment/pump", "the paused pass saw the new generation", |r| {
+            r["status"]["observedGeneration"] == r["metadata"]["generation"]
+        })
+        .await;
+    annotate("dps.iot.dev/paused-").await;
+    operator
+        .eventually_dps("iotEdge reached DPS", async |dps| {
+            let pump: models::IndividualEnrollment = dps.get("pump").await.ok()?;
+            pump.capabilities?.iot_edge.then_some(())
+        })
+        .await;
+    let deadline = tokio::time::Instant::now() + support::operator::PATIENCE;
+    let (events, update) = loop {
+        let events = operator.events("pump").await;
+        let update =
+            events.iter().find(|(_, reason, note)| reason == "Updated" && note.contains("iotEdge")).cloned();
+        if let Some(update) = update {
+            break (events, update);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no Updated event: {events:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(update.2.ends_with("to match the spec."), "{update:?}");
+    assert!(
+        !events.iter().any(|(_, reason, _)| reason == "DriftCorrected"),
+        "nothing changed in DPS: {events:?}"
+    );
+}

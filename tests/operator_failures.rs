@@ -164,6 +164,17 @@ async fn bad_credentials_are_reported_on_the_connection_and_recover_when_fixed()
     let connection = operator.get("provisioningservice/dps").await;
     assert_eq!(connection["status"]["credentials"], "SharedAccessPolicy");
     assert_eq!(connection["status"]["host"], operator.emulator.host_name());
+
+    // The connection's own events tell the story too.
+    let (failed, _) = operator
+        .eventually_event("dps", "InvalidCredentials", |(_, reason, _)| reason == "InvalidCredentials")
+        .await;
+    assert_eq!(failed.0, "Warning");
+    assert!(failed.2.contains("dps-connection"), "{failed:?}");
+    let (connected, events) = operator
+        .eventually_event("dps", "Connected", |(kind, reason, _)| kind == "Normal" && reason == "Connected")
+        .await;
+    assert!(connected.2.contains(operator.emulator.host_name()), "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

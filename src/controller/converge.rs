@@ -68,11 +68,13 @@ pub enum Done {
     InSync,
     Created,
     Recreated,
-    /// Written because the spec or a referenced Secret changed (`inputs_changed`), or because
-    /// DPS was changed outside Kubernetes.
+    /// Written because the spec or a referenced Secret changed (`inputs_changed`), because DPS
+    /// was changed outside Kubernetes (`outside`: its etag is not the one last seen), or because
+    /// writes were off when the spec changed.
     Updated {
         drift: Vec<&'static str>,
         inputs_changed: bool,
+        outside: bool,
     },
     Adopted,
     /// Not written (observe-only or paused): what differs, or that it is missing.
@@ -189,7 +191,8 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
                 let done = if adopt {
                     Done::Adopted
                 } else {
-                    Done::Updated { drift, inputs_changed: pass.inputs_changed }
+                    let outside = recorded.etag.as_deref() != Some(etag.as_str());
+                    Done::Updated { drift, inputs_changed: pass.inputs_changed, outside }
                 };
                 edges.put(&pass.desired, IfMatch::Etag(&etag)).await.map(|updated| (done, Some(updated)))
             }

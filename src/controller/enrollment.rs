@@ -631,24 +631,28 @@ async fn publish_events<K: EnrollmentKind>(
                 "Adopted",
                 format!("Adopted {what} {id}, which already existed in DPS, and made it match the spec."),
             ),
-            Done::Updated { drift, inputs_changed: true }
+            Done::Updated { drift, inputs_changed: true, .. }
                 if old.observed_generation != object.meta().generation =>
             {
                 (false, "Updated", format!("Updated {what} {id} in DPS ({}).", drift.join(", ")))
             }
-            Done::Updated { drift, inputs_changed: true } => (
+            Done::Updated { drift, inputs_changed: true, .. } => (
                 false,
                 "SecretRotated",
                 format!("Wrote the new {} of {what} {id} from its Secret.", drift.join(", ")),
             ),
-            Done::Updated { drift, inputs_changed: false } => {
-                let changed = drift.join(", ");
-                (
-                    false,
-                    "DriftCorrected",
-                    format!("Restored {changed} of {what} {id}, changed in DPS outside Kubernetes."),
-                )
-            }
+            Done::Updated { drift, outside: true, .. } => (
+                false,
+                "DriftCorrected",
+                format!("Restored {} of {what} {id}, changed in DPS outside Kubernetes.", drift.join(", ")),
+            ),
+            // DPS as last seen, the spec changed while writes were off (paused, observe-only, a
+            // failing connection): catching up with the spec.
+            Done::Updated { drift, .. } => (
+                false,
+                "Updated",
+                format!("Updated {what} {id} in DPS ({}) to match the spec.", drift.join(", ")),
+            ),
             Done::Reported { drift, missing } => {
                 let previous: Vec<&str> = old.drift.iter().map(String::as_str).collect();
                 if *missing {

@@ -265,16 +265,26 @@ where
         credentials,
         in_use_by: None,
     };
-    let was_ready = old_conditions.iter().any(|c| c.type_ == conditions::READY && c.status == "True");
+    // A log line and an event when it becomes ready, or fails anew (another reason or message).
+    let previous = old_conditions.iter().find(|c| c.type_ == conditions::READY);
     let what = resource_name(service);
     match &result {
-        Ok(connection) if !was_ready => {
+        Ok(connection) if previous.is_none_or(|c| c.status != "True") => {
             tracing::info!(connection = %what, host = %connection.host, credentials = connection.credentials, "connection ready");
+            let note = format!(
+                "Authenticated to DPS at {} with {}.",
+                connection.host, connection.credentials_source
+            );
+            ctx.event(service, false, "Connected", note).await;
         }
-        Err(error) if was_ready || old.is_none() => {
-            tracing::warn!(connection = %what, reason = error.reason(), error = %describe(error), "connection not ready");
+        Err(error) => {
+            let message = describe(error);
+            if previous.is_none_or(|c| c.reason != error.reason() || c.message != message) {
+                tracing::warn!(connection = %what, reason = error.reason(), error = %message, "connection not ready");
+                ctx.event(service, true, error.reason(), message).await;
+            }
         }
-        _ => {}
+        Ok(_) => {}
     }
     if old != Some(&status) {
         ctx.write_status(api, service, &status).await.map_err(|e| {

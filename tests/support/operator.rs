@@ -258,6 +258,24 @@ impl Operator {
         }
     }
 
+    /// Waits until an event about `name` satisfies `check`; answers it and all events so far.
+    pub async fn eventually_event(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&(String, String, String)) -> bool,
+    ) -> ((String, String, String), Vec<(String, String, String)>) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let events = self.events(name).await;
+            if let Some(event) = events.iter().find(|e| check(e)).cloned() {
+                return (event, events);
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name}: no event {what}: {events:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Events about an object, as `kubectl get events` shows them: (type, reason, message).
     pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
         let output = self
