@@ -79,6 +79,10 @@ async fn a_symmetric_key_group_is_created_and_then_left_alone() {
     assert_eq!(resource["status"]["claimed"], true);
     assert_eq!(condition(&resource, "Reconciling").unwrap().0, "False");
     assert_eq!(condition(&resource, "Stalled").unwrap().0, "False");
+    // `kubectl describe` shows the message once, on Ready.
+    let described = operator.kubectl(&["describe", "enrollmentgroup", "thermostats"], None).await.stdout;
+    let ready_message = condition(&resource, "Ready").unwrap().2;
+    assert_eq!(described.matches(ready_message.as_str()).count(), 1, "{described}");
     assert!(
         resource["metadata"]["finalizers"].as_array().unwrap().iter().any(|f| f == "dps.iot.dev/cleanup")
     );

@@ -67,6 +67,7 @@ async fn missing_and_invalid_secrets_block_writes_until_fixed() {
     let resource = operator.get("individualenrollment/sensor-1").await;
     assert_eq!(condition(&resource, "Stalled").unwrap().0, "False", "a missing Secret can still appear");
     assert_eq!(condition(&resource, "Reconciling").unwrap().0, "True");
+    assert_eq!(condition(&resource, "Reconciling").unwrap().2, "Retrying on its schedule; Ready says why.");
     assert!(
         operator.events("sensor-1").await.iter().any(|(t, r, _)| t == "Warning" && r == "SecretNotFound")
     );
@@ -130,8 +131,14 @@ async fn certificates_close_to_expiry_are_flagged() {
         })
         .await;
     let (_, reason, message) = condition(&flagged, "CertificateExpiringSoon").unwrap();
-    assert_eq!(reason, "CertificateExpiresSoon");
+    assert_eq!(reason, "CertificateExpiringSoon", "the reason and the type agree");
     assert!(message.contains("CN=sensor-1"), "{message}");
+    let (warning, _) = operator
+        .eventually_event("sensor-1", "CertificateExpiringSoon", |(_, reason, _)| {
+            reason == "CertificateExpiringSoon"
+        })
+        .await;
+    assert_eq!((warning.0.as_str(), warning.2.as_str()), ("Warning", message.as_str()));
 
     let patch = json!({"stringData": {"tls.crt": certificate("sensor-1", 365)}}).to_string();
     assert!(operator.kubectl(&["patch", "secret", "sensor-1-cert", "-p", &patch], None).await.success);
@@ -155,7 +162,9 @@ async fn bad_credentials_are_reported_on_the_connection_and_recover_when_fixed()
         "{message}"
     );
     operator.apply(BOILER).await;
-    not_ready(&operator, "individualenrollment/boiler", "DpsUnauthorized").await;
+    let message = not_ready(&operator, "individualenrollment/boiler", "DpsUnauthorized").await;
+    let secret = format!("Secret {}/dps-connection", operator.namespace);
+    assert!(message.contains(&format!("key connectionString of {secret}")), "{message}");
 
     let patch = json!({"stringData": {"connectionString": real}}).to_string();
     assert!(operator.kubectl(&["patch", "secret", "dps-connection", "-p", &patch], None).await.success);
@@ -367,4 +376,19 @@ async fn a_slow_dps_does_not_hold_up_another() {
             "stuck-{i}'s first call already ended, so this shows nothing: {ready:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_enrollment_names_its_connection_when_the_connection_s_secret_is_missing() {
+    let operator = Operator::start("connection-secret").await;
+    assert!(operator.kubectl(&["delete", "secret", "dps-connection"], None).await.success);
+    operator.apply(BOILER).await;
+    let message = not_ready(&operator, "individualenrollment/boiler", "SecretNotFound").await;
+    let namespace = &operator.namespace;
+    assert!(
+        message.contains(&format!(
+            "ProvisioningService {namespace}/dps cannot be used: Secret {namespace}/dps-connection does not exist"
+        )),
+        "{message}"
+    );
 }

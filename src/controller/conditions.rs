@@ -57,18 +57,26 @@ pub fn update(
         .collect()
 }
 
-/// The kstatus trio for an outcome: ready, still working, or stuck until the spec changes.
+/// What `Reconciling` says while the operator retries; `Ready` has the whole story.
+pub const RETRYING: &str = "Retrying on its schedule; Ready says why.";
+/// What `Stalled` says when only a change can help; `Ready` has the whole story.
+pub const NEEDS_A_CHANGE: &str =
+    "Not retried until the spec or a referenced Secret changes; Ready says what to change.";
+
+/// The kstatus trio for an outcome: ready, still working, or stuck until the spec changes. The
+/// message is said once, on `Ready`; a True `Reconciling` or `Stalled` says what happens next, a
+/// False one nothing.
 pub fn outcome(ready: Result<&str, (&str, bool)>, message: &str) -> Vec<Observation> {
     match ready {
         Ok(reason) => vec![
             Observation::new(READY, true, reason, message),
-            Observation::new(RECONCILING, false, reason, message),
-            Observation::new(STALLED, false, reason, message),
+            Observation::new(RECONCILING, false, reason, ""),
+            Observation::new(STALLED, false, reason, ""),
         ],
         Err((reason, stalled)) => vec![
             Observation::new(READY, false, reason, message),
-            Observation::new(RECONCILING, !stalled, reason, message),
-            Observation::new(STALLED, stalled, reason, message),
+            Observation::new(RECONCILING, !stalled, reason, if stalled { "" } else { RETRYING }),
+            Observation::new(STALLED, stalled, reason, if stalled { NEEDS_A_CHANGE } else { "" }),
         ],
     }
 }
@@ -113,5 +121,30 @@ mod tests {
         let conditions = outcome(Err(("AlreadyExists", true)), "taken");
         let status = |t| conditions.iter().find(|o| o.type_ == t).unwrap().status;
         assert_eq!((status(READY), status(RECONCILING), status(STALLED)), (false, false, true));
+    }
+
+    #[test]
+    fn the_message_is_said_once_on_ready() {
+        let message =
+            |conditions: &[Observation], t| conditions.iter().find(|o| o.type_ == t).unwrap().message.clone();
+        let ready = outcome(Ok("Synced"), "DPS holds it as specified.");
+        assert_eq!(
+            (
+                message(&ready, READY).as_str(),
+                message(&ready, RECONCILING).as_str(),
+                message(&ready, STALLED).as_str()
+            ),
+            ("DPS holds it as specified.", "", "")
+        );
+        let retrying = outcome(Err(("DpsError", false)), "DPS failed.");
+        assert_eq!(
+            (message(&retrying, RECONCILING).as_str(), message(&retrying, STALLED).as_str()),
+            (RETRYING, "")
+        );
+        let stalled = outcome(Err(("InvalidSpec", true)), "Bad spec.");
+        assert_eq!(
+            (message(&stalled, RECONCILING).as_str(), message(&stalled, STALLED).as_str()),
+            ("", NEEDS_A_CHANGE)
+        );
     }
 }

@@ -42,6 +42,36 @@ pub struct Connection {
     pub credentials_source: String,
 }
 
+impl Connection {
+    /// A failed DPS call on this connection; when DPS refused the credentials, the message says
+    /// where they come from, the thing to fix.
+    pub fn dps_error(&self, source: dps::Error) -> Error {
+        let connection = match source.retry_class() {
+            dps::RetryClass::Credentials => {
+                format!("{} (credentials from {})", self.name, self.credentials_source)
+            }
+            _ => self.name.clone(),
+        };
+        Error::Dps { connection, source }
+    }
+}
+
+/// A connection's own input that cannot be read, as an enrollment using it reports it: the
+/// Secret named is the connection's, not the enrollment's.
+fn unusable<K: Resource<DynamicType = ()>>(service: &K, error: Error) -> Error {
+    match error {
+        Error::SecretNotFound { .. }
+        | Error::SecretKeyMissing { .. }
+        | Error::ConfigMapKeyMissing { .. }
+        | Error::SecretValueInvalid { .. }
+        | Error::InvalidCredentials { .. } => Error::ConnectionUnusable {
+            connection: super::context::resource_name(service),
+            source: Box::new(error),
+        },
+        other => other,
+    }
+}
+
 /// Resolves connections and keeps one client per connection while its inputs stay the same.
 pub struct Connections {
     operator_namespace: String,
@@ -87,7 +117,7 @@ impl Connections {
                         kind: "ProvisioningService",
                         name: format!("{namespace}/{}", service_ref.name),
                     })?;
-                self.for_provisioning_service(client, &service).await
+                self.for_provisioning_service(client, &service).await.map_err(|e| unusable(&service, e))
             }
             ServiceKind::ClusterProvisioningService => {
                 let service = Api::<ClusterProvisioningService>::all(client.clone())
@@ -101,7 +131,9 @@ impl Connections {
                         name: service_ref.name.clone(),
                     })?;
                 self.check_allowed(client, &service, namespace).await?;
-                self.for_cluster_provisioning_service(client, &service).await
+                self.for_cluster_provisioning_service(client, &service)
+                    .await
+                    .map_err(|e| unusable(&service, e))
             }
         }
     }
@@ -274,7 +306,7 @@ pub async fn probe(connection: &Connection) -> Result<(), Error> {
                 connection: connection.name.clone(),
                 problem: format!("DPS refused {}: {source}", connection.credentials_source),
             },
-            _ => Error::Dps { connection: connection.name.clone(), source },
+            _ => connection.dps_error(source),
         }),
     }
 }

@@ -294,7 +294,10 @@ impl Context {
 
 /// How messages name a resource: `IndividualEnrollment iot/boiler`.
 pub fn resource_name<K: Resource<DynamicType = ()>>(object: &K) -> String {
-    format!("{} {}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
+    match object.namespace() {
+        Some(namespace) => format!("{} {namespace}/{}", K::kind(&()), object.name_any()),
+        None => format!("{} {}", K::kind(&()), object.name_any()),
+    }
 }
 
 /// `Kind/namespace/name`, the key of the per-object memories.

@@ -25,6 +25,8 @@ pub trait Edges<R> {
     /// The symmetric keys DPS holds for the enrollment (the attestation mechanism call), if both.
     async fn keys_in_dps(&self) -> Result<Option<Keys>, dps::Error>;
     async fn put(&self, record: &R, if_match: IfMatch<'_>) -> Result<R, dps::Error>;
+    /// The error of a failed DPS call, naming the connection.
+    fn failed(&self, source: dps::Error) -> Error;
     /// Creates the missing key Secret `name` with `keys` (`from_dps`: the keys DPS holds) and
     /// answers the keys it then holds: another writer may have created it first.
     async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<Keys, Error>;
@@ -94,7 +96,7 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
     pass: &mut Pass<'_, R>,
     recorded: &mut EnrollmentStatus,
 ) -> Result<(Done, Option<R>), Error> {
-    let dps_error = |source| Error::Dps { connection: pass.connection.to_owned(), source };
+    let dps_error = |source| edges.failed(source);
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -428,6 +430,10 @@ mod tests {
 
         fn release(&self) {
             self.call("RELEASE");
+        }
+
+        fn failed(&self, source: dps::Error) -> Error {
+            Error::Dps { connection: "ProvisioningService factory/dps".into(), source }
         }
     }
 

@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures::TryStreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::{
     Api, ResourceExt,
     runtime::{controller::Action, finalizer},
@@ -223,11 +223,19 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     };
     let ready = enrollment.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
     ctx.health.metrics.set_ready(K::kind(&()).as_ref(), &object_key(&*object), Some(ready));
+    let expiring = |conditions: &[Condition]| {
+        conditions.iter().find(|c| c.type_ == CERTIFICATE_EXPIRING_SOON && c.status == "True").cloned()
+    };
+    let newly_expiring =
+        expiring(&enrollment.conditions).filter(|_| expiring(&old_enrollment.conditions).is_none());
     let status = K::make_status(enrollment, id.clone(), registrations);
     if old.as_ref() != Some(&status) {
         write_status(ctx, &*object, &status).await?;
     }
     publish_events(ctx, &*object, &id, &old_enrollment, &result).await;
+    if let Some(expiring) = newly_expiring {
+        ctx.event(&*object, true, CERTIFICATE_EXPIRING_SOON, expiring.message).await;
+    }
     Ok(Action::requeue(result?.next_check))
 }
 
@@ -245,7 +253,7 @@ async fn sync<K: EnrollmentKind>(
     let input = object.attestation_input()?;
     let connection = ctx.connections.for_enrollment(&ctx.client, &settings.service_ref, &namespace).await?;
     let host = connection.host.clone();
-    let dps_error = |source| Error::Dps { connection: connection.name.clone(), source };
+    let dps_error = |source| connection.dps_error(source);
     let owner_reference = object
         .controller_owner_ref(&())
         .ok_or_else(|| Error::InvalidSpec("the resource has no uid yet".into()))?;
@@ -428,6 +436,10 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
         self.connection.client.put(record, if_match).await
     }
 
+    fn failed(&self, source: dps::Error) -> Error {
+        self.connection.dps_error(source)
+    }
+
     async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<Keys, Error> {
         let namespace = self.reader.namespace;
         let (keys, version) = self.reader.create_key_secret(name, self.owner_reference, keys).await?;
@@ -600,7 +612,7 @@ fn enrollment_status<K: EnrollmentKind>(
             Observation::new(
                 CERTIFICATE_EXPIRING_SOON,
                 true,
-                "CertificateExpiresSoon",
+                CERTIFICATE_EXPIRING_SOON,
                 format!("{}.", soon.join("; ")),
             )
         });
@@ -814,7 +826,7 @@ async fn delete_from_dps<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result
             );
         }
     }
-    let dps_error = |source| Error::Dps { connection: connection.name.clone(), source };
+    let dps_error = |source| connection.dps_error(source);
     let gone = |result: Result<(), dps::Error>| match result {
         Ok(()) | Err(dps::Error::NotFound { .. }) => Ok(()),
         Err(source) => Err(dps_error(source)),

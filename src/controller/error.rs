@@ -74,6 +74,14 @@ pub enum Error {
     #[error("the spec is invalid: {0}")]
     InvalidSpec(String),
 
+    /// A connection an enrollment uses whose own inputs (credentials, CA bundle) cannot be read.
+    #[error("{connection} cannot be used")]
+    ConnectionUnusable {
+        connection: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     #[error("DPS call failed on {connection}")]
     Dps {
         connection: String,
@@ -115,6 +123,7 @@ impl Error {
         match self {
             Self::Dps { source, .. } => source.tracking_id(),
             Self::KeysUnreadable { source, .. } => source.tracking_id(),
+            Self::ConnectionUnusable { source, .. } => source.tracking_id(),
             _ => None,
         }
     }
@@ -122,11 +131,15 @@ impl Error {
     /// The stable PascalCase reason of the `Ready` condition.
     pub fn reason(&self) -> &'static str {
         match self {
+            Self::ConnectionUnusable { source, .. } => source.reason(),
             Self::SecretNotFound { .. } => "SecretNotFound",
             Self::SecretKeyMissing { .. } | Self::ConfigMapKeyMissing { .. } => "SecretKeyMissing",
             Self::SecretValueInvalid { .. } => "SecretInvalid",
             Self::CertificateInvalid { .. } => "CertificateInvalid",
-            Self::ConnectionNotFound { .. } => "ConnectionNotFound",
+            Self::ConnectionNotFound { kind: "ClusterProvisioningService", .. } => {
+                "ClusterProvisioningServiceNotFound"
+            }
+            Self::ConnectionNotFound { .. } => "ProvisioningServiceNotFound",
             Self::ConnectionNotAllowed { .. } => "ConnectionNotAllowed",
             Self::InvalidCredentials { .. } => "InvalidCredentials",
             Self::AlreadyExists { .. } => "AlreadyExists",
@@ -150,12 +163,14 @@ impl Error {
             | Self::OwnedByAnother { .. }
             | Self::InvalidPausedAnnotation { .. } => true,
             Self::Dps { source, .. } => source.retry_class() == RetryClass::Permanent,
+            Self::ConnectionUnusable { source, .. } => source.is_stalled(),
             _ => false,
         }
     }
 
     pub fn retry(&self) -> Retry {
         match self {
+            Self::ConnectionUnusable { source, .. } => source.retry(),
             Self::Dps { source, .. } => match source.retry_class() {
                 RetryClass::Permanent | RetryClass::Credentials => Retry::WhenInputsChange,
                 RetryClass::Reread => Retry::Now,
