@@ -202,20 +202,18 @@ async fn a_metrics_address_in_use_stops_the_start_with_a_clear_error() {
     operator.stop();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_dps-operator"))
-            .args(["run", "--namespace", &operator.namespace, "--operator-namespace", &operator.namespace])
-            .args(["--metrics-address", &address])
-            .env("KUBECONFIG", support::control_plane().kubeconfig())
-            .output()
-            .expect("dps-operator run starts")
-    })
-    .await
-    .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "runs on without /livez and /metrics: {stderr}");
-    let address = taken.local_addr().unwrap().to_string();
-    assert!(stderr.contains(&address), "the error names the address: {stderr}");
+    let args = ["--namespace", &operator.namespace, "--operator-namespace", &operator.namespace];
+    let (success, stdout, stderr) = run_to_exit(
+        support::control_plane().kubeconfig(),
+        &[&args[..], &["--metrics-address", &address]].concat(),
+    )
+    .await;
+    assert!(!success, "runs on without /livez and /metrics: {stdout}{stderr}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("dps-operator stopped") && last.contains(&address),
+        "the last log line names the address: {stdout}"
+    );
 }
 
 /// `dps-operator run` with these arguments and kubeconfig until it exits: (success, stdout, stderr).
@@ -226,7 +224,6 @@ async fn run_to_exit(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, Stri
         Command::new(env!("CARGO_BIN_EXE_dps-operator"))
             .arg("run")
             .args(&args)
-            .args(["--metrics-address", "127.0.0.1:0"])
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_BACKTRACE", "1")
             .output()
@@ -244,8 +241,11 @@ async fn start_up_says_what_it_does_and_a_fatal_error_is_one_line_that_points_at
     let rejected = support::control_plane().token_kubeconfig("startup-bad-token", "not-a-token").unwrap();
     let namespace = operator.namespace.clone();
 
-    let (success, stdout, stderr) =
-        run_to_exit(&rejected, &["--namespace", &namespace, "--log-format", "json"]).await;
+    let (success, stdout, stderr) = run_to_exit(
+        &rejected,
+        &["--namespace", &namespace, "--log-format", "json", "--metrics-address", "127.0.0.1:0"],
+    )
+    .await;
     assert!(!success, "a 401 at start is fatal");
     let lines: Vec<serde_json::Value> = stdout
         .lines()
@@ -267,7 +267,8 @@ async fn start_up_says_what_it_does_and_a_fatal_error_is_one_line_that_points_at
     assert!(stderr.trim().is_empty(), "nothing outside the JSON log: {stderr}");
 
     // Plain logs into a pipe carry no terminal colours.
-    let (_, stdout, _) = run_to_exit(&rejected, &["--namespace", &namespace]).await;
+    let (_, stdout, _) =
+        run_to_exit(&rejected, &["--namespace", &namespace, "--metrics-address", "127.0.0.1:0"]).await;
     assert!(stdout.contains("dps-operator stopped"), "{stdout}");
     assert!(!stdout.contains('\u{1b}'), "ANSI escapes in a pipe: {stdout:?}");
 }
