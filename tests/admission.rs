@@ -167,8 +167,22 @@ fn every_invalid_manifest_is_refused_with_a_message_naming_the_field() {
 }
 
 /// `kubectl explain` output with kubectl's own line wrapping undone.
+/// `kubectl explain field`, words joined by single spaces. Waits while the API server does not
+/// serve the kind's schema yet (just after the CRDs were installed).
 fn explain(field: &str) -> String {
-    kubectl_ok(&["explain", field]).split_whitespace().collect::<Vec<_>>().join(" ")
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let output = kubectl(&["explain", field], None);
+        if output.success {
+            return output.stdout.split_whitespace().collect::<Vec<_>>().join(" ");
+        }
+        assert!(
+            output.stderr.contains("couldn't find resource") && std::time::Instant::now() < deadline,
+            "kubectl explain {field} failed: {}",
+            output.stderr
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 }
 
 #[test]
@@ -184,8 +198,14 @@ fn kubectl_explain_shows_the_field_docs() {
         assert!(attestation.contains(text), "explain lacks {text:?}:\n{attestation}");
     }
 
-    let endorsement_key =
-        kubectl_ok(&["explain", "individualenrollment.spec.attestation.tpm.endorsementKey"]);
+    assert!(attestation.contains("exactly one of `symmetricKey` or `x509`"), "{attestation}");
+    let individual = explain("individualenrollment.spec.attestation");
+    assert!(individual.contains("exactly one of `symmetricKey`, `x509` or `tpm`"), "{individual}");
+    // Fields declared only to be refused say so where users look.
+    let group_tpm = explain("enrollmentgroup.spec.attestation.tpm");
+    assert!(group_tpm.contains("Not allowed"), "{group_tpm}");
+
+    let endorsement_key = explain("individualenrollment.spec.attestation.tpm.endorsementKey");
     assert!(endorsement_key.contains("The TPM endorsement key"), "{endorsement_key}");
 
     let credentials = explain("provisioningservice.spec.credentials");

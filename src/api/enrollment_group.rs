@@ -50,7 +50,8 @@ pub struct EnrollmentGroupSpec {
     #[schemars(length(min = 1, max = 128), regex(pattern = DPS_ID_PATTERN))]
     pub enrollment_group_id: Option<String>,
 
-    /// How devices in the group prove their identity. The kind cannot change after creation.
+    /// How devices in the group prove their identity: exactly one of `symmetricKey` or `x509`
+    /// (DPS has no TPM groups: use IndividualEnrollments). The kind cannot change after creation.
     pub attestation: GroupAttestation,
 
     #[serde(flatten)]

@@ -55,7 +55,8 @@ pub struct IndividualEnrollmentSpec {
     #[schemars(length(min = 1, max = 128), regex(pattern = DPS_ID_PATTERN))]
     pub registration_id: Option<String>,
 
-    /// How the device proves its identity. The kind cannot change after creation.
+    /// How the device proves its identity: exactly one of `symmetricKey`, `x509` or `tpm`. The
+    /// kind cannot change after creation.
     pub attestation: IndividualAttestation,
 
     /// The device id the device gets in IoT Hub: up to 128 ASCII alphanumerics and
