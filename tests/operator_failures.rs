@@ -392,3 +392,17 @@ async fn an_enrollment_names_its_connection_when_the_connection_s_secret_is_miss
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_that_never_worked_still_shows_its_host_and_credentials_kind() {
+    let operator = Operator::start("never-worked").await;
+    let real = operator.emulator.connection_string();
+    let (start, _) = real.rsplit_once("SharedAccessKey=").unwrap();
+    let wrong = format!("{start}SharedAccessKey={}", BASE64.encode([1u8; 32]));
+    operator.create_secret("wrong-connection", &[("connectionString", &wrong)]).await;
+    operator.apply(&support::operator::connection("wrong", "wrong-connection")).await;
+    not_ready(&operator, "provisioningservice/wrong", "InvalidCredentials").await;
+    let wrong = operator.get("provisioningservice/wrong").await;
+    assert_eq!(wrong["status"]["host"], operator.emulator.host_name(), "HOST shows what was tried");
+    assert_eq!(wrong["status"]["credentials"], "SharedAccessPolicy");
+}

@@ -45,11 +45,8 @@ pub async fn reconcile_namespaced(
     if let Some(action) = hold_while_in_use(&ctx, &api, &*service, reference, vec![namespace]).await? {
         return Ok(action);
     }
-    let result = match ctx.connections.for_provisioning_service(&ctx.client, &service).await {
-        Ok(connection) => probe(&connection).await.map(|()| connection),
-        Err(error) => Err(error),
-    };
-    report(&ctx, &api, &*service, service.status.as_ref(), result).await
+    let (result, known) = probed(ctx.connections.for_provisioning_service(&ctx.client, &service).await).await;
+    report(&ctx, &api, &*service, service.status.as_ref(), result, known).await
 }
 
 pub async fn reconcile_cluster(
@@ -65,11 +62,9 @@ pub async fn reconcile_cluster(
     if let Some(action) = hold_while_in_use(&ctx, &api, &*service, reference, namespaces).await? {
         return Ok(action);
     }
-    let result = match ctx.connections.for_cluster_provisioning_service(&ctx.client, &service).await {
-        Ok(connection) => probe(&connection).await.map(|()| connection),
-        Err(error) => Err(error),
-    };
-    report(&ctx, &api, &*service, service.status.as_ref(), result).await
+    let (result, known) =
+        probed(ctx.connections.for_cluster_provisioning_service(&ctx.client, &service).await).await;
+    report(&ctx, &api, &*service, service.status.as_ref(), result, known).await
 }
 
 /// Keeps the in-use finalizer on a live connection; on one being deleted, removes it once no
@@ -227,6 +222,21 @@ pub fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
     Action::requeue(super::enrollment::retry_delay(error.retry(), 3))
 }
 
+/// The host and kind of credentials of a resolved connection.
+type Known = Option<(String, &'static str)>;
+
+/// Probes a resolved connection: the outcome, and the host and credentials kind once resolved,
+/// which the status shows even while DPS refuses the credentials.
+async fn probed(resolved: Result<Connection, Error>) -> (Result<Connection, Error>, Known) {
+    match resolved {
+        Ok(connection) => {
+            let known = Some((connection.host.clone(), connection.credentials));
+            (probe(&connection).await.map(|()| connection), known)
+        }
+        Err(error) => (Err(error), None),
+    }
+}
+
 /// Writes the connection's status (when it changed) and decides when to check again.
 async fn report<K>(
     ctx: &Context,
@@ -234,6 +244,7 @@ async fn report<K>(
     service: &K,
     old: Option<&ProvisioningServiceStatus>,
     result: Result<Connection, Error>,
+    known: Known,
 ) -> Result<Action, Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -254,8 +265,10 @@ where
         ),
         Err(error) => (
             conditions::outcome(Err((error.reason(), false)), &describe(error)),
-            old.and_then(|s| s.host.clone()),
-            old.and_then(|s| s.credentials.clone()),
+            known.as_ref().map(|(host, _)| host.clone()).or_else(|| old.and_then(|s| s.host.clone())),
+            known
+                .map(|(_, credentials)| credentials.to_owned())
+                .or_else(|| old.and_then(|s| s.credentials.clone())),
         ),
     };
     let status = ProvisioningServiceStatus {
