@@ -10,7 +10,7 @@ use x509_parser::prelude::{FromDer, X509Certificate, X509Name};
 pub enum CertificateError {
     #[error("no certificate found: expected PEM, or base64 of DER or PEM")]
     NotFound,
-    #[error("the certificate is not valid DER X.509: {0}")]
+    #[error("{0}")]
     Invalid(String),
 }
 
@@ -61,7 +61,13 @@ pub fn read(text: &str) -> Result<CertificateFacts, CertificateError> {
 /// Reads the facts DPS reports from DER.
 pub fn facts(der: &[u8]) -> Result<CertificateFacts, CertificateError> {
     let (rest, certificate) =
-        X509Certificate::from_der(der).map_err(|e| CertificateError::Invalid(e.to_string()))?;
+        // The parser's own errors (`Parsing Error: NomError(Eof)`) say nothing to a user.
+        X509Certificate::from_der(der).map_err(|error| {
+            CertificateError::Invalid(match error {
+                x509_parser::nom::Err::Incomplete(_) => "the data ends before the certificate does".into(),
+                _ => "the data is not a well-formed X.509 certificate".into(),
+            })
+        })?;
     if !rest.is_empty() {
         return Err(CertificateError::Invalid("trailing data after the certificate".into()));
     }
@@ -161,10 +167,13 @@ mod tests {
     fn non_certificates_are_refused() {
         assert_eq!(read("gkozpt"), Err(CertificateError::NotFound));
         assert_eq!(read(""), Err(CertificateError::NotFound));
-        assert!(matches!(
-            read(&BASE64.encode([0x30, 0x03, 0x02, 0x01, 0x01])),
-            Err(CertificateError::Invalid(_))
-        ));
+        let garbage = read(&BASE64.encode([0x30, 0x03, 0x02, 0x01, 0x01])).unwrap_err();
+        assert!(matches!(garbage, CertificateError::Invalid(_)));
+        assert_eq!(
+            garbage.to_string(),
+            "the data is not a well-formed X.509 certificate",
+            "no parser internals"
+        );
         let key_only = KeyPair::generate().unwrap().serialize_pem();
         assert_eq!(read(&key_only), Err(CertificateError::NotFound));
     }

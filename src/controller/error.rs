@@ -12,7 +12,7 @@ pub enum Error {
     #[error("Secret {namespace}/{name} has no key {key}")]
     SecretKeyMissing { namespace: String, name: String, key: String },
 
-    #[error("key {key} of Secret {namespace}/{name} is invalid: {problem}")]
+    #[error("key {key} of Secret {namespace}/{name} {problem}")]
     SecretValueInvalid { namespace: String, name: String, key: String, problem: String },
 
     #[error("ConfigMap {namespace}/{name} has no key {key}")]
