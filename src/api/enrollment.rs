@@ -98,7 +98,8 @@ pub struct EnrollmentSettings {
     /// e.g. `10m`. At least `1m`; defaults to the connection's
     /// `enrollmentDefaults.driftCheckInterval`, else `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DURATION_PATTERN}")"#)).message("must be a duration such as 30s, 10m or 1h30m"))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m')")
         .message("driftCheckInterval must be at least 1m"))]
     pub drift_check_interval: Option<String>,

@@ -47,7 +47,8 @@ pub struct EnrollmentGroupSpec {
     /// at most 128 characters; DPS compares ids case-insensitively. Defaults to
     /// `metadata.name`. Cannot change after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = DPS_ID_PATTERN))]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DPS_ID_PATTERN}")"#)).message("must be at most 128 letters, digits and - . _ : ending in a letter, digit or - (what DPS accepts)"))]
     pub enrollment_group_id: Option<String>,
 
     /// How devices in the group prove their identity: exactly one of `symmetricKey` or `x509`

@@ -52,7 +52,8 @@ pub struct IndividualEnrollmentSpec {
     /// most 128 characters (64 with X.509, where it is the certificate's common name); DPS
     /// compares ids case-insensitively. Defaults to `metadata.name`. Cannot change after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = DPS_ID_PATTERN))]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DPS_ID_PATTERN}")"#)).message("must be at most 128 letters, digits and - . _ : ending in a letter, digit or - (what DPS accepts)"))]
     pub registration_id: Option<String>,
 
     /// How the device proves its identity: exactly one of `symmetricKey`, `x509` or `tpm`. The
@@ -62,7 +63,8 @@ pub struct IndividualEnrollmentSpec {
     /// The device id the device gets in IoT Hub: up to 128 ASCII alphanumerics and
     /// `-.+%_#*?!(),=@$'`. Defaults to the registration id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 128), regex(pattern = DEVICE_ID_PATTERN))]
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DEVICE_ID_PATTERN}")"#)).message("must be at most 128 ASCII letters, digits and - . + % _ # * ? ! ( ) , = @ $ ' (what IoT Hub accepts as a device id)"))]
     pub device_id: Option<String>,
 
     /// Free-form JSON about the device, kept by DPS with the enrollment and readable by the

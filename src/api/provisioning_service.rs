@@ -137,7 +137,8 @@ pub struct ConnectionSpec {
     /// Host name of the DPS service endpoint, e.g. `contoso.azure-devices-provisioning.net`.
     /// Taken from the connection string when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 253), regex(pattern = HOST_NAME_PATTERN))]
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{HOST_NAME_PATTERN}")"#)).message("must be a host name such as contoso.azure-devices-provisioning.net, without scheme, port or path"))]
     pub host: Option<String>,
 
     /// How the operator authenticates to DPS.
@@ -228,7 +229,8 @@ pub struct EnrollmentDefaults {
     /// e.g. `10m`. At least `1m`; defaults to `10m`. Checks are jittered and read DPS in pages,
     /// so many enrollments cost few DPS operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = DURATION_PATTERN))]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DURATION_PATTERN}")"#)).message("must be a duration such as 30s, 10m or 1h30m"))]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m')")
         .message("driftCheckInterval must be at least 1m"))]
     pub drift_check_interval: Option<String>,
