@@ -103,6 +103,39 @@ impl Reader<'_> {
         Ok(Some((key(PRIMARY_KEY)?, key(SECONDARY_KEY)?)))
     }
 
+    /// Creates Secret `name` holding `data`, labelled as the operator's and owned by `owner` when
+    /// given. `None` when a Secret of that name exists already (created meanwhile by another
+    /// writer: us in an earlier attempt, another replica, or the user).
+    async fn create_secret(
+        &self,
+        name: &str,
+        owner: Option<&OwnerReference>,
+        data: BTreeMap<String, ByteString>,
+    ) -> Result<Option<Secret>, Error> {
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(self.namespace.into()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".into(),
+                    "dps-operator".into(),
+                )])),
+                owner_references: owner.map(|owner| vec![owner.clone()]),
+                ..Default::default()
+            },
+            data: Some(data),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        };
+        let params =
+            PostParams { field_manager: Some(super::context::FIELD_MANAGER.into()), ..Default::default() };
+        match Api::<Secret>::namespaced(self.client.clone(), self.namespace).create(&params, &secret).await {
+            Ok(created) => Ok(Some(created)),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+            Err(e) => Err(Error::kube(format!("create Secret {}/{name}", self.namespace), e)),
+        }
+    }
+
     /// Creates Secret `name` holding `keys` (primary, secondary), owned by `owner`, and returns
     /// the keys it holds (these, or those of a Secret created meanwhile) and the resourceVersion
     /// of our create.
@@ -112,39 +145,18 @@ impl Reader<'_> {
         owner: &OwnerReference,
         keys: (SecretValue, SecretValue),
     ) -> Result<((SecretValue, SecretValue), Option<String>), Error> {
-        let value = |key: SecretValue| ByteString(key.expose().as_bytes().to_vec());
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(self.namespace.into()),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".into(),
-                    "dps-operator".into(),
-                )])),
-                owner_references: Some(vec![owner.clone()]),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([
-                (PRIMARY_KEY.into(), value(keys.0.clone())),
-                (SECONDARY_KEY.into(), value(keys.1.clone())),
-            ])),
-            type_: Some("Opaque".into()),
-            ..Default::default()
-        };
-        let api = Api::<Secret>::namespaced(self.client.clone(), self.namespace);
-        let params =
-            PostParams { field_manager: Some(super::context::FIELD_MANAGER.into()), ..Default::default() };
-        match api.create(&params, &secret).await {
-            Ok(created) => Ok((keys, created.metadata.resource_version)),
-            // Created meanwhile (by us in an earlier attempt, or by the user): use that one.
-            Err(kube::Error::Api(status)) if status.code == 409 => {
+        let value = |key: &SecretValue| ByteString(key.expose().as_bytes().to_vec());
+        let data =
+            BTreeMap::from([(PRIMARY_KEY.into(), value(&keys.0)), (SECONDARY_KEY.into(), value(&keys.1))]);
+        match self.create_secret(name, Some(owner), data).await? {
+            Some(created) => Ok((keys, created.metadata.resource_version)),
+            None => {
                 let keys = self.symmetric_keys(name).await?.ok_or_else(|| Error::SecretNotFound {
                     namespace: self.namespace.into(),
                     name: name.into(),
                 })?;
                 Ok((keys, None))
             }
-            Err(e) => Err(Error::kube(format!("create Secret {}/{name}", self.namespace), e)),
         }
     }
 
@@ -270,52 +282,27 @@ impl DigestKey {
 
     /// The key kept in [`DIGEST_KEY_SECRET`] in `namespace`, created on the first start.
     pub async fn load_or_create(client: &Client, namespace: &str) -> Result<Self, Error> {
-        let api = Api::<Secret>::namespaced(client.clone(), namespace);
-        let what = format!("Secret {namespace}/{DIGEST_KEY_SECRET}, the key of the status digests");
-        let read = |secret: &Secret| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|data| data.get("key"))
-                .filter(|key| key.0.len() >= 32)
-                .map(|key| Self(key.0.clone().into()))
+        let reader = Reader { client, namespace };
+        let unusable = || {
+            Error::InvalidSpec(format!(
+                "Secret {namespace}/{DIGEST_KEY_SECRET}, the key of the status digests, has no key of 32 \
+                 bytes or more; delete it to have a new one made (each symmetric-key enrollment is then \
+                 written to DPS once)"
+            ))
         };
-        if let Some(secret) =
-            api.get_opt(DIGEST_KEY_SECRET).await.map_err(|e| Error::kube(format!("read {what}"), e))?
-        {
-            return read(&secret).ok_or_else(|| {
-                Error::InvalidSpec(format!(
-                    "{what} has no key of 32 bytes or more; delete it to have a new one made"
-                ))
-            });
+        let read = |secret: Secret| {
+            let key = secret.data.and_then(|mut data| data.remove("key")).filter(|key| key.0.len() >= 32);
+            key.map(|key| Self(key.0.into())).ok_or_else(unusable)
+        };
+        if let Some(secret) = reader.secret(DIGEST_KEY_SECRET).await? {
+            return read(secret);
         }
         let key = Self::random();
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(DIGEST_KEY_SECRET.into()),
-                namespace: Some(namespace.into()),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".into(),
-                    "dps-operator".into(),
-                )])),
-                ..Default::default()
-            },
-            data: Some(BTreeMap::from([("key".into(), ByteString(key.0.to_vec()))])),
-            type_: Some("Opaque".into()),
-            ..Default::default()
-        };
-        let params =
-            PostParams { field_manager: Some(super::context::FIELD_MANAGER.into()), ..Default::default() };
-        match api.create(&params, &secret).await {
-            Ok(_) => Ok(key),
+        let data = BTreeMap::from([("key".into(), ByteString(key.0.to_vec()))]);
+        match reader.create_secret(DIGEST_KEY_SECRET, None, data).await? {
+            Some(_) => Ok(key),
             // Another replica was first: use its key.
-            Err(kube::Error::Api(status)) if status.code == 409 => {
-                let secret =
-                    api.get(DIGEST_KEY_SECRET).await.map_err(|e| Error::kube(format!("read {what}"), e))?;
-                read(&secret)
-                    .ok_or_else(|| Error::InvalidSpec(format!("{what} has no key of 32 bytes or more")))
-            }
-            Err(e) => Err(Error::kube(format!("create {what}"), e)),
+            None => read(reader.existing_secret(DIGEST_KEY_SECRET).await?),
         }
     }
 }

@@ -75,7 +75,9 @@ pub trait Record: Enrollment + Clone {
     fn settle(&mut self, linked_hubs: Option<&[String]>) -> Result<(), ApiError>;
     /// What a GET returns: no keys, and for an individual enrollment its registration state,
     /// `unassigned` until a device registers (the same recording's GET).
-    fn read(&self, store: &Store) -> Self;
+    fn read(&self, store: &Store) -> Self {
+        self.listed(store)
+    }
     /// What a query returns: no keys, and no registration state for an enrollment no device
     /// used (the same recording's queries). The recordings hold no query of a registered one:
     /// the emulator keeps its registration state there, as DPS keeps it with the enrollment.
@@ -167,16 +169,13 @@ impl Record for IndividualEnrollment {
         Ok(())
     }
     fn read(&self, store: &Store) -> Self {
-        let listed = self.listed(store);
-        let unassigned = || DeviceRegistrationState {
+        let mut read = self.listed(store);
+        read.registration_state.get_or_insert_with(|| DeviceRegistrationState {
             registration_id: Some(self.registration_id.clone()),
             status: Some(RegistrationStatus::Unassigned),
             ..Default::default()
-        };
-        Self {
-            registration_state: Some(listed.registration_state.clone().unwrap_or_else(unassigned)),
-            ..listed
-        }
+        });
+        read
     }
     fn listed(&self, store: &Store) -> Self {
         let registration =
@@ -204,9 +203,6 @@ impl Record for EnrollmentGroup {
     fn settle(&mut self, linked_hubs: Option<&[String]>) -> Result<(), ApiError> {
         settle_common!(self, linked_hubs);
         Ok(())
-    }
-    fn read(&self, store: &Store) -> Self {
-        self.listed(store)
     }
     fn listed(&self, _: &Store) -> Self {
         Self { attestation: without_keys(&self.attestation), ..self.clone() }
