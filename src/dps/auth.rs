@@ -575,6 +575,32 @@ mod tests {
         let _ = std::fs::remove_dir_all(&directory);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_token_request_to_an_authority_that_never_answers_gives_up() {
+        crate::install_crypto_provider();
+        // Accepts connections (the kernel's backlog) and never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let directory = std::env::temp_dir().join(format!("dps-operator-silent-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let token_file = directory.join("token");
+        std::fs::write(&token_file, "federated-token").unwrap();
+        let authenticator = Authenticator::workload_identity(WorkloadIdentityConfig {
+            client_id: "app".into(),
+            tenant_id: "tenant".into(),
+            token_file,
+            authority_host: format!("http://{}/", silent.local_addr().unwrap()),
+            scope: DPS_SCOPE.into(),
+        });
+        let started = Instant::now();
+        let error = authenticator.authorization(&reqwest::Client::new()).await.unwrap_err();
+        assert!(
+            matches!(&error, AuthError::Recent(e) if matches!(**e, AuthError::TokenEndpoint { .. })),
+            "{error:?}"
+        );
+        assert!(started.elapsed() >= TOKEN_REQUEST_TIMEOUT, "it gave up on its timeout");
+        let _ = std::fs::remove_dir_all(&directory);
+    }
+
     #[tokio::test]
     async fn sas_tokens_are_cached_until_close_to_expiry() {
         let connection: ConnectionString =
