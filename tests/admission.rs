@@ -147,6 +147,10 @@ fn every_invalid_manifest_is_refused_with_a_message_naming_the_field() {
         if !error.contains(&case.field) {
             failures.push(format!("{}: the error does not name {}: {error}", case.name, case.field));
         }
+        // Users read words: the API server's message for a `pattern` quotes the regular expression.
+        if error.contains("should match") {
+            failures.push(format!("{}: the error quotes a regular expression: {error}", case.name));
+        }
         for message in &case.messages {
             if !error.contains(message.as_str()) {
                 failures.push(format!("{}: the error does not say {message:?}: {error}", case.name));

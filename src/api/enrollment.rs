@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{
     references::{CertificateSecretRef, SecretKeySelector, SecretReference, ServiceRef},
-    schema::{API_VERSION_PATTERN, DURATION_PATTERN, HOST_NAME_PATTERN, conditions, free_form_object},
+    schema::{self, API_VERSION_PATTERN, conditions, free_form_object},
 };
 
 /// Everything about an enrollment except its id and attestation.
@@ -39,7 +39,8 @@ pub struct EnrollmentSettings {
     /// `contoso-hub.azure-devices.net`. Each must be linked to the DPS instance. When omitted,
     /// every linked hub that applies the allocation policy may be used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 50), inner(length(max = 253), regex(pattern = HOST_NAME_PATTERN)))]
+    #[schemars(length(min = 1, max = 50), inner(length(max = 253)))]
+    #[x_kube(validation = schema::hub_host_names())]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub iot_hubs: Option<Vec<String>>,
 
@@ -99,7 +100,7 @@ pub struct EnrollmentSettings {
     /// `enrollmentDefaults.driftCheckInterval`, else `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DURATION_PATTERN}")"#)).message("must be a duration such as 30s, 10m or 1h30m"))]
+    #[x_kube(validation = schema::duration())]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m')")
         .message("driftCheckInterval must be at least 1m"))]
     pub drift_check_interval: Option<String>,

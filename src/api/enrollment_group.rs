@@ -7,7 +7,7 @@ use super::{
     enrollment::{
         CertificatePair, EnrollmentSettings, EnrollmentStatus, RegistrationRecord, SymmetricKeyAttestation,
     },
-    schema::{DPS_ID_PATTERN, refuse_property},
+    schema::{self, refuse_property},
 };
 
 /// A DPS enrollment group: many devices that share an attestation mechanism.
@@ -48,7 +48,7 @@ pub struct EnrollmentGroupSpec {
     /// `metadata.name`. Cannot change after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
-    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DPS_ID_PATTERN}")"#)).message("must be at most 128 letters, digits and - . _ : ending in a letter, digit or - (what DPS accepts)"))]
+    #[x_kube(validation = schema::dps_id())]
     pub enrollment_group_id: Option<String>,
 
     /// How devices in the group prove their identity: exactly one of `symmetricKey` or `x509`

@@ -8,7 +8,7 @@ use super::{
     enrollment::{
         CertificatePair, EnrollmentSettings, EnrollmentStatus, RegistrationRecord, SymmetricKeyAttestation,
     },
-    schema::{BASE64_PATTERN, DEVICE_ID_PATTERN, DPS_ID_PATTERN, free_form_object},
+    schema::{self, free_form_object},
 };
 
 /// A DPS individual enrollment: one device.
@@ -53,7 +53,7 @@ pub struct IndividualEnrollmentSpec {
     /// compares ids case-insensitively. Defaults to `metadata.name`. Cannot change after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
-    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DPS_ID_PATTERN}")"#)).message("must be at most 128 letters, digits and - . _ : ending in a letter, digit or - (what DPS accepts)"))]
+    #[x_kube(validation = schema::dps_id())]
     pub registration_id: Option<String>,
 
     /// How the device proves its identity: exactly one of `symmetricKey`, `x509` or `tpm`. The
@@ -64,7 +64,7 @@ pub struct IndividualEnrollmentSpec {
     /// `-.+%_#*?!(),=@$'`. Defaults to the registration id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
-    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DEVICE_ID_PATTERN}")"#)).message("must be at most 128 ASCII letters, digits and - . + % _ # * ? ! ( ) , = @ $ ' (what IoT Hub accepts as a device id)"))]
+    #[x_kube(validation = schema::device_id())]
     pub device_id: Option<String>,
 
     /// Free-form JSON about the device, kept by DPS with the enrollment and readable by the
@@ -113,11 +113,13 @@ pub struct IndividualX509Attestation {
 pub struct TpmAttestation {
     /// The TPM endorsement key (public part, base64), as `tpm2_readpublic` or the device SDK
     /// prints it.
-    #[schemars(length(min = 4, max = 4096), regex(pattern = BASE64_PATTERN))]
+    #[schemars(length(min = 4, max = 4096))]
+    #[x_kube(validation = schema::base64())]
     pub endorsement_key: String,
     /// The TPM storage root key (public part, base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 4, max = 4096), regex(pattern = BASE64_PATTERN))]
+    #[schemars(length(min = 4, max = 4096))]
+    #[x_kube(validation = schema::base64())]
     pub storage_root_key: Option<String>,
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     enrollment::DeletionPolicy,
     references::{ConfigMapKeySelector, SecretKeySelector},
-    schema::{DURATION_PATTERN, HOST_NAME_PATTERN, UUID_PATTERN, conditions},
+    schema::{self, conditions},
 };
 
 /// How to reach one DPS instance, for enrollments in this namespace.
@@ -138,7 +138,7 @@ pub struct ConnectionSpec {
     /// Taken from the connection string when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
-    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{HOST_NAME_PATTERN}")"#)).message("must be a host name such as contoso.azure-devices-provisioning.net, without scheme, port or path"))]
+    #[x_kube(validation = schema::host_name("contoso.azure-devices-provisioning.net"))]
     pub host: Option<String>,
 
     /// How the operator authenticates to DPS.
@@ -187,12 +187,14 @@ pub struct WorkloadIdentity {
     /// Application (client) id. Required on a ProvisioningService; a ClusterProvisioningService
     /// uses the operator's own identity (`AZURE_CLIENT_ID`) when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = UUID_PATTERN))]
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = schema::uuid())]
     pub client_id: Option<String>,
     /// Directory (tenant) id. Required on a ProvisioningService; a ClusterProvisioningService
     /// uses the operator's own tenant (`AZURE_TENANT_ID`) when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = UUID_PATTERN))]
+    #[schemars(length(max = 36))]
+    #[x_kube(validation = schema::uuid())]
     pub tenant_id: Option<String>,
 }
 
@@ -230,7 +232,7 @@ pub struct EnrollmentDefaults {
     /// so many enrollments cost few DPS operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
-    #[x_kube(validation = Rule::new(format!(r#"self.matches(r"{DURATION_PATTERN}")"#)).message("must be a duration such as 30s, 10m or 1h30m"))]
+    #[x_kube(validation = schema::duration())]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m')")
         .message("driftCheckInterval must be at least 1m"))]
     pub drift_check_interval: Option<String>,

@@ -8,7 +8,7 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema::{DATA_KEY_PATTERN, DNS_SUBDOMAIN_PATTERN, refuse_property};
+use super::schema::{self, refuse_property};
 
 fn refuse_namespace(schema: &mut schemars::Schema) {
     refuse_property(
@@ -28,10 +28,12 @@ fn refuse_namespace(schema: &mut schemars::Schema) {
 #[schemars(transform = refuse_namespace)]
 pub struct SecretKeySelector {
     /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::object_name())]
     pub name: String,
     /// Key in the Secret's data.
-    #[schemars(length(min = 1, max = 253), regex(pattern = DATA_KEY_PATTERN))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::data_key())]
     pub key: String,
 }
 
@@ -41,10 +43,12 @@ pub struct SecretKeySelector {
 #[schemars(transform = refuse_namespace)]
 pub struct ConfigMapKeySelector {
     /// Name of the ConfigMap.
-    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::object_name())]
     pub name: String,
     /// Key in the ConfigMap's data.
-    #[schemars(length(min = 1, max = 253), regex(pattern = DATA_KEY_PATTERN))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::data_key())]
     pub key: String,
 }
 
@@ -54,7 +58,8 @@ pub struct ConfigMapKeySelector {
 #[schemars(transform = refuse_namespace)]
 pub struct SecretReference {
     /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::object_name())]
     pub name: String,
 }
 
@@ -65,12 +70,14 @@ pub struct SecretReference {
 #[schemars(transform = refuse_namespace)]
 pub struct CertificateSecretRef {
     /// Name of the Secret, for example one that cert-manager writes.
-    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::object_name())]
     pub name: String,
     /// Key holding the PEM certificate. Defaults to `tls.crt`; use `ca.crt` for the issuing CA of
     /// a cert-manager Secret. When the value holds a chain, the first certificate is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = DATA_KEY_PATTERN))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::data_key())]
     pub key: Option<String>,
 }
 
@@ -116,6 +123,7 @@ pub struct ServiceRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<ServiceKind>,
     /// Name of the connection. A `ProvisioningService` must be in the same namespace.
-    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::object_name())]
     pub name: String,
 }

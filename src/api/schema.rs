@@ -1,37 +1,107 @@
 //! Hand-written schema pieces that the derives cannot express: free-form JSON, the conditions list
 //! and the validation patterns shared by several kinds.
 
+use kube::core::{Message, Rule};
 use schemars::{Schema, generate::SchemaGenerator, json_schema};
 
+// Formats are CEL rules rather than `pattern`s: the API server's message for a pattern quotes the
+// regular expression, a rule's message can say in words what is allowed.
+
 /// DNS-1123 subdomain: what Kubernetes accepts as the name of a Secret, ConfigMap or custom resource.
-pub const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// A key in a Secret's or ConfigMap's data.
-pub const DATA_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
+const DATA_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
 /// DPS registration and enrollment group ids: alphanumerics and `-._:`, the last character
 /// alphanumeric or `-`, at most 128 characters (checked by `maxLength`).
-pub const DPS_ID_PATTERN: &str = r"^[A-Za-z0-9\-._:]*[A-Za-z0-9\-]$";
+const DPS_ID_PATTERN: &str = r"^[A-Za-z0-9\-._:]*[A-Za-z0-9\-]$";
 
 /// IoT Hub device ids: ASCII alphanumerics and `-.+%_#*?!(),=@$'`.
-pub const DEVICE_ID_PATTERN: &str = r"^[A-Za-z0-9\-.+%_#*?!(),=@$']+$";
+const DEVICE_ID_PATTERN: &str = r"^[A-Za-z0-9\-.+%_#*?!(),=@$']+$";
 
 /// A DNS host name with at least two labels, e.g. `contoso.azure-devices.net`.
-pub const HOST_NAME_PATTERN: &str =
+const HOST_NAME_PATTERN: &str =
     r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$";
 
 /// A Go-style duration such as `30s`, `10m` or `1h30m`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
 /// An Azure API version: a real calendar date, e.g. `2021-10-01`, or one with `-preview`.
 pub const API_VERSION_PATTERN: &str = r"^[0-9]{4}-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|02-(0[1-9]|1[0-9]|2[0-9]))(-preview)?$";
 
 /// Base64 (standard alphabet, padded).
-pub const BASE64_PATTERN: &str = r"^[A-Za-z0-9+/]*={0,2}$";
+const BASE64_PATTERN: &str = r"^[A-Za-z0-9+/]*={0,2}$";
 
 /// A UUID, as Entra ID client and tenant ids are written.
-pub const UUID_PATTERN: &str =
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+const UUID_PATTERN: &str = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+fn matching(pattern: &str, message: &str) -> Rule {
+    Rule::new(format!(r#"self.matches(r"{pattern}")"#)).message(message)
+}
+
+/// The name of a Secret or ConfigMap.
+pub fn object_name() -> Rule {
+    matching(
+        DNS_SUBDOMAIN_PATTERN,
+        "must be a Kubernetes object name: lower-case letters, digits, - and ., starting and ending with a \
+         letter or digit",
+    )
+}
+
+/// A key of a Secret's or ConfigMap's data.
+pub fn data_key() -> Rule {
+    matching(DATA_KEY_PATTERN, "must be a data key: letters, digits, - _ and . only")
+}
+
+/// A registration or enrollment group id.
+pub fn dps_id() -> Rule {
+    matching(
+        DPS_ID_PATTERN,
+        "must be at most 128 letters, digits and - . _ : ending in a letter, digit or - (what DPS accepts)",
+    )
+}
+
+/// An IoT Hub device id.
+pub fn device_id() -> Rule {
+    matching(
+        DEVICE_ID_PATTERN,
+        "must be at most 128 ASCII letters, digits and - . + % _ # * ? ! ( ) , = @ $ ' (what IoT Hub accepts \
+         as a device id)",
+    )
+}
+
+/// A host name; `example` shows one.
+pub fn host_name(example: &str) -> Rule {
+    matching(
+        HOST_NAME_PATTERN,
+        &format!("must be a host name such as {example}, without scheme, port or path"),
+    )
+}
+
+/// The host names of a list of IoT hubs: the message names the first entry that is not one.
+pub fn hub_host_names() -> Rule {
+    let rule = format!(r#"self.all(hub, hub.matches(r"{HOST_NAME_PATTERN}"))"#);
+    let message = format!(
+        r#"'entry "' + self.filter(hub, !hub.matches(r"{HOST_NAME_PATTERN}"))[0] + '" must be a host name such as contoso-hub.azure-devices.net, without scheme, port or path'"#
+    );
+    Rule::new(rule).message(Message::Expression(message))
+}
+
+/// A Go-style duration.
+pub fn duration() -> Rule {
+    matching(DURATION_PATTERN, "must be a duration such as 30s, 10m or 1h30m")
+}
+
+/// Base64 text.
+pub fn base64() -> Rule {
+    matching(BASE64_PATTERN, "must be base64 (letters, digits, + and /, padded with =)")
+}
+
+/// A UUID.
+pub fn uuid() -> Rule {
+    matching(UUID_PATTERN, "must be a UUID such as 00000000-0000-0000-0000-000000000000")
+}
 
 /// Any JSON object, kept as written (twin tags, desired properties, device information).
 // CEL cannot type such an object (neither as an object with unknown fields nor as a map of
