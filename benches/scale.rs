@@ -6,11 +6,15 @@
 //!     cargo bench --bench scale -- 1000 [dps-operator run arguments, e.g. --max-concurrent-reconciles 0]
 //!
 //! `BENCH_FAULTS` sets the emulator's faults for the converge phase, as the JSON its
-//! `/admin/faults` takes, e.g. `{"errorRates": {"429": 0.04}}`.
+//! `/admin/faults` takes, e.g. `{"errorRates": {"429": 0.04}}`. `BENCH_RATE` (operations a
+//! minute, e.g. `1000`, DPS's quota per unit) makes the emulator enforce that rate and sets the
+//! connection's `rateLimit` to it; the report then compares the time to converge with the
+//! quota-optimal time, one bulk call per ten enrollments at that rate.
 //!
 //! Results are recorded in `docs/benchmarks.md`.
 
 use std::{
+    collections::BTreeMap,
     net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -43,9 +47,14 @@ async fn main() {
     let faults: Faults = std::env::var("BENCH_FAULTS")
         .map(|json| serde_json::from_str(&json).expect("BENCH_FAULTS is the JSON of emulator faults"))
         .unwrap_or_default();
-    let emulator = RunningEmulator::start(EmulatorConfig::default()).await.expect("the emulator starts");
+    let rate: Option<u32> =
+        std::env::var("BENCH_RATE").ok().map(|r| r.parse().expect("BENCH_RATE is operations a minute"));
+    let emulator =
+        RunningEmulator::start(EmulatorConfig { operations_per_minute: rate, ..Default::default() })
+            .await
+            .expect("the emulator starts");
     kubectl(&["create", "namespace", NAMESPACE], None);
-    kubectl(&["apply", "--server-side", "-f", "-"], Some(&connection(&emulator)));
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&connection(&emulator, rate.unwrap_or(100_000))));
     for i in 0..UNRELATED_SECRETS {
         kubectl(&["apply", "--server-side", "-f", "-"], Some(&unrelated_secret(i)));
     }
@@ -61,6 +70,7 @@ async fn main() {
 
     emulator.reset_calls();
     emulator.set_faults(faults.clone());
+    let writes_before = api_writes(&kubectl(&["get", "--raw", "/metrics"], None));
     let started = Instant::now();
     let mut operator = Operator::start(&control_plane, &operator_args);
     until(started, "90% Ready", async || ready(&api).await * 10 >= count * 9).await;
@@ -71,6 +81,7 @@ async fn main() {
     let converge_throttled = emulator.calls_answered(429);
     let converged = operator.sample();
     emulator.set_faults(Faults::default());
+    let converge_writes = writes_since(&writes_before, &kubectl(&["get", "--raw", "/metrics"], None));
 
     emulator.reset_calls();
     tokio::time::sleep(STEADY).await;
@@ -80,6 +91,7 @@ async fn main() {
     // A restart: every enrollment is looked at again, from the drift snapshot, not a GET each.
     operator.stop();
     emulator.reset_calls();
+    let restart_baseline = api_writes(&kubectl(&["get", "--raw", "/metrics"], None));
     let started = Instant::now();
     let mut operator = Operator::start(&control_plane, &operator_args);
     until(started, "every enrollment checked after the restart", async || {
@@ -89,6 +101,9 @@ async fn main() {
     let rechecked = started.elapsed();
     let restart_calls = total_calls(&emulator);
     let restarted = operator.sample();
+    // Writes that follow the last check (status, events) land within moments of it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let restart_writes = writes_since(&restart_baseline, &kubectl(&["get", "--raw", "/metrics"], None));
 
     emulator.reset_calls();
     let started = Instant::now();
@@ -125,7 +140,32 @@ async fn main() {
             "DPS calls to converge / answered 429".into(),
             format!("{converge_calls} ({:.2} per enrollment) / {converge_throttled}", per(converge_calls)),
         ),
-        ("operator CPU to converge".into(), format!("{:.1} s", converged.cpu_seconds)),
+        (
+            "DPS rate enforced: converge time against the quota-optimal time".into(),
+            match rate {
+                Some(rate) => {
+                    let optimal = count.div_ceil(10) as f64 * 60.0 / f64::from(rate);
+                    format!(
+                        "{rate}/min: {:.1} s against {optimal:.1} s ({:.2}×)",
+                        all_ready.as_secs_f64(),
+                        all_ready.as_secs_f64() / optimal
+                    )
+                }
+                None => "none".into(),
+            },
+        ),
+        (
+            "API server writes to converge, per enrollment".into(),
+            format!("{:.2} ({})", per(converge_writes.values().sum()), breakdown(&converge_writes)),
+        ),
+        (
+            "operator CPU to converge / per 1,000 enrollments".into(),
+            format!(
+                "{:.1} s / {:.2} s",
+                converged.cpu_seconds,
+                converged.cpu_seconds * 1000.0 / count as f64
+            ),
+        ),
         (
             "operator memory: converged / peak".into(),
             format!("{} / {} MiB", converged.rss_mib, converged.peak_mib),
@@ -139,17 +179,62 @@ async fn main() {
             format!("{:.1} s / {restart_calls}", rechecked.as_secs_f64()),
         ),
         (
-            "restart: operator CPU / memory".into(),
-            format!("{:.1} s / {} MiB", restarted.cpu_seconds, restarted.rss_mib),
+            "restart: API server writes".into(),
+            format!("{} ({})", restart_writes.values().sum::<u64>(), breakdown(&restart_writes)),
+        ),
+        (
+            "restart: operator CPU / memory / peak".into(),
+            format!("{:.1} s / {} / {} MiB", restarted.cpu_seconds, restarted.rss_mib, restarted.peak_mib),
         ),
         (
             "delete all: until gone from DPS and Kubernetes / DPS calls".into(),
             format!("{:.1} s / {delete_calls}", deleted.as_secs_f64()),
         ),
     ];
+    println!("| | {count} |\n|---|---|");
     for (what, value) in rows {
         println!("| {what} | {value} |");
     }
+}
+
+/// The API server's count of write requests so far, by resource (and subresource), from its
+/// `apiserver_request_total` metric; the operator's Lease renewals left out.
+fn api_writes(metrics: &str) -> BTreeMap<String, u64> {
+    let mut writes = BTreeMap::new();
+    for line in metrics.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default()
+        };
+        if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&label("verb"))
+            || label("resource") == "leases"
+        {
+            continue;
+        }
+        let resource = match label("subresource") {
+            "" => label("resource").to_owned(),
+            sub => format!("{}/{sub}", label("resource")),
+        };
+        *writes.entry(resource).or_default() += value.parse::<f64>().unwrap_or_default() as u64;
+    }
+    writes
+}
+
+fn writes_since(before: &BTreeMap<String, u64>, metrics: &str) -> BTreeMap<String, u64> {
+    api_writes(metrics)
+        .into_iter()
+        .map(|(resource, n)| (n - before.get(&resource).copied().unwrap_or_default(), resource))
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, resource)| (resource, n))
+        .collect()
+}
+
+fn breakdown(writes: &BTreeMap<String, u64>) -> String {
+    writes.iter().map(|(resource, n)| format!("{resource} {n}")).collect::<Vec<_>>().join(", ")
 }
 
 /// Waits, polling, until `done`; gives up after half an hour.
@@ -221,7 +306,7 @@ impl Operator {
 
 /// The connection `dps`, without a practical rate limit: this measures the operator, not the
 /// pacing a real DPS needs (`rateLimit` defaults to 200 operations a minute).
-fn connection(emulator: &RunningEmulator) -> String {
+fn connection(emulator: &RunningEmulator, operations_per_minute: u32) -> String {
     let secret = |name: &str, key: &str, value: &str| {
         serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
@@ -235,7 +320,7 @@ fn connection(emulator: &RunningEmulator) -> String {
         format!(
             "apiVersion: dps.iot.dev/v1alpha1\nkind: ProvisioningService\nmetadata: {{name: dps, namespace: {NAMESPACE}}}\n\
              spec:\n  credentials:\n    connectionStringSecretRef: {{name: dps-connection, key: connectionString}}\n  \
-             caBundle:\n    secretRef: {{name: dps-ca, key: ca.crt}}\n  rateLimit: {{operationsPerMinute: 100000}}\n"
+             caBundle:\n    secretRef: {{name: dps-ca, key: ca.crt}}\n  rateLimit: {{operationsPerMinute: {operations_per_minute}}}\n"
         ),
     ]
     .join("\n---\n")

@@ -73,7 +73,10 @@ async fn a_symmetric_key_group_is_created_and_then_left_alone() {
     assert_eq!(keys.symmetric_key.unwrap().primary_key.unwrap().expose(), primary);
 
     let resource = operator.get("enrollmentgroup/thermostats").await;
-    assert_eq!(resource["status"]["etag"].as_str(), group.etag.as_deref());
+    // Created by a bulk call, whose answer carries no etag; one alone is not worth a status write
+    // (the drift checks below compare content and leave the status as it is).
+    assert_eq!(resource["status"].get("etag"), None, "{resource}");
+    assert!(group.etag.is_some());
     assert_eq!(resource["status"]["enrollmentGroupId"], "thermostats-2026");
     assert_eq!(resource["status"]["attestation"], "symmetricKey");
     assert_eq!(resource["status"]["claimed"], true);
@@ -94,7 +97,7 @@ async fn a_symmetric_key_group_is_created_and_then_left_alone() {
     operator.emulator.reset_calls();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let calls = operator.emulator.calls();
-    assert_eq!(calls.get("EnrollmentGroup_CreateOrUpdate"), None, "{calls:?}");
+    assert_eq!(operator.emulator.writes("EnrollmentGroup"), 0, "{calls:?}");
     assert_eq!(calls.get("EnrollmentGroup_Get"), None, "drift checks use the query snapshot: {calls:?}");
     assert!(calls.contains_key("EnrollmentGroup_Query"), "{calls:?}");
     let unchanged = operator.get("enrollmentgroup/thermostats").await;
@@ -459,11 +462,7 @@ async fn observe_only_and_paused_never_write() {
     let (ready, reason, message) = condition(&reported, "Ready").unwrap();
     assert_eq!((ready.as_str(), reason.as_str()), ("False", "ObserveOnly"));
     assert!(message.contains("iotEdge"), "{message}");
-    assert_eq!(
-        operator.emulator.calls().get("EnrollmentGroup_CreateOrUpdate"),
-        Some(&1),
-        "only the outside edit wrote"
-    );
+    assert_eq!(operator.emulator.writes("EnrollmentGroup"), 1, "only the outside edit wrote");
 
     // Paused: back to Manage with a spec change, but nothing is written until the annotation goes.
     assert!(
@@ -479,11 +478,7 @@ async fn observe_only_and_paused_never_write() {
                 && r["status"]["observedGeneration"] == r["metadata"]["generation"]
         })
         .await;
-    assert_eq!(
-        operator.emulator.calls().get("EnrollmentGroup_CreateOrUpdate"),
-        Some(&1),
-        "nothing written while paused"
-    );
+    assert_eq!(operator.emulator.writes("EnrollmentGroup"), 1, "nothing written while paused");
     assert!(
         operator
             .kubectl(&["annotate", "enrollmentgroup/thermostats", "dps.iot.dev/paused-"], None)
@@ -528,7 +523,7 @@ async fn adoption_is_refused_unless_asked_and_deletion_follows_the_policy() {
         .await;
     assert_eq!(condition(&refused, "Ready").unwrap().0, "False");
     assert!(condition(&refused, "Ready").unwrap().2.contains("spec.adoption: Adopt"));
-    assert_eq!(operator.emulator.calls().get("EnrollmentGroup_CreateOrUpdate"), None, "nothing overwritten");
+    assert_eq!(operator.emulator.writes("EnrollmentGroup"), 0, "nothing overwritten");
 
     // Deleting a resource that never claimed the enrollment leaves DPS alone.
     assert!(
@@ -591,8 +586,8 @@ async fn a_restarted_operator_converges_without_duplicate_writes() {
         operator.eventually_metric(&sample, 1.0).await;
     }
     let calls = operator.emulator.calls();
-    assert_eq!(calls.get("EnrollmentGroup_CreateOrUpdate"), Some(&1), "one write for one change: {calls:?}");
-    assert_eq!(calls.get("IndividualEnrollment_CreateOrUpdate"), Some(&1), "one create: {calls:?}");
+    assert_eq!(operator.emulator.writes("EnrollmentGroup"), 1, "one write for one change: {calls:?}");
+    assert_eq!(operator.emulator.writes("IndividualEnrollment"), 1, "one create: {calls:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -616,7 +611,7 @@ async fn a_reconcile_handed_a_copy_from_before_its_own_write_reads_the_latest() 
     reconcile(Arc::new(api.get("boiler").await.unwrap()), ctx.clone()).await.unwrap();
     let before_create = Arc::new(api.get("boiler").await.unwrap());
     reconcile(before_create.clone(), ctx.clone()).await.unwrap();
-    assert_eq!(operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"), Some(&1));
+    assert_eq!(operator.emulator.writes("IndividualEnrollment"), 1);
 
     // A watch cache can still hand out the copy from before that write; it shows no claim. Acting
     // on it would call the new enrollment someone else's. The reconcile reads the latest instead.
@@ -625,7 +620,7 @@ async fn a_reconcile_handed_a_copy_from_before_its_own_write_reads_the_latest() 
     let resource = operator.get("individualenrollment/boiler").await;
     assert!(is_ready(&resource), "{resource}");
     assert_eq!(resource["status"]["claimed"], json!(true));
-    assert_eq!(operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"), Some(&1));
+    assert_eq!(operator.emulator.writes("IndividualEnrollment"), 1);
 }
 
 /// What the shipped Argo CD health check says of `resource`: its status and message.
@@ -777,11 +772,7 @@ async fn the_secrets_digest_confirms_no_guess_and_older_statuses_are_taken_over_
     operator
         .eventually("individualenrollment/boiler", "its digest is keyed again", |r| digest(r) == keyed)
         .await;
-    assert_eq!(
-        operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"),
-        None,
-        "the same keys are not written again"
-    );
+    assert_eq!(operator.emulator.writes("IndividualEnrollment"), 0, "the same keys are not written again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

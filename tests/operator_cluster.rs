@@ -52,7 +52,7 @@ spec:
         })
         .await;
     assert!(condition(&refused, "Ready").unwrap().2.contains("allowedNamespaces"));
-    assert_eq!(operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"), None);
+    assert_eq!(operator.emulator.writes("IndividualEnrollment"), 0);
 
     // Labelling the namespace admits it; a connection without allowedNamespaces admits none.
     let labelled =

@@ -27,10 +27,14 @@ fn enrollment(name: &str, namespace_extra: &str) -> String {
 /// The calls DPS got on one enrollment id's GET and PUT.
 fn enrollment_calls(operator: &Operator) -> u64 {
     let calls = operator.emulator.calls();
-    ["IndividualEnrollment_Get", "IndividualEnrollment_CreateOrUpdate"]
-        .iter()
-        .map(|operation| calls.get(*operation).copied().unwrap_or_default())
-        .sum()
+    [
+        "IndividualEnrollment_Get",
+        "IndividualEnrollment_CreateOrUpdate",
+        "IndividualEnrollment_RunBulkOperation",
+    ]
+    .iter()
+    .map(|operation| calls.get(*operation).copied().unwrap_or_default())
+    .sum()
 }
 
 fn keys_of(mechanism: &models::AttestationMechanism) -> (String, String) {
@@ -77,7 +81,7 @@ async fn a_dps_failing_every_write_is_backed_off() {
     let operator = Operator::start("backoff").await;
     operator.emulator.set_faults(Faults {
         error_rates: [(503, 1.0)].into(),
-        operations: ["IndividualEnrollment_CreateOrUpdate".to_owned()].into(),
+        operations: ["IndividualEnrollment_RunBulkOperation".to_owned()].into(),
         ..Default::default()
     });
     operator.emulator.reset_calls();
@@ -189,7 +193,7 @@ async fn adoption_whose_keys_cannot_be_read_writes_nothing() {
         "names the Secret and connection: {message}"
     );
     assert_eq!(secret_keys(&operator, "heater-keys", None).await, None, "no Secret with other keys");
-    assert_eq!(operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"), None, "no write");
+    assert_eq!(operator.emulator.writes("IndividualEnrollment"), 0, "no write");
 
     // The user's remedy: the Secret with the keys DPS holds. The resource adopts, keys unchanged.
     operator.create_secret("heater-keys", &[("primaryKey", &keys.0), ("secondaryKey", &keys.1)]).await;
@@ -224,7 +228,7 @@ async fn one_resource_owns_an_enrollment_and_the_other_never_touches_it() {
     assert!(refused["status"]["claimed"].is_null());
     let held = operator.dps.attestation_mechanism::<models::IndividualEnrollment>("boiler").await.unwrap();
     assert_eq!(keys_of(&held), keys, "the owner's keys stay in DPS");
-    assert_eq!(operator.emulator.calls().get("IndividualEnrollment_CreateOrUpdate"), None);
+    assert_eq!(operator.emulator.writes("IndividualEnrollment"), 0);
 
     // Deleting the contender leaves DPS alone; deleting the owner removes the enrollment.
     let deleted = kubectl_in(&other, &["delete", "individualenrollment/boiler"], None).await;
@@ -245,7 +249,7 @@ async fn contenders_created_at_once_under_failing_creates_end_with_one_owner_eac
     let other = operator.add_namespace().await;
     operator.emulator.set_faults(Faults {
         error_rates: [(503, 0.5)].into(),
-        operations: ["IndividualEnrollment_CreateOrUpdate".to_owned()].into(),
+        operations: ["IndividualEnrollment_RunBulkOperation".to_owned()].into(),
         ..Default::default()
     });
     let ids: Vec<String> = (0..6).map(|i| format!("contested-{i}")).collect();
@@ -314,7 +318,13 @@ async fn generated_keys_outlive_an_orphaned_resource() {
     assert!(operator.dps.get::<models::IndividualEnrollment>("kept").await.is_ok());
     assert_eq!(owners(&operator.get("secret/removed-keys").await).len(), 1, "removed with its enrollment");
     assert!(operator.dps.get::<models::IndividualEnrollment>("removed").await.is_err());
-    assert!(operator.events("kept").await.iter().any(|(_, reason, _)| reason == "SecretKept"));
+    let events = operator.events("kept").await;
+    assert!(events.iter().any(|(_, reason, _)| reason == "SecretKept"), "{events:?}");
+    assert!(
+        events.iter().any(|(_, reason, note)| reason == "Orphaned"
+            && note == "Left enrollment kept in DPS: its deletionPolicy is Orphan."),
+        "the event names the one reason it was left: {events:?}"
+    );
     // Both are gone from the operator's books too, the orphaned one included.
     operator.eventually_metric(ready, 0.0).await;
 }

@@ -36,6 +36,8 @@ pub struct Connection {
     pub name: String,
     pub host: String,
     pub client: Arc<dps::Client>,
+    /// New enrollments on this connection, gathered into bulk calls.
+    pub creates: Arc<dps::Creates>,
     pub defaults: Option<EnrollmentDefaults>,
     pub credentials: &'static str,
     /// Where the credentials come from, for messages (never the credentials themselves).
@@ -271,10 +273,12 @@ impl Connections {
             observer: Some(self.observer.clone()),
         })
         .map_err(|e| invalid(format!("{e}")))?;
+        let client = Arc::new(dps_client);
         let connection = Connection {
             name: name.clone(),
             host,
-            client: Arc::new(dps_client),
+            creates: Arc::new(dps::Creates::new(client.clone(), dps::GATHER_WINDOW)),
+            client,
             defaults: spec.enrollment_defaults.clone(),
             credentials,
             credentials_source,

@@ -11,7 +11,6 @@ use futures::TryStreamExt;
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::{Value, json};
@@ -19,6 +18,7 @@ use tokio::time::Instant;
 
 use super::{
     connection::{Connection, Connections},
+    events::Recorder,
     kinds::EnrollmentKind,
     ownership::{ClaimKey, Owner, Owners},
 };
@@ -82,8 +82,9 @@ pub struct Context {
     snapshots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
     /// The resourceVersion each of this process's status writes produced, by object uid.
     written: Mutex<HashMap<String, String>>,
-    /// The resourceVersion of each key Secret this process created, by `namespace/name`: the
-    /// watch event of our own create is no reason to reconcile again.
+    /// The resourceVersion of each key Secret this process created, by `namespace/name` (empty
+    /// while the create is on its way): the watch event of our own create is no reason to
+    /// reconcile again.
     written_secrets: Mutex<HashMap<String, String>>,
 }
 
@@ -97,10 +98,8 @@ pub struct Snapshot {
 
 impl Context {
     pub fn new(client: kube::Client, config: Config, health: Arc<crate::http::Health>) -> Self {
-        let reporter =
-            Reporter { controller: "dps-operator".into(), instance: std::env::var("POD_NAME").ok() };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), "dps-operator", std::env::var("POD_NAME").ok()),
             connections: Connections::new(&config, health.clone()),
             owners: Owners::default(),
             namespaces: Vec::new(),
@@ -124,14 +123,7 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
-            reason: reason.into(),
-            note: Some(truncate(note, 1024)),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        if let Err(error) = self.recorder.publish(&object.object_ref(&()), warning, reason, note).await {
             tracing::warn!(%error, reason, "could not publish an event");
         }
     }
@@ -202,6 +194,17 @@ impl Context {
         Ok(())
     }
 
+    /// Remembers that this process is creating Secret `namespace/name`: until the create answers,
+    /// any watch event of it is this create's.
+    pub fn creating_secret(&self, namespace: &str, name: &str) {
+        let mut written = self.written_secrets.lock().unwrap_or_else(|e| e.into_inner());
+        written.insert(format!("{namespace}/{name}"), String::new());
+    }
+
+    pub fn forget_secret(&self, namespace: &str, name: &str) {
+        self.written_secrets.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("{namespace}/{name}"));
+    }
+
     /// Remembers that this process created Secret `namespace/name` at `version`.
     pub fn wrote_secret(&self, namespace: &str, name: &str, version: String) {
         self.written_secrets
@@ -210,12 +213,20 @@ impl Context {
             .insert(format!("{namespace}/{name}"), version);
     }
 
+    /// The resourceVersion of Secret `name` when this process created it and nobody changed it.
+    pub fn own_secret_version(&self, namespace: &str, name: &str) -> Option<String> {
+        let written = self.written_secrets.lock().unwrap_or_else(|e| e.into_inner());
+        written.get(&format!("{namespace}/{name}")).filter(|version| !version.is_empty()).cloned()
+    }
+
     /// Whether a Secret watch event shows only this process's own create; a later version (the
     /// user edited the keys) is news.
     pub fn is_own_secret_write(&self, namespace: &str, name: &str, version: Option<&str>) -> bool {
         let mut written = self.written_secrets.lock().unwrap_or_else(|e| e.into_inner());
         let key = format!("{namespace}/{name}");
         match written.get(&key) {
+            // Being created: the answer, with the version, is still on its way.
+            Some(ours) if ours.is_empty() => true,
             Some(ours) if Some(ours.as_str()) == version => true,
             Some(_) => {
                 written.remove(&key);
@@ -303,16 +314,4 @@ pub fn resource_name<K: Resource<DynamicType = ()>>(object: &K) -> String {
 /// `Kind/namespace/name`, the key of the per-object memories.
 pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
-}
-
-fn truncate(mut text: String, limit: usize) -> String {
-    if text.len() > limit {
-        let mut end = limit - 3;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("...");
-    }
-    text
 }

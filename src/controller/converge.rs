@@ -25,11 +25,18 @@ pub trait Edges<R> {
     /// The symmetric keys DPS holds for the enrollment (the attestation mechanism call), if both.
     async fn keys_in_dps(&self) -> Result<Option<Keys>, dps::Error>;
     async fn put(&self, record: &R, if_match: IfMatch<'_>) -> Result<R, dps::Error>;
+    /// Creates the enrollment, never overwriting one that exists (409). Answers the record as
+    /// sent: a create gathered into a bulk call learns no etag.
+    async fn create(&self, record: &R) -> Result<R, dps::Error>;
     /// The error of a failed DPS call, naming the connection.
     fn failed(&self, source: dps::Error) -> Error;
     /// Creates the missing key Secret `name` with `keys` (`from_dps`: the keys DPS holds) and
     /// answers the keys it then holds: another writer may have created it first.
     async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<Keys, Error>;
+    /// Deletes the key Secret `name` this pass created with new keys, when the create they were
+    /// for found an enrollment at the id: those keys must never reach DPS. Answers false when
+    /// the Secret is not (or no longer) the one this process created.
+    async fn discard_key_secret(&self, name: &str) -> Result<bool, Error>;
     /// Writes `claim` to the resource's status, before the DPS write it prepares.
     async fn record_claim(&self, claim: &EnrollmentStatus) -> Result<(), Error>;
     /// The record the spec describes with the material in `resolved`.
@@ -59,8 +66,20 @@ pub struct Pass<'a, R> {
     pub digest: Option<String>,
     /// The key `digest` is made with.
     pub digest_key: &'a DigestKey,
-    /// A record from the connection's query snapshot, known current: read instead of a GET.
-    pub snapshot_record: Option<R>,
+    /// What the connection's query snapshot says, read instead of a GET.
+    pub known: Known<R>,
+}
+
+/// What a pass knows of the enrollment in DPS before it reads.
+#[derive(Debug)]
+pub enum Known<R> {
+    /// Nothing: a GET reads it.
+    Unknown,
+    /// Missing from a recent query snapshot: created without a GET first. A create never
+    /// overwrites, so an enrollment that appeared since is answered 409 and then read.
+    Absent,
+    /// The record in the snapshot, known current.
+    Record(R),
 }
 
 #[derive(Debug, PartialEq)]
@@ -98,11 +117,14 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
 ) -> Result<(Done, Option<R>), Error> {
     let dps_error = |source| edges.failed(source);
     let mut attempts = 0;
+    // Whether the keys in the key Secret are new ones this pass made for its create.
+    let mut new_keys = false;
     loop {
         attempts += 1;
-        let observed = match pass.snapshot_record.take() {
-            Some(record) => Some(record),
-            None => edges.get().await.map_err(dps_error)?,
+        let observed = match std::mem::replace(&mut pass.known, Known::Unknown) {
+            Known::Record(record) => Some(record),
+            Known::Absent => None,
+            Known::Unknown => edges.get().await.map_err(dps_error)?,
         };
 
         // A create of ours that DPS never confirmed (its answer lost, or the operator stopped):
@@ -125,7 +147,7 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
             }
         }
 
-        fill_key_secret(edges, pass, observed.is_some()).await?;
+        new_keys |= fill_key_secret(edges, pass, observed.is_some()).await?;
 
         let owned = pass.ownership == Ownership::Owned;
         let desired = desired_comparable(&pass.desired, &pass.resolved);
@@ -169,9 +191,21 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
                     *recorded = pending;
                     pass.ownership = Ownership::CreatePending;
                 }
-                // Without If-Match, DPS never overwrites: an enrollment that appeared meanwhile
-                // is answered 409, and read again.
-                edges.put(&pass.desired, IfMatch::None).await.map(|created| {
+                // A create never overwrites: an enrollment that appeared meanwhile is answered
+                // 409, and read again.
+                let created = edges.create(&pass.desired).await;
+                if let (Err(dps::Error::Conflict { .. }), true, Some(secret)) =
+                    (&created, new_keys, pass.key_secret)
+                    && edges.discard_key_secret(secret).await?
+                {
+                    // The keys were made for an enrollment that turned out to exist: it keeps
+                    // its own, and the read below decides from them (restored, or refused).
+                    new_keys = false;
+                    pass.resolved.keys = None;
+                    pass.desired = edges.build(&pass.resolved)?;
+                    pass.digest = pass.resolved.secrets_digest(pass.digest_key);
+                }
+                created.map(|created| {
                     pass.ownership = Ownership::Owned;
                     (if recreate { Done::Recreated } else { Done::Created }, Some(created))
                 })
@@ -193,7 +227,11 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
                 let done = if adopt {
                     Done::Adopted
                 } else {
-                    let outside = recorded.etag.as_deref() != Some(etag.as_str());
+                    // Without an etag seen (created in bulk), a change of the spec explains it.
+                    let outside = match recorded.etag.as_deref() {
+                        Some(seen) => seen != etag,
+                        None => !pass.inputs_changed,
+                    };
                     Done::Updated { drift, inputs_changed: pass.inputs_changed, outside }
                 };
                 edges.put(&pass.desired, IfMatch::Etag(&etag)).await.map(|updated| (done, Some(updated)))
@@ -210,14 +248,15 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
 
 /// Keys for a key Secret that does not exist: new ones for an enrollment about to be created;
 /// for one DPS already has (ours, or to adopt), the keys it holds, so devices keep working. An
-/// enrollment neither ours nor to adopt gets none: it is refused without a write.
+/// enrollment neither ours nor to adopt gets none: it is refused without a write. Answers
+/// whether it made new keys.
 async fn fill_key_secret<R, E: Edges<R>>(
     edges: &E,
     pass: &mut Pass<'_, R>,
     exists: bool,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let (None, Some(secret), true) = (&pass.resolved.keys, pass.key_secret, pass.may_write) else {
-        return Ok(());
+        return Ok(false);
     };
     let keys = if !exists {
         Some((random_key(), random_key()))
@@ -237,8 +276,9 @@ async fn fill_key_secret<R, E: Edges<R>>(
         pass.resolved.keys = Some(edges.create_key_secret(secret, keys, exists).await?);
         pass.desired = edges.build(&pass.resolved)?;
         pass.digest = pass.resolved.secrets_digest(pass.digest_key);
+        return Ok(!exists);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Forgets a claim `recorded` holds, in the status this pass writes.
@@ -355,32 +395,16 @@ mod tests {
         fn dps_keys(&self) -> Option<(String, String)> {
             self.keys.borrow().as_ref().map(|k| (k.0.expose().to_owned(), k.1.expose().to_owned()))
         }
-    }
 
-    impl Edges<IndividualEnrollment> for Fake {
-        async fn get(&self) -> Result<Option<IndividualEnrollment>, dps::Error> {
-            self.call("GET");
-            Ok(self.record.borrow().clone())
-        }
-
-        async fn keys_in_dps(&self) -> Result<Option<Keys>, dps::Error> {
-            self.call("KEYS");
-            if self.keys_forbidden {
-                return Err(dps::Error::Forbidden {
-                    operation: "POST attestationmechanism".into(),
-                    details: details(),
-                });
-            }
-            Ok(self.keys.borrow().clone())
-        }
-
-        async fn put(
+        /// A PUT, or with `IfMatch::None` a create, as DPS carries it out.
+        fn write(
             &self,
+            what: &'static str,
             record: &IndividualEnrollment,
             if_match: IfMatch<'_>,
         ) -> Result<IndividualEnrollment, dps::Error> {
-            self.call("PUT");
-            let operation = "PUT enrollments/device-1".to_owned();
+            self.call(what);
+            let operation = format!("{what} enrollments/device-1");
             let lost = match self.puts.borrow_mut().pop_front() {
                 Some(PutAnswer::Fail(error)) => return Err(error),
                 Some(PutAnswer::Raced(other)) => {
@@ -410,6 +434,42 @@ mod tests {
                 return Err(dps::Error::Timeout { operation, timeout: Duration::from_secs(5) });
             }
             Ok(self.record.borrow().clone().expect("just stored"))
+        }
+    }
+
+    impl Edges<IndividualEnrollment> for Fake {
+        async fn put(
+            &self,
+            record: &IndividualEnrollment,
+            if_match: IfMatch<'_>,
+        ) -> Result<IndividualEnrollment, dps::Error> {
+            self.write("PUT", record, if_match)
+        }
+
+        async fn create(&self, record: &IndividualEnrollment) -> Result<IndividualEnrollment, dps::Error> {
+            self.write("CREATE", record, IfMatch::None).map(|_| record.clone())
+        }
+
+        async fn discard_key_secret(&self, _name: &str) -> Result<bool, Error> {
+            self.call("DISCARD");
+            *self.secret.borrow_mut() = None;
+            Ok(true)
+        }
+
+        async fn get(&self) -> Result<Option<IndividualEnrollment>, dps::Error> {
+            self.call("GET");
+            Ok(self.record.borrow().clone())
+        }
+
+        async fn keys_in_dps(&self) -> Result<Option<Keys>, dps::Error> {
+            self.call("KEYS");
+            if self.keys_forbidden {
+                return Err(dps::Error::Forbidden {
+                    operation: "POST attestationmechanism".into(),
+                    details: details(),
+                });
+            }
+            Ok(self.keys.borrow().clone())
         }
 
         async fn create_key_secret(&self, _name: &str, keys: Keys, _from_dps: bool) -> Result<Keys, Error> {
@@ -456,7 +516,7 @@ mod tests {
             digest: resolved.secrets_digest(&DIGEST_KEY),
             digest_key: &DIGEST_KEY,
             resolved,
-            snapshot_record: None,
+            known: Known::Unknown,
         }
     }
 
@@ -475,13 +535,55 @@ mod tests {
         let mut pass = pass(None, &recorded);
         let (done, _) = run(converge(&dps, &mut pass, &mut recorded)).expect("created");
         assert_eq!(done, Done::Created);
-        assert_eq!(dps.calls(), ["GET", "SECRET", "CLAIM", "PUT"]);
+        assert_eq!(dps.calls(), ["GET", "SECRET", "CLAIM", "CREATE"]);
         assert_eq!(pass.ownership, Ownership::Owned);
         let secret = dps.secret.borrow().clone().expect("a key Secret");
         assert_eq!(dps.dps_keys(), Some((secret.0.expose().into(), secret.1.expose().into())));
         let claim = &dps.claims.borrow()[0];
         assert_eq!((claim.create_pending, claim.claimed_host.as_deref()), (Some(true), Some(HOST)));
         assert_eq!(claim.secrets_digest, pass.digest, "the claim names the keys the create sends");
+    }
+
+    #[test]
+    fn an_enrollment_missing_from_the_snapshot_is_created_without_a_read() {
+        let dps = Fake::default();
+        let mut recorded = EnrollmentStatus::default();
+        let mut pass = Pass { known: Known::Absent, ..pass(None, &recorded) };
+        let (done, written) = run(converge(&dps, &mut pass, &mut recorded)).expect("created");
+        assert_eq!(done, Done::Created);
+        assert_eq!(dps.calls(), ["SECRET", "CLAIM", "CREATE"]);
+        assert_eq!(written.and_then(|r| r.etag), None, "a bulk create learns no etag");
+    }
+
+    #[test]
+    fn keys_made_for_a_create_that_found_an_enrollment_never_reach_dps() {
+        // The snapshot was older than an enrollment another client created at the id.
+        for adopt in [false, true] {
+            let dps = Fake::holding(record(None, "thermostat"), keys("field"));
+            let mut recorded = EnrollmentStatus::default();
+            let mut pass = Pass { known: Known::Absent, adopt, ..pass(None, &recorded) };
+            let result = run(converge(&dps, &mut pass, &mut recorded));
+            assert_eq!(
+                dps.dps_keys(),
+                Some(("field-primary".into(), "field-secondary".into())),
+                "adopt: {adopt}"
+            );
+            if adopt {
+                assert_eq!(result.expect("adopted").0, Done::Adopted);
+                assert_eq!(
+                    dps.calls(),
+                    ["SECRET", "CLAIM", "CREATE", "DISCARD", "GET", "KEYS", "SECRET", "CLAIM", "PUT"]
+                );
+                let secret = dps.secret.borrow().clone().expect("the keys DPS holds");
+                assert_eq!(secret.0.expose(), "field-primary");
+            } else {
+                let error = result.expect_err("not ours");
+                assert!(matches!(error, Error::AlreadyExists { .. }), "{error}");
+                assert_eq!(dps.calls(), ["SECRET", "CLAIM", "CREATE", "DISCARD", "GET", "RELEASE"]);
+                assert!(dps.secret.borrow().is_none(), "the new keys are gone");
+                assert_eq!((recorded.create_pending, recorded.claimed_host.as_deref()), (None, None));
+            }
+        }
     }
 
     #[test]
@@ -534,7 +636,7 @@ mod tests {
         let mut pass = pass(Some(keys("ours")), &recorded);
         let error = run(converge(&dps, &mut pass, &mut recorded)).expect_err("not ours");
         assert!(matches!(error, Error::AlreadyExists { .. }), "{error}");
-        assert_eq!(dps.calls(), ["GET", "CLAIM", "PUT", "GET", "KEYS", "RELEASE"]);
+        assert_eq!(dps.calls(), ["GET", "CLAIM", "CREATE", "GET", "KEYS", "RELEASE"]);
         assert_eq!(
             dps.record.borrow().as_ref().and_then(|r| r.device_id.clone()).as_deref(),
             Some("someone-else")

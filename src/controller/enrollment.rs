@@ -15,8 +15,8 @@ use super::{
     conditions::{self, CERTIFICATE_EXPIRING_SOON, Observation, READY, RECONCILING, STALLED},
     connection::Connection,
     context::{Context, object_key, resource_name},
-    converge::{Done, Edges, Keys, Pass, converge, drop_claim},
-    desired::{AttestationInput, DpsRecord, Resolved, ResolvedCertificate},
+    converge::{Done, Edges, Keys, Known, Pass, converge, drop_claim},
+    desired::{AttestationInput, DpsRecord, Resolved, ResolvedCertificate, desired_comparable, drift},
     kinds::{EnrollmentKind, Registrations, registration_record, summarize},
     ownership::{ClaimKey, Owner, Ownership, claim_elsewhere, ownership},
     secrets::Reader,
@@ -228,8 +228,20 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     };
     let newly_expiring =
         expiring(&enrollment.conditions).filter(|_| expiring(&old_enrollment.conditions).is_none());
+    // A status without an etag (created in bulk, whose answers carry none) gets it, and DPS's
+    // times, with its next write for another reason: filling them in alone would cost a write
+    // per enrollment at the first check, and at every restart.
+    let only_filled_in = old_enrollment.etag.is_none() && {
+        let bare = EnrollmentStatus {
+            etag: None,
+            created_time: old_enrollment.created_time.clone(),
+            last_updated_time: old_enrollment.last_updated_time.clone(),
+            ..enrollment.clone()
+        };
+        old.as_ref() == Some(&K::make_status(bare, id.clone(), registrations.clone()))
+    };
     let status = K::make_status(enrollment, id.clone(), registrations);
-    if old.as_ref() != Some(&status) {
+    if old.as_ref() != Some(&status) && !only_filled_in {
         write_status(ctx, &*object, &status).await?;
     }
     publish_events(ctx, &*object, &id, &old_enrollment, &result).await;
@@ -333,19 +345,30 @@ async fn sync<K: EnrollmentKind>(
     ctx.checked(&key);
 
     // On a due check, read DPS from the connection's query snapshot rather than a GET each. A
-    // snapshot record with the etag this resource last saw is the record it wrote: in sync.
-    // Any other (changed outside, or a snapshot older than our own last write) is confirmed with
-    // a GET before anything is decided from it.
-    let snapshot_record = if settled {
+    // snapshot record with the etag this resource last saw is the record it wrote: in sync. One
+    // created in bulk has no etag recorded: a snapshot record holding what the spec describes is
+    // in sync too. Any other (changed outside, or a snapshot older than our own last write) is
+    // confirmed with a GET before anything is decided from it.
+    let known = if settled {
         let max_age = (interval / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         let snapshot = ctx.snapshot::<K::Record>(&connection, max_age).await.map_err(dps_error)?;
+        let desired = desired_comparable(&desired, &resolved);
         snapshot
             .records
             .get(&id.to_lowercase())
             .and_then(|value| serde_json::from_value::<K::Record>(value.clone()).ok())
-            .filter(|record| record.etag().is_some() && record.etag() == old.etag.as_deref())
+            .filter(|record| match old.etag.as_deref() {
+                Some(etag) => record.etag() == Some(etag),
+                None => drift(&desired, &record.comparable()).is_empty(),
+            })
+            .map_or(Known::Unknown, Known::Record)
+    } else if ownership == Ownership::None && mode.may_write() {
+        // A new enrollment: when the snapshot does not hold it, it is created without a GET. An
+        // older snapshot only costs a 409 and a read, so it may be as old as a drift interval.
+        let snapshot = ctx.snapshot::<K::Record>(&connection, interval).await.map_err(dps_error)?;
+        if snapshot.records.contains_key(&id.to_lowercase()) { Known::Unknown } else { Known::Absent }
     } else {
-        None
+        Known::Unknown
     };
     let key_secret = match input {
         AttestationInput::SymmetricKey(secret) => Some(secret.name.as_str()),
@@ -374,7 +397,7 @@ async fn sync<K: EnrollmentKind>(
         desired,
         digest,
         digest_key: &ctx.digest_key,
-        snapshot_record,
+        known,
     };
     let (done, record) = converge(&edges, &mut pass, recorded).await?;
     let Pass { ownership, resolved, digest, .. } = pass;
@@ -436,15 +459,30 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
         self.connection.client.put(record, if_match).await
     }
 
+    async fn create(&self, record: &K::Record) -> Result<K::Record, dps::Error> {
+        self.connection.creates.create(record.clone()).await.map(|()| record.clone())
+    }
+
+    async fn discard_key_secret(&self, name: &str) -> Result<bool, Error> {
+        let Some(version) = self.ctx.own_secret_version(self.reader.namespace, name) else {
+            return Ok(false);
+        };
+        self.reader.delete_key_secret(name, &version).await.map(|()| true)
+    }
+
     fn failed(&self, source: dps::Error) -> Error {
         self.connection.dps_error(source)
     }
 
     async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<Keys, Error> {
         let namespace = self.reader.namespace;
-        let (keys, version) = self.reader.create_key_secret(name, self.owner_reference, keys).await?;
-        if let Some(version) = version {
-            self.ctx.wrote_secret(namespace, name, version);
+        // Its watch event can arrive before the create's answer: it is known to be ours already.
+        self.ctx.creating_secret(namespace, name);
+        let created = self.reader.create_key_secret(name, self.owner_reference, keys).await;
+        let (keys, version) = created.inspect_err(|_| self.ctx.forget_secret(namespace, name))?;
+        match version {
+            Some(version) => self.ctx.wrote_secret(namespace, name, version),
+            None => self.ctx.forget_secret(namespace, name),
         }
         if from_dps {
             let note = format!(

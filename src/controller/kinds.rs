@@ -37,7 +37,7 @@ pub trait EnrollmentKind:
     + Sync
     + 'static
 {
-    type Record: dps::Enrollment + DpsRecord + Clone + Debug + Send + Sync;
+    type Record: dps::Batched + DpsRecord + Clone + Debug + Send + Sync;
     type Status: Serialize + Clone + PartialEq + Debug + Send + Sync;
     /// How messages name the DPS item.
     const WHAT: &'static str;

@@ -7,6 +7,7 @@
 pub mod conditions;
 pub mod desired;
 mod error;
+mod events;
 
 pub use error::{Error, Retry};
 pub mod connection;

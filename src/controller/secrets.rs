@@ -11,7 +11,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions},
 };
 
 use super::{
@@ -157,6 +157,19 @@ impl Reader<'_> {
                 })?;
                 Ok((keys, None))
             }
+        }
+    }
+
+    /// Deletes Secret `name` if it still is at `version` (a later version holds someone's edit).
+    pub async fn delete_key_secret(&self, name: &str, version: &str) -> Result<(), Error> {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions { resource_version: Some(version.to_owned()), uid: None }),
+            ..DeleteParams::default()
+        };
+        match Api::<Secret>::namespaced(self.client.clone(), self.namespace).delete(name, &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(e) => Err(Error::kube(format!("delete Secret {}/{name}", self.namespace), e)),
         }
     }
 

@@ -25,7 +25,7 @@ pub trait Enrollment: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// The path segment of the collection.
     const COLLECTION: &'static str;
     /// The per-item error of a bulk operation on this kind.
-    type BulkError: DeserializeOwned + Send;
+    type BulkError: DeserializeOwned + Send + super::batch::BulkItemError;
     fn id(&self) -> &str;
     fn bulk_body(items: &[Self], mode: BulkMode) -> serde_json::Value;
 }

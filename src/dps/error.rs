@@ -57,6 +57,13 @@ pub enum Error {
         #[source]
         source: AuthError,
     },
+
+    /// The failure of a bulk call, told to each item it carried.
+    #[error(transparent)]
+    Shared(std::sync::Arc<Error>),
+
+    #[error("{operation} stopped before DPS answered")]
+    Abandoned { operation: String },
 }
 
 /// What the caller should do about a failure.
@@ -87,7 +94,10 @@ impl Error {
                 RetryClass::Reread
             }
             Self::Throttled { retry_after, .. } => RetryClass::After(*retry_after),
-            Self::Server { .. } | Self::Network { .. } | Self::Timeout { .. } => RetryClass::Backoff,
+            Self::Server { .. } | Self::Network { .. } | Self::Timeout { .. } | Self::Abandoned { .. } => {
+                RetryClass::Backoff
+            }
+            Self::Shared(error) => error.retry_class(),
         }
     }
 
@@ -102,7 +112,8 @@ impl Error {
             Self::PreconditionFailed { .. } => "EtagMismatch",
             Self::Throttled { .. } => "DpsThrottled",
             Self::Server { .. } | Self::UnexpectedStatus { .. } | Self::InvalidResponse { .. } => "DpsError",
-            Self::Network { .. } | Self::Timeout { .. } => "DpsUnreachable",
+            Self::Network { .. } | Self::Timeout { .. } | Self::Abandoned { .. } => "DpsUnreachable",
+            Self::Shared(error) => error.reason(),
         }
     }
 
@@ -118,6 +129,7 @@ impl Error {
             | Self::PreconditionFailed { details, .. }
             | Self::Server { details, .. }
             | Self::UnexpectedStatus { details, .. } => details.tracking_id.as_deref(),
+            Self::Shared(error) => error.tracking_id(),
             _ => None,
         }
     }
@@ -133,10 +145,12 @@ impl Error {
             Self::PreconditionFailed { .. } => 412,
             Self::Throttled { .. } => 429,
             Self::Server { status, .. } | Self::UnexpectedStatus { status, .. } => *status,
+            Self::Shared(error) => return error.status(),
             Self::Network { .. }
             | Self::Timeout { .. }
             | Self::InvalidResponse { .. }
-            | Self::Authentication { .. } => {
+            | Self::Authentication { .. }
+            | Self::Abandoned { .. } => {
                 return None;
             }
         })

@@ -308,6 +308,16 @@ impl RunningEmulator {
         lock(&self.shared.calls).clone()
     }
 
+    /// The write calls on enrollments of `kind` (`IndividualEnrollment` or `EnrollmentGroup`):
+    /// PUTs and bulk operations.
+    pub fn writes(&self, kind: &str) -> u64 {
+        let calls = lock(&self.shared.calls);
+        ["CreateOrUpdate", "RunBulkOperation"]
+            .iter()
+            .filter_map(|operation| calls.get(&format!("{kind}_{operation}")))
+            .sum()
+    }
+
     /// The bodies of the latest service API requests (at most [`REQUESTS_KEPT`]), oldest first,
     /// each with its operation id: what clients really send.
     pub fn requests(&self) -> Vec<(String, Bytes)> {

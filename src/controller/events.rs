@@ -1,0 +1,152 @@
+//! Kubernetes events, grouped into series the way client-go's recorder groups them.
+//!
+//! kube's `Recorder` keys a series without its note, and the events API keeps a series' note
+//! fixed, so a new message under an old reason showed the old text with a higher count.
+//! client-go's `tools/events` keys on the note as well (`getKey` in `event_broadcaster.go`): the
+//! same words again grow a series, new words start a new event.
+
+use std::{collections::HashMap, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        core::v1::ObjectReference,
+        events::v1::{Event, EventSeries},
+    },
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    jiff::Timestamp,
+};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use tokio::sync::Mutex;
+
+/// How long a series stays open after it was last seen (client-go and kube use 6 minutes).
+const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
+
+/// The most of a note the events API takes.
+const NOTE_LIMIT: usize = 1024;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    warning: bool,
+    reason: String,
+    /// The object's uid, or its kind/namespace/name when it has none.
+    regarding: String,
+    note: String,
+}
+
+struct Open {
+    name: String,
+    namespace: String,
+    count: i32,
+    last_seen: Timestamp,
+}
+
+pub struct Recorder {
+    client: kube::Client,
+    controller: String,
+    instance: String,
+    series: Mutex<HashMap<SeriesKey, Open>>,
+}
+
+impl Recorder {
+    pub fn new(client: kube::Client, controller: &str, instance: Option<String>) -> Self {
+        Self {
+            client,
+            controller: controller.to_owned(),
+            instance: instance.unwrap_or_else(|| controller.to_owned()),
+            series: Mutex::default(),
+        }
+    }
+
+    /// Publishes an event about `regarding`: a new event, or one more of a series with the same
+    /// type, reason and note. Cluster-scoped objects get their events in `default`.
+    pub async fn publish(
+        &self,
+        regarding: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) -> Result<(), kube::Error> {
+        let note = truncate(note, NOTE_LIMIT);
+        let key = SeriesKey {
+            warning,
+            reason: reason.to_owned(),
+            regarding: regarding.uid.clone().unwrap_or_else(|| {
+                let field = |f: &Option<String>| f.clone().unwrap_or_default();
+                format!(
+                    "{}/{}/{}",
+                    field(&regarding.kind),
+                    field(&regarding.namespace),
+                    field(&regarding.name)
+                )
+            }),
+            note,
+        };
+        let now = Timestamp::now();
+        let mut series = self.series.lock().await;
+        series.retain(|_, open| open.last_seen + SERIES_TTL > now);
+        if let Some(open) = series.get_mut(&key) {
+            open.count += 1;
+            open.last_seen = now;
+            let patch = serde_json::json!({
+                "series": EventSeries { count: open.count, last_observed_time: MicroTime(now) }
+            });
+            let events: Api<Event> = Api::namespaced(self.client.clone(), &open.namespace);
+            events.patch(&open.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            return Ok(());
+        }
+        let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(&self.controller),
+                    now.as_nanosecond()
+                )),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            action: Some(reason.to_owned()),
+            reason: Some(reason.to_owned()),
+            note: Some(key.note.clone()),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            reporting_controller: Some(self.controller.clone()),
+            reporting_instance: Some(self.instance.clone()),
+            type_: Some(if warning { "Warning" } else { "Normal" }.to_owned()),
+            ..Event::default()
+        };
+        let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let created = events.create(&PostParams::default(), &event).await?;
+        let name = created.metadata.name.unwrap_or_default();
+        series.insert(key, Open { name, namespace, count: 1, last_seen: now });
+        Ok(())
+    }
+}
+
+/// Cuts `text` to at most `limit` bytes on a character boundary, marking the cut with `…`.
+fn truncate(mut text: String, limit: usize) -> String {
+    if text.len() > limit {
+        let mut end = limit - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NOTE_LIMIT, truncate};
+
+    #[test]
+    fn truncation_keeps_whole_characters_within_the_limit() {
+        assert_eq!(truncate("short".into(), 10), "short");
+        let cut = truncate("é".repeat(600), NOTE_LIMIT);
+        assert!(cut.len() <= NOTE_LIMIT && cut.ends_with('…'), "{}", cut.len());
+    }
+}
