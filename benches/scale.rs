@@ -198,7 +198,7 @@ async fn main() {
 }
 
 /// The API server's count of write requests so far, by resource (and subresource), from its
-/// `apiserver_request_total` metric; the operator's Lease renewals left out.
+/// `apiserver_request_total` metric.
 fn api_writes(metrics: &str) -> BTreeMap<String, u64> {
     let mut writes = BTreeMap::new();
     for line in metrics.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
@@ -210,9 +210,9 @@ fn api_writes(metrics: &str) -> BTreeMap<String, u64> {
                 .and_then(|rest| rest.split('"').next())
                 .unwrap_or_default()
         };
-        if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&label("verb"))
-            || label("resource") == "leases"
-        {
+        // Leases are the operator's leader election; endpoints the API server's own bookkeeping.
+        let skipped = ["leases", "endpoints", "endpointslices"].contains(&label("resource"));
+        if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&label("verb")) || skipped {
             continue;
         }
         let resource = match label("subresource") {

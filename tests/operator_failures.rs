@@ -234,7 +234,7 @@ async fn dps_failing_or_gone_is_retried_until_it_is_back() {
 async fn throttling_is_waited_out() {
     let operator = Operator::start_with(
         "throttled",
-        EmulatorConfig { operations_per_minute: Some(12), ..Default::default() },
+        EmulatorConfig { operations_per_minute: Some(30), ..Default::default() },
         |config| config.drift_check_interval = Duration::from_secs(120),
     )
     .await;

@@ -239,6 +239,16 @@ fn connection_worthy(generation: Option<i64>, ready: Option<&str>) -> Option<u64
     Some(hasher.finish())
 }
 
+/// Drops what the operator never reads before an object enters the cache: its managed fields
+/// (every status write adds to them) and the copy of the manifest `kubectl apply` keeps.
+fn prune<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// A controller for `K` in `api` that reconciles only on [`reconcile_worthy`] changes.
 fn filtered_controller<K>(api: Api<K>) -> Controller<K>
 where
@@ -251,7 +261,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let changes = reflector(writer, watcher(api, watcher::Config::default()))
+    let changes = reflector(writer, watcher(api, watcher::Config::default()).modify(prune::<K>))
         .applied_objects()
         .predicate_filter(reconcile_worthy::<K>, Default::default());
     Controller::for_stream(changes, store)

@@ -15,7 +15,7 @@ use super::{
 };
 
 /// How long a create waits for others to share its bulk call, unless ten are waiting sooner.
-pub const GATHER_WINDOW: Duration = Duration::from_millis(200);
+pub const GATHER_WINDOW: Duration = Duration::from_millis(500);
 
 /// The creates of one DPS client, gathered per kind.
 pub struct Creates {
