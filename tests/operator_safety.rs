@@ -121,6 +121,9 @@ async fn a_rejected_spec_and_wrong_credentials_are_not_retried_in_a_loop() {
         ..Default::default()
     };
     let operator = Operator::start_with("stalled", linked, |_| {}).await;
+    // The connection turning Ready is news to its enrollments (a pass each): let it happen first,
+    // so that the window below holds only what the failure itself leads to.
+    operator.wait("provisioningservice/dps", "condition=Ready").await;
     operator.apply(&format!("{}  iotHubs: [not-linked.azure-devices.net]\n", enrollment("boiler", ""))).await;
     operator.apply(&connection("wrong-key", "wrong-key")).await;
     let wrong = operator.emulator.connection_string().replace("SharedAccessKey=", "SharedAccessKey=AAAA");
