@@ -467,7 +467,9 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
         let Some(version) = self.ctx.own_secret_version(self.reader.namespace, name) else {
             return Ok(false);
         };
-        self.reader.delete_key_secret(name, &version).await.map(|()| true)
+        self.reader.delete_key_secret(name, &version).await?;
+        self.ctx.forget_secret(self.reader.namespace, name);
+        Ok(true)
     }
 
     fn failed(&self, source: dps::Error) -> Error {

@@ -5,7 +5,7 @@
 //! client-go's `tools/events` keys on the note as well (`getKey` in `event_broadcaster.go`): the
 //! same words again grow a series, new words start a new event.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use k8s_openapi::{
     api::{
@@ -19,7 +19,6 @@ use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
 };
-use tokio::sync::Mutex;
 
 /// How long a series stays open after it was last seen (client-go and kube use 6 minutes).
 const SERIES_TTL: Duration = Duration::from_secs(6 * 60);
@@ -85,16 +84,22 @@ impl Recorder {
             note,
         };
         let now = Timestamp::now();
-        let mut series = self.series.lock().await;
-        series.retain(|_, open| open.last_seen + SERIES_TTL > now);
-        if let Some(open) = series.get_mut(&key) {
-            open.count += 1;
-            open.last_seen = now;
+        // The lock is never held across a call: every reconcile publishes through this recorder.
+        let open = {
+            let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+            series.retain(|_, open| open.last_seen + SERIES_TTL > now);
+            series.get_mut(&key).map(|open| {
+                open.count += 1;
+                open.last_seen = now;
+                (open.name.clone(), open.namespace.clone(), open.count)
+            })
+        };
+        if let Some((name, namespace, count)) = open {
             let patch = serde_json::json!({
-                "series": EventSeries { count: open.count, last_observed_time: MicroTime(now) }
+                "series": EventSeries { count, last_observed_time: MicroTime(now) }
             });
-            let events: Api<Event> = Api::namespaced(self.client.clone(), &open.namespace);
-            events.patch(&open.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+            events.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
             return Ok(());
         }
         let namespace = regarding.namespace.clone().unwrap_or_else(|| "default".to_owned());
@@ -121,7 +126,8 @@ impl Recorder {
         let events: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let created = events.create(&PostParams::default(), &event).await?;
         let name = created.metadata.name.unwrap_or_default();
-        series.insert(key, Open { name, namespace, count: 1, last_seen: now });
+        let open = Open { name, namespace, count: 1, last_seen: now };
+        self.series.lock().unwrap_or_else(|e| e.into_inner()).insert(key, open);
         Ok(())
     }
 }
