@@ -20,10 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use dps_emulator::{EmulatorConfig, Faults, RunningEmulator};
 use dps_operator::{
     api::IndividualEnrollment,
     devenv::{ControlPlane, Tools, run},
-    emulator::{EmulatorConfig, Faults, RunningEmulator},
 };
 use kube::{Api, api::ListParams};
 

@@ -5,7 +5,6 @@ pub mod certificates;
 pub mod controller;
 pub mod devenv;
 pub mod dps;
-pub mod emulator;
 pub mod http;
 pub mod metrics;
 pub mod pki;

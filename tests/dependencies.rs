@@ -15,3 +15,16 @@ fn only_one_tls_crypto_provider_is_built() {
         );
     }
 }
+
+/// The emulator stands for DPS in every test: if it used the operator's DPS model, certificate
+/// reader or rate limiter, a mistake there would be mirrored on both sides and no test could see
+/// it. Its package must not depend on the operator's, not even for its own tests.
+#[test]
+fn the_emulator_shares_no_code_with_the_operator() {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).unwrap();
+    let emulator = lock
+        .split("[[package]]")
+        .find(|package| package.contains("name = \"dps-emulator\""))
+        .expect("dps-emulator is in Cargo.lock");
+    assert!(!emulator.contains("\"dps-operator\""), "dps-emulator depends on dps-operator:{emulator}");
+}

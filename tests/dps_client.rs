@@ -6,16 +6,15 @@ mod support;
 use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use dps_operator::{
-    dps::{
-        Client, ClientConfig, Error, IfMatch, RetryClass,
-        auth::{Authenticator, WorkloadIdentityConfig},
-        models::*,
-        rate_limit::RateLimiter,
-    },
-    emulator::{EmulatorConfig, Faults, Quotas},
+use dps_emulator::{EmulatorConfig, Faults, Quotas};
+use dps_operator::dps::{
+    Client, ClientConfig, Error, IfMatch, RetryClass,
+    auth::{Authenticator, WorkloadIdentityConfig},
+    models::*,
+    rate_limit::RateLimiter,
 };
 use futures::TryStreamExt;
+use serde_json::json;
 use support::dps::{client, client_with, emulator};
 
 fn symmetric_key_enrollment(id: &str) -> IndividualEnrollment {
@@ -290,20 +289,16 @@ async fn registration_states_are_read_queried_by_group_and_deleted() {
     let client = client(&emulator);
     for i in 0..7 {
         emulator.add_registration(
-            DeviceRegistrationState {
-                registration_id: Some(format!("thermostat-{i}")),
-                status: Some(if i == 0 { RegistrationStatus::Failed } else { RegistrationStatus::Assigned }),
-                assigned_hub: Some("contoso-west.azure-devices.net".into()),
-                device_id: Some(format!("thermostat-{i}")),
-                ..Default::default()
-            },
+            json!({
+                "registrationId": format!("thermostat-{i}"),
+                "status": if i == 0 { "failed" } else { "assigned" },
+                "assignedHub": "contoso-west.azure-devices.net",
+                "deviceId": format!("thermostat-{i}"),
+            }),
             Some("Thermostats".into()),
         );
     }
-    emulator.add_registration(
-        DeviceRegistrationState { registration_id: Some("other".into()), ..Default::default() },
-        Some("other-group".into()),
-    );
+    emulator.add_registration(json!({"registrationId": "other"}), Some("other-group".into()));
     let state = client.get_registration("thermostat-3").await.unwrap();
     assert_eq!(state.status, Some(RegistrationStatus::Assigned));
     let members: Vec<DeviceRegistrationState> =

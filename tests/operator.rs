@@ -320,13 +320,12 @@ spec:
         })
         .await;
     operator.emulator.add_registration(
-        models::DeviceRegistrationState {
-            registration_id: Some("boiler:0042".into()),
-            status: Some(models::RegistrationStatus::Assigned),
-            assigned_hub: Some("contoso-west.azure-devices.net".into()),
-            device_id: Some("boiler-0042".into()),
-            ..Default::default()
-        },
+        serde_json::json!({
+            "registrationId": "boiler:0042",
+            "status": "assigned",
+            "assignedHub": "contoso-west.azure-devices.net",
+            "deviceId": "boiler-0042",
+        }),
         None,
     );
     let registered = operator
@@ -543,11 +542,7 @@ async fn adoption_is_refused_unless_asked_and_deletion_follows_the_policy() {
 
     // Delete (the default) removes it, and the registration records when asked.
     operator.emulator.add_registration(
-        models::DeviceRegistrationState {
-            registration_id: Some("thermostat-1".into()),
-            status: Some(models::RegistrationStatus::Assigned),
-            ..Default::default()
-        },
+        serde_json::json!({"registrationId": "thermostat-1", "status": "assigned"}),
         Some("thermostats-2026".into()),
     );
     operator.apply(&format!("{GROUP}  adoption: Adopt\n  deleteRegistrationRecords: true\n")).await;

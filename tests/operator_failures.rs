@@ -6,11 +6,8 @@ mod support;
 use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use dps_operator::{
-    dps::{self, models},
-    emulator::{EmulatorConfig, Faults},
-    pki::CertificateAuthority,
-};
+use dps_emulator::{CertificateAuthority, EmulatorConfig, Faults};
+use dps_operator::dps::{self, models};
 use serde_json::json;
 use support::operator::{Operator, condition};
 

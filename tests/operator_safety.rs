@@ -8,11 +8,11 @@ mod support;
 use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use dps_emulator::{EmulatorConfig, Faults};
 use dps_operator::{
     api::IndividualEnrollment,
     controller::enrollment,
     dps::{IfMatch, models},
-    emulator::{EmulatorConfig, Faults},
 };
 use serde_json::{Value, json};
 use support::operator::{Operator, condition, connection, is_ready};

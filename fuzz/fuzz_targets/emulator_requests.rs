@@ -5,10 +5,8 @@
 use std::sync::LazyLock;
 
 use axum::{Router, body::Body, http::Request};
-use dps_operator::{
-    dps::auth::shared_access_signature,
-    emulator::{AccessPolicy, EmulatorConfig, service},
-};
+use dps_emulator::{AccessPolicy, EmulatorConfig, service};
+use dps_operator::dps::auth::shared_access_signature;
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 

@@ -7,9 +7,9 @@ use std::{path::Path, sync::Arc};
 use super::{ControlPlane, Error, Tools, run};
 use crate::{
     controller::{self, context::Config},
-    emulator::{EmulatorConfig, RunningEmulator},
     pki::CertificateAuthority,
 };
+use dps_emulator::{EmulatorConfig, RunningEmulator};
 
 /// The DPS host the examples name; the emulator answers for it.
 const EXAMPLE_HOST: &str = "contoso.azure-devices-provisioning.net";

@@ -2,13 +2,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use dps_operator::{
-    dps::{
-        Client, ClientConfig,
-        auth::{Authenticator, ConnectionString},
-        rate_limit::RateLimiter,
-    },
-    emulator::{EmulatorConfig, RunningEmulator},
+use dps_emulator::{EmulatorConfig, RunningEmulator};
+use dps_operator::dps::{
+    Client, ClientConfig,
+    auth::{Authenticator, ConnectionString},
+    rate_limit::RateLimiter,
 };
 
 /// Starts an emulator over HTTPS on a free port.

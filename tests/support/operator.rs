@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
+use dps_emulator::{EmulatorConfig, RunningEmulator};
 use dps_operator::{
     controller::{self, context::Config},
     dps,
-    emulator::{EmulatorConfig, RunningEmulator},
 };
 use serde_json::Value;
 use tokio::task::JoinHandle;

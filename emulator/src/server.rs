@@ -18,26 +18,20 @@ use axum::{
     routing::{get, post},
 };
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use super::{
     auth::{AccessPolicy, verify_sas},
     error::ApiError,
-    store::{self, Quotas, Record, Registration, Store},
+    store::{self, BulkMode, Quotas, Registration, Store},
+    swagger,
+    throttle::Quota,
+    tls::CertificateAuthority,
+    validation::Kind,
 };
-use crate::{
-    dps::{
-        models::{
-            BulkMode, DeviceRegistrationState, EnrollmentGroup, IndividualEnrollment, QuerySpecification,
-            Timestamp,
-        },
-        rate_limit::RateLimiter,
-    },
-    pki::CertificateAuthority,
-    random_bytes,
-};
+use crate::{dps_time, random_bytes};
 
 /// The service api-versions real clients send.
 pub const SERVICE_API_VERSIONS: &[&str] = &["2018-04-01", "2019-03-31", "2021-10-01", "2025-07-01-preview"];
@@ -49,6 +43,8 @@ const MAX_BULK_ITEMS: usize = 10;
 /// How many request bodies [`RunningEmulator::requests`] keeps.
 pub const REQUESTS_KEPT: usize = 256;
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// The scope a token for the DPS service API is asked for.
+const DPS_SCOPE: &str = "https://azure-devices-provisioning.net/.default";
 
 /// Faults to inject into service API calls (never into admin or token calls).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -141,9 +137,9 @@ pub enum StartError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("could not generate the emulator's TLS certificate")]
+    #[error("could not generate the emulator's TLS certificate: {0}")]
     Certificate(#[from] rcgen::Error),
-    #[error("could not set up TLS")]
+    #[error("could not set up TLS: {0}")]
     Tls(#[from] rustls::Error),
 }
 
@@ -156,7 +152,7 @@ struct Shared {
     state_file: Option<PathBuf>,
     entra_client_ids: Option<Vec<String>>,
     store: Mutex<Store>,
-    throttle: Mutex<Option<Arc<RateLimiter>>>,
+    throttle: Mutex<Option<Arc<Quota>>>,
     faults: Mutex<Faults>,
     calls: Mutex<BTreeMap<String, u64>>,
     /// Service API answers by HTTP status, since the calls were last reset.
@@ -177,7 +173,7 @@ impl Shared {
             state_file: config.state_file,
             entra_client_ids: config.entra_client_ids,
             store: Mutex::new(store),
-            throttle: Mutex::new(config.operations_per_minute.map(|n| Arc::new(RateLimiter::new(n)))),
+            throttle: Mutex::new(config.operations_per_minute.map(|n| Arc::new(Quota::new(n)))),
             faults: Mutex::new(config.faults),
             calls: Mutex::new(BTreeMap::new()),
             statuses: Mutex::new(BTreeMap::new()),
@@ -253,15 +249,9 @@ impl RunningEmulator {
                 None => Arc::new(CertificateAuthority::new("dps-emulator CA")?),
             };
             let server_name = host_name.rsplit_once(':').map_or(host_name.as_str(), |(name, _)| name);
-            let mut names = vec!["localhost", "127.0.0.1"];
-            if !names.contains(&server_name) {
-                names.push(server_name);
-            }
-            let serving = ca.issue_server(server_name, &names)?;
-            (
-                Some(tls_acceptor(&serving.certificate_pem, &serving.key_pem)?),
-                Some(ca.certificate_pem.clone()),
-            )
+            let mut names = vec![server_name];
+            names.extend(["localhost", "127.0.0.1"].into_iter().filter(|name| *name != server_name));
+            (Some(ca.acceptor(&names)?), Some(ca.certificate_pem.clone()))
         } else {
             (None, None)
         };
@@ -338,11 +328,12 @@ impl RunningEmulator {
     }
 
     pub fn set_operations_per_minute(&self, limit: Option<u32>) {
-        *lock(&self.shared.throttle) = limit.map(|n| Arc::new(RateLimiter::new(n)));
+        *lock(&self.shared.throttle) = limit.map(|n| Arc::new(Quota::new(n)));
     }
 
-    /// Adds a device registration record, as if the device had provisioned.
-    pub fn add_registration(&self, state: DeviceRegistrationState, enrollment_group_id: Option<String>) {
+    /// Adds a device registration record (the swagger's `DeviceRegistrationState`), as if the
+    /// device had provisioned.
+    pub fn add_registration(&self, state: Value, enrollment_group_id: Option<String>) {
         add_registration(&self.shared, state, enrollment_group_id);
     }
 
@@ -359,19 +350,6 @@ impl Drop for RunningEmulator {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
     }
-}
-
-fn tls_acceptor(certificate_pem: &str, key_pem: &str) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let certificates = CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let mut config =
-        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certificates, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// The error that makes hyper close a connection without answering: a dropped-connection fault.
@@ -463,6 +441,15 @@ fn router(shared: Arc<Shared>) -> Router {
 enum Collection {
     Enrollments,
     EnrollmentGroups,
+}
+
+impl Collection {
+    fn kind(self) -> Kind {
+        match self {
+            Self::Enrollments => Kind::Individual,
+            Self::EnrollmentGroups => Kind::Group,
+        }
+    }
 }
 
 /// A service API operation, found from the method and path.
@@ -590,7 +577,7 @@ async fn handle(
     authenticate(shared, uri, headers)?;
     let throttle = lock(&shared.throttle).clone();
     if let Some(throttle) = throttle
-        && let Err(wait) = throttle.try_acquire()
+        && let Err(wait) = throttle.take()
     {
         return Err(ApiError::throttled(wait.as_secs_f64().ceil().max(1.0) as u64));
     }
@@ -603,55 +590,20 @@ async fn handle(
 
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
     match operation {
-        Operation::Get(Collection::Enrollments, id) => {
-            read(shared, |s| s.get::<IndividualEnrollment>(&id).map(|e| e.answer()))
-        }
-        Operation::Get(Collection::EnrollmentGroups, id) => {
-            read(shared, |s| s.get::<EnrollmentGroup>(&id).map(|g| g.answer()))
-        }
-        Operation::Put(Collection::Enrollments, id) => {
-            put::<IndividualEnrollment>(shared, &id, body, if_match)
-        }
-        Operation::Put(Collection::EnrollmentGroups, id) => {
-            put::<EnrollmentGroup>(shared, &id, body, if_match)
-        }
-        Operation::Delete(Collection::Enrollments, id) => {
-            write(shared, |s| s.delete::<IndividualEnrollment>(&id, if_match))
-        }
-        Operation::Delete(Collection::EnrollmentGroups, id) => {
-            write(shared, |s| s.delete::<EnrollmentGroup>(&id, if_match))
-        }
-        Operation::Attestation(Collection::Enrollments, id) => {
-            read(shared, |s| s.attestation::<IndividualEnrollment>(&id))
-        }
-        Operation::Attestation(Collection::EnrollmentGroups, id) => {
-            read(shared, |s| s.attestation::<EnrollmentGroup>(&id))
-        }
-        Operation::Bulk(Collection::Enrollments) => {
-            bulk::<IndividualEnrollment>(shared, body, "enrollments", "registrationId")
-        }
-        Operation::Bulk(Collection::EnrollmentGroups) => {
-            bulk::<EnrollmentGroup>(shared, body, "enrollmentGroups", "enrollmentGroupId")
-        }
+        Operation::Get(collection, id) => read(shared, |s| s.get(collection.kind(), &id)),
+        Operation::Put(collection, id) => put(shared, collection.kind(), &id, body, if_match),
+        Operation::Delete(collection, id) => write(shared, |s| s.delete(collection.kind(), &id, if_match)),
+        Operation::Attestation(collection, id) => read(shared, |s| s.attestation(collection.kind(), &id)),
+        Operation::Bulk(collection) => bulk(shared, collection.kind(), body),
         Operation::Query(collection) => {
-            let spec: QuerySpecification = parse_json(body)?;
-            check_query(&spec.query)?;
+            check_query(&query_text(body)?)?;
             let (page_size, continuation) = paging(headers)?;
             let store = lock(&shared.store);
-            let (items, next, item_type) = match collection {
-                Collection::Enrollments => {
-                    let (items, next) =
-                        store.query::<IndividualEnrollment>(page_size, continuation.as_deref())?;
-                    (
-                        items.iter().map(Record::answer).collect::<Vec<_>>(),
-                        next,
-                        IndividualEnrollment::ITEM_TYPE,
-                    )
-                }
-                Collection::EnrollmentGroups => {
-                    let (items, next) = store.query::<EnrollmentGroup>(page_size, continuation.as_deref())?;
-                    (items.iter().map(Record::answer).collect(), next, EnrollmentGroup::ITEM_TYPE)
-                }
+            let kind = collection.kind();
+            let (items, next) = store.query(kind, page_size, continuation.as_deref())?;
+            let item_type = match kind {
+                Kind::Individual => "Enrollment",
+                Kind::Group => "EnrollmentGroup",
             };
             Ok(query_response(Value::Array(items), next, item_type, page_size))
         }
@@ -659,15 +611,14 @@ async fn handle(
             s.registrations
                 .get(&id.to_lowercase())
                 .map(|r| r.state.clone())
-                .ok_or_else(|| ApiError::not_found("registration", &id))
+                .ok_or_else(|| ApiError::not_found(None, &id))
         }),
         Operation::DeleteRegistration(id) => write(shared, |s| {
             let key = id.to_lowercase();
-            let registration =
-                s.registrations.get(&key).ok_or_else(|| ApiError::not_found("registration", &id))?;
+            let registration = s.registrations.get(&key).ok_or_else(|| ApiError::not_found(None, &id))?;
             if let Some(tag) = if_match.map(str::trim)
                 && tag != "*"
-                && registration.state.etag.as_deref().map(|e| e.trim_matches('"'))
+                && registration.state["etag"].as_str().map(|e| e.trim_matches('"'))
                     != Some(tag.trim_matches('"'))
             {
                 return Err(ApiError::precondition_failed("registration", &id));
@@ -678,7 +629,7 @@ async fn handle(
         Operation::QueryRegistrations(group_id) => {
             // The swagger declares no body, the SDKs send a query specification: accept both.
             if !body.is_empty() {
-                check_query(&parse_json::<QuerySpecification>(body)?.query)?;
+                check_query(&query_text(body)?)?;
             }
             let (page_size, continuation) = paging(headers)?;
             let store = lock(&shared.store);
@@ -690,12 +641,7 @@ async fn handle(
                 page_size,
                 continuation.as_deref(),
             )?;
-            Ok(query_response(
-                serde_json::to_value(items).unwrap_or_default(),
-                next,
-                "DeviceRegistration",
-                page_size,
-            ))
+            Ok(query_response(Value::Array(items), next, "DeviceRegistration", page_size))
         }
     }
 }
@@ -776,11 +722,27 @@ fn query_response(items: Value, next: Option<String>, item_type: &str, page_size
     response
 }
 
-fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(400008, "The request has no body."));
     }
     serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(400008, format!("The request body is not valid: {e}.")))
+}
+
+/// The query of a `QuerySpecification` body.
+fn query_text(body: &Bytes) -> Result<String, ApiError> {
+    let spec = swagger::read("QuerySpecification", parse_json(body)?)
+        .map_err(|e| ApiError::bad_request(400008, format!("The query specification is not valid: {e}.")))?;
+    spec["query"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request(400008, "The query specification needs a query."))
+}
+
+/// A request body read as the swagger definition `name`.
+fn read_body(name: &str, body: Value) -> Result<Value, ApiError> {
+    swagger::read(name, body)
         .map_err(|e| ApiError::bad_request(400008, format!("The request body is not valid: {e}.")))
 }
 
@@ -800,27 +762,27 @@ fn write(shared: &Shared, f: impl FnOnce(&mut Store) -> Result<(), ApiError>) ->
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn put<R: Record>(
+fn put(
     shared: &Shared,
+    kind: Kind,
     id: &str,
     body: &Bytes,
     if_match: Option<&str>,
 ) -> Result<Response, ApiError> {
-    let item: R = parse_json(body)?;
+    let item = read_body(kind.definition(), parse_json(body)?)?;
     let mut store = lock(&shared.store);
-    let stored = store.put(id, item, if_match, &shared.quotas, shared.linked_hubs.as_deref())?;
+    let stored = store.put(kind, id, item, if_match, &shared.quotas, shared.linked_hubs.as_deref())?;
     save(shared, &store);
-    Ok(Json(stored.answer()).into_response())
+    Ok(Json(stored).into_response())
 }
 
-fn bulk<R: Record>(
-    shared: &Shared,
-    body: &Bytes,
-    items_field: &str,
-    id_field: &str,
-) -> Result<Response, ApiError> {
-    let request: Value = parse_json(body)?;
-    let mode: BulkMode = serde_json::from_value(request["mode"].clone()).map_err(|_| {
+fn bulk(shared: &Shared, kind: Kind, body: &Bytes) -> Result<Response, ApiError> {
+    let request = parse_json(body)?;
+    let (items_field, id_field) = match kind {
+        Kind::Individual => ("enrollments", "registrationId"),
+        Kind::Group => ("enrollmentGroups", "enrollmentGroupId"),
+    };
+    let mode = request["mode"].as_str().and_then(BulkMode::parse).ok_or_else(|| {
         ApiError::bad_request(
             400009,
             "The bulk operation needs a mode: create, update, updateIfMatchETag or delete.",
@@ -835,29 +797,23 @@ fn bulk<R: Record>(
             format!("A bulk operation takes 1 to {MAX_BULK_ITEMS} items."),
         ));
     }
-    let mut errors = Vec::new();
-    let mut valid = Vec::new();
-    for item in items {
-        let id = item[id_field].as_str().unwrap_or_default().to_owned();
-        // Deleting needs only the id; clients often send nothing else.
-        let parsed = if mode == BulkMode::Delete {
-            let mut minimal = json!({ id_field: id, "attestation": {"type": "none"} });
-            if let Some(etag) = item.get("etag") {
-                minimal["etag"] = etag.clone();
-            }
-            serde_json::from_value::<R>(minimal)
-        } else {
-            serde_json::from_value::<R>(item.clone())
-        };
-        match parsed {
-            Ok(item) => valid.push(item),
-            Err(e) => {
-                errors.push((id, ApiError::bad_request(400008, format!("The item is not valid: {e}."))))
-            }
-        }
-    }
+    let items = items
+        .iter()
+        .map(|item| {
+            let id = item[id_field].as_str().unwrap_or_default().to_owned();
+            // Deleting needs only the id; clients often send nothing else, though the swagger
+            // asks for an attestation.
+            let read = if mode == BulkMode::Delete {
+                Ok(json!({ id_field: id }))
+            } else {
+                swagger::read(kind.definition(), item.clone())
+                    .map_err(|e| ApiError::bad_request(400008, format!("The item is not valid: {e}.")))
+            };
+            (id, read)
+        })
+        .collect();
     let mut store = lock(&shared.store);
-    errors.extend(store.bulk(mode, valid, &shared.quotas, shared.linked_hubs.as_deref()));
+    let errors = store.bulk(kind, mode, items, &shared.quotas, shared.linked_hubs.as_deref());
     save(shared, &store);
     let errors: Vec<Value> = errors
         .into_iter()
@@ -880,16 +836,14 @@ fn save(shared: &Shared, store: &Store) {
     }
 }
 
-fn add_registration(
-    shared: &Shared,
-    mut state: DeviceRegistrationState,
-    enrollment_group_id: Option<String>,
-) {
-    let now = Timestamp::now();
-    state.created_date_time_utc.get_or_insert(now);
-    state.last_updated_date_time_utc = Some(now);
-    state.etag = Some(BASE64.encode(random_bytes::<12>()));
-    let key = state.registration_id.clone().unwrap_or_default().to_lowercase();
+fn add_registration(shared: &Shared, mut state: Value, enrollment_group_id: Option<String>) {
+    let now = json!(dps_time(jiff::Timestamp::now()));
+    if let Some(fields) = state.as_object_mut() {
+        fields.entry("createdDateTimeUtc").or_insert_with(|| now.clone());
+        fields.insert("lastUpdatedDateTimeUtc".into(), now);
+        fields.insert("etag".into(), json!(BASE64.encode(random_bytes::<12>())));
+    }
+    let key = state["registrationId"].as_str().unwrap_or_default().to_lowercase();
     let mut store = lock(&shared.store);
     store.registrations.insert(key, Registration { state, enrollment_group_id });
     save(shared, &store);
@@ -932,8 +886,8 @@ async fn token_endpoint(
     {
         return refuse("unauthorized_client", format!("Application '{client_id}' is not known."));
     }
-    if field("scope") != crate::dps::auth::DPS_SCOPE {
-        return refuse("invalid_scope", format!("The scope must be {}.", crate::dps::auth::DPS_SCOPE));
+    if field("scope") != DPS_SCOPE {
+        return refuse("invalid_scope", format!("The scope must be {DPS_SCOPE}."));
     }
     let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>());
     lock(&shared.tokens).insert(token.clone(), unix_now() + TOKEN_LIFETIME.as_secs());
@@ -980,26 +934,19 @@ async fn admin_set_throttling(
     State(shared): State<Arc<Shared>>,
     Json(throttling): Json<Throttling>,
 ) -> StatusCode {
-    *lock(&shared.throttle) = throttling.operations_per_minute.map(|n| Arc::new(RateLimiter::new(n)));
+    *lock(&shared.throttle) = throttling.operations_per_minute.map(|n| Arc::new(Quota::new(n)));
     StatusCode::NO_CONTENT
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct NewRegistration {
-    #[serde(flatten)]
-    state: DeviceRegistrationState,
-    enrollment_group_id: Option<String>,
 }
 
 async fn admin_add_registration(
     State(shared): State<Arc<Shared>>,
-    Json(registration): Json<NewRegistration>,
+    Json(mut registration): Json<Value>,
 ) -> Response {
-    if registration.state.registration_id.as_deref().is_none_or(str::is_empty) {
+    if registration["registrationId"].as_str().is_none_or(str::is_empty) {
         return ApiError::bad_request(400002, "registrationId is required.").into_response();
     }
-    add_registration(&shared, registration.state, registration.enrollment_group_id);
+    let group = registration.as_object_mut().and_then(|fields| fields.remove("enrollmentGroupId"));
+    add_registration(&shared, registration, group.as_ref().and_then(Value::as_str).map(str::to_owned));
     StatusCode::CREATED.into_response()
 }
 

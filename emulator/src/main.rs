@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context;
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use clap::Parser;
-use dps_operator::emulator::{AccessPolicy, EmulatorConfig, Faults, Quotas, RunningEmulator};
+use dps_emulator::{AccessPolicy, EmulatorConfig, Faults, Quotas, RunningEmulator};
 
 /// A local stand-in for the Azure IoT Hub Device Provisioning Service service API.
 #[derive(Parser)]
@@ -83,7 +83,7 @@ fn parse_error_rate(text: &str) -> Result<(u16, f64), String> {
 fn key(given: Option<String>, name: &str) -> anyhow::Result<Vec<u8>> {
     match given {
         Some(key) => BASE64.decode(key.trim()).with_context(|| format!("--{name} is not valid base64")),
-        None => Ok(dps_operator::emulator::random_key().to_vec()),
+        None => Ok(dps_emulator::random_key().to_vec()),
     }
 }
 
@@ -128,7 +128,16 @@ async fn main() -> anyhow::Result<()> {
         println!("CA certificate:    {}", args.ca_out.display());
     }
     println!("Admin endpoint:    {}/admin/calls", emulator.url());
-    dps_operator::signals::shutdown().await?;
+    shutdown().await?;
     emulator.stop().await;
     Ok(())
+}
+
+/// Waits for Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = terminate.recv() => Ok(()),
+    }
 }

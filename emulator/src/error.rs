@@ -7,8 +7,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
+use serde_json::{Value, json};
+
 use super::validation::Kind;
-use crate::dps::models::{ProvisioningServiceErrorDetails, Timestamp};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -32,8 +33,16 @@ impl ApiError {
         Self::new(401, 401002, message)
     }
 
-    pub fn not_found(what: &str, id: &str) -> Self {
-        let code = if what == "registration" { 404202 } else { 404201 };
+    /// 404201 for an enrollment and 404202 for a group, as DPS numbers its conflicts per kind
+    /// (409201/409202, below); DPS's .NET service client reports exactly these two 404 codes
+    /// (MicrosoftDocs/azure-docs#57082). No recording shows a missing registration: 404203 is the
+    /// emulator's choice.
+    pub fn not_found(kind: Option<Kind>, id: &str) -> Self {
+        let (code, what) = match kind {
+            Some(Kind::Individual) => (404201, "enrollment"),
+            Some(Kind::Group) => (404202, "enrollment group"),
+            None => (404203, "registration"),
+        };
         Self::new(404, code, format!("The {what} '{id}' does not exist."))
     }
 
@@ -63,14 +72,14 @@ impl ApiError {
         }
     }
 
-    pub fn details(&self) -> ProvisioningServiceErrorDetails {
-        ProvisioningServiceErrorDetails {
-            error_code: Some(self.code),
-            tracking_id: Some(tracking_id()),
-            message: Some(self.message.clone()),
-            info: None,
-            timestamp_utc: Some(Timestamp::now()),
-        }
+    /// The swagger's `ProvisioningServiceErrorDetails`.
+    pub fn details(&self) -> Value {
+        json!({
+            "errorCode": self.code,
+            "trackingId": tracking_id(),
+            "message": self.message,
+            "timestampUtc": crate::dps_time(jiff::Timestamp::now()),
+        })
     }
 }
 
