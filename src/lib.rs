@@ -1,5 +1,6 @@
 //! dps-operator: manages Azure IoT Hub Device Provisioning Service enrollments from Kubernetes.
 
+pub mod admission;
 pub mod api;
 pub mod certificates;
 pub mod controller;

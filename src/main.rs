@@ -66,6 +66,16 @@ struct RunArgs {
     /// Address of the /livez, /readyz and /metrics endpoints.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: std::net::SocketAddr,
+    /// Serve the validating admission webhook over HTTPS on this address (POST /validate); no
+    /// webhook when not set.
+    #[arg(long, env = "WEBHOOK_ADDRESS")]
+    webhook_address: Option<std::net::SocketAddr>,
+    /// The webhook's serving certificate chain (PEM).
+    #[arg(long, env = "WEBHOOK_CERTIFICATE_FILE", default_value = "/etc/dps-operator/webhook/tls.crt")]
+    webhook_certificate_file: PathBuf,
+    /// The webhook's private key (PEM).
+    #[arg(long, env = "WEBHOOK_KEY_FILE", default_value = "/etc/dps-operator/webhook/tls.key")]
+    webhook_key_file: PathBuf,
     /// Take part in leader election through a Lease in the operator namespace; only the leader
     /// writes. For running more than one replica.
     #[arg(long, env = "LEADER_ELECTION")]
@@ -170,6 +180,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     tracing::error!(%error, "the metrics and health server stopped");
                 }
             });
+            if let Some(address) = args.webhook_address {
+                let read = |path: &PathBuf| {
+                    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+                };
+                let (certificate, key) =
+                    (read(&args.webhook_certificate_file)?, read(&args.webhook_key_file)?);
+                let (listener, tls) = dps_operator::admission::bind(address, &certificate, &key).await?;
+                tracing::info!(%address, path = dps_operator::admission::PATH, "serving the admission webhook");
+                tokio::spawn(dps_operator::admission::serve(listener, tls, health.stopped()));
+            }
             let stopper = health.clone();
             tokio::spawn(async move {
                 let _ = dps_operator::signals::shutdown().await;

@@ -434,3 +434,97 @@ fn static_allocation_without_hubs_is_admitted() {
     let applied = kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(yaml));
     assert!(applied.success, "refused: {}", applied.stderr);
 }
+
+/// The operator's validating webhook, registered with the API server the way the chart registers
+/// it (a ValidatingWebhookConfiguration for both enrollment kinds), here reached by URL on
+/// loopback and limited to this test's namespace: a twin IoT Hub would refuse is refused when it
+/// is applied, created or changed, naming the place; a valid one is admitted.
+// kubectl blocks its thread while the webhook answers on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_refuses_at_apply_time_twins_iot_hub_would_refuse() {
+    use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+    let namespace = namespace("webhook");
+    let ca = dps_operator::pki::CertificateAuthority::new("webhook CA").unwrap();
+    let serving = ca.issue_server("127.0.0.1", &["127.0.0.1"]).unwrap();
+    let address = "127.0.0.1:0".parse().unwrap();
+    let (listener, tls) =
+        dps_operator::admission::bind(address, &serving.certificate_pem, &serving.key_pem).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(dps_operator::admission::serve(listener, tls, std::future::pending()));
+    let configuration = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": format!("dps-operator-{namespace}")},
+        "webhooks": [{
+            "name": "enrollments.dps.iot.dev",
+            "clientConfig": {
+                "url": format!("https://127.0.0.1:{port}{}", dps_operator::admission::PATH),
+                "caBundle": BASE64.encode(&ca.certificate_pem),
+            },
+            "rules": [{
+                "apiGroups": ["dps.iot.dev"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"],
+                "resources": ["individualenrollments", "enrollmentgroups"],
+            }],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "failurePolicy": "Fail",
+            "timeoutSeconds": 5,
+        }],
+    });
+    kubectl_ok_with(&["apply", "-f", "-"], &configuration.to_string());
+
+    let group = |tags: &str| {
+        format!(
+            "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {{name: thermostats}}\nspec:\n  \
+             serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: keys}}\n  \
+             initialTwin:\n    tags: {tags}\n"
+        )
+    };
+    let apply = |yaml: &str, extra: &[&str]| {
+        let mut args = vec!["apply", "--server-side", "-n", namespace.as_str(), "-f", "-"];
+        args.extend_from_slice(extra);
+        kubectl(&args, Some(yaml))
+    };
+    let dotted = group("{site: {floor.3: east}}");
+    // The API server picks up a new webhook configuration within moments: wait until a dry run
+    // (which runs admission webhooks without side effects) is refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let refused = loop {
+        let attempt = apply(&dotted, &["--dry-run=server"]);
+        if !attempt.success {
+            break attempt.stderr;
+        }
+        assert!(std::time::Instant::now() < deadline, "the webhook was never called");
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        refused.contains(r#"admission webhook "enrollments.dps.iot.dev" denied the request"#)
+            && refused.contains(r#"spec.initialTwin.tags.site has the property name "floor.3""#),
+        "{refused}"
+    );
+
+    // Eleven objects, the tags themselves the first.
+    let deep = format!("{}{{x: 1}}{}", "{a: ".repeat(10), "}".repeat(10));
+    let too_deep = apply(&group(&deep), &[]);
+    assert!(
+        !too_deep.success && too_deep.stderr.contains("nests objects deeper than IoT Hub's 10 levels"),
+        "{}",
+        too_deep.stderr
+    );
+
+    let admitted = apply(&group("{site: {floor: 3}}"), &[]);
+    assert!(admitted.success, "{}", admitted.stderr);
+    let changed = apply(&group(&format!("{{note: {}}}", "x".repeat(4097))), &[]);
+    assert!(
+        !changed.success && changed.stderr.contains("spec.initialTwin.tags.note is a string of 4097 bytes"),
+        "an update is checked too: {}",
+        changed.stderr
+    );
+    kubectl_ok(&["delete", "validatingwebhookconfiguration", &format!("dps-operator-{namespace}")]);
+}
+
+fn kubectl_ok_with(args: &[&str], stdin: &str) {
+    let output = kubectl(args, Some(stdin));
+    assert!(output.success, "kubectl {} failed: {}", args.join(" "), output.stderr);
+}

@@ -208,11 +208,14 @@ fn the_chart_installs_and_its_pod_passes_pod_security_restricted() {
             "replicaCount=2",
             "metrics.serviceMonitor.enabled=false",
             "extraCaBundle=-----BEGIN CERTIFICATE-----",
+            // The webhook then covers only this namespace, where nothing is applied: no Pod runs
+            // here to answer it, and other tests share this API server.
+            "watchNamespaces={dps-restricted}",
         ],
     );
     let objects = kubectl_ok(&[
         "get",
-        "deployment,serviceaccount,service,poddisruptionbudget,configmap,role,rolebinding",
+        "deployment,serviceaccount,service,poddisruptionbudget,configmap,role,rolebinding,secret",
         "-n",
         "dps-restricted",
         "-o",
@@ -223,6 +226,8 @@ fn the_chart_installs_and_its_pod_passes_pod_security_restricted() {
         "serviceaccount/operator-dps-operator",
         "service/operator-dps-operator-metrics",
         "poddisruptionbudget.policy/operator-dps-operator",
+        "service/operator-dps-operator-webhook",
+        "secret/operator-dps-operator-webhook-tls",
     ] {
         assert!(objects.contains(object), "{object} missing:\n{objects}");
     }
@@ -249,6 +254,67 @@ fn the_chart_installs_and_its_pod_passes_pod_security_restricted() {
     });
     let admitted = kubectl(&["apply", "-f", "-"], Some(&pod.to_string()));
     assert!(admitted.success, "the pod template violates Pod Security restricted: {}", admitted.stderr);
+}
+
+/// The webhook as the chart registers it: a serving certificate for its Service's DNS names,
+/// signed by the CA the registration trusts, mounted where the operator's arguments point, and
+/// limited to the watched namespaces.
+#[test]
+fn the_webhook_is_registered_with_a_certificate_for_its_service() {
+    use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let documents = render(&["watchNamespaces={factory}"]);
+    let secret = find(&documents, "Secret").into_iter().find(|s| s["type"] == "kubernetes.io/tls").unwrap();
+    let service = secret["metadata"]["name"].as_str().unwrap().replace("-tls", "");
+    let namespace = secret["metadata"]["namespace"].as_str().unwrap();
+    let pem =
+        |key: &str| String::from_utf8(BASE64.decode(secret["data"][key].as_str().unwrap()).unwrap()).unwrap();
+    let der = |pem: &str| {
+        rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+            .map(|d: rustls_pki_types::CertificateDer| d.to_vec())
+            .unwrap()
+    };
+    let (serving_der, ca_der) = (der(&pem("tls.crt")), der(&pem("ca.crt")));
+    let (_, serving) = X509Certificate::from_der(&serving_der).unwrap();
+    let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+    let names: Vec<String> = serving
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|name| name.to_string())
+        .collect();
+    assert!(names.contains(&format!("DNSName({service}.{namespace}.svc)")), "{names:?}");
+    assert_eq!(serving.issuer(), ca.subject());
+
+    let registration = find(&documents, "ValidatingWebhookConfiguration")[0];
+    let webhook = &registration["webhooks"][0];
+    assert_eq!(webhook["clientConfig"]["caBundle"], secret["data"]["ca.crt"]);
+    assert_eq!(webhook["clientConfig"]["service"]["name"], service.as_str());
+    assert_eq!(webhook["clientConfig"]["service"]["path"], dps_operator::admission::PATH);
+    assert_eq!(webhook["failurePolicy"], "Ignore");
+    assert_eq!(webhook["namespaceSelector"]["matchExpressions"][0]["values"], serde_json::json!(["factory"]));
+    let rendered_service =
+        find(&documents, "Service").into_iter().find(|s| s["metadata"]["name"] == service.as_str()).unwrap();
+    assert_eq!(rendered_service["spec"]["ports"][0]["targetPort"], "webhook");
+
+    let pod = &find(&documents, "Deployment")[0]["spec"]["template"]["spec"];
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--webhook-address=0.0.0.0:9443")
+            && args.contains("--webhook-certificate-file=/etc/dps-operator/webhook/tls.crt"),
+        "{args}"
+    );
+    assert_eq!(pod["volumes"][0]["secret"]["secretName"], secret["metadata"]["name"]);
+    assert_eq!(pod["containers"][0]["volumeMounts"][0]["mountPath"], "/etc/dps-operator/webhook");
+
+    let without = render(&["webhook.enabled=false"]);
+    assert!(
+        find(&without, "ValidatingWebhookConfiguration").is_empty() && find(&without, "Secret").is_empty()
+    );
+    assert!(!find(&without, "Deployment")[0].to_string().contains("webhook"));
 }
 
 /// Runs `dps-operator run` as the chart's ServiceAccount.
@@ -278,7 +344,10 @@ fn run_as_service_account(namespace: &str, release: &str, extra: &[&str]) -> std
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_charts_rbac_is_enough_for_the_operator_and_no_more() {
     // Cluster-wide install: the operator, as its ServiceAccount, runs the main scenario.
-    tokio::task::spawn_blocking(|| install("everywhere", "dps-everywhere", &[])).await.unwrap();
+    // Without a node no Pod answers the chart's webhook: leave it out of this cluster-wide install.
+    tokio::task::spawn_blocking(|| install("everywhere", "dps-everywhere", &["webhook.enabled=false"]))
+        .await
+        .unwrap();
     let mut operator = Operator::start("rbac").await;
     operator.stop();
     let mut process = run_as_service_account("dps-everywhere", "everywhere", &[]);

@@ -235,12 +235,11 @@ pub fn normalize_attestation(
                 return Err(invalid("caReferences needs the name of a primary CA certificate."));
             }
         }
-        "none" => {
-            return Err(invalid(
-                "An attestation of type none cannot be used; choose tpm, x509 or symmetricKey.",
-            ));
+        _ => {
+            return Err(invalid(format!(
+                "An attestation of type {type_} cannot be used; choose tpm, x509 or symmetricKey."
+            )));
         }
-        _ => unreachable!("the swagger's enum allows no other type"),
     }
     Ok(Value::Object(attestation))
 }

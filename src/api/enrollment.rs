@@ -163,8 +163,9 @@ pub struct InitialTwin {
     /// Twin tags, as JSON: at most 8 KB as IoT Hub counts a twin's size. IoT Hub's twin limits
     /// apply to both sections ("Understand and use device twins in IoT Hub"): property names of
     /// up to 1 KB without `.`, `$`, spaces or control characters, strings of up to 4 KB, objects
-    /// nested at most 10 deep. The operator checks them before writing to DPS (reason
-    /// `InvalidSpec`), where a device would otherwise find out when it provisions.
+    /// nested at most 10 deep. The operator's admission webhook refuses a twin beyond them at
+    /// apply time, and the operator checks again before writing to DPS (reason `InvalidSpec`),
+    /// where a device would otherwise find out only when it provisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub tags: Option<Map<String, Value>>,

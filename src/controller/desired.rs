@@ -239,14 +239,20 @@ struct Common {
     custom_allocation_definition: Option<CustomAllocationDefinition>,
 }
 
-fn common(settings: &EnrollmentSettings, resolved: &Resolved) -> Result<Common, Error> {
-    let twin = settings.initial_twin.as_ref();
+/// Checks the initial twin against IoT Hub's limits; the admission webhook runs the same check.
+pub fn check_initial_twin(twin: Option<&api::InitialTwin>) -> Result<(), Error> {
     if let Some(tags) = twin.and_then(|t| t.tags.as_ref()) {
         check_twin("spec.initialTwin.tags", tags, TwinLimits { size: 8 * 1024 })?;
     }
     if let Some(desired) = twin.and_then(|t| t.desired_properties.as_ref()) {
         check_twin("spec.initialTwin.desiredProperties", desired, TwinLimits { size: 32 * 1024 })?;
     }
+    Ok(())
+}
+
+fn common(settings: &EnrollmentSettings, resolved: &Resolved) -> Result<Common, Error> {
+    let twin = settings.initial_twin.as_ref();
+    check_initial_twin(twin)?;
     let reprovision = settings.reprovision_policy.as_ref();
     Ok(Common {
         capabilities: DeviceCapabilities { iot_edge: settings.iot_edge.unwrap_or(false) },

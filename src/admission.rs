@@ -1,0 +1,171 @@
+//! The validating admission webhook: refuses, when a manifest is applied, what the CRD schema
+//! cannot see inside free-form JSON and IoT Hub would refuse only when a device provisions (twin
+//! property names, nesting, string and section sizes). The operator checks the same before every
+//! write to DPS, so while the webhook is unreachable (the chart's `failurePolicy` is `Ignore`)
+//! nothing IoT Hub refuses reaches DPS either: the resource turns `Stalled` with `InvalidSpec`.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{Json, Router, routing::post};
+use kube::core::{
+    DynamicObject,
+    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+use crate::{api, controller::desired};
+
+/// The path the API server posts `AdmissionReview`s to.
+pub const PATH: &str = "/validate";
+
+/// Why the webhook could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read the webhook's TLS certificate and key: {0}")]
+    Certificate(String),
+    #[error("cannot listen for admission reviews on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the webhook refuses in `object`, an IndividualEnrollment or EnrollmentGroup as applied.
+pub fn check(object: &Value) -> Result<(), String> {
+    let Some(twin) = object.pointer("/spec/initialTwin") else { return Ok(()) };
+    // The API server has checked the object against the CRD schema before it calls us.
+    let twin: api::InitialTwin =
+        serde_json::from_value(twin.clone()).map_err(|e| format!("spec.initialTwin is invalid: {e}"))?;
+    desired::check_initial_twin(Some(&twin)).map_err(|e| e.to_string())
+}
+
+fn answer(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
+    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
+        Ok(request) => request,
+        Err(error) => return AdmissionResponse::invalid(error.to_string()).into_review(),
+    };
+    let response = AdmissionResponse::from(&request);
+    let object = request.object.as_ref().and_then(|object| serde_json::to_value(object).ok());
+    match object.as_ref().map(check) {
+        Some(Err(message)) => {
+            tracing::info!(
+                kind = %request.kind.kind,
+                namespace = request.namespace.as_deref().unwrap_or_default(),
+                name = %request.name,
+                %message,
+                "admission refused"
+            );
+            response.deny(message).into_review()
+        }
+        _ => response.into_review(),
+    }
+}
+
+pub fn router() -> Router {
+    Router::new().route(PATH, post(|Json(review)| async { Json(answer(review)) }))
+}
+
+/// A TLS listener for the webhook, with the serving certificate (chain) and key in PEM.
+pub async fn bind(
+    address: SocketAddr,
+    certificate_pem: &str,
+    key_pem: &str,
+) -> Result<(TcpListener, tokio_rustls::TlsAcceptor), Error> {
+    let invalid = |e: &dyn std::fmt::Display| Error::Certificate(e.to_string());
+    let chain = CertificateDer::pem_slice_iter(certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(&e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| invalid(&e))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| invalid(&e))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let listener = TcpListener::bind(address).await.map_err(|source| Error::Listen { address, source })?;
+    Ok((listener, tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
+/// Answers admission reviews on `listener` until `stopped` resolves.
+pub async fn serve(listener: TcpListener, tls: tokio_rustls::TlsAcceptor, stopped: impl Future<Output = ()>) {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::conn::auto::Builder,
+        service::TowerToHyperService,
+    };
+    let service = TowerToHyperService::new(router());
+    tokio::pin!(stopped);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => continue,
+            },
+            () = &mut stopped => break,
+        };
+        let (tls, service) = (tls.clone(), service.clone());
+        tokio::spawn(async move {
+            // A client that fails the handshake (a port scan, a wrong CA) is simply dropped.
+            let Ok(stream) = tls.accept(stream).await else { return };
+            let _ = Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn review(object: Value) -> AdmissionReview<DynamicObject> {
+        serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "dps.iot.dev", "version": "v1alpha1", "kind": "EnrollmentGroup"},
+                "resource": {"group": "dps.iot.dev", "version": "v1alpha1", "resource": "enrollmentgroups"},
+                "name": "thermostats",
+                "namespace": "default",
+                "operation": "CREATE",
+                "userInfo": {"username": "admin"},
+                "object": object,
+                "dryRun": false,
+            }
+        }))
+        .unwrap()
+    }
+
+    fn group(tags: Value) -> Value {
+        json!({
+            "apiVersion": "dps.iot.dev/v1alpha1",
+            "kind": "EnrollmentGroup",
+            "metadata": {"name": "thermostats", "namespace": "default"},
+            "spec": {"initialTwin": {"tags": tags}},
+        })
+    }
+
+    fn response(review: &AdmissionReview<DynamicObject>) -> Value {
+        serde_json::to_value(review).unwrap()["response"].clone()
+    }
+
+    #[test]
+    fn twins_iot_hub_would_refuse_are_denied_naming_the_place() {
+        let denied = response(&answer(review(group(json!({"site": {"floor.3": 1}})))));
+        assert_eq!(denied["allowed"], json!(false));
+        assert_eq!(denied["uid"], json!("705ab4f5-6393-11e8-b7cc-42010a800002"));
+        let message = denied["status"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("spec.initialTwin.tags.site") && message.contains("\"floor.3\""),
+            "{message}"
+        );
+
+        let allowed = response(&answer(review(group(json!({"site": {"floor": 3}})))));
+        assert_eq!(allowed["allowed"], json!(true));
+        let without_twin = json!({"apiVersion": "dps.iot.dev/v1alpha1", "kind": "EnrollmentGroup", "metadata": {"name": "g"}, "spec": {}});
+        assert_eq!(response(&answer(review(without_twin)))["allowed"], json!(true));
+    }
+}
