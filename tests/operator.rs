@@ -817,3 +817,36 @@ async fn a_spec_changed_while_paused_is_reported_as_an_update_not_as_drift() {
         "nothing changed in DPS: {events:?}"
     );
 }
+
+/// Deleting many resources at once deletes their enrollments in bulk `delete` calls of up to
+/// ten, never one DELETE each; one that someone already removed from DPS is no error for its
+/// resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletions_are_gathered_into_bulk_calls() {
+    let operator = Operator::start("bulk-delete").await;
+    let manifest = |i: usize| {
+        format!(
+            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: sensor-{i}, labels: {{wave: one}}}}\n\
+             spec:\n  serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: sensor-{i}-keys}}\n"
+        )
+    };
+    let all: Vec<String> = (0..12).map(manifest).collect();
+    operator.apply(&all.join("---\n")).await;
+    for i in 0..12 {
+        operator.wait(&format!("individualenrollment/sensor-{i}"), "condition=Ready").await;
+    }
+    operator.dps.delete::<models::IndividualEnrollment>("sensor-0", IfMatch::None).await.unwrap();
+    operator.emulator.reset_calls();
+
+    let deleted =
+        operator.kubectl(&["delete", "individualenrollments", "-l", "wave=one", "--timeout=60s"], None).await;
+    assert!(deleted.success, "{}", deleted.stderr);
+    let left: Vec<models::IndividualEnrollment> =
+        futures::TryStreamExt::try_collect(operator.dps.query("SELECT *", None)).await.unwrap();
+    assert!(left.is_empty(), "all deleted from DPS: {left:?}");
+    let calls = operator.emulator.calls();
+    assert_eq!(calls.get("IndividualEnrollment_Delete"), None, "no single deletes: {calls:?}");
+    let bulk = calls.get("IndividualEnrollment_RunBulkOperation").copied().unwrap_or_default();
+    // Ten at most per call; how many share one depends on when their reconciles run.
+    assert!((2..12).contains(&bulk), "12 deletions in fewer bulk calls than deletions: {calls:?}");
+}

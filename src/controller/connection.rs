@@ -36,8 +36,8 @@ pub struct Connection {
     pub name: String,
     pub host: String,
     pub client: Arc<dps::Client>,
-    /// New enrollments on this connection, gathered into bulk calls.
-    pub creates: Arc<dps::Creates>,
+    /// New and deleted enrollments on this connection, gathered into bulk calls.
+    pub bulk: Arc<dps::BulkCalls>,
     pub defaults: Option<EnrollmentDefaults>,
     pub credentials: &'static str,
     /// Where the credentials come from, for messages (never the credentials themselves).
@@ -277,7 +277,7 @@ impl Connections {
         let connection = Connection {
             name: name.clone(),
             host,
-            creates: Arc::new(dps::Creates::new(client.clone(), dps::GATHER_WINDOW)),
+            bulk: Arc::new(dps::BulkCalls::new(client.clone(), dps::GATHER_WINDOW)),
             client,
             defaults: spec.enrollment_defaults.clone(),
             credentials,

@@ -160,6 +160,15 @@ fn attestation(input: AttestationInput<'_>, resolved: &Resolved) -> AttestationM
     mechanism
 }
 
+/// The DPS attestation type of an attestation kind.
+pub fn attestation_type(kind: api::AttestationKind) -> AttestationType {
+    match kind {
+        api::AttestationKind::SymmetricKey => AttestationType::SymmetricKey,
+        api::AttestationKind::X509 => AttestationType::X509,
+        api::AttestationKind::Tpm => AttestationType::Tpm,
+    }
+}
+
 /// IoT Hub's limits on a twin section ("Understand and use device twins in IoT Hub",
 /// learn.microsoft.com/azure/iot-hub/iot-hub-devguide-device-twins: tags and properties format,
 /// device twin size).

@@ -16,7 +16,10 @@ use super::{
     connection::Connection,
     context::{Context, object_key, resource_name},
     converge::{Done, Edges, Keys, Known, Pass, converge, drop_claim},
-    desired::{AttestationInput, DpsRecord, Resolved, ResolvedCertificate, desired_comparable, drift},
+    desired::{
+        AttestationInput, DpsRecord, Resolved, ResolvedCertificate, attestation_type, desired_comparable,
+        drift,
+    },
     kinds::{EnrollmentKind, Registrations, registration_record, summarize},
     ownership::{ClaimKey, Owner, Ownership, claim_elsewhere, ownership},
     secrets::Reader,
@@ -460,7 +463,7 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
     }
 
     async fn create(&self, record: &K::Record) -> Result<K::Record, dps::Error> {
-        self.connection.creates.create(record.clone()).await.map(|()| record.clone())
+        self.connection.bulk.create(record.clone()).await.map(|()| record.clone())
     }
 
     async fn discard_key_secret(&self, name: &str) -> Result<bool, Error> {
@@ -871,7 +874,8 @@ async fn delete_from_dps<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result
         Ok(()) | Err(dps::Error::NotFound { .. }) => Ok(()),
         Err(source) => Err(dps_error(source)),
     };
-    gone(connection.client.delete::<K::Record>(&id, IfMatch::None).await)?;
+    let attestation = attestation_type(object.attestation_input()?.kind());
+    gone(connection.bulk.delete::<K::Record>(&id, attestation).await)?;
     if settings.delete_registration_records == Some(true) {
         let registrations: Vec<String> = if K::IS_GROUP {
             let states: Vec<_> = connection

@@ -1,6 +1,7 @@
-//! Creates gathered into bulk calls: DPS takes up to ten enrollments in one `create` bulk
-//! operation, billed as one service operation, and that mode never overwrites an enrollment
-//! that exists (it answers a per-item 409 instead).
+//! Creates and deletes gathered into bulk calls: DPS takes up to ten enrollments in one bulk
+//! operation, billed as one service operation. Its `create` mode never overwrites an enrollment
+//! that exists (it answers a per-item 409 instead); its `delete` mode deletes whatever is at each
+//! id, as an unconditional single DELETE does.
 
 use std::{
     sync::{Arc, Mutex},
@@ -11,45 +12,92 @@ use tokio::sync::{Notify, oneshot};
 
 use super::{
     Client, Enrollment, Error, MAX_BULK_ITEMS,
-    models::{BulkMode, EnrollmentGroup, IndividualEnrollment, ProvisioningServiceErrorDetails},
+    models::{
+        AttestationMechanism, AttestationType, BulkMode, EnrollmentGroup, IndividualEnrollment,
+        ProvisioningServiceErrorDetails,
+    },
 };
 
-/// How long a create waits for others to share its bulk call, unless ten are waiting sooner.
+/// How long a create or delete waits for others to share its bulk call, unless ten are waiting
+/// sooner.
 pub const GATHER_WINDOW: Duration = Duration::from_millis(500);
 
-/// The creates of one DPS client, gathered per kind.
-pub struct Creates {
-    enrollments: Batcher<IndividualEnrollment>,
-    groups: Batcher<EnrollmentGroup>,
+/// The bulk calls of one DPS client, gathered per kind and mode.
+pub struct BulkCalls {
+    enrollments: Modes<IndividualEnrollment>,
+    groups: Modes<EnrollmentGroup>,
 }
 
-/// An enrollment kind whose creates can be gathered.
+pub struct Modes<E> {
+    create: Batcher<E>,
+    delete: Batcher<E>,
+}
+
+/// An enrollment kind whose writes can be gathered.
 pub trait Batched: Enrollment + Clone {
-    fn batcher(creates: &Creates) -> &Batcher<Self>;
+    fn modes(calls: &BulkCalls) -> &Modes<Self>;
+    /// What a bulk delete sends for `id`: the id and the attestation type, as the SDKs send a
+    /// deleted item (azure-sdk-for-python, recording
+    /// `test_individual_enrollments.pyTestIndividualEnrollmentstest_individual_enrollment_bulk_operations.json`).
+    fn to_delete(id: &str, attestation: AttestationType) -> Self;
+}
+
+fn attestation_of(type_: AttestationType) -> AttestationMechanism {
+    AttestationMechanism { type_, ..Default::default() }
 }
 
 impl Batched for IndividualEnrollment {
-    fn batcher(creates: &Creates) -> &Batcher<Self> {
-        &creates.enrollments
+    fn modes(calls: &BulkCalls) -> &Modes<Self> {
+        &calls.enrollments
+    }
+    fn to_delete(id: &str, attestation: AttestationType) -> Self {
+        Self {
+            registration_id: id.to_owned(),
+            attestation: attestation_of(attestation),
+            ..Default::default()
+        }
     }
 }
 
 impl Batched for EnrollmentGroup {
-    fn batcher(creates: &Creates) -> &Batcher<Self> {
-        &creates.groups
+    fn modes(calls: &BulkCalls) -> &Modes<Self> {
+        &calls.groups
+    }
+    fn to_delete(id: &str, attestation: AttestationType) -> Self {
+        Self {
+            enrollment_group_id: id.to_owned(),
+            attestation: attestation_of(attestation),
+            ..Default::default()
+        }
     }
 }
 
-impl Creates {
+impl<E: Batched> Modes<E> {
+    fn new(client: &Arc<Client>, window: Duration) -> Self {
+        Self {
+            create: Batcher::new(client.clone(), BulkMode::Create, window),
+            delete: Batcher::new(client.clone(), BulkMode::Delete, window),
+        }
+    }
+}
+
+impl BulkCalls {
     pub fn new(client: Arc<Client>, window: Duration) -> Self {
-        Self { enrollments: Batcher::new(client.clone(), window), groups: Batcher::new(client, window) }
+        Self { enrollments: Modes::new(&client, window), groups: Modes::new(&client, window) }
     }
 
     /// Creates `item` in DPS with other creates waiting at the same time, in one bulk call.
     /// An item that exists already fails with [`Error::Conflict`]; nothing is overwritten.
     /// The answer holds no record (DPS's bulk answers carry none): the next query has its etag.
     pub async fn create<E: Batched>(&self, item: E) -> Result<(), Error> {
-        E::batcher(self).create(item).await
+        E::modes(self).create.add(item).await
+    }
+
+    /// Deletes the enrollment `id` from DPS with other deletes waiting at the same time, in one
+    /// bulk call, as an unconditional DELETE would: one that is gone already fails with
+    /// [`Error::NotFound`].
+    pub async fn delete<E: Batched>(&self, id: &str, attestation: AttestationType) -> Result<(), Error> {
+        E::modes(self).delete.add(E::to_delete(id, attestation)).await
     }
 }
 
@@ -57,6 +105,7 @@ type Answer = Result<(), Error>;
 
 pub struct Batcher<E> {
     client: Arc<Client>,
+    mode: BulkMode,
     window: Duration,
     state: Arc<Mutex<Waiting<E>>>,
     full: Arc<Notify>,
@@ -69,16 +118,17 @@ struct Waiting<E> {
 }
 
 impl<E: Batched> Batcher<E> {
-    fn new(client: Arc<Client>, window: Duration) -> Self {
+    fn new(client: Arc<Client>, mode: BulkMode, window: Duration) -> Self {
         Self {
             client,
+            mode,
             window,
             state: Arc::new(Mutex::new(Waiting { items: Vec::new(), sending: false })),
             full: Arc::new(Notify::new()),
         }
     }
 
-    async fn create(&self, item: E) -> Answer {
+    async fn add(&self, item: E) -> Answer {
         let (answer, answered) = oneshot::channel();
         let start = {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -88,18 +138,21 @@ impl<E: Batched> Batcher<E> {
             }
             !std::mem::replace(&mut state.sending, true)
         };
-        // The sender runs on its own task, so a create whose caller gave up still gets sent and
+        // The sender runs on its own task, so an item whose caller gave up still gets sent and
         // answered to the others in its call.
         if start {
-            tokio::spawn(send(self.client.clone(), self.window, self.state.clone(), self.full.clone()));
+            let sender =
+                send(self.client.clone(), self.mode, self.window, self.state.clone(), self.full.clone());
+            tokio::spawn(sender);
         }
-        answered.await.unwrap_or_else(|_| Err(Error::Abandoned { operation: bulk_operation::<E>() }))
+        answered.await.unwrap_or_else(|_| Err(Error::Abandoned { operation: bulk_operation::<E>(self.mode) }))
     }
 }
 
-/// Sends the waiting creates, ten at a time, until none wait.
+/// Sends the waiting items, ten at a time, until none wait.
 async fn send<E: Batched>(
     client: Arc<Client>,
+    mode: BulkMode,
     window: Duration,
     state: Arc<Mutex<Waiting<E>>>,
     full: Arc<Notify>,
@@ -119,12 +172,12 @@ async fn send<E: Batched>(
             state.items.drain(..take).collect()
         };
         let (items, answers): (Vec<E>, Vec<_>) = batch.into_iter().unzip();
-        match client.bulk(BulkMode::Create, &items).await {
+        match client.bulk(mode, &items).await {
             Ok(result) => {
                 for (item, answer) in items.iter().zip(answers) {
                     let failed = result.errors.iter().find(|e| e.id().eq_ignore_ascii_case(item.id()));
-                    let _ =
-                        answer.send(failed.map_or(Ok(()), |failed| Err(item_error::<E>(item.id(), failed))));
+                    let _ = answer
+                        .send(failed.map_or(Ok(()), |failed| Err(item_error::<E>(mode, item.id(), failed))));
                 }
             }
             Err(error) => {
@@ -137,13 +190,22 @@ async fn send<E: Batched>(
     }
 }
 
-fn bulk_operation<E: Enrollment>() -> String {
-    format!("POST {} (bulk create)", E::COLLECTION)
+fn mode_name(mode: BulkMode) -> &'static str {
+    match mode {
+        BulkMode::Create => "create",
+        BulkMode::Update => "update",
+        BulkMode::UpdateIfMatchETag => "updateIfMatchETag",
+        BulkMode::Delete => "delete",
+    }
+}
+
+fn bulk_operation<E: Enrollment>(mode: BulkMode) -> String {
+    format!("POST {} (bulk {})", E::COLLECTION, mode_name(mode))
 }
 
 /// The error of one item of a bulk call, as the single call would have failed: DPS's error codes
 /// are the HTTP status followed by three digits (`409201`).
-fn item_error<E: Enrollment>(id: &str, failed: &impl BulkItemError) -> Error {
+fn item_error<E: Enrollment>(mode: BulkMode, id: &str, failed: &impl BulkItemError) -> Error {
     let code = failed.code();
     let details = ProvisioningServiceErrorDetails {
         error_code: Some(code),
@@ -151,7 +213,7 @@ fn item_error<E: Enrollment>(id: &str, failed: &impl BulkItemError) -> Error {
         ..Default::default()
     };
     let status = u16::try_from(code / 1000).ok().filter(|s| (100..600).contains(s)).unwrap_or(500);
-    Error::from_status(format!("bulk create {}/{id}", E::COLLECTION), status, None, details)
+    Error::from_status(format!("bulk {} {}/{id}", mode_name(mode), E::COLLECTION), status, None, details)
 }
 
 /// A per-item error of a bulk operation.
@@ -197,13 +259,16 @@ mod tests {
             error_code: 409201,
             error_status: "Enrollment already exists.".into(),
         };
-        let error = item_error::<IndividualEnrollment>("boiler", &exists);
+        let error = item_error::<IndividualEnrollment>(BulkMode::Create, "boiler", &exists);
         assert!(matches!(error, Error::Conflict { .. }), "{error:?}");
         assert_eq!(
             error.to_string(),
             "bulk create enrollments/boiler: DPS already has this item: Enrollment already exists. (error 409201)"
         );
         let odd = BulkEnrollmentOperationError { error_code: 7, ..exists };
-        assert_eq!(item_error::<IndividualEnrollment>("boiler", &odd).status(), Some(500));
+        assert_eq!(item_error::<IndividualEnrollment>(BulkMode::Create, "boiler", &odd).status(), Some(500));
+        let gone = BulkEnrollmentOperationError { error_code: 404201, ..odd };
+        let error = item_error::<IndividualEnrollment>(BulkMode::Delete, "boiler", &gone);
+        assert!(matches!(error, Error::NotFound { .. }), "{error:?}");
     }
 }

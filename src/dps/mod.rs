@@ -8,7 +8,7 @@ mod error;
 pub mod models;
 pub mod rate_limit;
 
-pub use batch::{Batched, Creates, GATHER_WINDOW};
+pub use batch::{Batched, BulkCalls, GATHER_WINDOW};
 pub use client::{
     API_VERSION, BuildError, Client, ClientConfig, Enrollment, IfMatch, MAX_BULK_ITEMS, RequestObserver,
     operation_label,
