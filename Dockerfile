@@ -1,5 +1,7 @@
 # The operator image: a static (musl) binary on distroless, which carries CA certificates (the
 # operator calls Azure over HTTPS), running as a non-root user.
+# Built without the `local` feature (`dps-operator local`, the emulator and test tooling): the
+# image holds the operator and nothing else.
 #   docker build -t dps-operator .
 FROM rust:1.95-bookworm AS build
 RUN apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/*
@@ -8,7 +10,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-musl --bin dps-operator \
+    cargo build --release --locked --no-default-features --target x86_64-unknown-linux-musl --bin dps-operator \
  && cp target/x86_64-unknown-linux-musl/release/dps-operator /dps-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot

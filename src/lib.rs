@@ -4,10 +4,12 @@ pub mod admission;
 pub mod api;
 pub mod certificates;
 pub mod controller;
+#[cfg(feature = "local")]
 pub mod devenv;
 pub mod dps;
 pub mod http;
 pub mod metrics;
+#[cfg(feature = "local")]
 pub mod pki;
 pub mod signals;
 pub mod telemetry;

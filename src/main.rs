@@ -24,6 +24,7 @@ enum Command {
     },
     /// Run everything on this machine: a local Kubernetes control plane with the CRDs installed
     /// and the examples applied, until Ctrl-C.
+    #[cfg(feature = "local")]
     Local {
         /// Directory of manifests to apply.
         #[arg(long, default_value = "examples")]
@@ -199,6 +200,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             dps_operator::controller::run(client, config, args.namespaces, leader_election, health).await?;
             let _ = server.await;
         }
+        #[cfg(feature = "local")]
         Command::Local { examples, namespace } => {
             dps_operator::devenv::run_local(&examples, &namespace).await?
         }

@@ -28,3 +28,22 @@ fn the_emulator_shares_no_code_with_the_operator() {
         .expect("dps-emulator is in Cargo.lock");
     assert!(!emulator.contains("\"dps-operator\""), "dps-emulator depends on dps-operator:{emulator}");
 }
+
+/// The operator image is built without the `local` feature (see the Dockerfile): then nothing of
+/// the test tooling is linked, neither the DPS emulator nor certificate generation.
+#[test]
+fn the_operator_without_local_links_no_test_tooling() {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["tree", "--locked", "--offline", "-p", "dps-operator", "--no-default-features"])
+        .args(["--edges", "normal", "--prefix", "none", "--format", "{p}"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo runs");
+    assert!(output.status.success(), "cargo tree: {}", String::from_utf8_lossy(&output.stderr));
+    let tree = String::from_utf8(output.stdout).unwrap();
+    let crates: Vec<&str> = tree.lines().filter_map(|line| line.split_whitespace().next()).collect();
+    assert!(crates.contains(&"kube"), "{tree}");
+    for tooling in ["dps-emulator", "rcgen"] {
+        assert!(!crates.contains(&tooling), "{tooling} is linked into the operator:\n{tree}");
+    }
+}
