@@ -48,7 +48,15 @@ fn answer(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObje
         Err(error) => return AdmissionResponse::invalid(error.to_string()).into_review(),
     };
     let response = AdmissionResponse::from(&request);
-    let object = request.object.as_ref().and_then(|object| serde_json::to_value(object).ok());
+    let json = |object: &Option<DynamicObject>| object.as_ref().and_then(|o| serde_json::to_value(o).ok());
+    let (object, old) = (json(&request.object), json(&request.old_object));
+    let twin = |object: &Option<Value>| object.as_ref().and_then(|o| o.pointer("/spec/initialTwin")).cloned();
+    // An update that leaves the twin as it was (the operator's own finalizer and status writes,
+    // a label) is never refused: a resource admitted before the webhook existed must still be
+    // able to change, and to go.
+    if old.is_some() && twin(&old) == twin(&object) {
+        return response.into_review();
+    }
     match object.as_ref().map(check) {
         Some(Err(message)) => {
             tracing::info!(
@@ -165,6 +173,15 @@ mod tests {
 
         let allowed = response(&answer(review(group(json!({"site": {"floor": 3}})))));
         assert_eq!(allowed["allowed"], json!(true));
+        let mut update = review(group(json!({"site": {"floor.3": 1}})));
+        if let Some(request) = update.request.as_mut() {
+            request.old_object = request.object.clone();
+        }
+        assert_eq!(
+            response(&answer(update))["allowed"],
+            json!(true),
+            "an update that leaves a twin as it was, e.g. the operator removing its finalizer"
+        );
         let without_twin = json!({"apiVersion": "dps.iot.dev/v1alpha1", "kind": "EnrollmentGroup", "metadata": {"name": "g"}, "spec": {}});
         assert_eq!(response(&answer(review(without_twin)))["allowed"], json!(true));
     }
