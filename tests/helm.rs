@@ -20,12 +20,16 @@ fn helm(args: &[&str]) -> support::Output {
     support::run(control_plane().helm().args(args), None)
 }
 
-/// The chart rendered with `sets`, as JSON documents.
+/// The chart rendered with `sets` (`--flag=value` ones passed as they are), as JSON documents.
 fn render(sets: &[&str]) -> Vec<Value> {
     let chart = chart();
     let mut args = vec!["template", "release", &chart as &str, "--namespace", "dps-system"];
     for set in sets {
-        args.extend(["--set", set]);
+        if set.starts_with("--") {
+            args.push(set);
+        } else {
+            args.extend(["--set", set]);
+        }
     }
     let output = helm(&args);
     assert!(output.success, "helm template {sets:?} failed: {}", output.stderr);
@@ -142,7 +146,10 @@ fn the_chart_lints_and_renders_for_every_kind_of_install() {
     assert_eq!(find(&ha, "PodDisruptionBudget").len(), 1);
     assert!(find(&ha, "Role").iter().any(|r| !rules_granting(r, "leases").is_empty()));
 
-    let monitored = render(&["metrics.serviceMonitor.enabled=true"]);
+    let monitored = render(&[
+        "metrics.serviceMonitor.enabled=true",
+        "--api-versions=monitoring.coreos.com/v1/ServiceMonitor",
+    ]);
     assert_eq!(find(&monitored, "ServiceMonitor")[0]["spec"]["endpoints"][0]["port"], "metrics");
     let identity = render(&[
         "workloadIdentity.enabled=true",
@@ -178,7 +185,7 @@ fn invalid_values_are_refused_by_the_schema() {
 }
 
 /// Installs the chart as `release` in `namespace`.
-fn install(release: &str, namespace: &str, sets: &[&str]) {
+fn install(release: &str, namespace: &str, sets: &[&str]) -> support::Output {
     let chart = chart();
     let mut args = vec![
         "install",
@@ -195,13 +202,14 @@ fn install(release: &str, namespace: &str, sets: &[&str]) {
     }
     let output = helm(&args);
     assert!(output.success, "helm install failed: {}{}", output.stdout, output.stderr);
+    output
 }
 
 #[test]
 fn the_chart_installs_and_its_pod_passes_pod_security_restricted() {
     kubectl_ok(&["create", "namespace", "dps-restricted"]);
     kubectl_ok(&["label", "namespace", "dps-restricted", "pod-security.kubernetes.io/enforce=restricted"]);
-    install(
+    let _ = install(
         "operator",
         "dps-restricted",
         &[
@@ -376,9 +384,11 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_more() {
     // Namespace-restricted install: Secrets elsewhere are refused to the ServiceAccount.
     kubectl_ok(&["create", "namespace", "dps-allowed"]);
     kubectl_ok(&["create", "namespace", "dps-elsewhere"]);
-    tokio::task::spawn_blocking(|| install("restricted", "dps-limited", &["watchNamespaces={dps-allowed}"]))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(|| {
+        drop(install("restricted", "dps-limited", &["watchNamespaces={dps-allowed}"]))
+    })
+    .await
+    .unwrap();
     let token = kubectl_ok(&["create", "token", "restricted-dps-operator", "-n", "dps-limited"]);
     let kubeconfig = control_plane().token_kubeconfig("restricted", &token).unwrap();
     let can = |args: &[&str]| {
@@ -414,4 +424,153 @@ fn the_image_matches_what_the_chart_expects() {
         dockerfile.contains("x86_64-unknown-linux-musl") && dockerfile.contains("distroless/static"),
         "static binary, minimal base"
     );
+}
+
+/// The objects of release `release`, of the kinds a release makes, in `namespace` and cluster-wide.
+fn release_objects(release: &str, namespace: &str) -> String {
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let namespaced = kubectl_ok(&[
+        "get",
+        "deployment,service,secret,configmap,poddisruptionbudget,serviceaccount,role,rolebinding",
+        "-n",
+        namespace,
+        "-l",
+        &selector,
+        "-o",
+        "name",
+    ]);
+    let cluster = kubectl_ok(&[
+        "get",
+        "clusterrole,clusterrolebinding,validatingwebhookconfiguration",
+        "-l",
+        &selector,
+        "-o",
+        "name",
+    ]);
+    namespaced + &cluster
+}
+
+/// From two replicas to one and back: the Deployment's strategy changes with it (the API server
+/// refuses rollingUpdate with Recreate, which broke the first upgrade), and uninstalling leaves
+/// nothing of the release behind, the PodDisruptionBudget included.
+#[test]
+fn upgrades_between_one_and_two_replicas_and_uninstall_leave_nothing_behind() {
+    let (release, namespace) = ("flip", "dps-flip");
+    let _ = install(release, namespace, &["replicaCount=2", "watchNamespaces={dps-flip}"]);
+    let strategy = || {
+        let deployment: Value = serde_json::from_str(&kubectl_ok(&[
+            "get",
+            "deployment",
+            "flip-dps-operator",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        deployment["spec"]["strategy"].clone()
+    };
+    assert_eq!(strategy()["type"], "RollingUpdate");
+    for (replicas, expected) in [("1", "Recreate"), ("2", "RollingUpdate"), ("1", "Recreate")] {
+        let set = format!("replicaCount={replicas}");
+        let upgraded =
+            helm(&["upgrade", release, &chart(), "-n", namespace, "--reuse-values", "--set", &set]);
+        assert!(upgraded.success, "helm upgrade to {replicas}: {}{}", upgraded.stdout, upgraded.stderr);
+        let strategy = strategy();
+        assert_eq!(strategy["type"], expected, "{strategy}");
+        assert_eq!(strategy.get("rollingUpdate").is_some(), expected == "RollingUpdate", "{strategy}");
+    }
+    assert!(!release_objects(release, namespace).is_empty());
+    let uninstalled = helm(&["uninstall", release, "-n", namespace]);
+    assert!(uninstalled.success, "{}", uninstalled.stderr);
+    assert_eq!(release_objects(release, namespace), "", "left behind by the uninstall");
+}
+
+/// `metrics.serviceMonitor.enabled` in a cluster without the Prometheus Operator: the install
+/// works and says plainly that no ServiceMonitor was made. Its NOTES' commands also work when
+/// pasted into bash: the heredoc ends.
+#[test]
+fn an_install_without_the_servicemonitor_api_says_so_and_its_notes_paste_into_bash() {
+    let (release, namespace) = ("monitored", "dps-monitored");
+    let installed = install(
+        release,
+        namespace,
+        &["metrics.serviceMonitor.enabled=true", "watchNamespaces={dps-monitored}"],
+    );
+    assert!(
+        installed.stdout.contains("this cluster has no ServiceMonitor API")
+            && installed.stdout.contains("no ServiceMonitor was created"),
+        "{}",
+        installed.stdout
+    );
+    assert!(
+        !kubectl_ok(&["api-resources", "--api-group=monitoring.coreos.com", "-o", "name"])
+            .contains("servicemonitors")
+    );
+
+    let notes = &installed.stdout[installed.stdout.find("NOTES:").expect("helm prints the notes")..];
+    let heredoc: String = {
+        let lines: Vec<&str> = notes.lines().collect();
+        let start = lines.iter().position(|l| l.contains("kubectl apply -f - <<")).expect("a heredoc");
+        let end = start + lines[start..].iter().position(|l| *l == "YAML").expect("its end, unindented");
+        lines[start..=end].join("\n")
+    };
+    let output = Command::new("bash")
+        .args(["-c", &format!("kubectl() {{ cat; }}\n{heredoc}\necho pasted")])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success() && stderr.is_empty(), "{stderr}");
+    assert!(
+        stdout.contains("kind: ProvisioningService") && stdout.trim_end().ends_with("pasted"),
+        "{stdout}"
+    );
+    let uninstalled = helm(&["uninstall", release, "-n", namespace]);
+    assert!(uninstalled.success, "{}", uninstalled.stderr);
+}
+
+/// The README's commands as bash reads them when pasted: the workload identity install sets the
+/// annotation whose key has dots, and the CRD upgrade command applies.
+#[test]
+fn the_readme_s_install_commands_work_when_pasted_into_bash() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\n")
+        .map(|rest| rest.split("```").next().unwrap())
+        .find(|block| block.contains("workloadIdentity.enabled=true"))
+        .expect("the README shows the workload identity install");
+    // bash splits the words; a stand-in `helm` prints them, one per line.
+    let output = Command::new("bash")
+        .args(["-c", &format!("helm() {{ printf '%s\\n' \"$@\"; }}\n{block}")])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let words: Vec<String> = String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect();
+    assert_eq!(words[..3], ["install", "dps-operator", "charts/dps-operator"], "{words:?}");
+    let mut args = vec!["template".to_owned(), "dps-operator".to_owned(), chart()];
+    args.extend(words[3..].iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rendered = helm(&args);
+    assert!(rendered.success, "{}", rendered.stderr);
+    let documents: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&rendered.stdout)
+        .filter_map(|document| serde::Deserialize::deserialize(document).ok())
+        .collect();
+    let account = find(&documents, "ServiceAccount")[0];
+    assert_eq!(
+        account["metadata"]["annotations"]["azure.workload.identity/client-id"], "<client-id>",
+        "{account}"
+    );
+
+    let upgrade = readme
+        .lines()
+        .flat_map(|line| line.split('`'))
+        .find(|part| {
+            part.starts_with("kubectl apply --server-side --force-conflicts -f charts/dps-operator/crds/")
+        })
+        .expect("the README says how to upgrade the CRDs");
+    let words: Vec<&str> = upgrade.split_whitespace().skip(1).collect();
+    let mut command = control_plane().kubectl();
+    command.args(&words).current_dir(env!("CARGO_MANIFEST_DIR"));
+    let applied = support::run(&mut command, None);
+    assert!(applied.success, "{upgrade}: {}", applied.stderr);
 }
