@@ -25,7 +25,7 @@ pub const PATH: &str = "/validate";
 pub enum Error {
     #[error("cannot read the webhook's TLS certificate and key: {0}")]
     Certificate(String),
-    #[error("cannot listen for admission reviews on {address}: {source}")]
+    #[error("cannot listen for admission reviews on {address}")]
     Listen {
         address: SocketAddr,
         #[source]

@@ -137,9 +137,9 @@ pub enum StartError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("could not generate the emulator's TLS certificate: {0}")]
+    #[error("could not generate the emulator's TLS certificate")]
     Certificate(#[from] rcgen::Error),
-    #[error("could not set up TLS: {0}")]
+    #[error("could not set up TLS")]
     Tls(#[from] rustls::Error),
 }
 
