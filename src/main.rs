@@ -202,6 +202,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         #[cfg(feature = "local")]
         Command::Local { examples, namespace } => {
+            dps_operator::telemetry::init_on_stderr("warn");
             dps_operator::devenv::run_local(&examples, &namespace).await?
         }
     }

@@ -97,8 +97,10 @@ fn start_local_run() -> (std::process::Child, String) {
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut dir = None;
     let mut resources = Vec::new();
+    let mut lines = Vec::new();
     for line in stdout.lines() {
         let line = line.expect("output of dps-operator local");
+        lines.push(line.clone());
         if line.contains(".dps.iot.dev/") {
             resources.push(line.clone());
         }
@@ -114,6 +116,25 @@ fn start_local_run() -> (std::process::Child, String) {
     assert!(
         resources.iter().all(|line| line.split_whitespace().any(|column| column == "True")),
         "{resources:#?}"
+    );
+    // What a user needs to use it from elsewhere: its kubectl, the emulator's CA and credentials.
+    let after = |label: &str| {
+        let at =
+            lines.iter().position(|l| l.contains(label)).unwrap_or_else(|| panic!("{label}: {lines:#?}"));
+        lines[at]
+            .split_once(label)
+            .map(|(_, rest)| rest.trim().to_owned())
+            .filter(|rest| !rest.is_empty())
+            .unwrap_or_else(|| lines[at + 1].trim().to_owned())
+    };
+    let kubectl = after("The kubectl of this run (the machine's own may be older than this API server):");
+    assert!(Path::new(&kubectl).is_file(), "{kubectl}");
+    let ca = std::fs::read_to_string(after("CA certificate:")).expect("the emulator's CA file");
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    let connection = after("connection string:");
+    assert!(
+        connection.starts_with("HostName=contoso.azure-devices-provisioning.net;SharedAccessKeyName="),
+        "{connection}"
     );
     let dir = dir.expect("dps-operator local printed its kubeconfig");
     assert_eq!(processes_mentioning(&dir).len(), 2, "etcd and kube-apiserver run");

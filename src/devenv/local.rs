@@ -28,6 +28,8 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
             .await
             .map_err(|e| Error::Emulator(e.to_string()))?;
     let emulator_ca = emulator.ca_certificate().unwrap_or_default().to_owned();
+    let ca_file = control_plane.kubeconfig().with_file_name("dps-emulator-ca.pem");
+    std::fs::write(&ca_file, &emulator_ca).map_err(|source| Error::io("write", &ca_file, source))?;
     let token_file = control_plane.kubeconfig().with_file_name("federated-token");
     std::fs::write(&token_file, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJkcHMtb3BlcmF0b3IifQ.bG9jYWw")
         .map_err(|source| Error::io("write", &token_file, source))?;
@@ -72,10 +74,17 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
          for {EXAMPLE_HOST} at {emulator}, and the operator. The manifests from {examples} are applied and \
          Ready:\n\n{resources}\nUse it from another terminal with:\n\n    export KUBECONFIG={kubeconfig}\n    \
          kubectl get dps -A\n    kubectl describe enrollmentgroup thermostats -n {namespace}\n\n\
+         The kubectl of this run (the machine's own may be older than this API server):\n    {kubectl}\n\
+         The DPS emulator at {emulator}, answering for {EXAMPLE_HOST}:\n    \
+         CA certificate:    {ca}\n    connection string: {connection}\n\
+         The operator's warnings and errors appear below (RUST_LOG=info for more).\n\n\
          Press Ctrl-C to stop everything and remove its data.",
         server = control_plane.server(),
         emulator = emulator.address(),
         kubeconfig = control_plane.kubeconfig().display(),
+        kubectl = control_plane.tools().binary("kubectl").display(),
+        ca = ca_file.display(),
+        connection = emulator.connection_string(),
     );
     crate::signals::shutdown()
         .await
