@@ -4,7 +4,7 @@
 //! write to DPS, so while the webhook is unreachable (the chart's `failurePolicy` is `Ignore`)
 //! nothing IoT Hub refuses reaches DPS either: the resource turns `Stalled` with `InvalidSpec`.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use axum::{Json, Router, routing::post};
 use kube::core::{
@@ -74,6 +74,23 @@ fn answer(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObje
 
 pub fn router() -> Router {
     Router::new().route(PATH, post(|Json(review)| async { Json(answer(review)) }))
+}
+
+/// Reads the serving certificate chain and key (PEM files), listens on `address` and answers
+/// admission reviews on a task of its own until `stopped` resolves.
+pub async fn start(
+    address: SocketAddr,
+    certificate_file: &Path,
+    key_file: &Path,
+    stopped: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| Error::Certificate(format!("{}: {e}", path.display())))
+    };
+    let (listener, tls) = bind(address, &read(certificate_file)?, &read(key_file)?).await?;
+    tracing::info!(%address, path = PATH, "serving the admission webhook");
+    tokio::spawn(serve(listener, tls, stopped));
+    Ok(())
 }
 
 /// A TLS listener for the webhook, with the serving certificate (chain) and key in PEM.

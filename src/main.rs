@@ -182,14 +182,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             });
             if let Some(address) = args.webhook_address {
-                let read = |path: &PathBuf| {
-                    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
-                };
-                let (certificate, key) =
-                    (read(&args.webhook_certificate_file)?, read(&args.webhook_key_file)?);
-                let (listener, tls) = dps_operator::admission::bind(address, &certificate, &key).await?;
-                tracing::info!(%address, path = dps_operator::admission::PATH, "serving the admission webhook");
-                tokio::spawn(dps_operator::admission::serve(listener, tls, health.stopped()));
+                let (certificate, key) = (&args.webhook_certificate_file, &args.webhook_key_file);
+                dps_operator::admission::start(address, certificate, key, health.stopped()).await?;
             }
             let stopper = health.clone();
             tokio::spawn(async move {

@@ -39,8 +39,8 @@ impl ApiError {
     /// emulator's choice.
     pub fn not_found(kind: Option<Kind>, id: &str) -> Self {
         let (code, what) = match kind {
-            Some(Kind::Individual) => (404201, "enrollment"),
-            Some(Kind::Group) => (404202, "enrollment group"),
+            Some(Kind::Individual) => (404201, Kind::Individual.what()),
+            Some(Kind::Group) => (404202, Kind::Group.what()),
             None => (404203, "registration"),
         };
         Self::new(404, code, format!("The {what} '{id}' does not exist."))

@@ -436,31 +436,15 @@ fn router(shared: Arc<Shared>) -> Router {
 // ---------------------------------------------------------------------------------------------
 // The DPS service API
 
-/// Which collection a path is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Collection {
-    Enrollments,
-    EnrollmentGroups,
-}
-
-impl Collection {
-    fn kind(self) -> Kind {
-        match self {
-            Self::Enrollments => Kind::Individual,
-            Self::EnrollmentGroups => Kind::Group,
-        }
-    }
-}
-
 /// A service API operation, found from the method and path.
 #[derive(Debug, PartialEq, Eq)]
 enum Operation {
-    Get(Collection, String),
-    Put(Collection, String),
-    Delete(Collection, String),
-    Attestation(Collection, String),
-    Bulk(Collection),
-    Query(Collection),
+    Get(Kind, String),
+    Put(Kind, String),
+    Delete(Kind, String),
+    Attestation(Kind, String),
+    Bulk(Kind),
+    Query(Kind),
     GetRegistration(String),
     DeleteRegistration(String),
     QueryRegistrations(String),
@@ -469,17 +453,13 @@ enum Operation {
 impl Operation {
     /// The operation id in the swagger, as the admin endpoint counts calls.
     fn operation_id(&self) -> String {
-        let collection = |c: &Collection| match c {
-            Collection::Enrollments => "IndividualEnrollment",
-            Collection::EnrollmentGroups => "EnrollmentGroup",
-        };
         match self {
-            Self::Get(c, _) => format!("{}_Get", collection(c)),
-            Self::Put(c, _) => format!("{}_CreateOrUpdate", collection(c)),
-            Self::Delete(c, _) => format!("{}_Delete", collection(c)),
-            Self::Attestation(c, _) => format!("{}_GetAttestationMechanism", collection(c)),
-            Self::Bulk(c) => format!("{}_RunBulkOperation", collection(c)),
-            Self::Query(c) => format!("{}_Query", collection(c)),
+            Self::Get(c, _) => format!("{}_Get", c.definition()),
+            Self::Put(c, _) => format!("{}_CreateOrUpdate", c.definition()),
+            Self::Delete(c, _) => format!("{}_Delete", c.definition()),
+            Self::Attestation(c, _) => format!("{}_GetAttestationMechanism", c.definition()),
+            Self::Bulk(c) => format!("{}_RunBulkOperation", c.definition()),
+            Self::Query(c) => format!("{}_Query", c.definition()),
             Self::GetRegistration(_) => "DeviceRegistrationState_Get".into(),
             Self::DeleteRegistration(_) => "DeviceRegistrationState_Delete".into(),
             Self::QueryRegistrations(_) => "DeviceRegistrationState_Query".into(),
@@ -497,13 +477,13 @@ fn route(method: &Method, path: &str) -> Result<Operation, ApiError> {
         .collect();
     let lower: Vec<String> = segments.iter().map(|s| s.to_ascii_lowercase()).collect();
     let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
-    let collection = match lower.first() {
-        Some(&"enrollments") => Some(Collection::Enrollments),
-        Some(&"enrollmentgroups") => Some(Collection::EnrollmentGroups),
+    let kind = match lower.first() {
+        Some(&"enrollments") => Some(Kind::Individual),
+        Some(&"enrollmentgroups") => Some(Kind::Group),
         _ => None,
     };
     let not_allowed = || ApiError::new(405, 405001, format!("{method} is not allowed on {path}."));
-    let operation = match (collection, lower.as_slice()) {
+    let operation = match (kind, lower.as_slice()) {
         (Some(c), [_]) if *method == Method::POST => Operation::Bulk(c),
         (Some(c), [_, "query"]) if *method == Method::POST => Operation::Query(c),
         (Some(c), [_, _]) => match *method {
@@ -590,16 +570,15 @@ async fn handle(
 
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
     match operation {
-        Operation::Get(collection, id) => read(shared, |s| s.get(collection.kind(), &id)),
-        Operation::Put(collection, id) => put(shared, collection.kind(), &id, body, if_match),
-        Operation::Delete(collection, id) => write(shared, |s| s.delete(collection.kind(), &id, if_match)),
-        Operation::Attestation(collection, id) => read(shared, |s| s.attestation(collection.kind(), &id)),
-        Operation::Bulk(collection) => bulk(shared, collection.kind(), body),
-        Operation::Query(collection) => {
+        Operation::Get(kind, id) => read(shared, |s| s.get(kind, &id)),
+        Operation::Put(kind, id) => put(shared, kind, &id, body, if_match),
+        Operation::Delete(kind, id) => write(shared, |s| s.delete(kind, &id, if_match)),
+        Operation::Attestation(kind, id) => read(shared, |s| s.attestation(kind, &id)),
+        Operation::Bulk(kind) => bulk(shared, kind, body),
+        Operation::Query(kind) => {
             check_query(&query_text(body)?)?;
             let (page_size, continuation) = paging(headers)?;
             let store = lock(&shared.store);
-            let kind = collection.kind();
             let (items, next) = store.query(kind, page_size, continuation.as_deref())?;
             let item_type = match kind {
                 Kind::Individual => "Enrollment",
@@ -778,9 +757,10 @@ fn put(
 
 fn bulk(shared: &Shared, kind: Kind, body: &Bytes) -> Result<Response, ApiError> {
     let request = parse_json(body)?;
-    let (items_field, id_field) = match kind {
-        Kind::Individual => ("enrollments", "registrationId"),
-        Kind::Group => ("enrollmentGroups", "enrollmentGroupId"),
+    let id_field = kind.id_field();
+    let items_field = match kind {
+        Kind::Individual => "enrollments",
+        Kind::Group => "enrollmentGroups",
     };
     let mode = request["mode"].as_str().and_then(BulkMode::parse).ok_or_else(|| {
         ApiError::bad_request(
@@ -956,7 +936,7 @@ mod tests {
 
     #[test]
     fn routes_match_case_insensitively_with_or_without_a_trailing_slash() {
-        use Collection::*;
+        use Kind::{Group as EnrollmentGroups, Individual as Enrollments};
         let cases = [
             (Method::GET, "/enrollments/Dev-1", Operation::Get(Enrollments, "Dev-1".into())),
             (Method::PUT, "/ENROLLMENTGROUPS/g1/", Operation::Put(EnrollmentGroups, "g1".into())),
