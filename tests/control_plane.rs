@@ -137,7 +137,19 @@ fn start_local_run() -> (std::process::Child, String) {
         "{connection}"
     );
     let dir = dir.expect("dps-operator local printed its kubeconfig");
-    assert_eq!(processes_mentioning(&dir).len(), 2, "etcd and kube-apiserver run");
+    assert_eq!(processes_mentioning(&dir).len(), 3, "etcd, kube-apiserver and kube-controller-manager run");
+    // As in a cluster, a deleted namespace goes away (kube-controller-manager empties it).
+    let kubectl_local = |args: &[&str]| {
+        let output = Command::new(&kubectl)
+            .args(args)
+            .env("KUBECONFIG", format!("{dir}/kubeconfig"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    };
+    kubectl_local(&["create", "namespace", "short-lived"]);
+    kubectl_local(&["create", "configmap", "inside", "-n", "short-lived"]);
+    kubectl_local(&["delete", "namespace", "short-lived", "--timeout=60s"]);
     (child, dir)
 }
 
@@ -145,12 +157,12 @@ fn start_local_run() -> (std::process::Child, String) {
 fn a_local_run_stops_everything_on_sigint_and_when_killed() {
     let (child, dir) = start_local_run();
     assert!(send_signal(child.id(), "INT"));
-    eventually("etcd and kube-apiserver stop after SIGINT", || processes_mentioning(&dir).is_empty());
+    eventually("the control plane stops after SIGINT", || processes_mentioning(&dir).is_empty());
     eventually("the working directory is removed", || !Path::new(&dir).exists());
 
     let (child, dir) = start_local_run();
     assert!(send_signal(child.id(), "KILL"));
-    eventually("etcd and kube-apiserver die with a killed owner", || processes_mentioning(&dir).is_empty());
+    eventually("the control plane dies with a killed owner", || processes_mentioning(&dir).is_empty());
 }
 
 #[test]

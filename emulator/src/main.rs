@@ -15,7 +15,8 @@ struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8443", env = "DPS_EMULATOR_LISTEN")]
     listen: SocketAddr,
-    /// Host name clients use (in URLs and SAS tokens); defaults to localhost:<port>.
+    /// Host name clients use (in URLs and SAS tokens); defaults to localhost:<port>, or to the
+    /// listen address when that is neither loopback nor 0.0.0.0.
     #[arg(long)]
     host_name: Option<String>,
     /// Serve plain HTTP instead of HTTPS.

@@ -82,7 +82,8 @@ pub struct EmulatorConfig {
     pub listen: SocketAddr,
     /// Serve HTTPS with a certificate from a CA the emulator generates (else plain HTTP).
     pub tls: bool,
-    /// The host name clients use; `localhost:<port>` when not set.
+    /// The host name clients use; when not set, `localhost:<port>` for a loopback or unspecified
+    /// listen address, else `<address>:<port>`.
     pub host_name: Option<String>,
     pub policies: Vec<AccessPolicy>,
     pub quotas: Quotas,
@@ -227,7 +228,11 @@ impl RunningEmulator {
             .map_err(|source| StartError::Listen { address: config.listen, source })?;
         let address =
             listener.local_addr().map_err(|source| StartError::Listen { address: config.listen, source })?;
-        let host_name = config.host_name.clone().unwrap_or_else(|| format!("localhost:{}", address.port()));
+        // Clients reach a loopback emulator as localhost, one on another address by that address.
+        let host_name = config.host_name.clone().unwrap_or_else(|| match address.ip() {
+            ip if ip.is_loopback() || ip.is_unspecified() => format!("localhost:{}", address.port()),
+            _ => address.to_string(),
+        });
 
         let store = match &config.state_file {
             Some(path) if path.exists() => {

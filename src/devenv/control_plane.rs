@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{self, Write},
-    net::TcpListener,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Mutex, OnceLock, mpsc},
@@ -16,7 +16,8 @@ use std::{
 use super::Error;
 use crate::pki::CertificateAuthority;
 
-/// The binaries a control plane needs: etcd, kube-apiserver, kubectl and helm.
+/// The binaries a control plane needs: etcd, kube-apiserver, kube-controller-manager, kubectl and
+/// helm; a node needs kubelet, kube-scheduler, kube-proxy and pause too (`install-test-tools --node`).
 #[derive(Clone, Debug)]
 pub struct Tools {
     dir: PathBuf,
@@ -29,11 +30,21 @@ impl Tools {
     /// Finds the binaries: in `$DPS_TOOLS_DIR`, else by running `scripts/install-test-tools`
     /// (which builds them once into a cache and honours `KUBEBUILDER_ASSETS`).
     pub fn locate() -> Result<Self, Error> {
+        Self::locate_with(&[])
+    }
+
+    /// Like [`Tools::locate`], with a node's binaries too (`install-test-tools --node`).
+    pub fn locate_node() -> Result<Self, Error> {
+        Self::locate_with(&["--node"])
+    }
+
+    fn locate_with(script_args: &[&str]) -> Result<Self, Error> {
         let dir = match std::env::var_os(Self::DIR_ENV) {
             Some(dir) => PathBuf::from(dir),
             None => {
                 let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-test-tools");
                 let output = Command::new(&script)
+                    .args(script_args)
                     .stderr(Stdio::inherit())
                     .output()
                     .map_err(|source| Error::Spawn { what: script.display().to_string(), source })?;
@@ -44,7 +55,7 @@ impl Tools {
             }
         };
         let tools = Self { dir };
-        for name in ["etcd", "kube-apiserver", "kubectl", "helm"] {
+        for name in ["etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm"] {
             if !tools.binary(name).is_file() {
                 return Err(Error::ToolMissing { name, dir: tools.dir.clone() });
             }
@@ -69,8 +80,15 @@ pub struct ControlPlane {
     dir: PathBuf,
     kubeconfig: PathBuf,
     server: String,
+    address: IpAddr,
+    ca: CertificateAuthority,
     processes: Mutex<Vec<Child>>,
 }
+
+/// The address the API server listens on and advertises, and the first address of the Service
+/// range (the `kubernetes` Service).
+pub(super) const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/16";
+const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
 /// How long the API server may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -83,17 +101,25 @@ impl ControlPlane {
     /// Starts etcd and kube-apiserver on free loopback ports and waits until the API server is
     /// ready. Fails, never skips, when either cannot start.
     pub fn start(tools: Tools) -> Result<Self, Error> {
+        Self::start_on(tools, IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// Like [`ControlPlane::start`], with the API server on `address` (an address of this machine,
+    /// e.g. a node's bridge, so Pods can reach it), etcd still on loopback.
+    pub fn start_on(tools: Tools, address: IpAddr) -> Result<Self, Error> {
         remove_abandoned_dirs();
         let dir =
             std::env::temp_dir().join(format!("{DIR_PREFIX}{}-{}", std::process::id(), unique_suffix()));
         fs::create_dir_all(&dir).map_err(|source| Error::io("create", &dir, source))?;
         let etcd_port = free_port()?;
-        let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let api_port = free_port_on(address)?;
+        let server = format!("https://{}", SocketAddr::new(address, api_port));
 
         let ca = CertificateAuthority::new("dps-operator-local-ca")?;
-        let serving =
-            ca.issue_server("kube-apiserver", &["127.0.0.1", "localhost", "kubernetes.default.svc"])?;
+        let serving = ca.issue_server(
+            "kube-apiserver",
+            &[&address.to_string(), "localhost", "kubernetes.default.svc", KUBERNETES_SERVICE_IP],
+        )?;
         let admin = ca.issue_client("dps-operator-local-admin", Some("system:masters"))?;
         let service_account_key = rcgen::KeyPair::generate()?;
         let write = |name: &str, contents: &str| -> Result<PathBuf, Error> {
@@ -126,8 +152,8 @@ impl ControlPlane {
         let mut apiserver = Command::new(tools.binary("kube-apiserver"));
         apiserver
             .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_port}"))
-            .arg("--bind-address=127.0.0.1")
-            .arg("--advertise-address=127.0.0.1")
+            .arg(format!("--bind-address={address}"))
+            .arg(format!("--advertise-address={address}"))
             .arg(format!("--secure-port={api_port}"))
             .arg(format!("--cert-dir={}", dir.display()))
             .arg(format!("--tls-cert-file={}", serving_cert.display()))
@@ -137,12 +163,18 @@ impl ControlPlane {
             .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
             .arg(format!("--service-account-key-file={}", sa_public_key.display()))
             .arg(format!("--service-account-signing-key-file={}", sa_signing_key.display()))
-            .arg("--service-cluster-ip-range=10.96.0.0/16")
-            .arg("--allow-privileged=true");
+            .arg(format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"))
+            .arg("--allow-privileged=true")
+            // For `kubectl logs` and `exec`: the admin credential, verifying kubelets' certificates.
+            .arg(format!("--kubelet-client-certificate={}", admin_cert.display()))
+            .arg(format!("--kubelet-client-key={}", admin_key.display()))
+            .arg(format!("--kubelet-certificate-authority={}", ca_file.display()))
+            .arg("--kubelet-preferred-address-types=InternalIP");
 
         let logs = [dir.join("etcd.log"), dir.join("kube-apiserver.log")];
         let processes = spawn_tied_to_process(vec![(etcd, logs[0].clone()), (apiserver, logs[1].clone())])?;
-        let control_plane = Self { tools, dir, kubeconfig, server, processes: Mutex::new(processes) };
+        let control_plane =
+            Self { tools, dir, kubeconfig, server, address, ca, processes: Mutex::new(processes) };
         control_plane.wait_until_ready(&logs)?;
         Ok(control_plane)
     }
@@ -150,6 +182,58 @@ impl ControlPlane {
     /// The API server's URL.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The address the API server listens on.
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+
+    /// The control plane's working directory (removed when it stops).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The certificate authority the API server trusts for clients and kubelets.
+    pub fn ca(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// The PEM file of that certificate authority.
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// Starts kube-controller-manager (garbage collection, namespace deletion, ReplicaSets, service
+    /// account tokens…) with the admin credential; it stops with the control plane.
+    pub fn start_controller_manager(&self) -> Result<(), Error> {
+        let port = free_port()?;
+        let mut command = Command::new(self.tools.binary("kube-controller-manager"));
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--authentication-kubeconfig={}", self.kubeconfig.display()))
+            .arg(format!("--authorization-kubeconfig={}", self.kubeconfig.display()))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={port}"))
+            .arg(format!("--cert-dir={}", self.dir.join("kube-controller-manager").display()))
+            .arg("--leader-elect=false")
+            .arg("--use-service-account-credentials=true")
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                self.dir.join("service-account.key").display()
+            ))
+            .arg(format!("--root-ca-file={}", self.ca_file().display()))
+            .arg(format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"));
+        self.spawn(command, "kube-controller-manager")
+    }
+
+    /// Spawns a component that stops with the control plane (before the ones started earlier),
+    /// logging to `<name>.log` in its directory.
+    pub(super) fn spawn(&self, command: Command, name: &str) -> Result<(), Error> {
+        let log = self.dir.join(format!("{name}.log"));
+        let mut started = spawn_tied_to_process(vec![(command, log)])?;
+        self.processes.lock().unwrap_or_else(|e| e.into_inner()).append(&mut started);
+        Ok(())
     }
 
     /// A kubeconfig file with the admin credential (group `system:masters`).
@@ -292,7 +376,7 @@ pub fn run(command: &mut Command, stdin: Option<&str>) -> Result<String, Error> 
 }
 
 /// A kubeconfig for `server`, trusting `ca`, with `user` the YAML of the user's credentials.
-fn kubeconfig_yaml(server: &str, ca: &Path, user: &str) -> String {
+pub(super) fn kubeconfig_yaml(server: &str, ca: &Path, user: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\n\
          users:\n- name: user\n  user:\n{user}\
@@ -302,15 +386,19 @@ fn kubeconfig_yaml(server: &str, ca: &Path, user: &str) -> String {
     )
 }
 
-fn free_port() -> Result<u16, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|source| Error::io("bind", Path::new("127.0.0.1:0"), source))?;
-    let port =
-        listener.local_addr().map_err(|source| Error::io("bind", Path::new("127.0.0.1:0"), source))?.port();
+pub(super) fn free_port() -> Result<u16, Error> {
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+pub(super) fn free_port_on(address: IpAddr) -> Result<u16, Error> {
+    let what = SocketAddr::new(address, 0).to_string();
+    let listener =
+        TcpListener::bind((address, 0)).map_err(|source| Error::io("bind", Path::new(&what), source))?;
+    let port = listener.local_addr().map_err(|source| Error::io("bind", Path::new(&what), source))?.port();
     Ok(port)
 }
 
-fn unique_suffix() -> u128 {
+pub(super) fn unique_suffix() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
 }
 
@@ -319,7 +407,7 @@ fn component_name(log: &Path) -> String {
 }
 
 /// The last lines of a log file, for an error message.
-fn tail(log: &Path) -> String {
+pub(super) fn tail(log: &Path) -> String {
     let text = fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -346,7 +434,7 @@ type SpawnRequest = (Vec<(Command, PathBuf)>, mpsc::Sender<io::Result<Vec<Child>
 /// Spawns the commands (output to the given log files) so that they die with this process, however
 /// it ends: the kernel sends them SIGKILL when the spawning thread exits (`PR_SET_PDEATHSIG`), so
 /// they are spawned from one thread that lives as long as the process.
-fn spawn_tied_to_process(commands: Vec<(Command, PathBuf)>) -> Result<Vec<Child>, Error> {
+pub(super) fn spawn_tied_to_process(commands: Vec<(Command, PathBuf)>) -> Result<Vec<Child>, Error> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (requests, incoming) = mpsc::channel::<SpawnRequest>();

@@ -14,12 +14,14 @@ use dps_emulator::{EmulatorConfig, RunningEmulator};
 /// The DPS host the examples name; the emulator answers for it.
 const EXAMPLE_HOST: &str = "contoso.azure-devices-provisioning.net";
 /// Where the operator runs, and where ClusterProvisioningService Secrets live.
-const OPERATOR_NAMESPACE: &str = "dps-operator";
+pub const OPERATOR_NAMESPACE: &str = "dps-operator";
 
 /// Starts everything, applies the manifests in `examples` to `namespace`, waits until every
 /// resource is Ready, shows them, and keeps running until Ctrl-C or SIGTERM.
 pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
     let control_plane = ControlPlane::start(Tools::locate()?)?;
+    // Garbage collection and namespace deletion, as in a cluster.
+    control_plane.start_controller_manager()?;
     control_plane.install_crds()?;
     let kubectl = |args: &[&str], stdin: Option<&str>| run(control_plane.kubectl().args(args), stdin);
 
@@ -70,7 +72,8 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
     wait(&["clusterprovisioningservices"])?;
     let resources = kubectl(&["get", "dps", "--all-namespaces"], None)?;
     println!(
-        "Everything runs on this machine: a Kubernetes API server at {server}, a DPS emulator standing in \
+        "Everything runs on this machine: a Kubernetes API server at {server} with \
+         kube-controller-manager, a DPS emulator standing in \
          for {EXAMPLE_HOST} at {emulator}, and the operator. The manifests from {examples} are applied and \
          Ready:\n\n{resources}\nUse it from another terminal with:\n\n    export KUBECONFIG={kubeconfig}\n    \
          kubectl get dps -A\n    kubectl describe enrollmentgroup thermostats -n {namespace}\n\n\
@@ -95,8 +98,9 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// The Secrets and ConfigMaps the examples reference, pointing at the emulator.
-fn example_inputs(emulator: &RunningEmulator, namespace: &str) -> Result<String, Error> {
+/// The Secrets and ConfigMaps the examples in `examples/` reference, pointing at the emulator
+/// (`corporate-proxy-ca` holds its CA).
+pub fn example_inputs(emulator: &RunningEmulator, namespace: &str) -> Result<String, Error> {
     let ca = Arc::new(CertificateAuthority::new("Contoso Devices CA")?);
     let next_ca = CertificateAuthority::new("Contoso Devices CA 2027")?;
     let sensor = ca.issue_client("sensor-7", None)?;

@@ -3,11 +3,13 @@
 
 mod control_plane;
 mod local;
+mod node;
 
 use std::path::{Path, PathBuf};
 
 pub use control_plane::{ControlPlane, Tools, run};
-pub use local::run_local;
+pub use local::{OPERATOR_NAMESPACE, example_inputs, run_local};
+pub use node::{Cluster, PAUSE_IMAGE};
 
 /// What can go wrong while setting up the local environment.
 #[derive(Debug, thiserror::Error)]

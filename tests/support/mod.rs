@@ -12,6 +12,7 @@ use std::{
 };
 
 pub mod dps;
+pub mod node;
 pub mod operator;
 
 pub use dps_operator::devenv::{ControlPlane, Tools};

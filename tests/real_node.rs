@@ -1,0 +1,360 @@
+//! The operator as users run it: the image built from the repo's Dockerfile, installed with the
+//! chart by `helm install` (image overrides only) into a namespace enforcing Pod Security
+//! `restricted`, on a real single-node cluster (kubelet, containerd, kube-controller-manager,
+//! kube-scheduler, kube-proxy). The operator runs with the chart's ServiceAccount and reaches the
+//! API server through the `kubernetes` Service, and the DPS emulator on the node's bridge address.
+
+use std::{
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use dps_emulator::{EmulatorConfig, RunningEmulator};
+use dps_operator::{
+    devenv::{Cluster, Tools, example_inputs, run},
+    dps::{
+        Client,
+        models::{EnrollmentGroup, IndividualEnrollment},
+    },
+};
+use support::node::{image_name, images_dir};
+
+mod support;
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let cluster = Tools::locate_node().and_then(Cluster::start).unwrap_or_else(|e| {
+            panic!("the single-node cluster could not start: {:#}", anyhow::Error::from(e))
+        });
+        stop_at_exit();
+        for image in ["pause", "dps-operator", "dps-emulator"] {
+            cluster
+                .import_image(&images_dir().join(format!("{image}.tar")))
+                .unwrap_or_else(|e| panic!("importing {image}: {:#}", anyhow::Error::from(e)));
+        }
+        cluster
+    })
+}
+
+#[allow(unsafe_code)]
+fn stop_at_exit() {
+    extern "C" fn stop() {
+        if let Some(cluster) = CLUSTER.get() {
+            cluster.stop();
+        }
+    }
+    // SAFETY: `stop` is a plain function that stays valid for the life of the process.
+    unsafe {
+        libc::atexit(stop);
+    }
+}
+
+fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
+    run(cluster().control_plane().kubectl().args(args), stdin)
+        .unwrap_or_else(|e| panic!("kubectl {}: {:#}", args.join(" "), anyhow::Error::from(e)))
+}
+
+fn helm(args: &[&str]) -> String {
+    run(cluster().control_plane().helm().args(args), None)
+        .unwrap_or_else(|e| panic!("helm {}: {:#}", args.join(" "), anyhow::Error::from(e)))
+}
+
+fn jsonpath(resource: &str, namespace: &str, path: &str) -> String {
+    kubectl(&["get", resource, "-n", namespace, "-o", &format!("jsonpath={path}")], None)
+}
+
+/// Where the chart is installed: the namespace the README uses, where `example_inputs` puts the
+/// cluster-wide connection's Secret.
+use dps_operator::devenv::OPERATOR_NAMESPACE;
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dps-operator");
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+/// The examples that use the namespaced connection `contoso-dps`.
+const EXAMPLE_FILES: [&str; 7] = [
+    "provisioningservice.yaml",
+    "individualenrollment-symmetric-key.yaml",
+    "individualenrollment-x509.yaml",
+    "individualenrollment-tpm.yaml",
+    "enrollmentgroup-symmetric-key.yaml",
+    "enrollmentgroup-x509-signing-certificate.yaml",
+    "enrollmentgroup-custom-allocation.yaml",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chart_runs_the_operator_image_on_a_real_node() {
+    let cluster = tokio::task::block_in_place(cluster);
+    let emulator = RunningEmulator::start(EmulatorConfig {
+        listen: (cluster.node_address(), 0).into(),
+        ..EmulatorConfig::default()
+    })
+    .await
+    .expect("the emulator starts on the node's address");
+    let namespace = tokio::task::block_in_place(|| install_and_apply_examples(&emulator));
+    let dps = support::dps::client(&emulator);
+    let ns = namespace.as_str();
+
+    // Garbage collection (kube-controller-manager): the key Secret the operator generated goes
+    // with its enrollment, and the enrollment leaves DPS (the connection's deletionPolicy).
+    let owner = jsonpath("secret/boiler-0042-keys", ns, "{.metadata.ownerReferences[0].name}");
+    assert_eq!(owner, "boiler-0042", "the generated key Secret is owned by its enrollment");
+    assert!(individual_in_dps(&dps, "boiler:0042").await);
+    block(|| kubectl(&["delete", "individualenrollment", "boiler-0042", "-n", ns, "--timeout=60s"], None));
+    block(|| kubectl(&["wait", "--for=delete", "secret/boiler-0042-keys", "-n", ns, "--timeout=60s"], None));
+    assert!(!individual_in_dps(&dps, "boiler:0042").await, "the enrollment is deleted from DPS");
+
+    // `Orphan` keeps both: the enrollment in DPS and its key Secret, released by the operator.
+    let orphan = r#"{"spec":{"deletionPolicy":"Orphan"}}"#;
+    block(|| {
+        kubectl(&["patch", "enrollmentgroup", "thermostats", "-n", ns, "--type=merge", "-p", orphan], None)
+    });
+    block(|| kubectl(&["delete", "enrollmentgroup", "thermostats", "-n", ns, "--timeout=60s"], None));
+    let owners = block(|| jsonpath("secret/thermostats-group-key", ns, "{.metadata.ownerReferences}"));
+    assert_eq!(owners, "", "the orphaned group's key Secret is released and kept");
+    assert!(group_in_dps(&dps, "thermostats-2026").await, "the orphaned group stays in DPS");
+
+    // helm upgrade changing a value rolls the Pod, which re-confirms everything without a write.
+    emulator.reset_calls();
+    let before = block(|| jsonpath("pods", OPERATOR_NAMESPACE, "{.items[*].metadata.name}"));
+    block(|| helm_upgrade("logging.level=debug"));
+    let after = block(|| jsonpath("pods", OPERATOR_NAMESPACE, "{.items[*].metadata.name}"));
+    assert_ne!(before, after, "the upgrade rolled the operator Pod");
+    block(|| wait_ready(ns));
+    // The new Pod reads DPS to re-confirm the enrollments; it makes no PUT, DELETE or bulk call.
+    eventually_async("the new operator Pod re-confirms the enrollments", || {
+        let calls = emulator.calls();
+        async move { calls.keys().any(|op| op.ends_with("_Get") || op.ends_with("_Query")) }
+    })
+    .await;
+    let writes: u64 =
+        ["IndividualEnrollment", "EnrollmentGroup"].iter().map(|kind| emulator.writes(kind)).sum();
+    assert_eq!(
+        (writes, dps_deletes(&emulator)),
+        (0, 0),
+        "the rolled Pod wrote to DPS: {:?}",
+        emulator.calls()
+    );
+
+    // Two replicas: deleting the leader hands the lease to the other, which then writes.
+    block(|| helm_upgrade("replicaCount=2"));
+    let lease = "lease/dps-operator";
+    let leader = block(|| wait_for_holder(lease, None));
+    let pod = leader.clone(); // the holder identity is the Pod's name
+    let deleted = Instant::now();
+    block(|| kubectl(&["delete", "pod", &pod, "-n", OPERATOR_NAMESPACE, "--wait=false"], None));
+    block(|| {
+        kubectl(
+            &[
+                "apply",
+                "--server-side",
+                "-n",
+                ns,
+                "-f",
+                &format!("{EXAMPLES}/individualenrollment-symmetric-key.yaml"),
+            ],
+            None,
+        )
+    });
+    let new_leader = block(|| wait_for_holder(lease, Some(&leader)));
+    let handed_over = deleted.elapsed();
+    block(|| wait_ready(ns));
+    let written = deleted.elapsed();
+    assert!(individual_in_dps(&dps, "boiler:0042").await, "the new leader created the enrollment in DPS");
+    assert_ne!(new_leader, pod);
+    eprintln!(
+        "leader handover: lease taken {handed_over:?} after the leader Pod was deleted; the new enrollment was Ready {written:?} after"
+    );
+
+    // helm uninstall leaves DPS and the CRDs alone.
+    emulator.reset_calls();
+    block(|| {
+        helm(&["uninstall", "dps-operator", "--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout=5m"])
+    });
+    let crds = block(|| kubectl(&["get", "crds", "-o", "name"], None));
+    let chart_crds = std::fs::read_dir(format!("{CHART}/crds")).unwrap().count();
+    assert_eq!(crds.lines().filter(|crd| crd.ends_with(".dps.iot.dev")).count(), chart_crds, "{crds}");
+    assert!(individual_in_dps(&dps, "boiler:0042").await && group_in_dps(&dps, "thermostats-2026").await);
+    assert_eq!(dps_deletes(&emulator), 0, "uninstalling deleted from DPS: {:?}", emulator.calls());
+    let resources = block(|| kubectl(&["get", "individualenrollments", "-n", ns, "-o", "name"], None));
+    assert!(resources.contains("boiler-0042"), "the resources stay: {resources}");
+}
+
+async fn individual_in_dps(dps: &Client, id: &str) -> bool {
+    match dps.get::<IndividualEnrollment>(id).await {
+        Ok(_) => true,
+        Err(dps_operator::dps::Error::NotFound { .. }) => false,
+        Err(e) => panic!("reading {id} from DPS: {e}"),
+    }
+}
+
+async fn group_in_dps(dps: &Client, id: &str) -> bool {
+    match dps.get::<EnrollmentGroup>(id).await {
+        Ok(_) => true,
+        Err(dps_operator::dps::Error::NotFound { .. }) => false,
+        Err(e) => panic!("reading {id} from DPS: {e}"),
+    }
+}
+
+/// DELETE calls on enrollments (single or bulk deletes count as writes) since the last reset.
+fn dps_deletes(emulator: &RunningEmulator) -> u64 {
+    emulator.calls().iter().filter(|(op, _)| op.ends_with("_Delete")).map(|(_, n)| n).sum()
+}
+
+fn helm_upgrade(set: &str) -> String {
+    helm(&[
+        "upgrade",
+        "dps-operator",
+        CHART,
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--reuse-values",
+        "--set",
+        set,
+        "--wait",
+        "--timeout=5m",
+    ])
+}
+
+fn block<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn wait_ready(namespace: &str) {
+    kubectl(
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "--all",
+            "--timeout=180s",
+            "-n",
+            namespace,
+            "individualenrollments,enrollmentgroups",
+        ],
+        None,
+    );
+}
+
+/// The lease's holder once it is held, and by someone other than `not` when given.
+fn wait_for_holder(lease: &str, not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let holder = kubectl_result(&[
+            "get",
+            lease,
+            "-n",
+            OPERATOR_NAMESPACE,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap_or_default();
+        if !holder.is_empty() && Some(holder.as_str()) != not {
+            return holder;
+        }
+        assert!(Instant::now() < deadline, "{lease} was not taken over (holder {holder:?})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within 120 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Installs the chart as a user would and applies the examples; returns their namespace.
+fn install_and_apply_examples(emulator: &RunningEmulator) -> String {
+    let operator_namespace = OPERATOR_NAMESPACE;
+    kubectl(&["create", "namespace", operator_namespace], None);
+    kubectl(
+        &["wait", "--for=create", "serviceaccount/default", "-n", operator_namespace, "--timeout=60s"],
+        None,
+    );
+    kubectl(
+        &["label", "namespace", operator_namespace, "pod-security.kubernetes.io/enforce=restricted"],
+        None,
+    );
+    let image = image_name("OPERATOR_IMAGE");
+    let (repository, tag) = image.rsplit_once(':').expect("the image has a tag");
+    let started = Instant::now();
+    let install = run(
+        cluster().control_plane().helm().args([
+            "install",
+            "dps-operator",
+            CHART,
+            "--namespace",
+            operator_namespace,
+            "--set",
+            &format!("image.repository={repository}"),
+            "--set",
+            &format!("image.tag={tag}"),
+            "--wait",
+            "--timeout=3m",
+        ]),
+        None,
+    );
+    if let Err(error) = install {
+        panic!("helm install failed: {:#}\n{}", anyhow::Error::from(error), diagnose(operator_namespace));
+    }
+    eprintln!("helm install --wait took {:?}", started.elapsed());
+    let ready = jsonpath("deployment/dps-operator", operator_namespace, "{.status.readyReplicas}");
+    assert_eq!(ready, "1", "the operator Pod is Ready through its probes");
+
+    let namespace = "factory";
+    kubectl(&["create", "namespace", namespace], None);
+    kubectl(&["wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=60s"], None);
+    kubectl(&["apply", "--server-side", "-f", "-"], Some(&example_inputs(emulator, namespace).unwrap()));
+    for file in EXAMPLE_FILES {
+        kubectl(&["apply", "--server-side", "-n", namespace, "-f", &format!("{EXAMPLES}/{file}")], None);
+    }
+    // The emulator's CA, as a user trusts a TLS-inspecting proxy.
+    kubectl(
+        &[
+            "patch",
+            "provisioningservice",
+            "contoso-dps",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"caBundle":{"configMapRef":{"name":"corporate-proxy-ca","key":"ca.crt"}}}}"#,
+        ],
+        None,
+    );
+    let wait = kubectl_result(&[
+        "wait",
+        "--for=condition=Ready",
+        "--all",
+        "--timeout=180s",
+        "-n",
+        namespace,
+        "provisioningservices,individualenrollments,enrollmentgroups",
+    ]);
+    if let Err(error) = wait {
+        let logs =
+            kubectl_result(&["logs", "-n", operator_namespace, "deployment/dps-operator", "--tail=60"]);
+        let resources = kubectl_result(&["get", "dps", "-n", namespace, "-o", "wide"]);
+        panic!("the examples did not become Ready: {error}\n{resources:?}\noperator log:\n{logs:?}");
+    }
+    namespace.to_owned()
+}
+
+/// The operator Pods' description and log, for a failure message.
+fn diagnose(namespace: &str) -> String {
+    let describe = kubectl_result(&["describe", "pods", "-n", namespace]);
+    let logs =
+        kubectl_result(&["logs", "-n", namespace, "-l", "app.kubernetes.io/name=dps-operator", "--tail=40"]);
+    let events = kubectl_result(&["get", "events", "-n", namespace]);
+    format!(
+        "Pods:\n{}\nLog:\n{}\nEvents:\n{}",
+        describe.unwrap_or_else(|e| e),
+        logs.unwrap_or_else(|e| e),
+        events.unwrap_or_else(|e| e)
+    )
+}
+
+fn kubectl_result(args: &[&str]) -> Result<String, String> {
+    run(cluster().control_plane().kubectl().args(args), None)
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+}
