@@ -70,7 +70,9 @@ fn jsonpath(resource: &str, namespace: &str, path: &str) -> String {
 use dps_operator::devenv::OPERATOR_NAMESPACE;
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dps-operator");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
-/// The examples that use the namespaced connection `contoso-dps`.
+/// The examples that use the namespaced connection `contoso-dps` (the cluster-wide one and its
+/// group are applied on their own; only the workload-identity connection is left out: it needs
+/// Azure's workload identity webhook).
 const EXAMPLE_FILES: [&str; 7] = [
     "provisioningservice.yaml",
     "individualenrollment-symmetric-key.yaml",
@@ -308,18 +310,41 @@ fn install_and_apply_examples(emulator: &RunningEmulator) -> String {
     for file in EXAMPLE_FILES {
         kubectl(&["apply", "--server-side", "-n", namespace, "-f", &format!("{EXAMPLES}/{file}")], None);
     }
-    // The emulator's CA, as a user trusts a TLS-inspecting proxy.
+    // The cluster-wide connection admits namespaces by label and reads its references from the
+    // operator's namespace.
+    kubectl(&["label", "namespace", namespace, "iot.contoso.com/dps-access=factory"], None);
+    let ca = emulator.ca_certificate().expect("the emulator serves HTTPS");
     kubectl(
         &[
-            "patch",
-            "provisioningservice",
-            "contoso-dps",
+            "create",
+            "configmap",
+            "corporate-proxy-ca",
+            "-n",
+            operator_namespace,
+            &format!("--from-literal=ca.crt={ca}"),
+        ],
+        None,
+    );
+    kubectl(&["apply", "--server-side", "-f", &format!("{EXAMPLES}/clusterprovisioningservice.yaml")], None);
+    kubectl(
+        &[
+            "apply",
+            "--server-side",
             "-n",
             namespace,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"caBundle":{"configMapRef":{"name":"corporate-proxy-ca","key":"ca.crt"}}}}"#,
+            "-f",
+            &format!("{EXAMPLES}/enrollmentgroup-x509-ca-reference.yaml"),
         ],
+        None,
+    );
+    // The emulator's CA, as a user trusts a TLS-inspecting proxy.
+    let trust = r#"{"spec":{"caBundle":{"configMapRef":{"name":"corporate-proxy-ca","key":"ca.crt"}}}}"#;
+    kubectl(
+        &["patch", "provisioningservice", "contoso-dps", "-n", namespace, "--type=merge", "-p", trust],
+        None,
+    );
+    kubectl(
+        &["patch", "clusterprovisioningservice", "contoso-factory-dps", "--type=merge", "-p", trust],
         None,
     );
     let wait = kubectl_result(&[
@@ -331,11 +356,18 @@ fn install_and_apply_examples(emulator: &RunningEmulator) -> String {
         namespace,
         "provisioningservices,individualenrollments,enrollmentgroups",
     ]);
+    let wait = wait.and_then(|_| {
+        kubectl_result(&[
+            "wait",
+            "--for=condition=Ready",
+            "--all",
+            "--timeout=60s",
+            "clusterprovisioningservices",
+        ])
+    });
     if let Err(error) = wait {
-        let logs =
-            kubectl_result(&["logs", "-n", operator_namespace, "deployment/dps-operator", "--tail=60"]);
-        let resources = kubectl_result(&["get", "dps", "-n", namespace, "-o", "wide"]);
-        panic!("the examples did not become Ready: {error}\n{resources:?}\noperator log:\n{logs:?}");
+        let resources = kubectl_result(&["get", "dps", "-A", "-o", "wide"]);
+        panic!("the examples did not become Ready: {error}\n{resources:?}\n{}", diagnose(operator_namespace));
     }
     namespace.to_owned()
 }
