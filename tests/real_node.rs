@@ -38,17 +38,13 @@ fn cluster() -> &'static Cluster {
     })
 }
 
-#[allow(unsafe_code)]
 fn stop_at_exit() {
     extern "C" fn stop() {
         if let Some(cluster) = CLUSTER.get() {
             cluster.stop();
         }
     }
-    // SAFETY: `stop` is a plain function that stays valid for the life of the process.
-    unsafe {
-        libc::atexit(stop);
-    }
+    support::at_exit(stop);
 }
 
 fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
@@ -121,7 +117,7 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     block(|| helm_upgrade("logging.level=debug"));
     let after = block(|| jsonpath("pods", OPERATOR_NAMESPACE, "{.items[*].metadata.name}"));
     assert_ne!(before, after, "the upgrade rolled the operator Pod");
-    block(|| wait_ready(ns));
+    block(|| wait_enrollments_ready(ns));
     // The new Pod reads DPS to re-confirm the enrollments; it makes no PUT, DELETE or bulk call.
     eventually_async("the new operator Pod re-confirms the enrollments", || {
         let calls = emulator.calls();
@@ -159,7 +155,7 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     });
     let new_leader = block(|| wait_for_holder(lease, Some(&leader)));
     let handed_over = deleted.elapsed();
-    block(|| wait_ready(ns));
+    block(|| wait_enrollments_ready(ns));
     let written = deleted.elapsed();
     assert!(individual_in_dps(&dps, "boiler:0042").await, "the new leader created the enrollment in DPS");
     assert_ne!(new_leader, pod);
@@ -221,19 +217,19 @@ fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-fn wait_ready(namespace: &str) {
-    kubectl(
-        &[
-            "wait",
-            "--for=condition=Ready",
-            "--all",
-            "--timeout=180s",
-            "-n",
-            namespace,
-            "individualenrollments,enrollmentgroups",
-        ],
-        None,
-    );
+/// Waits until every resource of `kinds` (in `namespace`, or cluster-wide) is Ready.
+fn wait_ready(namespace: Option<&str>, kinds: &str) -> Result<String, String> {
+    let mut args = vec!["wait", "--for=condition=Ready", "--all", "--timeout=180s", kinds];
+    if let Some(namespace) = namespace {
+        args.extend(["-n", namespace]);
+    }
+    kubectl_result(&args)
+}
+
+fn wait_enrollments_ready(namespace: &str) {
+    if let Err(error) = wait_ready(Some(namespace), "individualenrollments,enrollmentgroups") {
+        panic!("{error}");
+    }
 }
 
 /// The lease's holder once it is held, and by someone other than `not` when given.
@@ -347,24 +343,8 @@ fn install_and_apply_examples(emulator: &RunningEmulator) -> String {
         &["patch", "clusterprovisioningservice", "contoso-factory-dps", "--type=merge", "-p", trust],
         None,
     );
-    let wait = kubectl_result(&[
-        "wait",
-        "--for=condition=Ready",
-        "--all",
-        "--timeout=180s",
-        "-n",
-        namespace,
-        "provisioningservices,individualenrollments,enrollmentgroups",
-    ]);
-    let wait = wait.and_then(|_| {
-        kubectl_result(&[
-            "wait",
-            "--for=condition=Ready",
-            "--all",
-            "--timeout=60s",
-            "clusterprovisioningservices",
-        ])
-    });
+    let wait = wait_ready(Some(namespace), "provisioningservices,individualenrollments,enrollmentgroups")
+        .and_then(|_| wait_ready(None, "clusterprovisioningservices"));
     if let Err(error) = wait {
         let resources = kubectl_result(&["get", "dps", "-A", "-o", "wide"]);
         panic!("the examples did not become Ready: {error}\n{resources:?}\n{}", diagnose(operator_namespace));

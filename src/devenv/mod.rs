@@ -15,7 +15,7 @@ pub use node::{Cluster, PAUSE_IMAGE};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "{script} failed ({status}); it builds etcd, kube-apiserver, kubectl and helm, see its output above"
+        "{script} failed ({status}); it builds the control plane (and node) binaries, see its output above"
     )]
     ToolsNotInstalled { script: PathBuf, status: String },
 

@@ -37,16 +37,21 @@ pub fn control_plane() -> &'static ControlPlane {
 /// Statics are never dropped, so stop the control plane from an exit handler. (Were the process
 /// killed instead, the kernel stops etcd and kube-apiserver; their directory is removed by the next
 /// control plane that starts.)
-#[allow(unsafe_code)]
 fn stop_at_exit() {
     extern "C" fn stop() {
         if let Some(control_plane) = CONTROL_PLANE.get() {
             control_plane.stop();
         }
     }
-    // SAFETY: `stop` is a plain function that stays valid for the life of the process.
+    at_exit(stop);
+}
+
+/// Runs `handler` when the process exits normally (after the tests, whether they passed or not).
+#[allow(unsafe_code)]
+pub fn at_exit(handler: extern "C" fn()) {
+    // SAFETY: `handler` is a plain function that stays valid for the life of the process.
     unsafe {
-        libc::atexit(stop);
+        libc::atexit(handler);
     }
 }
 
