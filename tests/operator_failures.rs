@@ -6,7 +6,7 @@ mod support;
 use std::{sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-use dps_emulator::{CertificateAuthority, EmulatorConfig, Faults};
+use dps_emulator::{CertificateAuthority, EmulatorConfig, Faults, ServerCertificate};
 use dps_operator::dps::{self, models};
 use serde_json::json;
 use support::operator::{Operator, condition};
@@ -201,7 +201,9 @@ async fn dps_failing_or_gone_is_retried_until_it_is_back() {
     let _ = std::fs::remove_file(&state_file);
     let config = EmulatorConfig {
         state_file: Some(state_file.clone()),
-        certificate_authority: Some(Arc::new(CertificateAuthority::new("restartable DPS").unwrap())),
+        certificate: ServerCertificate::SignedBy(Arc::new(
+            CertificateAuthority::new("restartable DPS").unwrap(),
+        )),
         ..Default::default()
     };
     let mut operator = Operator::start_with("down", config.clone(), |_| {}).await;

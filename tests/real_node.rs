@@ -1,20 +1,26 @@
 //! The operator as users run it: the image built from the repo's Dockerfile, installed with the
 //! chart by `helm install` (image overrides only) into a namespace enforcing Pod Security
 //! `restricted`, on a real single-node cluster (kubelet, containerd, kube-controller-manager,
-//! kube-scheduler, kube-proxy). The operator runs with the chart's ServiceAccount and reaches the
-//! API server through the `kubernetes` Service, and the DPS emulator on the node's bridge address.
+//! kube-scheduler, kube-proxy, CoreDNS). The operator runs with the chart's ServiceAccount and
+//! reaches the API server through the `kubernetes` Service, and the DPS emulator on the node's
+//! bridge address; then also the emulator installed in the cluster with its own chart.
 
 use std::{
-    sync::OnceLock,
+    net::IpAddr,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
 use dps_emulator::{EmulatorConfig, RunningEmulator};
 use dps_operator::{
     devenv::{Cluster, Tools, example_inputs, run},
     dps::{
-        Client,
+        Client, ClientConfig,
+        auth::{Authenticator, ConnectionString},
         models::{EnrollmentGroup, IndividualEnrollment},
+        rate_limit::RateLimiter,
     },
 };
 use support::node::{image_name, images_dir};
@@ -65,6 +71,7 @@ fn jsonpath(resource: &str, namespace: &str, path: &str) -> String {
 /// cluster-wide connection's Secret.
 use dps_operator::devenv::OPERATOR_NAMESPACE;
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dps-operator");
+const EMULATOR_CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dps-emulator");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
 /// The examples that use the namespaced connection `contoso-dps` (the cluster-wide one and its
 /// group are applied on their own; only the workload-identity connection is left out: it needs
@@ -163,6 +170,8 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
         "leader handover: lease taken {handed_over:?} after the leader Pod was deleted; the new enrollment was Ready {written:?} after"
     );
 
+    the_emulator_chart_serves_the_operator_in_the_cluster().await;
+
     // helm uninstall leaves DPS and the CRDs alone.
     emulator.reset_calls();
     block(|| {
@@ -175,6 +184,84 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     assert_eq!(dps_deletes(&emulator), 0, "uninstalling deleted from DPS: {:?}", emulator.calls());
     let resources = block(|| kubectl(&["get", "individualenrollments", "-n", ns, "-o", "name"], None));
     assert!(resources.contains("boiler-0042"), "the resources stay: {resources}");
+}
+
+/// The emulator installed with its chart as a user would (image overrides and the namespace for
+/// its connection), under Pod Security `restricted`: the operator Pod reaches it by its Service's
+/// DNS name (cluster DNS, the Service, then its Pod), trusting the CA from the connection Secret.
+async fn the_emulator_chart_serves_the_operator_in_the_cluster() {
+    let (namespace, lab) = ("dps-emulator", "lab");
+    let image = image_name("EMULATOR_IMAGE");
+    let (repository, tag) = image.rsplit_once(':').expect("the image has a tag");
+    let started = Instant::now();
+    block(|| {
+        kubectl(&["create", "namespace", namespace], None);
+        kubectl(&["label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"], None);
+        kubectl(&["create", "namespace", lab], None);
+        let installed = run(
+            cluster().control_plane().helm().args([
+                "install",
+                "dps-emulator",
+                EMULATOR_CHART,
+                "--namespace",
+                namespace,
+                "--set",
+                &format!("image.repository={repository}"),
+                "--set",
+                &format!("image.tag={tag}"),
+                "--set",
+                &format!("connection.namespaces={{{lab}}}"),
+                "--wait",
+                "--timeout=3m",
+            ]),
+            None,
+        );
+        if let Err(error) = installed {
+            let pods = kubectl_result(&["describe", "pods", "-n", namespace]);
+            panic!("helm install of the emulator failed: {:#}\n{pods:?}", anyhow::Error::from(error));
+        }
+    });
+    eprintln!("helm install --wait of the emulator took {:?}", started.elapsed());
+    let device = r#"
+apiVersion: dps.iot.dev/v1alpha1
+kind: IndividualEnrollment
+metadata: {name: lab-device-01}
+spec:
+  serviceRef: {name: dps-emulator}
+  registrationId: lab-device-01
+  attestation:
+    symmetricKey:
+      secretRef: {name: lab-device-01-keys}
+"#;
+    block(|| kubectl(&["apply", "--server-side", "-n", lab, "-f", "-"], Some(device)));
+    if let Err(error) = block(|| wait_ready(Some(lab), "provisioningservices,individualenrollments")) {
+        let resources = kubectl_result(&["get", "dps", "-n", lab, "-o", "yaml"]);
+        panic!("the enrollment on the in-cluster emulator is not Ready: {error}\n{resources:?}");
+    }
+
+    // It is in that emulator: read with the connection Secret, at the emulator Pod's address.
+    let secret = |key: &str| {
+        let path = format!("{{.data.{}}}", key.replace('.', "\\."));
+        let data = block(|| jsonpath("secret/dps-emulator-connection", lab, &path));
+        String::from_utf8(BASE64.decode(data).expect("base64")).expect("text")
+    };
+    let connection: ConnectionString = secret("connectionString").parse().expect("a connection string");
+    assert_eq!(connection.host_name, "dps-emulator.dps-emulator.svc");
+    let pod_ip = block(|| jsonpath("pods", namespace, "{.items[0].status.podIP}"));
+    let client = Client::new(ClientConfig {
+        host: connection.host_name.clone(),
+        resolve: vec![(connection.host_name.clone(), (pod_ip.parse::<IpAddr>().unwrap(), 8443).into())],
+        authenticator: Arc::new(Authenticator::shared_access(connection)),
+        rate_limiter: Arc::new(RateLimiter::new(1000)),
+        extra_root_certificates: Some(secret("ca.crt")),
+        timeout: Duration::from_secs(10),
+        observer: None,
+    })
+    .unwrap();
+    assert!(
+        individual_in_dps(&client, "lab-device-01").await,
+        "the enrollment is in the in-cluster emulator"
+    );
 }
 
 async fn individual_in_dps(dps: &Client, id: &str) -> bool {

@@ -21,7 +21,7 @@ pub use auth::AccessPolicy;
 pub use error::ApiError;
 pub use server::{EmulatorConfig, Faults, RunningEmulator, SERVICE_API_VERSIONS, StartError, service};
 pub use store::{Quotas, Registration, Store};
-pub use tls::CertificateAuthority;
+pub use tls::{CertificateAuthority, GivenCertificate, ServerCertificate};
 
 /// A random 32-byte key for a shared access policy.
 pub fn random_key() -> [u8; 32] {

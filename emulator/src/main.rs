@@ -6,7 +6,9 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context;
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use clap::Parser;
-use dps_emulator::{AccessPolicy, EmulatorConfig, Faults, Quotas, RunningEmulator};
+use dps_emulator::{
+    AccessPolicy, EmulatorConfig, Faults, GivenCertificate, Quotas, RunningEmulator, ServerCertificate,
+};
 
 /// A local stand-in for the Azure IoT Hub Device Provisioning Service service API.
 #[derive(Parser)]
@@ -25,6 +27,13 @@ struct Args {
     /// Where to write the PEM certificate of the CA that signs the HTTPS certificate.
     #[arg(long, default_value = "dps-emulator-ca.pem")]
     ca_out: PathBuf,
+    /// Serve this certificate chain (PEM, leaf first) instead of one from a generated CA, e.g.
+    /// one Helm or cert-manager issued; clients trust its CA.
+    #[arg(long, requires = "tls_key_file", conflicts_with = "http")]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
     /// Name of the shared access policy.
     #[arg(long, default_value = "provisioningserviceowner")]
     policy_name: String,
@@ -91,6 +100,9 @@ fn key(given: Option<String>, name: &str) -> anyhow::Result<Vec<u8>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // A key the emulator made is printed for the user; one it was given is not (in a Pod, this
+    // output is its log).
+    let primary_key_given = args.primary_key.is_some();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let config = EmulatorConfig {
         listen: args.listen,
@@ -116,7 +128,17 @@ async fn main() -> anyhow::Result<()> {
         },
         state_file: args.state_file,
         entra_client_ids: (!args.entra_client_ids.is_empty()).then_some(args.entra_client_ids),
-        certificate_authority: None,
+        certificate: match (&args.tls_cert_file, &args.tls_key_file) {
+            (Some(chain), Some(key)) => {
+                let read = |path: &PathBuf| {
+                    std::fs::read(path).with_context(|| format!("could not read {}", path.display()))
+                };
+                let given = GivenCertificate::from_pem(&read(chain)?, &read(key)?)
+                    .with_context(|| format!("serving {} with the key {}", chain.display(), key.display()))?;
+                ServerCertificate::Given(std::sync::Arc::new(given))
+            }
+            _ => ServerCertificate::Generated,
+        },
     };
     let emulator = RunningEmulator::start(config).await.context("the emulator could not start")?;
     if let Some(ca) = emulator.ca_certificate() {
@@ -124,7 +146,13 @@ async fn main() -> anyhow::Result<()> {
             .with_context(|| format!("could not write {}", args.ca_out.display()))?;
     }
     println!("DPS emulator listening on {}", emulator.url());
-    println!("Connection string: {}", emulator.connection_string());
+    if primary_key_given {
+        let policy = emulator.connection_string();
+        let policy = policy.split(";SharedAccessKey=").next().unwrap_or_default();
+        println!("Connection string: {policy};SharedAccessKey=<the primary key given>");
+    } else {
+        println!("Connection string: {}", emulator.connection_string());
+    }
     if emulator.ca_certificate().is_some() {
         println!("CA certificate:    {}", args.ca_out.display());
     }

@@ -28,7 +28,7 @@ use super::{
     store::{self, BulkMode, Quotas, Registration, Store},
     swagger,
     throttle::Quota,
-    tls::CertificateAuthority,
+    tls::{CertificateAuthority, ServerCertificate},
     validation::Kind,
 };
 use crate::{dps_time, random_bytes};
@@ -96,9 +96,8 @@ pub struct EmulatorConfig {
     pub state_file: Option<PathBuf>,
     /// Entra ID application ids that may get tokens; any when not set.
     pub entra_client_ids: Option<Vec<String>>,
-    /// The CA that signs the HTTPS certificate; generated when not set. Pass the same one to
-    /// restart an emulator that clients already trust.
-    pub certificate_authority: Option<Arc<CertificateAuthority>>,
+    /// Where the HTTPS certificate comes from (with `tls`).
+    pub certificate: ServerCertificate,
 }
 
 impl Default for EmulatorConfig {
@@ -118,7 +117,7 @@ impl Default for EmulatorConfig {
             faults: Faults::default(),
             state_file: None,
             entra_client_ids: None,
-            certificate_authority: None,
+            certificate: ServerCertificate::Generated,
         }
     }
 }
@@ -142,6 +141,8 @@ pub enum StartError {
     Certificate(#[from] rcgen::Error),
     #[error("could not set up TLS")]
     Tls(#[from] rustls::Error),
+    #[error("could not serve the given certificate: {0}")]
+    GivenCertificate(String),
 }
 
 /// What the handlers share.
@@ -213,6 +214,7 @@ pub fn service(config: EmulatorConfig, host_name: &str) -> Router {
 pub struct RunningEmulator {
     address: SocketAddr,
     host_name: String,
+    tls: bool,
     ca_certificate: Option<String>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
@@ -245,26 +247,36 @@ impl RunningEmulator {
             }
             _ => Store::default(),
         };
-        let (tls_wanted, certificate_authority) = (config.tls, config.certificate_authority.clone());
+        let (tls_wanted, certificate) = (config.tls, config.certificate.clone());
         let shared = Arc::new(Shared::new(config, host_name.clone(), store));
 
-        let (tls, ca_certificate) = if tls_wanted {
-            let ca = match certificate_authority {
-                Some(ca) => ca,
-                None => Arc::new(CertificateAuthority::new("dps-emulator CA")?),
-            };
-            let server_name = host_name.rsplit_once(':').map_or(host_name.as_str(), |(name, _)| name);
-            let mut names = vec![server_name];
-            names.extend(["localhost", "127.0.0.1"].into_iter().filter(|name| *name != server_name));
-            (Some(ca.acceptor(&names)?), Some(ca.certificate_pem.clone()))
-        } else {
-            (None, None)
+        let server_name = host_name.rsplit_once(':').map_or(host_name.as_str(), |(name, _)| name);
+        let mut names = vec![server_name];
+        names.extend(["localhost", "127.0.0.1"].into_iter().filter(|name| *name != server_name));
+        let signed_by = |ca: Arc<CertificateAuthority>| -> Result<_, StartError> {
+            Ok((Some(ca.acceptor(&names)?), Some(ca.certificate_pem.clone())))
+        };
+        let (tls, ca_certificate) = match certificate {
+            _ if !tls_wanted => (None, None),
+            ServerCertificate::Generated => {
+                signed_by(Arc::new(CertificateAuthority::new("dps-emulator CA")?))?
+            }
+            ServerCertificate::SignedBy(ca) => signed_by(ca)?,
+            ServerCertificate::Given(given) => (Some(given.acceptor()?), None),
         };
 
         let (shutdown, stopped) = watch::channel(false);
         let app = router(shared.clone());
         let server = tokio::spawn(serve(listener, tls, app, shared.clone(), stopped));
-        Ok(Self { address, host_name, ca_certificate, shared, shutdown, server: Some(server) })
+        Ok(Self {
+            address,
+            host_name,
+            tls: tls_wanted,
+            ca_certificate,
+            shared,
+            shutdown,
+            server: Some(server),
+        })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -278,11 +290,12 @@ impl RunningEmulator {
 
     /// `https://host:port` (or `http://` without TLS).
     pub fn url(&self) -> String {
-        let scheme = if self.ca_certificate.is_some() { "https" } else { "http" };
+        let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.host_name)
     }
 
-    /// The PEM certificate of the CA that signed the emulator's serving certificate.
+    /// The PEM certificate of the CA that signed the emulator's serving certificate, unless the
+    /// certificate was given.
     pub fn ca_certificate(&self) -> Option<&str> {
         self.ca_certificate.as_deref()
     }
@@ -434,6 +447,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/throttling", get(admin_throttling).put(admin_set_throttling))
         .route("/admin/registrations", post(admin_add_registration))
         .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+        // Not DPS's: for liveness and readiness probes.
+        .route("/healthz", get(|| async { "ok" }))
         .fallback(service_api)
         .with_state(shared)
 }

@@ -1,7 +1,8 @@
 //! A real single-node cluster on this machine: the control plane (with kube-controller-manager)
-//! plus kube-scheduler, kube-proxy, containerd with runc, and a kubelet, its Pods on a bridge this
-//! cluster makes. Pods reach the API server through the `kubernetes` Service and have no route
-//! beyond the bridge (no masquerading); their DNS points at their own loopback.
+//! plus kube-scheduler, kube-proxy, CoreDNS, containerd with runc, and a kubelet, its Pods on a
+//! bridge this cluster makes. Pods reach the API server through the `kubernetes` Service, resolve
+//! Service names (`NAME.NAMESPACE.svc`) through CoreDNS on the node's address and nothing else,
+//! and have no route beyond the bridge.
 //!
 //! Needs root and `scripts/install-test-tools --node`. Stopping removes what it added: Pods and
 //! their network namespaces, processes (containerd's shims included), mounts, iptables chains,
@@ -27,6 +28,7 @@ const BRIDGE: &str = "dpsnode0";
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 1);
 const POD_SUBNET: &str = "10.89.0.0/24";
 const NODE_NAME: &str = "dps-node";
+const CLUSTER_DOMAIN: &str = "cluster.local";
 /// containerd's sandbox image; `scripts/build-images` packs the pause binary under this name.
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -50,7 +52,7 @@ impl Cluster {
     /// Starts the control plane on the bridge's address, kube-controller-manager, kube-scheduler,
     /// kube-proxy, containerd and the kubelet, and waits until the node is Ready.
     pub fn start(tools: Tools) -> Result<Self, Error> {
-        for name in ["kubelet", "kube-scheduler", "kube-proxy"] {
+        for name in ["kubelet", "kube-scheduler", "kube-proxy", "coredns"] {
             if !tools.binary(name).is_file() {
                 return Err(Error::ToolMissing { name, dir: tools.dir().to_owned() });
             }
@@ -185,7 +187,7 @@ state = "{dir}/containerd/state"
                 ),
             ),
         )?;
-        // Pods resolve names only on their own loopback: nothing leaves the bridge.
+        // Pods with `dnsPolicy: Default` resolve names only on their own loopback.
         let resolv_conf = write("resolv.conf", "nameserver 127.0.0.1\n".to_owned())?;
         let kubelet_config = write(
             "kubelet.yaml",
@@ -210,7 +212,8 @@ authorization: {{mode: Webhook}}
 failSwapOn: false
 resolvConf: {resolv}
 podLogsDir: {logs}
-clusterDomain: cluster.local
+clusterDomain: {CLUSTER_DOMAIN}
+clusterDNS: [{GATEWAY}]
 evictionHard: {{memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}}
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -256,7 +259,9 @@ clusterCIDR: {POD_SUBNET}
 bindAddress: 127.0.0.1
 healthzBindAddress: 127.0.0.1:{healthz}
 metricsBindAddress: 127.0.0.1:{metrics}
-iptables: {{localhostNodePorts: false}}
+# Service traffic from a Pod to a Pod on the same bridge comes back through the node even
+# where bridged traffic skips iptables (no br_netfilter).
+iptables: {{localhostNodePorts: false, masqueradeAll: true}}
 conntrack: {{maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}}
 "#,
                 admin = admin.display(),
@@ -267,18 +272,40 @@ conntrack: {{maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}}
         let mut proxy = Command::new(tools.binary("kube-proxy"));
         proxy.arg(format!("--config={}", proxy_config.display()));
 
-        let logs = ["containerd", "kube-scheduler", "kube-proxy", "kubelet"]
+        // Cluster DNS on the node's address: Service names only, no forwarding anywhere.
+        let dns_ready_port = free_port()?;
+        let corefile = write(
+            "Corefile",
+            format!(
+                r#"{CLUSTER_DOMAIN}:53 in-addr.arpa:53 {{
+    bind {GATEWAY}
+    errors
+    ready 127.0.0.1:{dns_ready_port}
+    kubernetes {CLUSTER_DOMAIN} in-addr.arpa {{
+        kubeconfig {admin}
+    }}
+}}
+"#,
+                admin = admin.display(),
+            ),
+        )?;
+        let mut coredns = Command::new(tools.binary("coredns"));
+        coredns.arg("-conf").arg(&corefile);
+
+        let logs = ["containerd", "kube-scheduler", "kube-proxy", "kubelet", "coredns"]
             .map(|name| dir.join(format!("{name}.log")));
         let mut started = spawn_tied_to_process(vec![
             (scheduler, logs[1].clone()),
             (containerd, logs[0].clone()),
             (proxy, logs[2].clone()),
+            (coredns, logs[4].clone()),
         ])?;
         *self.scheduler.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.remove(0));
         self.processes.lock().unwrap_or_else(|e| e.into_inner()).extend(started);
         self.wait_for(&logs[0], "containerd", || {
             socket.exists() && run(self.ctr().arg("version"), None).is_ok()
         })?;
+        self.wait_for(&logs[4], "CoreDNS", || http_ok(dns_ready_port, "/ready"))?;
         let started = spawn_tied_to_process(vec![(kubelet, logs[3].clone())])?;
         self.processes.lock().unwrap_or_else(|e| e.into_inner()).extend(started);
         self.wait_for(&logs[3], "the node", || {
@@ -390,6 +417,22 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Whether `GET path` on a loopback port answers 200.
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut answer = String::new();
+    if stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).is_err()
+        || stream.read_to_string(&mut answer).is_err()
+    {
+        return false;
+    }
+    answer.split_whitespace().nth(1) == Some("200")
 }
 
 fn create_bridge() -> Result<(), Error> {
