@@ -359,7 +359,7 @@ async fn sync<K: EnrollmentKind>(
         snapshot
             .records
             .get(&id.to_lowercase())
-            .and_then(|value| serde_json::from_value::<K::Record>(value.clone()).ok())
+            .and_then(|json| serde_json::from_str::<K::Record>(json).ok())
             .filter(|record| match old.etag.as_deref() {
                 Some(etag) => record.etag() == Some(etag),
                 None => drift(&desired, &record.comparable()).is_empty(),
