@@ -5,25 +5,19 @@
 
 mod support;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use dps_emulator::{AccessPolicy, EmulatorConfig, GivenCertificate, RunningEmulator, ServerCertificate};
-use dps_operator::dps::{
-    Client, ClientConfig,
-    auth::{Authenticator, ConnectionString},
-    models::IndividualEnrollment,
-    rate_limit::RateLimiter,
-};
+use dps_operator::dps::{auth::ConnectionString, models::IndividualEnrollment};
 use serde_json::Value;
-use support::{control_plane, kubectl_ok};
+use support::{
+    helm::{documents, find, helm},
+    kubectl_ok,
+};
 
 fn chart() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/dps-emulator").display().to_string()
-}
-
-fn helm(args: &[&str]) -> support::Output {
-    support::run(control_plane().helm().args(args), None)
+    support::helm::chart("dps-emulator")
 }
 
 /// `helm template` of the chart as release `dps-emulator` in `dps-lab` with `args` added.
@@ -34,21 +28,10 @@ fn template(args: &[&str]) -> support::Output {
     helm(&all)
 }
 
-fn documents(yaml: &str) -> Vec<Value> {
-    serde_yaml_ng::Deserializer::from_str(yaml)
-        .filter_map(|document| serde::Deserialize::deserialize(document).ok())
-        .filter(|document: &Value| !document.is_null())
-        .collect()
-}
-
 fn render(args: &[&str]) -> Vec<Value> {
     let output = template(args);
     assert!(output.success, "helm template {args:?} failed: {}", output.stderr);
     documents(&output.stdout)
-}
-
-fn find<'a>(documents: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    documents.iter().filter(|d| d["kind"] == kind).collect()
 }
 
 fn decoded(secret: &Value, key: &str) -> String {
@@ -258,19 +241,11 @@ async fn connects(secret: &Value, connection: &Value) {
     })
     .await
     .expect("the emulator starts with the chart's certificate");
-    let connection_string: ConnectionString =
-        decoded(connection, "connectionString").parse().expect("a valid connection string");
-    assert_eq!(connection_string.host_name, host);
-    let client = Client::new(ClientConfig {
-        host: host.clone(),
-        authenticator: Arc::new(Authenticator::shared_access(connection_string)),
-        rate_limiter: Arc::new(RateLimiter::new(1000)),
-        extra_root_certificates: Some(decoded(connection, "ca.crt")),
-        timeout: Duration::from_secs(10),
-        resolve: vec![(host.clone(), emulator.address())],
-        observer: None,
-    })
-    .unwrap();
+    let connection_string = decoded(connection, "connectionString");
+    let parsed: ConnectionString = connection_string.parse().expect("a valid connection string");
+    assert_eq!(parsed.host_name, host);
+    let client =
+        support::dps::client_at(&connection_string, decoded(connection, "ca.crt"), emulator.address());
     // Trusted through the CA the connection Secret holds, signed with the policy's key: DPS's
     // answer for an enrollment that does not exist.
     match client.get::<IndividualEnrollment>("nobody").await {

@@ -10,14 +10,15 @@ use std::{
 };
 
 use serde_json::Value;
-use support::{control_plane, kubectl, kubectl_ok, operator::Operator};
+use support::{
+    control_plane,
+    helm::{documents, find, helm},
+    kubectl, kubectl_ok,
+    operator::Operator,
+};
 
 fn chart() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/dps-operator").display().to_string()
-}
-
-fn helm(args: &[&str]) -> support::Output {
-    support::run(control_plane().helm().args(args), None)
+    support::helm::chart("dps-operator")
 }
 
 /// The chart rendered with `sets` (`--flag=value` ones passed as they are), as JSON documents.
@@ -33,14 +34,7 @@ fn render(sets: &[&str]) -> Vec<Value> {
     }
     let output = helm(&args);
     assert!(output.success, "helm template {sets:?} failed: {}", output.stderr);
-    serde_yaml_ng::Deserializer::from_str(&output.stdout)
-        .filter_map(|document| serde::Deserialize::deserialize(document).ok())
-        .filter(|document: &Value| !document.is_null())
-        .collect()
-}
-
-fn find<'a>(documents: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    documents.iter().filter(|d| d["kind"] == kind).collect()
+    documents(&output.stdout)
 }
 
 fn rules_granting<'a>(role: &'a Value, resource: &str) -> Vec<&'a Value> {

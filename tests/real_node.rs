@@ -7,7 +7,7 @@
 
 use std::{
     net::IpAddr,
-    sync::{Arc, OnceLock},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -17,10 +17,9 @@ use dps_emulator::{EmulatorConfig, RunningEmulator};
 use dps_operator::{
     devenv::{Cluster, Tools, example_inputs, run},
     dps::{
-        Client, ClientConfig,
-        auth::{Authenticator, ConnectionString},
+        Client,
+        auth::ConnectionString,
         models::{EnrollmentGroup, IndividualEnrollment},
-        rate_limit::RateLimiter,
     },
 };
 use support::node::{image_name, images_dir};
@@ -245,19 +244,11 @@ spec:
         let data = block(|| jsonpath("secret/dps-emulator-connection", lab, &path));
         String::from_utf8(BASE64.decode(data).expect("base64")).expect("text")
     };
-    let connection: ConnectionString = secret("connectionString").parse().expect("a connection string");
+    let connection_string = secret("connectionString");
+    let connection: ConnectionString = connection_string.parse().expect("a connection string");
     assert_eq!(connection.host_name, "dps-emulator.dps-emulator.svc");
-    let pod_ip = block(|| jsonpath("pods", namespace, "{.items[0].status.podIP}"));
-    let client = Client::new(ClientConfig {
-        host: connection.host_name.clone(),
-        resolve: vec![(connection.host_name.clone(), (pod_ip.parse::<IpAddr>().unwrap(), 8443).into())],
-        authenticator: Arc::new(Authenticator::shared_access(connection)),
-        rate_limiter: Arc::new(RateLimiter::new(1000)),
-        extra_root_certificates: Some(secret("ca.crt")),
-        timeout: Duration::from_secs(10),
-        observer: None,
-    })
-    .unwrap();
+    let pod_ip: IpAddr = block(|| jsonpath("pods", namespace, "{.items[0].status.podIP}")).parse().unwrap();
+    let client = support::dps::client_at(&connection_string, secret("ca.crt"), (pod_ip, 8443).into());
     assert!(
         individual_in_dps(&client, "lab-device-01").await,
         "the enrollment is in the in-cluster emulator"

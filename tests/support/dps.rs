@@ -1,6 +1,6 @@
 //! Helpers for tests against the DPS emulator.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use dps_emulator::{EmulatorConfig, RunningEmulator};
 use dps_operator::dps::{
@@ -25,14 +25,31 @@ pub fn client_with(
     per_minute: u32,
     timeout: Duration,
 ) -> Client {
+    build(connection_string, emulator.ca_certificate().map(str::to_owned), None, per_minute, timeout)
+}
+
+/// A client of the DPS `connection_string` names, trusting `ca` and reaching its host at
+/// `address` (an emulator whose host name this machine cannot resolve).
+pub fn client_at(connection_string: &str, ca: String, address: SocketAddr) -> Client {
+    build(connection_string, Some(ca), Some(address), 1000, Duration::from_secs(10))
+}
+
+fn build(
+    connection_string: &str,
+    ca: Option<String>,
+    address: Option<SocketAddr>,
+    per_minute: u32,
+    timeout: Duration,
+) -> Client {
     let connection: ConnectionString = connection_string.parse().expect("a valid connection string");
+    let host = connection.host_name.clone();
     Client::new(ClientConfig {
-        host: connection.host_name.clone(),
+        resolve: address.map(|address| (host.clone(), address)).into_iter().collect(),
+        host,
         authenticator: Arc::new(Authenticator::shared_access(connection)),
         rate_limiter: Arc::new(RateLimiter::new(per_minute)),
-        extra_root_certificates: emulator.ca_certificate().map(str::to_owned),
+        extra_root_certificates: ca,
         timeout,
-        resolve: Vec::new(),
         observer: None,
     })
     .expect("a client")

@@ -12,6 +12,7 @@ use std::{
 };
 
 pub mod dps;
+pub mod helm;
 pub mod node;
 pub mod operator;
 
