@@ -587,7 +587,10 @@ async fn a_restarted_operator_converges_without_duplicate_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reconcile_handed_a_copy_from_before_its_own_write_reads_the_latest() {
-    use dps_operator::{api::IndividualEnrollment, controller::enrollment::reconcile};
+    use dps_operator::{
+        api::{CLAIM_ANNOTATION, IndividualEnrollment},
+        controller::enrollment::reconcile,
+    };
     use std::sync::Arc;
 
     let mut operator = Operator::start("stale").await;
@@ -602,15 +605,15 @@ async fn a_reconcile_handed_a_copy_from_before_its_own_write_reads_the_latest() 
              spec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: boiler-keys}\n",
         )
         .await;
-    // The first pass adds the finalizer, the second creates the enrollment and records it.
-    reconcile(Arc::new(api.get("boiler").await.unwrap()), ctx.clone()).await.unwrap();
+    // One pass: the finalizer and the claim in one write, the create, the status.
     let before_create = Arc::new(api.get("boiler").await.unwrap());
     reconcile(before_create.clone(), ctx.clone()).await.unwrap();
     assert_eq!(operator.emulator.writes("IndividualEnrollment"), 1);
 
-    // A watch cache can still hand out the copy from before that write; it shows no claim. Acting
-    // on it would call the new enrollment someone else's. The reconcile reads the latest instead.
-    assert!(before_create.status.is_none());
+    // A watch cache can still hand out the copy from before those writes; it shows no claim.
+    // Acting on it would call the new enrollment someone else's. The reconcile reads the latest.
+    let claim = before_create.metadata.annotations.as_ref().and_then(|a| a.get(CLAIM_ANNOTATION));
+    assert!(before_create.status.is_none() && claim.is_none());
     reconcile(before_create, ctx.clone()).await.expect("the latest copy is in sync");
     let resource = operator.get("individualenrollment/boiler").await;
     assert!(is_ready(&resource), "{resource}");
@@ -835,6 +838,39 @@ async fn deletions_are_gathered_into_bulk_calls() {
     for i in 0..12 {
         operator.wait(&format!("individualenrollment/sensor-{i}"), "condition=Ready").await;
     }
+    let create_calls = operator.emulator.calls().get("IndividualEnrollment_RunBulkOperation").copied();
+
+    // Each create is announced once: one alone in its call on its resource, those sharing a
+    // call together on the connection.
+    let deadline = tokio::time::Instant::now() + support::operator::PATIENCE;
+    let (alone, together) = loop {
+        let listed = operator.kubectl(&["get", "events.events.k8s.io", "-o", "json"], None).await;
+        let events: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+        let created = events["items"].as_array().unwrap().iter().filter(|e| e["reason"] == "Created");
+        let (mut alone, mut together) = (Vec::new(), Vec::new());
+        for event in created {
+            let regarding = event["regarding"]["name"].as_str().unwrap().to_owned();
+            match event["regarding"]["kind"].as_str() {
+                Some("IndividualEnrollment") => alone.push(regarding),
+                Some("ProvisioningService") => {
+                    let note = event["note"].as_str().unwrap();
+                    let ids = note.split_once(": ").unwrap().1.trim_end_matches('.');
+                    together.extend(ids.split(", ").map(str::to_owned));
+                }
+                other => panic!("a Created event about {other:?}: {event}"),
+            }
+        }
+        if alone.len() + together.len() >= 12 || tokio::time::Instant::now() > deadline {
+            break (alone, together);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut announced: Vec<String> = alone.iter().chain(&together).cloned().collect();
+    announced.sort();
+    let mut expected: Vec<String> = (0..12).map(|i| format!("sensor-{i}")).collect();
+    expected.sort();
+    assert_eq!(announced, expected, "alone: {alone:?}, together: {together:?}");
+    assert_eq!(together.is_empty(), create_calls == Some(12), "{create_calls:?} calls; {together:?}");
     operator.dps.delete::<models::IndividualEnrollment>("sensor-0", IfMatch::None).await.unwrap();
     operator.emulator.reset_calls();
 

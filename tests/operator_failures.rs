@@ -237,7 +237,8 @@ async fn throttling_is_waited_out() {
         |config| config.drift_check_interval = Duration::from_secs(120),
     )
     .await;
-    for i in 0..6 {
+    // Twelve take two bulk calls: with the connection's probe and the query, more than DPS's burst.
+    for i in 0..12 {
         operator
             .apply(
                 &BOILER
@@ -246,12 +247,12 @@ async fn throttling_is_waited_out() {
             )
             .await;
     }
-    for i in 0..6 {
+    for i in 0..12 {
         operator.wait(&format!("individualenrollment/boiler-{i}"), "condition=Ready").await;
     }
     // Throttled attempts are retried; each enrollment is still written exactly once.
     operator.emulator.set_operations_per_minute(None);
-    for i in 0..6 {
+    for i in 0..12 {
         let enrollment: models::IndividualEnrollment =
             operator.dps.get(&format!("boiler-{i}")).await.unwrap();
         assert_eq!(

@@ -247,6 +247,71 @@ async fn one_resource_owns_an_enrollment_and_the_other_never_touches_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_killed_between_its_create_and_the_status_still_knows_the_enrollment_for_its_own() {
+    // The operator waits as long as DPS holds the create's answer: it is stopped while DPS has
+    // carried the create out and nothing but the claim annotation says so.
+    let mut operator = Operator::start_with("killed", EmulatorConfig::default(), |config| {
+        config.dps_timeout = Duration::from_secs(600);
+    })
+    .await;
+    let other = operator.add_namespace().await;
+    operator.emulator.set_faults(Faults {
+        answer_delay_ms: 600_000,
+        operations: ["IndividualEnrollment_RunBulkOperation".to_owned()].into(),
+        ..Default::default()
+    });
+    operator.apply(&enrollment("boiler", "")).await;
+    let created = operator
+        .eventually_dps("DPS holds the create", async |dps| {
+            dps.get::<models::IndividualEnrollment>("boiler").await.ok()
+        })
+        .await;
+    operator.stop();
+    let resource = operator.get("individualenrollment/boiler").await;
+    let uid = resource["metadata"]["uid"].as_str().unwrap();
+    let claim = resource["metadata"]["annotations"]["dps.iot.dev/claim"].as_str().unwrap_or_default();
+    assert!(claim.starts_with(&format!("{uid}@")), "{resource}");
+    assert!(
+        resource["status"]["claimed"].is_null() && resource["status"]["createPending"].is_null(),
+        "{resource}"
+    );
+    assert_eq!(resource["metadata"]["finalizers"], json!(["dps.iot.dev/cleanup"]), "written with the claim");
+
+    // A contender on the same id, there before the restart: the register rebuilt at start holds
+    // the claim only the annotation records.
+    let contender = kubectl_in(
+        &other,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&enrollment("boiler", "  adoption: Adopt\n")),
+    )
+    .await;
+    assert!(contender.success, "{}", contender.stderr);
+    operator.emulator.set_faults(Faults::default());
+    operator.emulator.reset_calls();
+    operator.restart();
+    operator.wait("individualenrollment/boiler", "condition=Ready").await;
+    let resource = operator.get("individualenrollment/boiler").await;
+    assert_eq!(resource["status"]["claimed"], json!(true), "{resource}");
+    let in_other =
+        |r: &Value| condition(r, "Ready").is_some_and(|(s, reason, _)| s == "False" && reason == "Conflict");
+    eventually_in(&other, "individualenrollment/boiler", in_other).await;
+    assert_eq!(operator.emulator.writes("IndividualEnrollment"), 0, "{:?}", operator.emulator.calls());
+    let held = operator.dps.get::<models::IndividualEnrollment>("boiler").await.unwrap();
+    assert_eq!(held.etag, created.etag, "not written again");
+    let keys = secret_keys(&operator, "boiler-keys", None).await.unwrap();
+    let in_dps = operator.dps.attestation_mechanism::<models::IndividualEnrollment>("boiler").await.unwrap();
+    assert_eq!(keys_of(&in_dps), keys);
+
+    // Owned: deleting the resource deletes the enrollment.
+    assert!(operator.kubectl(&["delete", "individualenrollment/boiler"], None).await.success);
+    operator
+        .eventually_dps("the deletion removed it", async |dps| {
+            dps.get::<models::IndividualEnrollment>("boiler").await.is_err().then_some(())
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn contenders_created_at_once_under_failing_creates_end_with_one_owner_each() {
     let mut operator = Operator::start("contest").await;
     let other = operator.add_namespace().await;

@@ -65,6 +65,9 @@ struct Args {
     /// Delay every call by this many milliseconds.
     #[arg(long, default_value_t = 0)]
     fault_latency_ms: u64,
+    /// Carry out every call, then hold its answer this many milliseconds.
+    #[arg(long, default_value_t = 0)]
+    fault_answer_delay_ms: u64,
     /// Close this fraction of connections without an answer.
     #[arg(long, default_value_t = 0.0)]
     fault_drop_rate: f64,
@@ -122,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
         faults: Faults {
             error_rates: args.fault_errors.into_iter().collect(),
             latency_ms: args.fault_latency_ms,
+            answer_delay_ms: args.fault_answer_delay_ms,
             drop_rate: args.fault_drop_rate,
             lost_answer_rate: args.fault_lost_answer_rate,
             operations: args.fault_operations.into_iter().collect(),

@@ -56,6 +56,10 @@ pub struct Faults {
     /// Delay added to every call.
     #[serde(default)]
     pub latency_ms: u64,
+    /// Delay after a call was carried out, before its answer: a slow answer to a write that has
+    /// already happened.
+    #[serde(default)]
+    pub answer_delay_ms: u64,
     /// Fraction of calls whose connection is closed without an answer.
     #[serde(default)]
     pub drop_rate: f64,
@@ -419,6 +423,9 @@ async fn serve(
                         let answer = tower::ServiceExt::oneshot(app, request)
                             .await
                             .unwrap_or_else(|never| match never {});
+                        if faults.answer_delay_ms > 0 {
+                            tokio::time::sleep(Duration::from_millis(faults.answer_delay_ms)).await;
+                        }
                         if chance(faults.lost_answer_rate) {
                             return Err(DropConnection);
                         }

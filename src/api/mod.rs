@@ -27,6 +27,11 @@ pub const GROUP: &str = "dps.iot.dev";
 /// Annotation that stops all writes to DPS for one object while it is `"true"`.
 pub const PAUSED_ANNOTATION: &str = "dps.iot.dev/paused";
 
+/// Annotation the operator writes (with its finalizer) just before it creates or adopts an
+/// enrollment: `<resource uid>@<DPS host>`. It lets a restarted operator recognise a create it
+/// sent but never saw answered. Set by the operator only.
+pub const CLAIM_ANNOTATION: &str = "dps.iot.dev/claim";
+
 /// The CustomResourceDefinitions of all four kinds, in a stable order. Use these rather than
 /// `Kind::crd()`: they are what `crds/` and the Helm chart hold.
 pub fn crds() -> Vec<CustomResourceDefinition> {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use super::{Error, secrets::Reader};
@@ -34,6 +34,8 @@ pub const DEFAULT_OPERATIONS_PER_MINUTE: u32 = 200;
 pub struct Connection {
     /// How messages name it, e.g. `ProvisioningService iot/contoso-dps`.
     pub name: String,
+    /// The connection's object, for events about it.
+    pub reference: ObjectReference,
     pub host: String,
     pub client: Arc<dps::Client>,
     /// New and deleted enrollments on this connection, gathered into bulk calls.
@@ -147,7 +149,9 @@ impl Connections {
     ) -> Result<Connection, Error> {
         let namespace = service.namespace().unwrap_or_default();
         let name = format!("ProvisioningService {namespace}/{}", service.name_any());
-        self.resolve(client, name, &service.spec.connection, &namespace, fingerprint(service)).await
+        let reference = service.object_ref(&());
+        self.resolve(client, name, reference, &service.spec.connection, &namespace, fingerprint(service))
+            .await
     }
 
     pub async fn for_cluster_provisioning_service(
@@ -157,7 +161,9 @@ impl Connections {
     ) -> Result<Connection, Error> {
         let name = format!("ClusterProvisioningService {}", service.name_any());
         let namespace = self.operator_namespace.clone();
-        self.resolve(client, name, &service.spec.connection, &namespace, fingerprint(service)).await
+        let reference = service.object_ref(&());
+        self.resolve(client, name, reference, &service.spec.connection, &namespace, fingerprint(service))
+            .await
     }
 
     /// A namespace may use a cluster connection only when `allowedNamespaces` selects it.
@@ -189,6 +195,7 @@ impl Connections {
         &self,
         client: &Client,
         name: String,
+        reference: ObjectReference,
         spec: &ConnectionSpec,
         namespace: &str,
         object_version: String,
@@ -276,6 +283,7 @@ impl Connections {
         let client = Arc::new(dps_client);
         let connection = Connection {
             name: name.clone(),
+            reference,
             host,
             bulk: Arc::new(dps::BulkCalls::new(client.clone(), dps::GATHER_WINDOW)),
             client,

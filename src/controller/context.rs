@@ -18,9 +18,10 @@ use tokio::time::Instant;
 
 use super::{
     connection::{Connection, Connections},
-    events::Recorder,
+    events::{BulkCreates, Recorder},
+    finalizer::claim_of,
     kinds::EnrollmentKind,
-    ownership::{ClaimKey, Owner, Owners},
+    ownership::{ClaimKey, Owner, Owners, holds_claim, recorded_claim},
 };
 use crate::dps;
 
@@ -75,7 +76,8 @@ pub struct Context {
     pub namespaces: Vec<String>,
     /// The key of the status digests (`run` loads the operator's own; random until then).
     pub digest_key: super::secrets::DigestKey,
-    recorder: Recorder,
+    recorder: Arc<Recorder>,
+    bulk_creates: BulkCreates,
     failures: Mutex<HashMap<String, u32>>,
     /// When each object was last compared with DPS.
     checks: Mutex<HashMap<String, Instant>>,
@@ -99,8 +101,11 @@ pub struct Snapshot {
 
 impl Context {
     pub fn new(client: kube::Client, config: Config, health: Arc<crate::http::Health>) -> Self {
+        let recorder =
+            Arc::new(Recorder::new(client.clone(), "dps-operator", std::env::var("POD_NAME").ok()));
         Self {
-            recorder: Recorder::new(client.clone(), "dps-operator", std::env::var("POD_NAME").ok()),
+            recorder: recorder.clone(),
+            bulk_creates: BulkCreates::new(recorder),
             connections: Connections::new(&config, health.clone()),
             owners: Owners::default(),
             namespaces: Vec::new(),
@@ -127,6 +132,12 @@ impl Context {
         if let Err(error) = self.recorder.publish(&object.object_ref(&()), warning, reason, note).await {
             tracing::warn!(%error, reason, "could not publish an event");
         }
+    }
+
+    /// Announces, with the others created in bulk on `connection` about the same time, that
+    /// `what` `id` was created.
+    pub fn announce_bulk_create(&self, connection: &Connection, what: &'static str, id: &str) {
+        self.bulk_creates.add(&connection.reference, what, &connection.host, id);
     }
 
     /// Records a failure of `key` and returns how many in a row.
@@ -187,12 +198,17 @@ impl Context {
         let patch = json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status });
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let written = api.patch_status(&object.name_any(), &params, &Patch::Apply(&patch)).await?;
+        self.wrote(&written);
+        Ok(())
+    }
+
+    /// Remembers the resourceVersion one of this process's writes produced, for [`Self::latest`].
+    pub fn wrote<K: Resource>(&self, written: &K) {
         if let (Some(uid), Some(version)) =
             (written.meta().uid.clone(), written.meta().resource_version.clone())
         {
             self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, version);
         }
-        Ok(())
     }
 
     /// Remembers that this process is creating Secret `namespace/name`: until the create answers,
@@ -244,18 +260,16 @@ impl Context {
         loop {
             let page = api.list(&params).await?;
             for object in &page.items {
-                let Some(status) = object.current_status().map(K::enrollment_status) else { continue };
+                let status = object.current_status().map(K::enrollment_status).cloned().unwrap_or_default();
+                let uid = object.meta().uid.clone().unwrap_or_default();
+                let status = recorded_claim(status, claim_of(object.meta()), &uid);
                 let confirmed = status.claimed == Some(true);
-                let (Some(host), true) =
-                    (&status.claimed_host, confirmed || status.create_pending == Some(true))
-                else {
-                    continue;
-                };
+                let (Some(host), true) = (&status.claimed_host, holds_claim(&status)) else { continue };
                 let key = ClaimKey::new(host, <K::Record as dps::Enrollment>::COLLECTION, &object.dps_id());
                 self.owners.seed(
                     key,
                     Owner {
-                        uid: object.meta().uid.clone().unwrap_or_default(),
+                        uid,
                         name: resource_name(object),
                         confirmed,
                         created: object.meta().creation_timestamp.as_ref().map(|t| t.0),

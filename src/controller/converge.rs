@@ -26,8 +26,9 @@ pub trait Edges<R> {
     async fn keys_in_dps(&self) -> Result<Option<Keys>, dps::Error>;
     async fn put(&self, record: &R, if_match: IfMatch<'_>) -> Result<R, dps::Error>;
     /// Creates the enrollment, never overwriting one that exists (409). Answers the record as
-    /// sent: a create gathered into a bulk call learns no etag.
-    async fn create(&self, record: &R) -> Result<R, dps::Error>;
+    /// sent (a create gathered into a bulk call learns no etag), and whether the call carried
+    /// other creates too.
+    async fn create(&self, record: &R) -> Result<(R, bool), dps::Error>;
     /// The error of a failed DPS call, naming the connection.
     fn failed(&self, source: dps::Error) -> Error;
     /// Creates the missing key Secret `name` with `keys` (`from_dps`: the keys DPS holds) and
@@ -37,8 +38,9 @@ pub trait Edges<R> {
     /// for found an enrollment at the id: those keys must never reach DPS. Answers false when
     /// the Secret is not (or no longer) the one this process created.
     async fn discard_key_secret(&self, name: &str) -> Result<bool, Error>;
-    /// Writes `claim` to the resource's status, before the DPS write it prepares.
-    async fn record_claim(&self, claim: &EnrollmentStatus) -> Result<(), Error>;
+    /// Records on the resource that it claims the enrollment on `host`, before the DPS write
+    /// (a create, an adoption) that makes it its own.
+    async fn record_claim(&self, host: &str) -> Result<(), Error>;
     /// The record the spec describes with the material in `resolved`.
     fn build(&self, resolved: &Resolved) -> Result<R, Error>;
     /// Gives up this resource's entry in the register of owners, for another to take.
@@ -87,7 +89,10 @@ pub enum Done {
     /// Settled, and the drift check is not due: DPS was not consulted.
     NotDue,
     InSync,
-    Created,
+    /// `in_bulk`: in a call with other creates, announced with them.
+    Created {
+        in_bulk: bool,
+    },
     Recreated,
     /// Written because the spec or a referenced Secret changed (`inputs_changed`), because DPS
     /// was changed outside Kubernetes (`outside`: its etag is not the one last seen), or because
@@ -141,6 +146,8 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
             let sent = desired_comparable(&pass.desired, &pass.resolved);
             if same_keys && drift(&sent, &found.comparable()).is_empty() {
                 pass.ownership = Ownership::Owned;
+                // It holds the keys resolved now: they are the ones written.
+                recorded.secrets_digest = pass.digest.clone();
             } else {
                 pass.ownership = Ownership::None;
                 drop_claim(recorded);
@@ -187,7 +194,7 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
                         secrets_digest: pass.digest.clone(),
                         ..recorded.clone()
                     };
-                    edges.record_claim(&pending).await?;
+                    edges.record_claim(pass.host).await?;
                     *recorded = pending;
                     pass.ownership = Ownership::CreatePending;
                 }
@@ -205,9 +212,9 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
                     pass.desired = edges.build(&pass.resolved)?;
                     pass.digest = pass.resolved.secrets_digest(pass.digest_key);
                 }
-                created.map(|created| {
+                created.map(|(created, in_bulk)| {
                     pass.ownership = Ownership::Owned;
-                    (if recreate { Done::Recreated } else { Done::Created }, Some(created))
+                    (if recreate { Done::Recreated } else { Done::Created { in_bulk } }, Some(created))
                 })
             }
             Plan::Update { etag, drift, adopt } => {
@@ -219,7 +226,7 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
                         claimed_host: Some(pass.host.to_owned()),
                         ..recorded.clone()
                     };
-                    edges.record_claim(&adopted).await?;
+                    edges.record_claim(pass.host).await?;
                     *recorded = adopted;
                     pass.ownership = Ownership::Owned;
                 }
@@ -357,7 +364,8 @@ mod tests {
         /// The key Secret the pass created.
         secret: RefCell<Option<Keys>>,
         calls: RefCell<Vec<&'static str>>,
-        claims: RefCell<Vec<EnrollmentStatus>>,
+        /// The hosts of the claims recorded.
+        claims: RefCell<Vec<String>>,
     }
 
     fn details() -> Box<crate::dps::models::ProvisioningServiceErrorDetails> {
@@ -446,8 +454,11 @@ mod tests {
             self.write("PUT", record, if_match)
         }
 
-        async fn create(&self, record: &IndividualEnrollment) -> Result<IndividualEnrollment, dps::Error> {
-            self.write("CREATE", record, IfMatch::None).map(|_| record.clone())
+        async fn create(
+            &self,
+            record: &IndividualEnrollment,
+        ) -> Result<(IndividualEnrollment, bool), dps::Error> {
+            self.write("CREATE", record, IfMatch::None).map(|_| (record.clone(), false))
         }
 
         async fn discard_key_secret(&self, _name: &str) -> Result<bool, Error> {
@@ -478,9 +489,9 @@ mod tests {
             Ok(keys)
         }
 
-        async fn record_claim(&self, claim: &EnrollmentStatus) -> Result<(), Error> {
+        async fn record_claim(&self, host: &str) -> Result<(), Error> {
             self.call("CLAIM");
-            self.claims.borrow_mut().push(claim.clone());
+            self.claims.borrow_mut().push(host.to_owned());
             Ok(())
         }
 
@@ -534,14 +545,14 @@ mod tests {
         let mut recorded = EnrollmentStatus::default();
         let mut pass = pass(None, &recorded);
         let (done, _) = run(converge(&dps, &mut pass, &mut recorded)).expect("created");
-        assert_eq!(done, Done::Created);
+        assert_eq!(done, Done::Created { in_bulk: false });
         assert_eq!(dps.calls(), ["GET", "SECRET", "CLAIM", "CREATE"]);
         assert_eq!(pass.ownership, Ownership::Owned);
         let secret = dps.secret.borrow().clone().expect("a key Secret");
         assert_eq!(dps.dps_keys(), Some((secret.0.expose().into(), secret.1.expose().into())));
-        let claim = &dps.claims.borrow()[0];
-        assert_eq!((claim.create_pending, claim.claimed_host.as_deref()), (Some(true), Some(HOST)));
-        assert_eq!(claim.secrets_digest, pass.digest, "the claim names the keys the create sends");
+        assert_eq!(*dps.claims.borrow(), [HOST]);
+        assert_eq!((recorded.create_pending, recorded.claimed_host.as_deref()), (Some(true), Some(HOST)));
+        assert_eq!(recorded.secrets_digest, pass.digest, "the claim names the keys the create sends");
     }
 
     #[test]
@@ -550,7 +561,7 @@ mod tests {
         let mut recorded = EnrollmentStatus::default();
         let mut pass = Pass { known: Known::Absent, ..pass(None, &recorded) };
         let (done, written) = run(converge(&dps, &mut pass, &mut recorded)).expect("created");
-        assert_eq!(done, Done::Created);
+        assert_eq!(done, Done::Created { in_bulk: false });
         assert_eq!(dps.calls(), ["SECRET", "CLAIM", "CREATE"]);
         assert_eq!(written.and_then(|r| r.etag), None, "a bulk create learns no etag");
     }

@@ -1,14 +1,14 @@
 //! The enrollment reconciler, for both kinds: resolve → build → compare and decide → apply →
 //! status, behind a finalizer that removes the enrollment from DPS when the resource goes.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::TryStreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
-use kube::{
-    Api, ResourceExt,
-    runtime::{controller::Action, finalizer},
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
+use kube::{Api, ResourceExt, runtime::controller::Action};
 
 use super::{
     Error, Retry,
@@ -20,8 +20,11 @@ use super::{
         AttestationInput, DpsRecord, Resolved, ResolvedCertificate, attestation_type, desired_comparable,
         drift,
     },
+    finalizer::{MetadataChange, claim_of, has_finalizer, remove_finalizer, write_metadata},
     kinds::{EnrollmentKind, Registrations, registration_record, summarize},
-    ownership::{ClaimKey, Owner, Ownership, claim_elsewhere, ownership},
+    ownership::{
+        ClaimKey, Owner, Ownership, claim_annotation, claim_elsewhere, holds_claim, ownership, recorded_claim,
+    },
     secrets::Reader,
 };
 use crate::{
@@ -32,62 +35,36 @@ use crate::{
     dps::{self, IfMatch},
 };
 
-/// The finalizer that holds a resource until its enrollment is removed from DPS.
-pub const FINALIZER: &str = "dps.iot.dev/cleanup";
 /// How many of a group's latest registrations the status lists.
 const LATEST_REGISTRATIONS: usize = 5;
 
-pub async fn reconcile<K: EnrollmentKind>(
-    object: Arc<K>,
-    ctx: Arc<Context>,
-) -> Result<Action, finalizer::Error<Error>> {
+pub async fn reconcile<K: EnrollmentKind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
     let key = object_key(&*object);
     let started = std::time::Instant::now();
-    let object = match ctx.latest(&api, object).await {
-        Ok(Some(object)) => object,
-        Ok(None) => return Ok(Action::await_change()),
-        Err(error) => {
-            let action = format!("read {key}");
-            return Err(finalizer::Error::ApplyFailed(Error::kube(action, error)));
-        }
+    let result = match ctx.latest(&api, object).await {
+        Ok(None) => Ok(Action::await_change()),
+        Ok(Some(object)) if object.meta().deletion_timestamp.is_none() => apply(object, &ctx).await,
+        Ok(Some(object)) if has_finalizer(object.meta()) => cleanup(object, &ctx).await,
+        // Being deleted without the finalizer: it never claimed anything in DPS.
+        Ok(Some(_)) => Ok(Action::await_change()),
+        Err(error) => Err(Error::kube(format!("read {key}"), error)),
     };
-    let result = finalizer(&api, FINALIZER, object, |event| async {
-        match event {
-            finalizer::Event::Apply(object) => apply(object, &ctx).await,
-            finalizer::Event::Cleanup(object) => cleanup(object, &ctx).await,
-        }
-    })
-    .await;
     if result.is_ok() {
         ctx.record_success(&key);
     }
-    let reason = result.as_ref().err().map(|error| match error {
-        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error.reason(),
-        _ => "KubernetesApiError",
-    });
+    let reason = result.as_ref().err().map(Error::reason);
     ctx.health.metrics.reconciled(K::kind(&()).as_ref(), started.elapsed(), reason);
     result
 }
 
 /// When to try again after a failed reconcile: as the error asks, with exponential backoff and
 /// jitter for transient failures, capped at five minutes.
-pub fn error_policy<K: EnrollmentKind>(
-    object: Arc<K>,
-    error: &finalizer::Error<Error>,
-    ctx: Arc<Context>,
-) -> Action {
+pub fn error_policy<K: EnrollmentKind>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx.record_failure(&object_key(&*object));
-    let retry = match error {
-        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error.retry(),
-        _ => Retry::Backoff,
-    };
-    let tracking_id = match error {
-        finalizer::Error::ApplyFailed(error) | finalizer::Error::CleanupFailed(error) => error.tracking_id(),
-        _ => None,
-    };
+    let tracking_id = error.tracking_id();
     tracing::warn!(object = %object_key(&*object), %error, failures, tracking_id, "reconcile failed");
-    Action::requeue(retry_delay(retry, failures))
+    Action::requeue(retry_delay(error.retry(), failures))
 }
 
 /// The first delay after a transient failure.
@@ -197,14 +174,17 @@ struct Synced<R> {
 
 async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Action, Error> {
     let id = object.dps_id();
+    let uid = object.meta().uid.clone().unwrap_or_default();
     let old = object.current_status().cloned();
     let old_enrollment = old.as_ref().map(K::enrollment_status).cloned().unwrap_or_default();
-    let mut recorded = old_enrollment.clone();
+    let mut recorded = recorded_claim(old_enrollment.clone(), claim_of(object.meta()), &uid);
     let mode = WriteMode::of(&*object);
     // An annotation that cannot be read stops all writes, as pausing does.
     let shown_mode = *mode.as_ref().unwrap_or(&WriteMode::Paused);
+    // The object's metadata as this pass has written it.
+    let meta = Mutex::new(object.meta().clone());
     let result = match mode {
-        Ok(mode) => sync(&*object, ctx, &id, mode, &old_enrollment, &mut recorded).await,
+        Ok(mode) => sync(&*object, ctx, &id, mode, &old_enrollment, &mut recorded, &meta).await,
         Err(error) => Err(error),
     };
 
@@ -243,6 +223,14 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
         };
         old.as_ref() == Some(&K::make_status(bare, id.clone(), registrations.clone()))
     };
+    // Every resource gets the finalizer (a new one with its first claim, in the same write), and a
+    // claim annotation the status no longer backs goes.
+    let meta = meta.into_inner().unwrap_or_else(|e| e.into_inner());
+    let stale_claim = claim_of(&meta).is_some() && !holds_claim(&enrollment);
+    let change = MetadataChange { add_finalizer: true, claim: stale_claim.then_some(None) };
+    if let Err(error) = write_metadata(ctx, &*object, &meta, change).await {
+        return gone_meanwhile(ctx, &*object, error).await;
+    }
     let status = K::make_status(enrollment, id.clone(), registrations);
     if old.as_ref() != Some(&status) && !only_filled_in {
         write_status(ctx, &*object, &status).await?;
@@ -260,8 +248,10 @@ async fn sync<K: EnrollmentKind>(
     id: &str,
     mode: WriteMode,
     old: &EnrollmentStatus,
-    // The status as this pass has written it so far: `old`, then the claim.
+    // The claim as this pass has recorded it so far: `old` (with a claim annotation it did not
+    // catch up with), then the claim.
     recorded: &mut EnrollmentStatus,
+    meta: &Mutex<ObjectMeta>,
 ) -> Result<Synced<K::Record>, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let settings = object.settings();
@@ -384,6 +374,7 @@ async fn sync<K: EnrollmentKind>(
         reader: &reader,
         owner_reference: &owner_reference,
         id,
+        meta,
     };
     let mut pass = Pass {
         what: K::WHAT,
@@ -442,6 +433,7 @@ struct LiveEdges<'a, K> {
     reader: &'a Reader<'a>,
     owner_reference: &'a OwnerReference,
     id: &'a str,
+    meta: &'a Mutex<ObjectMeta>,
 }
 
 impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
@@ -462,8 +454,12 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
         self.connection.client.put(record, if_match).await
     }
 
-    async fn create(&self, record: &K::Record) -> Result<K::Record, dps::Error> {
-        self.connection.bulk.create(record.clone()).await.map(|()| record.clone())
+    async fn create(&self, record: &K::Record) -> Result<(K::Record, bool), dps::Error> {
+        let items = self.connection.bulk.create(record.clone()).await?;
+        if items > 1 {
+            self.ctx.announce_bulk_create(self.connection, K::WHAT, self.id);
+        }
+        Ok((record.clone(), items > 1))
     }
 
     async fn discard_key_secret(&self, name: &str) -> Result<bool, Error> {
@@ -500,10 +496,17 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
         Ok(keys)
     }
 
-    async fn record_claim(&self, claim: &EnrollmentStatus) -> Result<(), Error> {
-        let registrations = self.object.current_status().map_or(Registrations::Unknown, K::registrations);
-        let status = K::make_status(claim.clone(), self.id.to_owned(), registrations);
-        write_status(self.ctx, self.object, &status).await
+    async fn record_claim(&self, host: &str) -> Result<(), Error> {
+        let annotation = claim_annotation(&self.owner_reference.uid, host);
+        let change = MetadataChange { add_finalizer: true, claim: Some(Some(&annotation)) };
+        let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let written = write_metadata(self.ctx, self.object, &meta, change).await.map_err(|e| {
+            Error::kube(format!("record the claim of {} on {}", object_key(self.object), host), e)
+        })?;
+        if let Some(written) = written {
+            *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = written.meta().clone();
+        }
+        Ok(())
     }
 
     fn build(&self, resolved: &Resolved) -> Result<K::Record, Error> {
@@ -675,7 +678,11 @@ async fn publish_events<K: EnrollmentKind>(
     let (warning, reason, note) = match result {
         Ok(synced) => match &synced.done {
             Done::NotDue | Done::InSync => return,
-            Done::Created => (false, "Created", format!("Created {what} {id} in DPS at {}.", synced.host)),
+            // Announced on the connection, with the others of its bulk call.
+            Done::Created { in_bulk: true } => return,
+            Done::Created { in_bulk: false } => {
+                (false, "Created", format!("Created {what} {id} in DPS at {}.", synced.host))
+            }
             Done::Recreated => (
                 false,
                 "DriftCorrected",
@@ -742,6 +749,30 @@ async fn publish_events<K: EnrollmentKind>(
     ctx.event(object, warning, reason, note).await;
 }
 
+/// The end of a pass whose last metadata write failed: when the resource was deleted meanwhile
+/// (gone, or being deleted and so refusing a new finalizer), it never claimed anything, and its
+/// place in the register of owners is given up; otherwise the error.
+async fn gone_meanwhile<K: EnrollmentKind>(
+    ctx: &Context,
+    object: &K,
+    error: kube::Error,
+) -> Result<Action, Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let failed = |error| Error::kube(format!("add the finalizer of {}", object_key(object)), error);
+    let latest = match &error {
+        kube::Error::Api(status) if [404, 422].contains(&status.code) => {
+            api.get_opt(&object.name_any()).await.map_err(failed)?
+        }
+        _ => return Err(failed(error)),
+    };
+    if latest.is_some_and(|latest| latest.meta().deletion_timestamp.is_none()) {
+        return Err(failed(error));
+    }
+    ctx.owners.release(object.meta().uid.as_deref().unwrap_or_default());
+    ctx.forget(object);
+    Ok(Action::await_change())
+}
+
 /// Whether the CustomResourceDefinition of `K` is being deleted.
 async fn crd_being_deleted<K: EnrollmentKind>(ctx: &Context) -> Result<bool, Error> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -781,6 +812,7 @@ async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Act
             if let Some((reason, note)) = event {
                 ctx.event(&object, false, reason, note).await;
             }
+            remove_finalizer(ctx, &object).await?;
             ctx.owners.release(object.meta().uid.as_deref().unwrap_or_default());
             ctx.forget(&object);
             ctx.health.metrics.set_ready(K::kind(&()).as_ref(), &object_key(&object), None);
@@ -829,9 +861,10 @@ async fn delete_from_dps<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result
     let namespace = object.namespace().unwrap_or_default();
     let settings = object.settings();
     let status = object.current_status().map(K::enrollment_status).cloned().unwrap_or_default();
-    let any_claim = status.claimed == Some(true) || status.create_pending == Some(true);
+    let uid = object.meta().uid.clone().unwrap_or_default();
+    let status = recorded_claim(status, claim_of(object.meta()), &uid);
     let left = |claimed: bool, why: &str| Ok(Outcome::Left { claimed, why: why.to_owned() });
-    if !any_claim {
+    if !holds_claim(&status) {
         return left(false, "this resource never created or adopted it");
     }
     // Uninstalling (deleting the CRD deletes every resource of the kind) never deletes in DPS.

@@ -5,7 +5,11 @@
 //! client-go's `tools/events` keys on the note as well (`getKey` in `event_broadcaster.go`): the
 //! same words again grow a series, new words start a new event.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::{
@@ -132,6 +136,69 @@ impl Recorder {
     }
 }
 
+/// How long the creates made in bulk on one connection are gathered into one event.
+pub const ANNOUNCE_WINDOW: Duration = Duration::from_secs(10);
+
+/// How many ids an announcement lists.
+const LISTED: usize = 20;
+
+/// Enrollments created in bulk calls, announced together: one `Created` event on their
+/// connection for each kind's creates within [`ANNOUNCE_WINDOW`], rather than one per
+/// enrollment. A wave of 10,000 new enrollments would otherwise write 10,000 events, one more
+/// API server write each; an enrollment created alone still gets its own event.
+pub struct BulkCreates {
+    recorder: Arc<Recorder>,
+    waiting: Arc<Mutex<HashMap<String, Tally>>>,
+}
+
+struct Tally {
+    regarding: ObjectReference,
+    what: &'static str,
+    host: String,
+    ids: Vec<String>,
+    count: usize,
+}
+
+impl BulkCreates {
+    pub fn new(recorder: Arc<Recorder>) -> Self {
+        Self { recorder, waiting: Arc::default() }
+    }
+
+    /// Counts the create of `what` `id` in DPS at `host`, made in a bulk call on the connection
+    /// `regarding`; the first of a window schedules the event.
+    pub fn add(&self, regarding: &ObjectReference, what: &'static str, host: &str, id: &str) {
+        let key = format!("{}|{}|{what}", regarding.uid.as_deref().unwrap_or_default(), host);
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let tally = waiting.entry(key.clone()).or_insert_with(|| {
+            let (recorder, waiting) = (self.recorder.clone(), self.waiting.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(ANNOUNCE_WINDOW).await;
+                let tally = waiting.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                if let Some(tally) = tally {
+                    let note = announcement(tally.what, &tally.host, &tally.ids, tally.count);
+                    if let Err(error) = recorder.publish(&tally.regarding, false, "Created", note).await {
+                        tracing::warn!(%error, "could not publish an event");
+                    }
+                }
+            });
+            Tally { regarding: regarding.clone(), what, host: host.to_owned(), ids: Vec::new(), count: 0 }
+        });
+        tally.count += 1;
+        if tally.ids.len() < LISTED {
+            tally.ids.push(id.to_owned());
+        }
+    }
+}
+
+/// The note announcing `count` creates of `what`, listing `ids` (the first of them).
+fn announcement(what: &str, host: &str, ids: &[String], count: usize) -> String {
+    let more = count.saturating_sub(ids.len());
+    let listed = ids.join(", ");
+    let tail = if more > 0 { format!("{listed} and {more} more") } else { listed };
+    let plural = if count == 1 { "" } else { "s" };
+    format!("Created {count} {what}{plural} in DPS at {host} in bulk calls: {tail}.")
+}
+
 /// Cuts `text` to at most `limit` bytes on a character boundary, marking the cut with `…`.
 fn truncate(mut text: String, limit: usize) -> String {
     if text.len() > limit {
@@ -147,7 +214,20 @@ fn truncate(mut text: String, limit: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{NOTE_LIMIT, truncate};
+    use super::{NOTE_LIMIT, announcement, truncate};
+
+    #[test]
+    fn an_announcement_counts_every_create_and_lists_the_first() {
+        let ids: Vec<String> = ["boiler-1", "boiler-2"].map(str::to_owned).into();
+        assert_eq!(
+            announcement("individual enrollment", "dps.example", &ids, 2),
+            "Created 2 individual enrollments in DPS at dps.example in bulk calls: boiler-1, boiler-2."
+        );
+        assert_eq!(
+            announcement("enrollment group", "dps.example", &ids, 143),
+            "Created 143 enrollment groups in DPS at dps.example in bulk calls: boiler-1, boiler-2 and 141 more."
+        );
+    }
 
     #[test]
     fn truncation_keeps_whole_characters_within_the_limit() {

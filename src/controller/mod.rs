@@ -14,6 +14,7 @@ pub mod connection;
 pub mod context;
 mod converge;
 pub mod enrollment;
+pub mod finalizer;
 pub mod kinds;
 pub mod ownership;
 pub mod provisioning;

@@ -73,6 +73,33 @@ pub fn ownership(status: &EnrollmentStatus, host: &str) -> Ownership {
     }
 }
 
+/// Whether `status` records a claim, confirmed or pending.
+pub fn holds_claim(status: &EnrollmentStatus) -> bool {
+    status.claimed == Some(true) || status.create_pending == Some(true)
+}
+
+/// The claim annotation of the resource `uid` claiming the enrollment on `host`.
+pub fn claim_annotation(uid: &str, host: &str) -> String {
+    format!("{uid}@{host}")
+}
+
+/// The claim of the resource `uid`: what its `status` records, or the claim its `annotation`
+/// records when the status has not caught up with it. The annotation is written with the
+/// finalizer before a create or an adoption and the status after it, so an operator stopped in
+/// between leaves only the annotation: that create is still pending. An annotation naming
+/// another resource (copied with a manifest) counts for nothing.
+pub fn recorded_claim(mut status: EnrollmentStatus, annotation: Option<&str>, uid: &str) -> EnrollmentStatus {
+    let host = annotation.and_then(|a| a.split_once('@')).filter(|(of, _)| *of == uid).map(|(_, host)| host);
+    if let Some(host) = host
+        && !(status.claimed == Some(true) && claimed_on(&status, host))
+    {
+        status.claimed = None;
+        status.create_pending = Some(true);
+        status.claimed_host = Some(host.to_owned());
+    }
+    status
+}
+
 fn claimed_on(status: &EnrollmentStatus, host: &str) -> bool {
     status.claimed_host.as_deref().is_none_or(|claimed| claimed.eq_ignore_ascii_case(host))
 }
@@ -80,8 +107,10 @@ fn claimed_on(status: &EnrollmentStatus, host: &str) -> bool {
 /// Whether `status` records a claim on a DPS other than `host`: the connection now points at
 /// another DPS.
 pub fn claim_elsewhere<'a>(status: &'a EnrollmentStatus, host: &str) -> Option<&'a str> {
-    let claimed = status.claimed == Some(true) || status.create_pending == Some(true);
-    status.claimed_host.as_deref().filter(|claimed_host| claimed && !claimed_host.eq_ignore_ascii_case(host))
+    status
+        .claimed_host
+        .as_deref()
+        .filter(|claimed_host| holds_claim(status) && !claimed_host.eq_ignore_ascii_case(host))
 }
 
 #[derive(Default)]
@@ -228,5 +257,34 @@ mod tests {
         );
         assert_eq!(claim_elsewhere(&status(Some(true), None, Some("a.example")), "a.example"), None);
         assert_eq!(claim_elsewhere(&status(None, None, Some("a.example")), "b.example"), None);
+    }
+
+    #[test]
+    fn a_claim_annotation_the_status_has_not_caught_up_with_is_a_pending_create() {
+        let status = |claimed, pending, host: &str| EnrollmentStatus {
+            claimed,
+            create_pending: pending,
+            claimed_host: Some(host.to_owned()),
+            ..Default::default()
+        };
+        let pending_on = |host: &str| status(None, Some(true), host);
+        let annotation = claim_annotation("uid-1", "a.example");
+        let merged =
+            |status: EnrollmentStatus, annotation: Option<&str>| recorded_claim(status, annotation, "uid-1");
+        // Stopped between the annotation and the status: the create is pending.
+        assert_eq!(merged(EnrollmentStatus::default(), Some(&annotation)), pending_on("a.example"));
+        assert_eq!(merged(pending_on("a.example"), Some(&annotation)), pending_on("a.example"));
+        // The status confirmed it.
+        let confirmed = status(Some(true), None, "A.example");
+        assert_eq!(merged(confirmed.clone(), Some(&annotation)), confirmed);
+        // A claim confirmed on another DPS, then a create on this one the status never saw.
+        assert_eq!(merged(status(Some(true), None, "b.example"), Some(&annotation)), pending_on("a.example"));
+        // Another resource's annotation, copied with its manifest, or none.
+        let copied = claim_annotation("uid-2", "a.example");
+        assert_eq!(merged(EnrollmentStatus::default(), Some(&copied)), EnrollmentStatus::default());
+        assert_eq!(merged(EnrollmentStatus::default(), Some("no-host")), EnrollmentStatus::default());
+        assert_eq!(merged(EnrollmentStatus::default(), None), EnrollmentStatus::default());
+        assert!(holds_claim(&pending_on("a.example")) && holds_claim(&confirmed));
+        assert!(!holds_claim(&EnrollmentStatus::default()));
     }
 }

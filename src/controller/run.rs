@@ -217,14 +217,14 @@ fn list_failure_hint(error: &kube::Error) -> Option<&'static str> {
 }
 
 /// What of an object, when it changes, calls for a reconcile: its spec (generation), its
-/// finalizers and deletion, and the paused annotation. Status writes, our own above all, do not:
-/// were they to trigger a reconcile, a failure would be retried at once, whatever the backoff.
+/// deletion, and the paused annotation. Status writes and the finalizer and claim the operator
+/// writes with a create do not: were they to trigger a reconcile, a failed create would be tried
+/// again at once, whatever the backoff. (A finalizer someone removed is restored by the next pass.)
 fn reconcile_worthy<K: Resource>(object: &K) -> Option<u64> {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let meta = object.meta();
     let mut hasher = DefaultHasher::new();
     meta.generation.hash(&mut hasher);
-    meta.finalizers.hash(&mut hasher);
     meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
     meta.annotations.as_ref().and_then(|a| a.get(PAUSED_ANNOTATION)).hash(&mut hasher);
     Some(hasher.finish())

@@ -88,8 +88,9 @@ impl BulkCalls {
 
     /// Creates `item` in DPS with other creates waiting at the same time, in one bulk call.
     /// An item that exists already fails with [`Error::Conflict`]; nothing is overwritten.
-    /// The answer holds no record (DPS's bulk answers carry none): the next query has its etag.
-    pub async fn create<E: Batched>(&self, item: E) -> Result<(), Error> {
+    /// The answer holds no record (DPS's bulk answers carry none; the next query has its etag),
+    /// only how many items the call carried.
+    pub async fn create<E: Batched>(&self, item: E) -> Result<usize, Error> {
         E::modes(self).create.add(item).await
     }
 
@@ -97,11 +98,12 @@ impl BulkCalls {
     /// bulk call, as an unconditional DELETE would: one that is gone already fails with
     /// [`Error::NotFound`].
     pub async fn delete<E: Batched>(&self, id: &str, attestation: AttestationType) -> Result<(), Error> {
-        E::modes(self).delete.add(E::to_delete(id, attestation)).await
+        E::modes(self).delete.add(E::to_delete(id, attestation)).await.map(drop)
     }
 }
 
-type Answer = Result<(), Error>;
+/// One item's answer: how many items its call carried, or why it failed.
+type Answer = Result<usize, Error>;
 
 pub struct Batcher<E> {
     client: Arc<Client>,
@@ -176,8 +178,10 @@ async fn send<E: Batched>(
             Ok(result) => {
                 for (item, answer) in items.iter().zip(answers) {
                     let failed = result.errors.iter().find(|e| e.id().eq_ignore_ascii_case(item.id()));
-                    let _ = answer
-                        .send(failed.map_or(Ok(()), |failed| Err(item_error::<E>(mode, item.id(), failed))));
+                    let _ = answer.send(
+                        failed
+                            .map_or(Ok(items.len()), |failed| Err(item_error::<E>(mode, item.id(), failed))),
+                    );
                 }
             }
             Err(error) => {
