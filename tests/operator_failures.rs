@@ -231,14 +231,15 @@ async fn dps_failing_or_gone_is_retried_until_it_is_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn throttling_is_waited_out() {
+    // Six calls a minute, one at a time: the connection's first check takes the first, and what
+    // follows is answered 429 (wait up to 10 s) until DPS allows more.
     let operator = Operator::start_with(
         "throttled",
-        EmulatorConfig { operations_per_minute: Some(30), ..Default::default() },
+        EmulatorConfig { operations_per_minute: Some(6), ..Default::default() },
         |config| config.drift_check_interval = Duration::from_secs(120),
     )
     .await;
-    // Twelve take two bulk calls: with the connection's probe and the query, more than DPS's burst.
-    for i in 0..12 {
+    for i in 0..6 {
         operator
             .apply(
                 &BOILER
@@ -247,12 +248,18 @@ async fn throttling_is_waited_out() {
             )
             .await;
     }
-    for i in 0..12 {
+    let deadline = tokio::time::Instant::now() + support::operator::PATIENCE;
+    while operator.emulator.calls_answered(429) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never throttled: {:?}", operator.emulator.calls());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    operator.emulator.set_operations_per_minute(Some(600));
+    for i in 0..6 {
         operator.wait(&format!("individualenrollment/boiler-{i}"), "condition=Ready").await;
     }
     // Throttled attempts are retried; each enrollment is still written exactly once.
     operator.emulator.set_operations_per_minute(None);
-    for i in 0..12 {
+    for i in 0..6 {
         let enrollment: models::IndividualEnrollment =
             operator.dps.get(&format!("boiler-{i}")).await.unwrap();
         assert_eq!(
@@ -263,7 +270,6 @@ async fn throttling_is_waited_out() {
         let etag = resource["status"]["etag"].as_str();
         assert!(etag.is_none() || etag == enrollment.etag.as_deref(), "boiler-{i}: {etag:?}");
     }
-    assert!(operator.emulator.calls_answered(429) > 0, "DPS throttled: {:?}", operator.emulator.calls());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
