@@ -4,14 +4,17 @@
 
 mod support;
 
-use std::{collections::BTreeMap, fs, path::Path};
+use std::{fs, path::Path};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use dps_emulator::{EmulatorConfig, RunningEmulator};
 use dps_operator::dps::{IfMatch, auth::shared_access_signature, models::*};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use support::dps::{client, emulator};
+use support::{
+    contract::{Contract, operations},
+    dps::{client, emulator},
+};
 
 fn spec() -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs/dps-service-2021-10-01.json");
@@ -27,55 +30,6 @@ fn spec() -> Value {
         status["enum"].as_array_mut().unwrap().push(Value::Null);
     }
     spec
-}
-
-/// The swagger's operations: operation id → (method, path template, operation object).
-fn operations(spec: &Value) -> BTreeMap<String, (Method, String, Value)> {
-    let mut operations = BTreeMap::new();
-    for (path, methods) in spec["paths"].as_object().unwrap() {
-        for (method, operation) in methods.as_object().unwrap() {
-            let id = operation["operationId"].as_str().unwrap().to_owned();
-            operations.insert(id, (method.to_uppercase().parse().unwrap(), path.clone(), operation.clone()));
-        }
-    }
-    operations
-}
-
-/// Checks answers against the schema the swagger declares for an operation and status.
-struct Contract {
-    spec: Value,
-    operations: BTreeMap<String, (Method, String, Value)>,
-}
-
-impl Contract {
-    fn new() -> Self {
-        let spec = spec();
-        Self { operations: operations(&spec), spec }
-    }
-
-    /// Fails with the violations when `body` is not what `operation` may answer with `status`.
-    fn check(&self, operation: &str, status: u16, body: &Value) {
-        let responses = &self.operations[operation].2["responses"];
-        let declared =
-            responses.get(status.to_string()).filter(|_| status < 400).unwrap_or(&responses["default"]);
-        let Some(schema) = declared.get("schema") else {
-            assert!(body.is_null(), "{operation} {status} declares no body but got {body}");
-            return;
-        };
-        let mut schema = schema.clone();
-        schema["definitions"] = self.spec["definitions"].clone();
-        let validator = jsonschema::options()
-            .with_draft(jsonschema::Draft::Draft4)
-            .should_validate_formats(true)
-            .build(&schema)
-            .expect("the swagger schema compiles");
-        let errors: Vec<String> =
-            validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-        assert!(
-            errors.is_empty(),
-            "{operation} answered {status} with a body the swagger does not allow: {errors:?}\n{body}"
-        );
-    }
 }
 
 /// A raw HTTP client, as any SDK would be, that checks every answer against the contract.
@@ -187,7 +141,7 @@ fn certificate_pem() -> String {
 #[tokio::test]
 async fn every_answer_to_every_operation_matches_the_swagger() {
     let emulator = emulator(EmulatorConfig { operations_per_minute: None, ..Default::default() }).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
 
     let group = raw
@@ -332,7 +286,7 @@ async fn every_answer_to_every_operation_matches_the_swagger() {
 #[tokio::test]
 async fn what_real_clients_send_is_understood() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let group = symmetric_key_group("Line-1");
     let put = |path: &'static str, version: &'static str| {
@@ -470,7 +424,7 @@ fn pinned_outcome(example: &str) -> Option<(u16, &'static str)> {
 
 #[tokio::test]
 async fn the_swagger_examples_replay_as_dps_would_answer_them() {
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/specs/examples");
     let mut files: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
@@ -537,7 +491,7 @@ async fn seed(emulator: &RunningEmulator, operation: &str, id: &str) {
 
 #[test]
 fn the_contract_check_refuses_bodies_the_swagger_does_not_allow() {
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     contract.check(
         "EnrollmentGroup_Get",
         200,
@@ -575,7 +529,7 @@ fn key(byte: u8) -> String {
 #[tokio::test]
 async fn a_put_answers_with_the_keys_and_no_read_does() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let given = json!({"registrationId": "sym-1", "attestation": {"type": "symmetricKey",
         "symmetricKey": {"primaryKey": key(1), "secondaryKey": key(2)}}});
@@ -604,7 +558,7 @@ async fn a_put_answers_with_the_keys_and_no_read_does() {
 #[tokio::test]
 async fn an_enrollment_no_device_used_reads_as_unassigned() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let body = json!({"registrationId": "Sensor-9", "attestation": {"type": "symmetricKey"}});
     let put = raw.call("IndividualEnrollment_CreateOrUpdate", Some("Sensor-9"), &[], Some(&body)).await;
@@ -621,7 +575,7 @@ async fn an_enrollment_no_device_used_reads_as_unassigned() {
 #[tokio::test]
 async fn an_x509_enrollment_may_keep_only_its_secondary_certificate() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let pem = certificate_pem();
     let both = json!({"registrationId": "device-7", "attestation": {"type": "x509", "x509": {"clientCertificates": {
@@ -651,7 +605,7 @@ async fn an_x509_enrollment_may_keep_only_its_secondary_certificate() {
 #[tokio::test]
 async fn null_settings_are_not_given_defaults() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let body = json!({"registrationId": "plain", "attestation": {"type": "symmetricKey"},
         "capabilities": null, "reprovisionPolicy": null, "provisioningStatus": null});
@@ -670,7 +624,7 @@ async fn null_settings_are_not_given_defaults() {
 #[tokio::test]
 async fn static_allocation_without_hubs_is_accepted() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let body = json!({"enrollmentGroupId": "static-1", "attestation": {"type": "symmetricKey"},
         "allocationPolicy": "static", "iotHubs": null});
@@ -683,7 +637,7 @@ async fn static_allocation_without_hubs_is_accepted() {
 #[tokio::test]
 async fn a_successful_bulk_answers_an_empty_error_list() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let body = json!({"mode": "create", "enrollments": [{"registrationId": "b-1", "attestation": {"type": "symmetricKey"}}]});
     let bulk = raw.call("IndividualEnrollment_RunBulkOperation", None, &[], Some(&body)).await;
@@ -698,7 +652,7 @@ async fn a_successful_bulk_answers_an_empty_error_list() {
 #[tokio::test]
 async fn a_bulk_update_without_etags_never_overwrites() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let kinds = [
         (
@@ -740,7 +694,7 @@ async fn a_bulk_update_without_etags_never_overwrites() {
 #[tokio::test]
 async fn a_create_over_an_existing_item_is_a_conflict_with_the_kind_s_code() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let enrollment = json!({"registrationId": "twice", "attestation": {"type": "symmetricKey"}});
     let group = symmetric_key_group("twice");
@@ -758,7 +712,7 @@ async fn a_create_over_an_existing_item_is_a_conflict_with_the_kind_s_code() {
 #[tokio::test]
 async fn a_query_of_a_star_selects_everything() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     raw.call("EnrollmentGroup_CreateOrUpdate", Some("all-1"), &[], Some(&symmetric_key_group("all-1"))).await;
     let query = raw.call("EnrollmentGroup_Query", None, &[], Some(&json!({"query": "*"}))).await;
@@ -778,7 +732,7 @@ async fn a_query_of_a_star_selects_everything() {
 #[tokio::test]
 async fn a_body_is_read_by_the_swagger_s_model() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let with = |field: &str, value: Value| {
         let mut body = symmetric_key_group("read-1");
@@ -962,7 +916,7 @@ fn openssl(pem: &str, flags: &[&str]) -> String {
 #[tokio::test]
 async fn certificate_info_is_what_openssl_reads() {
     let emulator = emulator(EmulatorConfig::default()).await;
-    let contract = Contract::new();
+    let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let issuer_key = rcgen::KeyPair::generate().unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

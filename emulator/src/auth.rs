@@ -21,9 +21,70 @@ pub struct AccessPolicy {
 /// Why a request was not authenticated (the 401 message).
 pub type Refusal = String;
 
-/// Verifies `SharedAccessSignature sr=..&sig=..&se=..&skn=..` for a request to `host` + `path`:
-/// the signature over `sr` exactly as sent, with the primary or the secondary key of the named
-/// policy; not expired beyond the clock skew; and `sr` covering the request.
+/// A `SharedAccessSignature sr=..&sig=..&se=..&skn=..` header, read but not yet verified.
+pub struct SasToken {
+    /// `sr` exactly as sent: the signature covers it so.
+    sr_raw: String,
+    se_raw: String,
+    signature: Vec<u8>,
+    pub key_name: String,
+    pub expiry: u64,
+}
+
+impl SasToken {
+    pub fn parse(header: &str) -> Result<Self, Refusal> {
+        let token = header
+            .strip_prefix("SharedAccessSignature ")
+            .ok_or_else(|| "The authorization header is not a SharedAccessSignature.".to_owned())?;
+        let mut fields: HashMap<&str, &str> = HashMap::new();
+        for part in token.split('&') {
+            let (name, value) =
+                part.split_once('=').ok_or_else(|| "The SharedAccessSignature is malformed.".to_owned())?;
+            fields.insert(name, value);
+        }
+        let field = |name: &str| {
+            fields.get(name).copied().ok_or_else(|| format!("The SharedAccessSignature has no {name}."))
+        };
+        let (sr_raw, se_raw) = (field("sr")?, field("se")?);
+        let signature = BASE64
+            .decode(decode(field("sig")?).trim())
+            .map_err(|_| "The SharedAccessSignature signature is not base64.".to_owned())?;
+        let key_name = decode(field("skn")?);
+        let expiry = decode(se_raw)
+            .parse()
+            .map_err(|_| "The SharedAccessSignature expiry is not a number.".to_owned())?;
+        Ok(Self { sr_raw: sr_raw.to_owned(), se_raw: se_raw.to_owned(), signature, key_name, expiry })
+    }
+
+    /// Whether one of `keys` signed the token.
+    pub fn signed_by_any<'a>(&self, keys: impl IntoIterator<Item = &'a [u8]>) -> bool {
+        let string_to_sign = format!("{}\n{}", self.sr_raw, self.se_raw);
+        keys.into_iter().any(|key| {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+            ring::hmac::verify(&key, string_to_sign.as_bytes(), &self.signature).is_ok()
+        })
+    }
+
+    /// What the token is for, decoded, lower case, without a trailing `/`.
+    pub fn audience(&self) -> String {
+        decode(&self.sr_raw).trim_end_matches('/').to_ascii_lowercase()
+    }
+
+    pub fn check_expiry(&self, now: u64) -> Result<(), Refusal> {
+        if self.expiry + MAX_CLOCK_SKEW.as_secs() < now {
+            return Err("The SharedAccessSignature has expired.".into());
+        }
+        Ok(())
+    }
+}
+
+fn decode(value: &str) -> String {
+    percent_decode_str(value).decode_utf8_lossy().into_owned()
+}
+
+/// Verifies a service API SAS for a request to `host` + `path`: the signature over `sr` exactly
+/// as sent, with the primary or the secondary key of the named policy; not expired beyond the
+/// clock skew; and `sr` covering the request.
 pub fn verify_sas(
     header: &str,
     host: &str,
@@ -31,44 +92,16 @@ pub fn verify_sas(
     policies: &[AccessPolicy],
     now: u64,
 ) -> Result<(), Refusal> {
-    let token = header
-        .strip_prefix("SharedAccessSignature ")
-        .ok_or_else(|| "The authorization header is not a SharedAccessSignature.".to_owned())?;
-    let mut fields: HashMap<&str, &str> = HashMap::new();
-    for part in token.split('&') {
-        let (name, value) =
-            part.split_once('=').ok_or_else(|| "The SharedAccessSignature is malformed.".to_owned())?;
-        fields.insert(name, value);
-    }
-    let field = |name: &str| {
-        fields.get(name).copied().ok_or_else(|| format!("The SharedAccessSignature has no {name}."))
-    };
-    let decode = |value: &str| percent_decode_str(value).decode_utf8_lossy().into_owned();
-    let (sr_raw, se_raw) = (field("sr")?, field("se")?);
-    let signature = decode(field("sig")?);
-    let key_name = decode(field("skn")?);
-    let expiry: u64 =
-        decode(se_raw).parse().map_err(|_| "The SharedAccessSignature expiry is not a number.".to_owned())?;
-
+    let token = SasToken::parse(header)?;
     let policy = policies
         .iter()
-        .find(|p| p.name.eq_ignore_ascii_case(&key_name))
-        .ok_or_else(|| format!("There is no shared access policy named '{key_name}'."))?;
-    let string_to_sign = format!("{sr_raw}\n{se_raw}");
-    let signature = BASE64
-        .decode(signature.trim())
-        .map_err(|_| "The SharedAccessSignature signature is not base64.".to_owned())?;
-    let signed = [&policy.primary_key, &policy.secondary_key].iter().any(|key| {
-        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
-        ring::hmac::verify(&key, string_to_sign.as_bytes(), &signature).is_ok()
-    });
-    if !signed {
+        .find(|p| p.name.eq_ignore_ascii_case(&token.key_name))
+        .ok_or_else(|| format!("There is no shared access policy named '{}'.", token.key_name))?;
+    if !token.signed_by_any([policy.primary_key.as_slice(), policy.secondary_key.as_slice()]) {
         return Err("The SharedAccessSignature signature is not valid for the policy's keys.".into());
     }
-    if expiry + MAX_CLOCK_SKEW.as_secs() < now {
-        return Err("The SharedAccessSignature has expired.".into());
-    }
-    let audience = decode(sr_raw).trim_end_matches('/').to_ascii_lowercase();
+    token.check_expiry(now)?;
+    let audience = token.audience();
     let target = format!("{host}{path}").to_ascii_lowercase();
     if !target.starts_with(&audience) {
         return Err(format!("The SharedAccessSignature is for '{audience}', not this service."));

@@ -1,4 +1,5 @@
-//! A local stand-in for the DPS service API that behaves like DPS for real clients: HTTPS with
+//! A local stand-in for DPS (its service API, and the device API devices register with) that
+//! behaves like DPS for real clients: HTTPS with
 //! its own CA, SAS and Entra ID authentication, etag semantics, keys never returned by reads,
 //! certificate info computed from uploaded certificates, paged queries, bulk operations, quotas,
 //! throttling, fault injection, an admin endpoint and optional persistence.
@@ -9,6 +10,7 @@
 
 mod auth;
 mod certificate;
+mod device;
 mod error;
 mod server;
 mod store;
@@ -18,6 +20,7 @@ mod tls;
 mod validation;
 
 pub use auth::AccessPolicy;
+pub use device::{DEFAULT_ID_SCOPE, DEVICE_API_VERSIONS, derived_key};
 pub use error::ApiError;
 pub use server::{EmulatorConfig, Faults, RunningEmulator, SERVICE_API_VERSIONS, StartError, service};
 pub use store::{Quotas, Registration, Store};

@@ -1,5 +1,5 @@
-//! `dps-emulator`: a local Azure IoT Hub Device Provisioning Service (service API) for development
-//! and tests.
+//! `dps-emulator`: a local Azure IoT Hub Device Provisioning Service (service and device APIs)
+//! for development and tests.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -10,7 +10,8 @@ use dps_emulator::{
     AccessPolicy, EmulatorConfig, Faults, GivenCertificate, Quotas, RunningEmulator, ServerCertificate,
 };
 
-/// A local stand-in for the Azure IoT Hub Device Provisioning Service service API.
+/// A local stand-in for the Azure IoT Hub Device Provisioning Service: its service API, and the
+/// device API devices register with.
 #[derive(Parser)]
 #[command(name = "dps-emulator", version)]
 struct Args {
@@ -43,6 +44,9 @@ struct Args {
     /// Secondary key of the policy (base64); random when omitted.
     #[arg(long, env = "DPS_EMULATOR_SECONDARY_KEY", hide_env_values = true)]
     secondary_key: Option<String>,
+    /// The ID scope devices register under (the device API's first path segment).
+    #[arg(long, default_value = dps_emulator::DEFAULT_ID_SCOPE)]
+    id_scope: String,
     /// Keep the state in this JSON file so it survives a restart.
     #[arg(long)]
     state_file: Option<PathBuf>,
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
             operations: args.fault_operations.into_iter().collect(),
         },
         state_file: args.state_file,
+        id_scope: args.id_scope,
         entra_client_ids: (!args.entra_client_ids.is_empty()).then_some(args.entra_client_ids),
         certificate: match (&args.tls_cert_file, &args.tls_key_file) {
             (Some(chain), Some(key)) => {
@@ -160,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
     if emulator.ca_certificate().is_some() {
         println!("CA certificate:    {}", args.ca_out.display());
     }
+    println!("Device endpoint:   {} (ID scope {})", emulator.url(), emulator.id_scope());
     println!("Admin endpoint:    {}/admin/calls", emulator.url());
     shutdown().await?;
     emulator.stop().await;

@@ -24,6 +24,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use super::{
     auth::{AccessPolicy, verify_sas},
+    device::{self, DEFAULT_ID_SCOPE, DEVICE_API_VERSIONS, DeviceOperation, Operations},
     error::ApiError,
     store::{self, BulkMode, Quotas, Registration, Store},
     swagger,
@@ -102,6 +103,8 @@ pub struct EmulatorConfig {
     pub entra_client_ids: Option<Vec<String>>,
     /// Where the HTTPS certificate comes from (with `tls`).
     pub certificate: ServerCertificate,
+    /// The ID scope devices register under (the first segment of the device API's paths).
+    pub id_scope: String,
 }
 
 impl Default for EmulatorConfig {
@@ -122,6 +125,7 @@ impl Default for EmulatorConfig {
             state_file: None,
             entra_client_ids: None,
             certificate: ServerCertificate::Generated,
+            id_scope: DEFAULT_ID_SCOPE.to_owned(),
         }
     }
 }
@@ -152,6 +156,7 @@ pub enum StartError {
 /// What the handlers share.
 struct Shared {
     host_name: String,
+    id_scope: String,
     policies: Vec<AccessPolicy>,
     quotas: Quotas,
     linked_hubs: Option<Vec<String>>,
@@ -167,12 +172,15 @@ struct Shared {
     requests: Mutex<VecDeque<(String, Bytes)>>,
     /// Bearer tokens issued by the token endpoint, with their expiry (Unix seconds).
     tokens: Mutex<HashMap<String, u64>>,
+    /// Device registrations, for devices to look up.
+    operations: Mutex<Operations>,
 }
 
 impl Shared {
     fn new(config: EmulatorConfig, host_name: String, store: Store) -> Self {
         Self {
             host_name,
+            id_scope: config.id_scope,
             policies: config.policies,
             quotas: config.quotas,
             linked_hubs: config.linked_hubs,
@@ -185,6 +193,7 @@ impl Shared {
             statuses: Mutex::new(BTreeMap::new()),
             requests: Mutex::new(VecDeque::new()),
             tokens: Mutex::new(HashMap::new()),
+            operations: Mutex::default(),
         }
     }
 
@@ -296,6 +305,11 @@ impl RunningEmulator {
     pub fn url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://{}", self.host_name)
+    }
+
+    /// The ID scope devices register under.
+    pub fn id_scope(&self) -> &str {
+        &self.shared.id_scope
     }
 
     /// The PEM certificate of the CA that signed the emulator's serving certificate, unless the
@@ -477,6 +491,22 @@ enum Operation {
     QueryRegistrations(String),
 }
 
+/// Where a request goes: the service API or the device API.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Service(Operation),
+    Device(DeviceOperation),
+}
+
+impl Route {
+    fn operation_id(&self) -> String {
+        match self {
+            Self::Service(operation) => operation.operation_id(),
+            Self::Device(operation) => operation.operation_id().into(),
+        }
+    }
+}
+
 impl Operation {
     /// The operation id in the swagger, as the admin endpoint counts calls.
     fn operation_id(&self) -> String {
@@ -496,7 +526,7 @@ impl Operation {
 
 /// Routes as DPS does: path segments compared case-insensitively, a trailing `/` ignored, ids
 /// percent-decoded.
-fn route(method: &Method, path: &str) -> Result<Operation, ApiError> {
+fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let segments: Vec<String> = path
         .trim_matches('/')
         .split('/')
@@ -509,6 +539,12 @@ fn route(method: &Method, path: &str) -> Result<Operation, ApiError> {
         Some(&"enrollmentgroups") => Some(Kind::Group),
         _ => None,
     };
+    if kind.is_none()
+        && lower.first() != Some(&"registrations")
+        && let Some(operation) = DeviceOperation::route(method, &segments, &lower)
+    {
+        return Ok(Route::Device(operation));
+    }
     let not_allowed = || ApiError::new(405, 405001, format!("{method} is not allowed on {path}."));
     let operation = match (kind, lower.as_slice()) {
         (Some(c), [_]) if *method == Method::POST => Operation::Bulk(c),
@@ -535,7 +571,7 @@ fn route(method: &Method, path: &str) -> Result<Operation, ApiError> {
         }
         _ => return Err(ApiError::new(404, 404001, format!("There is no resource at {path}."))),
     };
-    Ok(operation)
+    Ok(Route::Service(operation))
 }
 
 async fn service_api(
@@ -580,14 +616,13 @@ async fn handle(
         return Err(if *status == 429 { ApiError::throttled(1) } else { error });
     }
 
-    check_api_version(uri)?;
+    let operation = match operation {
+        Route::Device(operation) => return device_api(shared, operation, uri, headers, body),
+        Route::Service(operation) => operation,
+    };
+    check_api_version(uri, SERVICE_API_VERSIONS)?;
     authenticate(shared, uri, headers)?;
-    let throttle = lock(&shared.throttle).clone();
-    if let Some(throttle) = throttle
-        && let Err(wait) = throttle.take()
-    {
-        return Err(ApiError::throttled(wait.as_secs_f64().ceil().max(1.0) as u64));
-    }
+    take_quota(shared)?;
     if !body.is_empty()
         && let Some(content_type) = headers.get(header::CONTENT_TYPE)
         && !content_type.to_str().unwrap_or_default().to_ascii_lowercase().contains("json")
@@ -652,19 +687,26 @@ async fn handle(
     }
 }
 
-fn check_api_version(uri: &Uri) -> Result<(), ApiError> {
+/// One operation of the emulator's rate: service API calls and device registrations count,
+/// as DPS bills both.
+fn take_quota(shared: &Shared) -> Result<(), ApiError> {
+    let throttle = lock(&shared.throttle).clone();
+    match throttle.map(|throttle| throttle.take()) {
+        Some(Err(wait)) => Err(ApiError::throttled(wait.as_secs_f64().ceil().max(1.0) as u64)),
+        _ => Ok(()),
+    }
+}
+
+fn check_api_version(uri: &Uri, supported: &[&str]) -> Result<(), ApiError> {
     let version = uri.query().unwrap_or_default().split('&').find_map(|pair| {
         pair.split_once('=').filter(|(name, _)| name.eq_ignore_ascii_case("api-version")).map(|(_, v)| v)
     });
     match version {
         None => Err(ApiError::bad_request(400001, "The api-version query parameter is required.")),
-        Some(version) if SERVICE_API_VERSIONS.contains(&version) => Ok(()),
+        Some(version) if supported.contains(&version) => Ok(()),
         Some(version) => Err(ApiError::bad_request(
             400001,
-            format!(
-                "The api-version '{version}' is not supported; use one of {}.",
-                SERVICE_API_VERSIONS.join(", ")
-            ),
+            format!("The api-version '{version}' is not supported; use one of {}.", supported.join(", ")),
         )),
     }
 }
@@ -688,6 +730,111 @@ fn authenticate(shared: &Shared, uri: &Uri, headers: &HeaderMap) -> Result<(), A
         headers.get(header::HOST).and_then(|v| v.to_str().ok()).or(uri.authority().map(|a| a.as_str()));
     let host = host.unwrap_or(&shared.host_name);
     verify_sas(authorization, host, uri.path(), &shared.policies, unix_now()).map_err(ApiError::unauthorized)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The device API
+
+/// How long a device waits before it asks how its registration went.
+const REGISTRATION_RETRY_AFTER_SECONDS: u64 = 1;
+
+fn device_api(
+    shared: &Shared,
+    operation: DeviceOperation,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
+    check_api_version(uri, DEVICE_API_VERSIONS)?;
+    if !operation.id_scope().eq_ignore_ascii_case(&shared.id_scope) {
+        return Err(ApiError::new(
+            404,
+            404204,
+            format!(
+                "There is no DPS with ID scope '{}' here; its ID scope is '{}'.",
+                operation.id_scope(),
+                shared.id_scope
+            ),
+        ));
+    }
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let registration_id = operation.registration_id().to_owned();
+    let enrolled = |store: &Store| {
+        device::enrollment_of(store, &shared.id_scope, &registration_id, authorization, unix_now())
+    };
+    match operation {
+        DeviceOperation::Register { .. } => {
+            take_quota(shared)?;
+            // The swagger's DeviceRegistration: the id, and a TPM's keys or a payload this
+            // emulator does not use.
+            let request = if body.is_empty() { json!({}) } else { parse_json(body)? };
+            if !request.is_object()
+                || !(request["registrationId"].is_string() || request["registrationId"].is_null())
+            {
+                return Err(ApiError::bad_request(
+                    400004,
+                    "The body must be a DeviceRegistration: {\"registrationId\": \"...\"}.",
+                ));
+            }
+            if let Some(id) = request["registrationId"].as_str()
+                && !id.eq_ignore_ascii_case(&registration_id)
+            {
+                return Err(ApiError::bad_request(
+                    400004,
+                    format!(
+                        "The registrationId '{id}' in the body does not match '{registration_id}' in the path."
+                    ),
+                ));
+            }
+            let mut store = lock(&shared.store);
+            let enrolled = enrolled(&store)?;
+            let hubs = device::hubs_of(&enrolled.item, shared.linked_hubs.as_deref().unwrap_or_default());
+            let policy = enrolled.item.get("allocationPolicy").and_then(Value::as_str);
+            let assignment = if policy == Some("custom") {
+                Err("The emulator does not call custom allocation webhooks.".to_owned())
+            } else {
+                device::allocate(policy, &hubs, &registration_id).ok_or_else(|| {
+                    "No IoT hub to assign: the enrollment names none and no hub is linked to this DPS (--linked-hub)."
+                        .to_owned()
+                })
+            };
+            let state =
+                device::register(&mut store, &enrolled, &registration_id, assignment, jiff::Timestamp::now());
+            save(shared, &store);
+            drop(store);
+            let operation_id = lock(&shared.operations).start(&registration_id, state);
+            let mut response =
+                (StatusCode::ACCEPTED, Json(json!({"operationId": operation_id, "status": "assigning"})))
+                    .into_response();
+            response.headers_mut().insert("retry-after", REGISTRATION_RETRY_AFTER_SECONDS.into());
+            Ok(response)
+        }
+        DeviceOperation::OperationStatus { operation_id, .. } => {
+            enrolled(&lock(&shared.store))?;
+            let state =
+                lock(&shared.operations).get(&registration_id, &operation_id).cloned().ok_or_else(|| {
+                    ApiError::new(
+                        404,
+                        404205,
+                        format!(
+                            "There is no registration operation '{operation_id}' of '{registration_id}'."
+                        ),
+                    )
+                })?;
+            let status = state["status"].clone();
+            Ok(Json(json!({"operationId": operation_id, "status": status, "registrationState": state}))
+                .into_response())
+        }
+        DeviceOperation::Status { .. } => {
+            let store = lock(&shared.store);
+            let enrolled = enrolled(&store)?;
+            let record = store
+                .registrations
+                .get(&registration_id.to_lowercase())
+                .ok_or_else(|| ApiError::not_found(None, &registration_id))?;
+            Ok(Json(device::device_view(record.state.clone(), &enrolled)).into_response())
+        }
+    }
 }
 
 fn check_query(query: &str) -> Result<(), ApiError> {
@@ -980,8 +1127,34 @@ mod tests {
             (Method::GET, "/enrollments/boiler%3A0042", Operation::Get(Enrollments, "boiler:0042".into())),
         ];
         for (method, path, expected) in cases {
-            assert_eq!(route(&method, path).unwrap(), expected, "{method} {path}");
+            assert_eq!(route(&method, path).unwrap(), Route::Service(expected), "{method} {path}");
         }
+        let device =
+            |id_scope: &str, registration_id: &str| (id_scope.to_owned(), registration_id.to_owned());
+        let (id_scope, registration_id) = device("0ne00E0A1E5", "Sensor-1");
+        assert_eq!(
+            route(&Method::PUT, "/0ne00E0A1E5/registrations/Sensor-1/register").unwrap(),
+            Route::Device(DeviceOperation::Register {
+                id_scope: id_scope.clone(),
+                registration_id: registration_id.clone()
+            })
+        );
+        assert_eq!(
+            route(&Method::GET, "/0ne00E0A1E5/Registrations/Sensor-1/operations/4.a.b").unwrap(),
+            Route::Device(DeviceOperation::OperationStatus {
+                id_scope: id_scope.clone(),
+                registration_id: registration_id.clone(),
+                operation_id: "4.a.b".into()
+            })
+        );
+        assert_eq!(
+            route(&Method::POST, "/0ne00E0A1E5/registrations/Sensor-1/").unwrap(),
+            Route::Device(DeviceOperation::Status { id_scope, registration_id })
+        );
+        assert_eq!(
+            route(&Method::GET, "/0ne00E0A1E5/registrations/Sensor-1/register").unwrap_err().status,
+            404
+        );
         assert_eq!(route(&Method::PATCH, "/enrollments/x").unwrap_err().status, 405);
         assert_eq!(route(&Method::GET, "/enrollments").unwrap_err().status, 405);
         assert_eq!(route(&Method::GET, "/devices/x").unwrap_err().status, 404);

@@ -91,7 +91,7 @@ fn without_keys(item: &Map<String, Value>) -> Map<String, Value> {
 }
 
 /// A new opaque etag, shaped like DPS's: base64 of a quoted GUID-like value.
-fn new_etag() -> String {
+pub(crate) fn new_etag() -> String {
     let bytes = random_bytes::<16>();
     let inner: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     BASE64.encode(format!("\"{inner}\""))

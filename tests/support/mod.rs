@@ -11,6 +11,7 @@ use std::{
     },
 };
 
+pub mod contract;
 pub mod dps;
 pub mod helm;
 pub mod node;
