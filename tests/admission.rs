@@ -413,6 +413,11 @@ async fn a_complete_status_survives_the_status_subresource() {
             disabled: 1,
             latest: vec![registration],
         }),
+        device_keys: Some(DeviceKeysStatus {
+            secret_name: "thermostat-keys".into(),
+            devices: 2,
+            digest: "hmac-sha256:00".into(),
+        }),
     };
     let api: Api<EnrollmentGroup> = Api::namespaced(client, &namespace);
     let patch =

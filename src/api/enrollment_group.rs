@@ -42,6 +42,12 @@ use super::{
         .reason(Reason::FieldValueRequired),
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.deviceKeys) || has(self.attestation.symmetricKey)")
+    .message("spec.deviceKeys needs symmetricKey attestation: X.509 devices prove themselves with certificates, not derived keys")
+    .field_path(".deviceKeys"))]
+#[x_kube(validation = Rule::new("!has(self.deviceKeys) || !has(self.attestation.symmetricKey) || self.deviceKeys.secretName != self.attestation.symmetricKey.secretRef.name")
+    .message("spec.deviceKeys.secretName must not be the group key's Secret: it would be overwritten with the device keys")
+    .field_path(".deviceKeys.secretName"))]
 pub struct EnrollmentGroupSpec {
     /// The DPS enrollment group id: alphanumerics and `-._:`, ending in an alphanumeric or `-`,
     /// at most 128 characters; DPS compares ids case-insensitively. Defaults to
@@ -55,8 +61,37 @@ pub struct EnrollmentGroupSpec {
     /// (DPS has no TPM groups: use IndividualEnrollments). The kind cannot change after creation.
     pub attestation: GroupAttestation,
 
+    /// Keys for named devices of a symmetric-key group, derived by the operator from the group
+    /// key and written to a Secret: what a device, or a factory step that flashes devices,
+    /// reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_keys: Option<DeviceKeys>,
+
     #[serde(flatten)]
     pub settings: EnrollmentSettings,
+}
+
+/// The keys of named devices of a symmetric-key group, in one Secret.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceKeys {
+    /// The Secret to write, in this namespace: one entry per registration id, whose value is
+    /// the key that device signs with (base64 of HMAC-SHA256 of its registration id with the
+    /// group's primary key, as DPS derives it). The operator creates it and owns it (it goes
+    /// with this resource), rewrites it when the group key changes and removes an entry when
+    /// its id leaves the list. A Secret of that name the operator did not create is never
+    /// overwritten.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::object_name())]
+    pub secret_name: String,
+
+    /// The registration ids of the devices, at most 5,000 (a Secret holds at most 1 MiB). Each
+    /// becomes a key of the Secret, so an id here is letters, digits and `-._` only (no `:`),
+    /// ending in a letter, digit or `-`.
+    #[schemars(length(max = 5000), inner(length(min = 1, max = 128)))]
+    #[x_kube(validation = schema::device_key_ids())]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub registration_ids: Vec<String>,
 }
 
 fn refuse_tpm(schema: &mut schemars::Schema) {
@@ -134,6 +169,23 @@ pub struct EnrollmentGroupStatus {
     /// The devices that provisioned through this group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registrations: Option<RegistrationSummary>,
+
+    /// The Secret of derived device keys, as last written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_keys: Option<DeviceKeysStatus>,
+}
+
+/// The Secret of derived device keys the operator wrote.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceKeysStatus {
+    /// The Secret's name.
+    pub secret_name: String,
+    /// How many devices it holds keys for.
+    pub devices: i64,
+    /// A keyed digest of what was written (the ids and the group key), to notice a change
+    /// without reading the Secret; it confirms nothing about a key to whoever reads it.
+    pub digest: String,
 }
 
 /// Counts of the group's registration records by status, and the latest of them.

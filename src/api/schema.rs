@@ -88,6 +88,16 @@ pub fn hub_host_names() -> Rule {
     Rule::new(rule).message(Message::Expression(message))
 }
 
+/// Registration ids that are also keys of a Secret's data: DPS ids without `:`.
+pub fn device_key_ids() -> Rule {
+    let pattern = r"^[A-Za-z0-9\-._]*[A-Za-z0-9\-]$";
+    let rule = format!(r#"self.all(id, id.matches(r"{pattern}"))"#);
+    let message = format!(
+        r#"'registration id "' + self.filter(id, !id.matches(r"{pattern}"))[0] + '" must be letters, digits and - . _ ending in a letter, digit or - (it names a key of the Secret)'"#
+    );
+    Rule::new(rule).message(Message::Expression(message))
+}
+
 /// A Go-style duration.
 pub fn duration() -> Rule {
     matching(DURATION_PATTERN, "must be a duration such as 30s, 10m or 1h30m")

@@ -20,6 +20,7 @@ use super::{
         AttestationInput, DpsRecord, Resolved, ResolvedCertificate, attestation_type, desired_comparable,
         drift,
     },
+    device_keys,
     finalizer::{MetadataChange, claim_of, has_finalizer, remove_finalizer, write_metadata},
     kinds::{EnrollmentKind, Registrations, registration_record, summarize},
     ownership::{
@@ -29,8 +30,8 @@ use super::{
 };
 use crate::{
     api::{
-        Adoption, AttestationKind, CertificateInfo, CertificatesStatus, DeletionPolicy, EnrollmentStatus,
-        ManagementPolicy, PAUSED_ANNOTATION,
+        Adoption, AttestationKind, CertificateInfo, CertificatesStatus, DeletionPolicy, DeviceKeysStatus,
+        EnrollmentStatus, ManagementPolicy, PAUSED_ANNOTATION,
     },
     dps::{self, IfMatch},
 };
@@ -165,6 +166,8 @@ struct Synced<R> {
     digest: Option<String>,
     certificates: Option<(ResolvedCertificate, Option<ResolvedCertificate>)>,
     registrations: Registrations,
+    /// The group's device keys Secret as this pass left it; `None` when it was not looked at.
+    device_keys: Option<Option<DeviceKeysStatus>>,
     host: String,
     /// Whether the enrollment is now this resource's on `host`, confirmed by DPS.
     owned: bool,
@@ -214,6 +217,16 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     // A status without an etag (created in bulk, whose answers carry none) gets it, and DPS's
     // times, with its next write for another reason: filling them in alone would cost a write
     // per enrollment at the first check, and at every restart.
+    let device_keys = match &result {
+        Ok(synced) => synced.device_keys.clone(),
+        Err(_) => None,
+    }
+    .unwrap_or_else(|| old.as_ref().and_then(K::device_keys_status).cloned());
+    let make_status = |enrollment, registrations| {
+        let mut status = K::make_status(enrollment, id.clone(), registrations);
+        K::set_device_keys(&mut status, device_keys.clone());
+        status
+    };
     let only_filled_in = old_enrollment.etag.is_none() && {
         let bare = EnrollmentStatus {
             etag: None,
@@ -221,7 +234,7 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
             last_updated_time: old_enrollment.last_updated_time.clone(),
             ..enrollment.clone()
         };
-        old.as_ref() == Some(&K::make_status(bare, id.clone(), registrations.clone()))
+        old.as_ref() == Some(&make_status(bare, registrations.clone()))
     };
     // Every resource gets the finalizer (a new one with its first claim, in the same write), and a
     // claim annotation the status no longer backs goes.
@@ -231,7 +244,7 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     if let Err(error) = write_metadata(ctx, &*object, &meta, change).await {
         return gone_meanwhile(ctx, &*object, error).await;
     }
-    let status = K::make_status(enrollment, id.clone(), registrations);
+    let status = make_status(enrollment, registrations);
     if old.as_ref() != Some(&status) && !only_filled_in {
         write_status(ctx, &*object, &status).await?;
     }
@@ -330,6 +343,7 @@ async fn sync<K: EnrollmentKind>(
             digest,
             certificates: resolved.certificates,
             registrations: Registrations::Unknown,
+            device_keys: None,
             host,
             owned: true,
             next_check: interval - since,
@@ -412,12 +426,29 @@ async fn sync<K: EnrollmentKind>(
             None => Registrations::Unknown,
         }
     };
+    // A group's device keys follow its key once the group is ours and written as specified.
+    let device_keys = if mode.may_write() && ownership == Ownership::Owned {
+        let written = object.current_status().and_then(K::device_keys_status);
+        let group_key = resolved.keys.as_ref().map(|keys| &keys.0);
+        if let (Some(keys), Some(group_secret)) = (object.device_keys(), key_secret)
+            && keys.secret_name == group_secret
+        {
+            return Err(Error::InvalidSpec(format!(
+                "spec.deviceKeys.secretName is {group_secret}, the group key's Secret: it would be overwritten"
+            )));
+        }
+        let plan = device_keys::plan(object.device_keys(), group_key, written, &ctx.digest_key);
+        Some(device_keys::apply(&reader, &owner_reference, plan).await?)
+    } else {
+        None
+    };
     Ok(Synced {
         done,
         record,
         digest,
         certificates: resolved.certificates,
         registrations,
+        device_keys,
         host,
         owned: ownership == Ownership::Owned,
         next_check: jitter(interval, 0.2),
@@ -835,7 +866,8 @@ async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Act
             enrollment.conditions =
                 conditions::update(&enrollment.conditions, &observations, object.meta().generation, &now);
             let registrations = old.as_ref().map_or(Registrations::Unknown, K::registrations);
-            let status = K::make_status(enrollment, id, registrations);
+            let mut status = K::make_status(enrollment, id, registrations);
+            K::set_device_keys(&mut status, old.as_ref().and_then(K::device_keys_status).cloned());
             if old.as_ref() != Some(&status) {
                 write_status(ctx, &object, &status).await?;
                 ctx.event(&object, true, "DeletionBlocked", message).await;

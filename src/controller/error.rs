@@ -71,6 +71,12 @@ pub enum Error {
     )]
     AttestationKindMismatch { what: &'static str, id: String, actual: String, desired: String },
 
+    #[error(
+        "Secret {namespace}/{name} exists and was not written by the operator for this group's device keys; it \
+         is left as it is. Choose another spec.deviceKeys.secretName, or delete that Secret"
+    )]
+    SecretNotOwned { namespace: String, name: String },
+
     #[error("the spec is invalid: {0}")]
     InvalidSpec(String),
 
@@ -148,6 +154,7 @@ impl Error {
             Self::KeysUnreadable { .. } => "KeysUnreadable",
             Self::InvalidPausedAnnotation { .. } => "InvalidAnnotation",
             Self::InvalidSpec(_) => "InvalidSpec",
+            Self::SecretNotOwned { .. } => "SecretNotOwned",
             Self::Dps { source, .. } => source.reason(),
             Self::Kube { .. } => "KubernetesApiError",
             Self::LeaderElection(_) => "LeaderElectionFailed",
@@ -160,6 +167,7 @@ impl Error {
             Self::AlreadyExists { .. }
             | Self::AttestationKindMismatch { .. }
             | Self::InvalidSpec(_)
+            | Self::SecretNotOwned { .. }
             | Self::OwnedByAnother { .. }
             | Self::InvalidPausedAnnotation { .. } => true,
             Self::Dps { source, .. } => source.retry_class() == RetryClass::Permanent,

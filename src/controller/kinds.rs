@@ -54,6 +54,15 @@ pub trait EnrollmentKind:
     fn enrollment_status(status: &Self::Status) -> &EnrollmentStatus;
     fn registrations(status: &Self::Status) -> Registrations;
     fn make_status(enrollment: EnrollmentStatus, id: String, registrations: Registrations) -> Self::Status;
+    /// The device keys the spec asks for: only a group's.
+    fn device_keys(&self) -> Option<&api::DeviceKeys> {
+        None
+    }
+    /// The device keys Secret `status` records as written.
+    fn device_keys_status(_status: &Self::Status) -> Option<&api::DeviceKeysStatus> {
+        None
+    }
+    fn set_device_keys(_status: &mut Self::Status, _written: Option<api::DeviceKeysStatus>) {}
 }
 
 impl EnrollmentKind for EnrollmentGroup {
@@ -109,7 +118,17 @@ impl EnrollmentKind for EnrollmentGroup {
                 Registrations::Group(summary) => Some(summary),
                 _ => None,
             },
+            device_keys: None,
         }
+    }
+    fn device_keys(&self) -> Option<&api::DeviceKeys> {
+        self.spec.device_keys.as_ref()
+    }
+    fn device_keys_status(status: &Self::Status) -> Option<&api::DeviceKeysStatus> {
+        status.device_keys.as_ref()
+    }
+    fn set_device_keys(status: &mut Self::Status, written: Option<api::DeviceKeysStatus>) {
+        status.device_keys = written;
     }
 }
 

@@ -13,6 +13,7 @@ pub use error::{Error, Retry};
 pub mod connection;
 pub mod context;
 mod converge;
+mod device_keys;
 pub mod enrollment;
 pub mod finalizer;
 pub mod kinds;

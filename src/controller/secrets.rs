@@ -194,6 +194,50 @@ impl Reader<'_> {
         Ok(true)
     }
 
+    /// Writes Secret `name` to hold exactly `data`, owned by `owner`, by server-side apply: an
+    /// entry no longer in `data` goes. A Secret of that name `owner` does not own is refused.
+    pub async fn apply_owned_secret(
+        &self,
+        name: &str,
+        owner: &OwnerReference,
+        data: &BTreeMap<String, SecretValue>,
+    ) -> Result<(), Error> {
+        if let Some(existing) = self.secret(name).await?
+            && !existing.metadata.owner_references.iter().flatten().any(|r| r.uid == owner.uid)
+        {
+            return Err(Error::SecretNotOwned { namespace: self.namespace.into(), name: name.into() });
+        }
+        let data: BTreeMap<&str, String> =
+            data.iter().map(|(key, value)| (key.as_str(), BASE64.encode(value.expose()))).collect();
+        let secret = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/managed-by": "dps-operator"},
+                "ownerReferences": [owner],
+            },
+            "type": "Opaque",
+            "data": data,
+        });
+        let params = PatchParams::apply(super::context::FIELD_MANAGER).force();
+        Api::<Secret>::namespaced(self.client.clone(), self.namespace)
+            .patch(name, &params, &Patch::Apply(&secret))
+            .await
+            .map_err(|e| Error::kube(format!("write Secret {}/{name}", self.namespace), e))?;
+        Ok(())
+    }
+
+    /// Deletes Secret `name` if `owner_uid` owns it.
+    pub async fn delete_owned_secret(&self, name: &str, owner_uid: &str) -> Result<(), Error> {
+        let Some(secret) = self.secret(name).await? else { return Ok(()) };
+        if !secret.metadata.owner_references.iter().flatten().any(|r| r.uid == owner_uid) {
+            return Ok(());
+        }
+        let version = secret.metadata.resource_version.unwrap_or_default();
+        self.delete_key_secret(name, &version).await
+    }
+
     async fn certificate(&self, reference: &api::CertificateSecretRef) -> Result<ResolvedCertificate, Error> {
         let key = reference.key();
         let text = self.secret_text(&reference.name, key).await?;

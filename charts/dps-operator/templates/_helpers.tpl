@@ -33,11 +33,13 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
   resources: ["enrollmentgroups/status", "individualenrollments/status", "provisioningservices/status"]
   verbs: ["patch"]
 # Read the Secrets they reference (keys, certificates, connection strings, webhook URLs), watch
-# them to follow rotations, create missing symmetric key Secrets, and release a generated key
-# Secret (drop its ownerReference) when its enrollment stays in DPS after the resource goes.
+# them to follow rotations, create missing symmetric key Secrets, release a generated key
+# Secret (drop its ownerReference) when its enrollment stays in DPS after the resource goes,
+# write a group's device keys Secret, and delete the Secrets only the operator wrote (new keys
+# a create never used, device keys no longer asked for).
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Read CA bundles kept in ConfigMaps.
 - apiGroups: [""]
   resources: ["configmaps"]

@@ -1,0 +1,248 @@
+//! Devices really provision: enrollments the operator created from resources, and a device using
+//! the official Azure IoT device SDK for Node.js (`tests/devices/`, installed by
+//! `scripts/install-device-sdks`) registering with the emulator's device API.
+
+mod support;
+
+use std::{path::PathBuf, process::Command, sync::OnceLock};
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use dps_emulator::{EmulatorConfig, derived_key};
+use serde_json::{Value, json};
+use support::operator::Operator;
+
+const HUB_A: &str = "hub-a.azure-devices.net";
+const HUB_B: &str = "hub-b.azure-devices.net";
+
+/// The SDK's `node_modules`: `DPS_NODE_MODULES`, else what `scripts/install-device-sdks` installs.
+fn node_modules() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("DPS_NODE_MODULES") {
+            return dir.into();
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-device-sdks");
+        let output = Command::new(script).output().expect("scripts/install-device-sdks runs");
+        assert!(
+            output.status.success(),
+            "scripts/install-device-sdks failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().into()
+    })
+}
+
+async fn start(prefix: &str) -> Operator {
+    let linked = EmulatorConfig { linked_hubs: Some(vec![HUB_A.into(), HUB_B.into()]), ..Default::default() };
+    let operator = Operator::start_with(prefix, linked, |_| {}).await;
+    operator.wait("provisioningservice/dps", "condition=Ready").await;
+    operator
+}
+
+/// What the Node SDK's `register` ended with: `{"ok": true, "result": …}` or the error.
+async fn register(operator: &Operator, registration_id: &str, key: &str) -> Value {
+    let ca = std::env::temp_dir().join(format!("{}-ca.pem", operator.namespace));
+    std::fs::write(&ca, operator.emulator.ca_certificate().unwrap()).unwrap();
+    let request = json!({
+        "host": "localhost",
+        "address": format!("127.0.0.1:{}", operator.emulator.address().port()),
+        "idScope": operator.emulator.id_scope(),
+        "registrationId": registration_id,
+        "symmetricKey": key,
+        "ca": ca,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/devices/register.js");
+    let modules = node_modules().clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(script).arg(request.to_string()).env("NODE_PATH", modules).output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+        panic!("register.js printed no outcome: {stdout}\n{}", String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+/// The primary key in the Secret `name` the operator wrote.
+async fn primary_key(operator: &Operator, name: &str) -> String {
+    let secret = operator.get(&format!("secret/{name}")).await;
+    String::from_utf8(BASE64.decode(secret["data"]["primaryKey"].as_str().unwrap()).unwrap()).unwrap()
+}
+
+fn enrollment(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
+         serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: {name}-keys}}\n{extra}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_provisions_with_the_keys_the_operator_generated() {
+    let operator = start("device-individual").await;
+    operator
+        .apply(&enrollment(
+            "boiler",
+            &format!("  allocationPolicy: static\n  iotHubs: [{HUB_B}]\n  deviceId: boiler-7\n"),
+        ))
+        .await;
+    operator.wait("individualenrollment/boiler", "condition=Ready").await;
+    let key = primary_key(&operator, "boiler-keys").await;
+
+    let registered = register(&operator, "boiler", &key).await;
+    assert_eq!(registered["ok"], true, "{registered}");
+    let result = &registered["result"];
+    assert_eq!(
+        (result["assignedHub"].as_str(), result["deviceId"].as_str()),
+        (Some(HUB_B), Some("boiler-7"))
+    );
+    assert_eq!(result["status"], "assigned");
+
+    // The resource shows where the device went, by its next drift check (3 s here).
+    let shown = operator
+        .eventually("individualenrollment/boiler", "the registration", |r| {
+            r["status"]["registration"]["assignedHub"] == HUB_B
+        })
+        .await;
+    assert_eq!(shown["status"]["registration"]["deviceId"], "boiler-7");
+    assert_eq!(shown["status"]["registration"]["status"], "assigned");
+
+    let wrong = register(&operator, "boiler", &BASE64.encode([7u8; 32])).await;
+    assert_eq!((wrong["ok"].as_bool(), wrong["status"].as_u64()), (Some(false), Some(401)), "{wrong}");
+}
+
+fn group(device_ids: &[String]) -> String {
+    format!(
+        "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {{name: thermostats}}\nspec:\n  \
+         serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: thermostats-keys}}\n  \
+         allocationPolicy: hashed\n  iotHubs: [{HUB_A}, {HUB_B}]\n  deviceKeys:\n    secretName: thermostat-device-keys\n    \
+         registrationIds: [{}]\n",
+        device_ids.join(", ")
+    )
+}
+
+/// The device keys Secret once the group's status says it holds `devices` keys.
+async fn device_keys(operator: &Operator, devices: i64) -> std::collections::BTreeMap<String, String> {
+    operator
+        .eventually("enrollmentgroup/thermostats", &format!("{devices} device keys"), |r| {
+            r["status"]["deviceKeys"]["devices"] == devices
+        })
+        .await;
+    let secret = operator.get("secret/thermostat-device-keys").await;
+    let data = secret["data"].as_object().cloned().unwrap_or_default();
+    data.into_iter()
+        .map(|(id, key)| (id, String::from_utf8(BASE64.decode(key.as_str().unwrap()).unwrap()).unwrap()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn group_devices_provision_with_the_keys_the_operator_derived_spread_over_two_hubs() {
+    let operator = start("device-group").await;
+    let ids: Vec<String> = (0..8).map(|i| format!("thermostat-{i}")).collect();
+    operator.apply(&group(&ids)).await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    let keys = device_keys(&operator, 8).await;
+    assert_eq!(keys.keys().cloned().collect::<Vec<_>>(), ids, "one entry per device");
+    let group_key = BASE64.decode(primary_key(&operator, "thermostats-keys").await).unwrap();
+    assert_eq!(
+        keys["thermostat-0"],
+        BASE64.encode(derived_key(&group_key, "thermostat-0")),
+        "as DPS derives it"
+    );
+    let resource = operator.get("enrollmentgroup/thermostats").await;
+    assert!(!keys.values().any(|key| resource.to_string().contains(key.as_str())), "no key in the resource");
+
+    let mut hubs = Vec::new();
+    for id in &ids {
+        let registered = register(&operator, id, &keys[id]).await;
+        assert_eq!(registered["ok"], true, "{id}: {registered}");
+        assert_eq!(registered["result"]["symmetricKey"]["enrollmentGroupId"], "thermostats");
+        hubs.push(registered["result"]["assignedHub"].as_str().unwrap().to_owned());
+    }
+    assert!(hubs.iter().any(|h| h == HUB_A) && hubs.iter().any(|h| h == HUB_B), "both hubs: {hubs:?}");
+    let again = register(&operator, "thermostat-0", &keys["thermostat-0"]).await;
+    assert_eq!(again["result"]["assignedHub"], hubs[0].as_str(), "the same hub each time");
+
+    // The group's status counts them, and lists the latest.
+    let shown = operator
+        .eventually("enrollmentgroup/thermostats", "8 registrations", |r| {
+            r["status"]["registrations"]["assigned"] == 8
+        })
+        .await;
+    let summary = &shown["status"]["registrations"];
+    assert_eq!(summary["total"], 8, "{summary}");
+    assert!(summary["latest"].as_array().is_some_and(|latest| !latest.is_empty()), "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_keys_follow_the_group_key_and_the_list() {
+    let operator = start("device-keys").await;
+    let ids: Vec<String> = (0..3).map(|i| format!("thermostat-{i}")).collect();
+    operator.apply(&group(&ids)).await;
+    let before = device_keys(&operator, 3).await;
+
+    // The group key rotates: DPS gets the new key, the devices' keys are derived again, and a
+    // device provisions with its new one.
+    let rotated = BASE64.encode([9u8; 64]);
+    let patch = json!({"stringData": {"primaryKey": rotated, "secondaryKey": rotated}}).to_string();
+    assert!(
+        operator
+            .kubectl(&["patch", "secret", "thermostats-keys", "--type", "merge", "-p", &patch], None)
+            .await
+            .success
+    );
+    let deadline = tokio::time::Instant::now() + support::operator::PATIENCE;
+    let after = loop {
+        let keys = device_keys(&operator, 3).await;
+        if keys != before {
+            break keys;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the device keys were not derived again");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_eq!(after["thermostat-1"], BASE64.encode(derived_key(&[9u8; 64], "thermostat-1")));
+    let registered = register(&operator, "thermostat-1", &after["thermostat-1"]).await;
+    assert_eq!(registered["ok"], true, "{registered}");
+    assert_eq!(
+        register(&operator, "thermostat-2", &before["thermostat-2"]).await["status"],
+        401,
+        "the old key"
+    );
+
+    // An id leaves the list: its entry goes. The list goes: the Secret goes.
+    operator.apply(&group(&ids[..2])).await;
+    let fewer = device_keys(&operator, 2).await;
+    assert!(!fewer.contains_key("thermostat-2"), "{fewer:?}");
+    let without = group(&ids).split("  deviceKeys:").next().unwrap().to_owned();
+    operator.apply(&without).await;
+    operator
+        .eventually("enrollmentgroup/thermostats", "no device keys", |r| r["status"]["deviceKeys"].is_null())
+        .await;
+    assert!(!operator.kubectl(&["get", "secret", "thermostat-device-keys"], None).await.success, "deleted");
+
+    // A Secret of that name the operator did not write is never overwritten.
+    operator.create_secret("thermostat-device-keys", &[("note", "the user's")]).await;
+    operator.apply(&group(&ids)).await;
+    operator
+        .eventually("enrollmentgroup/thermostats", "SecretNotOwned", |r| {
+            support::operator::condition(r, "Ready").is_some_and(|(_, reason, _)| reason == "SecretNotOwned")
+        })
+        .await;
+    let untouched = operator.get("secret/thermostat-device-keys").await;
+    assert_eq!(untouched["data"].as_object().unwrap().keys().collect::<Vec<_>>(), ["note"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_device_of_a_disabled_enrollment_is_refused() {
+    let operator = start("device-disabled").await;
+    operator.apply(&enrollment("heater", "  provisioningStatus: disabled\n")).await;
+    operator.wait("individualenrollment/heater", "condition=Ready").await;
+    let key = primary_key(&operator, "heater-keys").await;
+
+    let refused = register(&operator, "heater", &key).await;
+    assert_eq!(refused["ok"], false, "{refused}");
+    // The SDK reads DPS's `disabled` as a status it cannot complete with.
+    assert!(refused["error"].as_str().unwrap().contains("disabled"), "{refused}");
+    assert!(operator.dps.get_registration("heater").await.is_err(), "no registration recorded");
+}
