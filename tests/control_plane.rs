@@ -117,6 +117,13 @@ fn start_local_run() -> (std::process::Child, String) {
         resources.iter().all(|line| line.split_whitespace().any(|column| column == "True")),
         "{resources:#?}"
     );
+    // A sample device provisioned with the key the operator derived, and the group counts it.
+    let sample = lines.iter().find(|l| l.contains("A sample device, thermostat-0001, provisioned"));
+    let sample = sample.unwrap_or_else(|| panic!("no sample device: {lines:#?}"));
+    assert!(
+        sample.contains("assigned it to contoso-") && sample.contains("as device thermostat-0001"),
+        "{sample}"
+    );
     // What a user needs to use it from elsewhere: its kubectl, the emulator's CA and credentials.
     let after = |label: &str| {
         let at =

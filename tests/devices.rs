@@ -41,16 +41,30 @@ async fn start(prefix: &str) -> Operator {
 
 /// What the Node SDK's `register` ended with: `{"ok": true, "result": …}` or the error.
 async fn register(operator: &Operator, registration_id: &str, key: &str) -> Value {
+    run_device(operator, json!({"registrationId": registration_id, "symmetricKey": key})).await
+}
+
+/// The same for an X.509 device presenting `chain` (PEM, leaf first) with its `key`.
+async fn register_x509(operator: &Operator, registration_id: &str, chain: &str, key: &str) -> Value {
+    let file = |what: &str, text: &str| {
+        let path = std::env::temp_dir().join(format!("{}-{registration_id}-{what}.pem", operator.namespace));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (cert, key) = (file("cert", chain), file("key", key));
+    run_device(operator, json!({"registrationId": registration_id, "cert": cert, "key": key})).await
+}
+
+async fn run_device(operator: &Operator, credentials: Value) -> Value {
     let ca = std::env::temp_dir().join(format!("{}-ca.pem", operator.namespace));
     std::fs::write(&ca, operator.emulator.ca_certificate().unwrap()).unwrap();
-    let request = json!({
+    let mut request = json!({
         "host": "localhost",
         "address": format!("127.0.0.1:{}", operator.emulator.address().port()),
         "idScope": operator.emulator.id_scope(),
-        "registrationId": registration_id,
-        "symmetricKey": key,
         "ca": ca,
     });
+    request.as_object_mut().unwrap().extend(credentials.as_object().unwrap().clone());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/devices/register.js");
     let modules = node_modules().clone();
     let output = tokio::task::spawn_blocking(move || {
@@ -245,4 +259,52 @@ async fn a_device_of_a_disabled_enrollment_is_refused() {
     // The SDK reads DPS's `disabled` as a status it cannot complete with.
     assert!(refused["error"].as_str().unwrap().contains("disabled"), "{refused}");
     assert!(operator.dps.get_registration("heater").await.is_err(), "no registration recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn x509_devices_provision_with_their_certificates_individually_and_through_a_group() {
+    use dps_operator::pki::CertificateAuthority;
+    let operator = start("device-x509").await;
+    let ca = CertificateAuthority::new("Contoso Devices CA").unwrap();
+    let camera = ca.issue_client("camera-1", None).unwrap();
+    operator.create_secret("camera-1-cert", &[("tls.crt", &camera.certificate_pem)]).await;
+    operator.create_secret("devices-ca", &[("tls.crt", &ca.certificate_pem)]).await;
+    operator
+        .apply(
+            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: camera-1}\nspec:\n  \
+             serviceRef: {name: dps}\n  attestation:\n    x509:\n      clientCertificates:\n        primary: {name: camera-1-cert}\n",
+        )
+        .await;
+    operator
+        .apply(&format!(
+            "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {{name: cameras}}\nspec:\n  \
+             serviceRef: {{name: dps}}\n  attestation:\n    x509:\n      signingCertificates:\n        primary: {{name: devices-ca}}\n  \
+             allocationPolicy: static\n  iotHubs: [{HUB_A}]\n"
+        ))
+        .await;
+    operator.wait("individualenrollment/camera-1", "condition=Ready").await;
+    operator.wait("enrollmentgroup/cameras", "condition=Ready").await;
+
+    // Its own certificate, alone: the individual enrollment holds its thumbprint.
+    let own = register_x509(&operator, "camera-1", &camera.certificate_pem, &camera.key_pem).await;
+    assert_eq!(own["ok"], true, "{own}");
+    assert_eq!(own["result"]["deviceId"], "camera-1");
+
+    // A device of the group presents its certificate and the chain up to the signing certificate.
+    let member = ca.issue_client("camera-2", None).unwrap();
+    let chain = format!("{}{}", member.certificate_pem, ca.certificate_pem);
+    let joined = register_x509(&operator, "camera-2", &chain, &member.key_pem).await;
+    assert_eq!(joined["ok"], true, "{joined}");
+    assert_eq!(joined["result"]["assignedHub"], HUB_A);
+    assert_eq!(joined["result"]["x509"]["enrollmentGroupId"], "cameras");
+
+    // A certificate of another CA, or of another name, is refused.
+    let stranger_ca = CertificateAuthority::new("Someone Else").unwrap();
+    let stranger = stranger_ca.issue_client("camera-3", None).unwrap();
+    let chain = format!("{}{}", stranger.certificate_pem, stranger_ca.certificate_pem);
+    let refused = register_x509(&operator, "camera-3", &chain, &stranger.key_pem).await;
+    assert_eq!((refused["ok"].as_bool(), refused["status"].as_u64()), (Some(false), Some(401)), "{refused}");
+    let chain = format!("{}{}", member.certificate_pem, ca.certificate_pem);
+    let misnamed = register_x509(&operator, "camera-9", &chain, &member.key_pem).await;
+    assert_eq!(misnamed["status"], 401, "{misnamed}");
 }

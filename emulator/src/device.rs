@@ -102,20 +102,36 @@ fn symmetric_keys(item: &Map<String, Value>) -> Option<Vec<Vec<u8>>> {
     )
 }
 
-/// Authenticates a device by the SAS token in `authorization` and finds its enrollment. Its
-/// individual enrollment decides when it has one, even to refuse it (a disabled individual
-/// enrollment is how DPS takes one device out of a group); else the first symmetric-key group
-/// whose key the device's derives from.
+/// How a device proves who it is.
+pub enum Credentials<'a> {
+    /// A SAS token: the `Authorization` header.
+    Sas(&'a str),
+    /// The certificate chain it presented in the TLS handshake (DER, leaf first); the handshake
+    /// proved it holds the leaf's key.
+    Certificate(&'a [Vec<u8>]),
+    None,
+}
+
+/// Authenticates a device and finds its enrollment. Its individual enrollment decides when it
+/// has one, even to refuse it (a disabled individual enrollment is how DPS takes one device out
+/// of a group); else the first group its credentials fit: the symmetric-key group its key
+/// derives from, or the X.509 group its certificate chains up to.
 pub fn enrollment_of(
     store: &Store,
     id_scope: &str,
     registration_id: &str,
-    authorization: Option<&str>,
+    credentials: &Credentials<'_>,
     now: u64,
 ) -> Result<Enrolled, ApiError> {
-    let authorization = authorization.ok_or_else(|| {
-        ApiError::unauthorized("The request has no Authorization header or client certificate.")
-    })?;
+    let authorization = match credentials {
+        Credentials::Sas(header) => header,
+        Credentials::Certificate(chain) => return by_certificate(store, registration_id, chain, now),
+        Credentials::None => {
+            return Err(ApiError::unauthorized(
+                "The request has no Authorization header or client certificate.",
+            ));
+        }
+    };
     let token = SasToken::parse(authorization).map_err(ApiError::unauthorized)?;
     let resource = format!("{id_scope}/registrations/{registration_id}").to_ascii_lowercase();
     if token.audience() != resource {
@@ -150,6 +166,85 @@ pub fn enrollment_of(
                     keys.iter().map(|key| derived_key(key, registration_id)).collect();
                 token.signed_by_any(derived.iter().map(Vec::as_slice))
             })
+        })
+        .map(|group| Enrolled {
+            group_id: group.get("enrollmentGroupId").and_then(Value::as_str).map(str::to_owned),
+            item: group.clone(),
+        })
+        .ok_or_else(refused)
+}
+
+/// Finds the enrollment of an X.509 device: its registration id is its certificate's common
+/// name; an individual enrollment holds the leaf's thumbprint, a group a signing certificate the
+/// presented chain reaches through valid signatures. The emulator keeps only the thumbprints of
+/// uploaded certificates, as DPS reports them, so the signing certificate must be in the chain
+/// the device presents.
+fn by_certificate(
+    store: &Store,
+    registration_id: &str,
+    chain: &[Vec<u8>],
+    now: u64,
+) -> Result<Enrolled, ApiError> {
+    use x509_parser::{prelude::FromDer, time::ASN1Time};
+    let unauthorized = |message: String| ApiError::unauthorized(message);
+    let certificates = chain
+        .iter()
+        .map(|der| x509_parser::certificate::X509Certificate::from_der(der).map(|(_, c)| c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| unauthorized("The client certificate is not a well-formed X.509 certificate.".into()))?;
+    let leaf =
+        certificates.first().ok_or_else(|| unauthorized("The client presented no certificate.".into()))?;
+    let common_name =
+        leaf.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default();
+    if !common_name.eq_ignore_ascii_case(registration_id) {
+        return Err(unauthorized(format!(
+            "The client certificate is for '{common_name}', not '{registration_id}': an X.509 device registers \
+             under its certificate's common name."
+        )));
+    }
+    let at =
+        ASN1Time::from_timestamp(now as i64).map_err(|_| unauthorized("The time is out of range.".into()))?;
+    if !certificates.iter().all(|c| c.validity().is_valid_at(at)) {
+        return Err(unauthorized("A certificate of the chain is expired or not valid yet.".into()));
+    }
+    let thumbprint = |der: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, der)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
+    };
+    let holds = |certificates: &Value, wanted: &str| {
+        ["primary", "secondary"].iter().any(|slot| certificates[*slot]["info"]["sha256Thumbprint"] == wanted)
+    };
+    let refused = || {
+        unauthorized(format!(
+            "No enrollment for registration id '{registration_id}' accepts this client certificate."
+        ))
+    };
+    if let Some(item) = store.enrollments.get(&registration_id.to_lowercase()) {
+        let client = &item["attestation"]["x509"]["clientCertificates"];
+        return if item["attestation"]["type"] == "x509" && holds(client, &thumbprint(&chain[0])) {
+            Ok(Enrolled { group_id: None, item: item.clone() })
+        } else {
+            Err(refused())
+        };
+    }
+    // How far up the chain signatures hold: each certificate issued and signed by the next.
+    let linked = certificates
+        .windows(2)
+        .take_while(|pair| {
+            pair[0].issuer().as_raw() == pair[1].subject().as_raw()
+                && pair[0].verify_signature(Some(pair[1].public_key())).is_ok()
+        })
+        .count();
+    store
+        .enrollment_groups
+        .values()
+        .find(|group| {
+            let signing = &group["attestation"]["x509"]["signingCertificates"];
+            group["attestation"]["type"] == "x509"
+                && chain.iter().take(linked + 1).skip(1).any(|der| holds(signing, &thumbprint(der)))
         })
         .map(|group| Enrolled {
             group_id: group.get("enrollmentGroupId").and_then(Value::as_str).map(str::to_owned),
@@ -349,7 +444,7 @@ mod tests {
             .enrollment_groups
             .insert("thermostats".into(), symmetric("enrollmentGroupId", "thermostats", &[2; 32]));
         let resource = |id: &str| format!("{SCOPE}/registrations/{id}");
-        let found = |id: &str, token: &str| enrollment_of(&store, SCOPE, id, Some(token), 1_000);
+        let found = |id: &str, token: &str| enrollment_of(&store, SCOPE, id, &Credentials::Sas(token), 1_000);
 
         let own = found("boiler", &sas(&resource("boiler"), &[1; 32], 2_000)).unwrap();
         assert_eq!(own.group_id, None);
@@ -370,7 +465,62 @@ mod tests {
             refused("boiler", &sas(&resource("boiler"), &derived_key(&[2; 32], "boiler"), 2_000)),
             401
         );
-        assert_eq!(enrollment_of(&store, SCOPE, "boiler", None, 1_000).unwrap_err().status, 401);
+        assert_eq!(
+            enrollment_of(&store, SCOPE, "boiler", &Credentials::None, 1_000).unwrap_err().status,
+            401
+        );
+    }
+
+    #[test]
+    fn an_x509_device_is_found_by_its_thumbprint_or_by_a_chain_to_its_group_s_signing_certificate() {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
+        ca_params.distinguished_name.push(DnType::CommonName, "Devices CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let device = |name: &str| {
+            let mut params = CertificateParams::new(Vec::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.signed_by(&KeyPair::generate().unwrap(), &issuer).unwrap()
+        };
+        let info = |pem: &str| json!({"info": crate::certificate::info(pem).unwrap().json});
+        let (camera, member) = (device("camera-1"), device("camera-2"));
+        let mut store = Store::default();
+        let individual = json!({"registrationId": "camera-1", "attestation": {"type": "x509",
+            "x509": {"clientCertificates": {"primary": info(&camera.pem())}}}});
+        store.enrollments.insert("camera-1".into(), individual.as_object().unwrap().clone());
+        let group = json!({"enrollmentGroupId": "cameras", "attestation": {"type": "x509",
+            "x509": {"signingCertificates": {"primary": info(&ca.pem())}}}});
+        store.enrollment_groups.insert("cameras".into(), group.as_object().unwrap().clone());
+        let now = jiff::Timestamp::now().as_second() as u64;
+        let found = |id: &str, chain: Vec<Vec<u8>>| {
+            enrollment_of(&store, SCOPE, id, &Credentials::Certificate(&chain), now)
+        };
+
+        assert_eq!(found("camera-1", vec![camera.der().to_vec()]).unwrap().group_id, None);
+        let through_group = found("camera-2", vec![member.der().to_vec(), ca.der().to_vec()]).unwrap();
+        assert_eq!(through_group.group_id.as_deref(), Some("cameras"));
+        assert_eq!(found("camera-2", vec![member.der().to_vec()]).unwrap_err().status, 401, "no chain");
+        assert_eq!(
+            found("camera-9", vec![member.der().to_vec(), ca.der().to_vec()]).unwrap_err().status,
+            401,
+            "another name"
+        );
+        // A chain that claims the CA without its signature: the CA's certificate after another CA's leaf.
+        let other_key = KeyPair::generate().unwrap();
+        let mut other = CertificateParams::new(Vec::new()).unwrap();
+        other.distinguished_name.push(DnType::CommonName, "Devices CA");
+        other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let other_issuer = Issuer::new(other, other_key);
+        let mut forged = CertificateParams::new(Vec::new()).unwrap();
+        forged.distinguished_name.push(DnType::CommonName, "camera-5");
+        let forged = forged.signed_by(&KeyPair::generate().unwrap(), &other_issuer).unwrap();
+        assert_eq!(
+            found("camera-5", vec![forged.der().to_vec(), ca.der().to_vec()]).unwrap_err().status,
+            401
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use super::{
     auth::{AccessPolicy, verify_sas},
-    device::{self, DEFAULT_ID_SCOPE, DEVICE_API_VERSIONS, DeviceOperation, Operations},
+    device::{self, Credentials, DEFAULT_ID_SCOPE, DEVICE_API_VERSIONS, DeviceOperation, Operations},
     error::ApiError,
     store::{self, BulkMode, Quotas, Registration, Store},
     swagger,
@@ -400,6 +400,49 @@ impl std::fmt::Display for DropConnection {
 
 impl std::error::Error for DropConnection {}
 
+/// The certificate chain a TLS client presented (DER, leaf first), for the device API.
+#[derive(Clone, Debug)]
+pub struct ClientChain(pub Arc<Vec<Vec<u8>>>);
+
+/// One connection's service: the app, with the faults applied around it and the client's
+/// certificate chain, if it presented one, on every request.
+fn connection_service(
+    app: Router,
+    shared: Arc<Shared>,
+    chain: Option<ClientChain>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = DropConnection,
+    Future: Send + 'static,
+> + Clone {
+    hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        let (app, shared) = (app.clone(), shared.clone());
+        if let Some(chain) = &chain {
+            request.extensions_mut().insert(chain.clone());
+        }
+        async move {
+            let path = request.uri().path();
+            let faults = lock(&shared.faults).clone();
+            let is_api = !path.starts_with("/admin") && !path.contains("/oauth2/");
+            let faults =
+                if is_api && faults.hit(request.method(), path) { faults } else { Faults::default() };
+            if chance(faults.drop_rate) {
+                return Err(DropConnection);
+            }
+            let answer =
+                tower::ServiceExt::oneshot(app, request).await.unwrap_or_else(|never| match never {});
+            if faults.answer_delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(faults.answer_delay_ms)).await;
+            }
+            if chance(faults.lost_answer_rate) {
+                return Err(DropConnection);
+            }
+            Ok(answer)
+        }
+    })
+}
+
 async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -419,40 +462,24 @@ async fn serve(
         };
         let (tls, app, shared) = (tls.clone(), app.clone(), shared.clone());
         connections.spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                    let (app, shared) = (app.clone(), shared.clone());
-                    async move {
-                        let path = request.uri().path();
-                        let faults = lock(&shared.faults).clone();
-                        let is_api = !path.starts_with("/admin") && !path.contains("/oauth2/");
-                        let faults = if is_api && faults.hit(request.method(), path) {
-                            faults
-                        } else {
-                            Faults::default()
-                        };
-                        if chance(faults.drop_rate) {
-                            return Err(DropConnection);
-                        }
-                        let answer = tower::ServiceExt::oneshot(app, request)
-                            .await
-                            .unwrap_or_else(|never| match never {});
-                        if faults.answer_delay_ms > 0 {
-                            tokio::time::sleep(Duration::from_millis(faults.answer_delay_ms)).await;
-                        }
-                        if chance(faults.lost_answer_rate) {
-                            return Err(DropConnection);
-                        }
-                        Ok(answer)
-                    }
-                });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = match tls {
                 Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => builder.serve_connection(TokioIo::new(stream), service).await,
+                    Ok(stream) => {
+                        let chain = stream.get_ref().1.peer_certificates().map(|chain| {
+                            ClientChain(Arc::new(chain.iter().map(|c| c.as_ref().to_vec()).collect()))
+                        });
+                        builder
+                            .serve_connection(TokioIo::new(stream), connection_service(app, shared, chain))
+                            .await
+                    }
                     Err(_) => return,
                 },
-                None => builder.serve_connection(TokioIo::new(stream), service).await,
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), connection_service(app, shared, None))
+                        .await
+                }
             };
         });
         while connections.try_join_next().is_some() {}
@@ -576,12 +603,14 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
 
 async fn service_api(
     State(shared): State<Arc<Shared>>,
+    chain: Option<axum::Extension<ClientChain>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let response = match handle(&shared, &method, &uri, &headers, &body).await {
+    let chain = chain.as_ref().map(|axum::Extension(ClientChain(chain))| chain.as_slice());
+    let response = match handle(&shared, &method, &uri, &headers, &body, chain).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     };
@@ -595,6 +624,7 @@ async fn handle(
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
+    chain: Option<&[Vec<u8>]>,
 ) -> Result<Response, ApiError> {
     let operation = route(method, uri.path())?;
     *lock(&shared.calls).entry(operation.operation_id()).or_default() += 1;
@@ -617,7 +647,7 @@ async fn handle(
     }
 
     let operation = match operation {
-        Route::Device(operation) => return device_api(shared, operation, uri, headers, body),
+        Route::Device(operation) => return device_api(shared, operation, uri, headers, body, chain),
         Route::Service(operation) => operation,
     };
     check_api_version(uri, SERVICE_API_VERSIONS)?;
@@ -744,6 +774,7 @@ fn device_api(
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
+    chain: Option<&[Vec<u8>]>,
 ) -> Result<Response, ApiError> {
     check_api_version(uri, DEVICE_API_VERSIONS)?;
     if !operation.id_scope().eq_ignore_ascii_case(&shared.id_scope) {
@@ -759,8 +790,13 @@ fn device_api(
     }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let registration_id = operation.registration_id().to_owned();
+    let credentials = match (authorization, chain) {
+        (Some(header), _) => Credentials::Sas(header),
+        (None, Some(chain)) if !chain.is_empty() => Credentials::Certificate(chain),
+        (None, _) => Credentials::None,
+    };
     let enrolled = |store: &Store| {
-        device::enrollment_of(store, &shared.id_scope, &registration_id, authorization, unix_now())
+        device::enrollment_of(store, &shared.id_scope, &registration_id, &credentials, unix_now())
     };
     match operation {
         DeviceOperation::Register { .. } => {

@@ -4,7 +4,9 @@
 
 use std::{path::Path, sync::Arc};
 
-use super::{ControlPlane, Error, Tools, run};
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+
+use super::{ControlPlane, Error, Tools, device, run};
 use crate::{
     controller::{self, context::Config},
     pki::CertificateAuthority,
@@ -13,6 +15,9 @@ use dps_emulator::{EmulatorConfig, RunningEmulator};
 
 /// The DPS host the examples name; the emulator answers for it.
 const EXAMPLE_HOST: &str = "contoso.azure-devices-provisioning.net";
+/// The device `local` provisions, one the thermostats example lists in its `deviceKeys`.
+const SAMPLE_DEVICE: &str = "thermostat-0001";
+const DEVICE_KEYS_SECRET: &str = "thermostats-device-keys";
 /// Where the operator runs, and where ClusterProvisioningService Secrets live.
 pub const OPERATOR_NAMESPACE: &str = "dps-operator";
 
@@ -30,6 +35,7 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
             .await
             .map_err(|e| Error::Emulator(e.to_string()))?;
     let emulator_ca = emulator.ca_certificate().unwrap_or_default().to_owned();
+    let ca_pem = emulator_ca.clone();
     let ca_file = control_plane.kubeconfig().with_file_name("dps-emulator-ca.pem");
     std::fs::write(&ca_file, &emulator_ca).map_err(|source| Error::io("write", &ca_file, source))?;
     let token_file = control_plane.kubeconfig().with_file_name("federated-token");
@@ -70,13 +76,41 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
     };
     wait(&["-n", namespace, "provisioningservices,enrollmentgroups,individualenrollments"])?;
     wait(&["clusterprovisioningservices"])?;
+
+    // A sample device provisions with the key the operator derived for it (the thermostats
+    // example's `deviceKeys`), and the group's status shows it: a shorter drift check interval
+    // makes the operator look at once, and every minute after.
+    let selector = format!("jsonpath={{.data.{SAMPLE_DEVICE}}}");
+    let key = kubectl(&["get", "secret", DEVICE_KEYS_SECRET, "-n", namespace, "-o", &selector], None)?;
+    let key = BASE64.decode(key.trim()).ok().and_then(|key| String::from_utf8(key).ok()).unwrap_or_default();
+    let endpoint = device::Endpoint {
+        host: EXAMPLE_HOST,
+        address: emulator.address(),
+        ca_pem: &ca_pem,
+        id_scope: emulator.id_scope(),
+    };
+    let registration = device::provision(&endpoint, SAMPLE_DEVICE, &key).await?;
+    let interval = r#"{"spec":{"driftCheckInterval":"1m"}}"#;
+    kubectl(
+        &["patch", "enrollmentgroup", "thermostats", "-n", namespace, "--type", "merge", "-p", interval],
+        None,
+    )?;
+    tokio::task::block_in_place(|| {
+        let assigned = "--for=jsonpath={.status.registrations.assigned}=1";
+        kubectl(&["wait", assigned, "enrollmentgroup/thermostats", "-n", namespace, "--timeout=120s"], None)
+    })?;
     let resources = kubectl(&["get", "dps", "--all-namespaces"], None)?;
     println!(
         "Everything runs on this machine: a Kubernetes API server at {server} with \
          kube-controller-manager, a DPS emulator standing in \
          for {EXAMPLE_HOST} at {emulator}, and the operator. The manifests from {examples} are applied and \
-         Ready:\n\n{resources}\nUse it from another terminal with:\n\n    export KUBECONFIG={kubeconfig}\n    \
+         Ready:\n\n{resources}\nA sample device, {SAMPLE_DEVICE}, provisioned with the key the operator derived for it \
+         (Secret {DEVICE_KEYS_SECRET}): DPS assigned it to {hub} as device {device_id}; the group's status counts it.\n\n\
+         Use it from another terminal with:\n\n    export KUBECONFIG={kubeconfig}\n    \
          kubectl get dps -A\n    kubectl describe enrollmentgroup thermostats -n {namespace}\n\n\
+         Provision a device of your own: its key is in Secret {DEVICE_KEYS_SECRET} once its registration id is in the \
+         group's spec.deviceKeys.registrationIds; a device registers at https://{EXAMPLE_HOST} (here {emulator}, \
+         trusting {ca}) under ID scope {id_scope} (see the README, \"Provisioning a device against the emulator\").\n\n\
          The kubectl of this run (the machine's own may be older than this API server):\n    {kubectl}\n\
          The DPS emulator at {emulator}, answering for {EXAMPLE_HOST}:\n    \
          CA certificate:    {ca}\n    connection string: {connection}\n\
@@ -88,6 +122,9 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
         kubectl = control_plane.tools().binary("kubectl").display(),
         ca = ca_file.display(),
         connection = emulator.connection_string(),
+        hub = registration["assignedHub"].as_str().unwrap_or_default(),
+        device_id = registration["deviceId"].as_str().unwrap_or_default(),
+        id_scope = emulator.id_scope(),
     );
     crate::signals::shutdown()
         .await

@@ -2,6 +2,7 @@
 //! and the DPS emulator. `dps-operator local` and the integration tests use it.
 
 mod control_plane;
+mod device;
 mod local;
 mod node;
 
@@ -57,6 +58,9 @@ pub enum Error {
 
     #[error("the DPS emulator could not start: {0}")]
     Emulator(String),
+
+    #[error("the sample device {registration_id} did not provision: {detail}")]
+    Device { registration_id: String, detail: String },
 }
 
 impl Error {
