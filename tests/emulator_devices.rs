@@ -102,17 +102,23 @@ impl<'a> Device<'a> {
 
     /// PUT register.
     async fn request_registration(&self) -> Answer {
-        let id = &self.registration_id;
-        let body = json!({ "registrationId": id });
-        let path = format!("/registrations/{id}/register");
+        self.request_registration_with(json!({ "registrationId": self.registration_id })).await
+    }
+
+    async fn request_registration_with(&self, body: Value) -> Answer {
+        let path = format!("/registrations/{}/register", self.registration_id);
         self.send("RuntimeRegistration_RegisterDevice", Method::PUT, &path, Some(body)).await
     }
 
     /// PUT register, then the operation's status as a device polls it: the final
     /// `RegistrationOperationStatus`.
     async fn register(&self) -> Value {
+        self.register_with(json!({ "registrationId": self.registration_id })).await
+    }
+
+    async fn register_with(&self, body: Value) -> Value {
         let id = &self.registration_id;
-        let accepted = self.request_registration().await;
+        let accepted = self.request_registration_with(body).await;
         assert_eq!(accepted.status, 202, "{}", accepted.body);
         assert_eq!(accepted.body["status"], "assigning");
         assert!(accepted.headers.get("retry-after").is_some());
@@ -343,4 +349,91 @@ async fn registrations_count_against_the_emulator_s_rate_and_polling_does_not() 
     assert!(throttled.headers.get("retry-after").is_some());
     // Polls are not billed: a status lookup while the quota is spent still answers.
     assert_eq!(device.status().await.status, 404, "not throttled; no registration yet");
+}
+
+/// A custom allocation webhook over HTTPS on loopback: it records each request and answers
+/// `answer`.
+async fn webhook(
+    answer: Value,
+) -> (String, dps_operator::pki::CertificateAuthority, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use hyper_util::{
+        rt::{TokioExecutor, TokioIo},
+        server::conn::auto::Builder,
+        service::TowerToHyperService,
+    };
+    let ca = dps_operator::pki::CertificateAuthority::new("Webhook CA").unwrap();
+    let serving = ca.issue_server("localhost", &["localhost"]).unwrap();
+    let address: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let (listener, tls) =
+        dps_operator::admission::bind(address, &serving.certificate_pem, &serving.key_pem).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    let router = axum::Router::new().route(
+        "/api/allocate",
+        axum::routing::post(move |axum::Json(request): axum::Json<Value>| {
+            let (seen, answer) = (seen.clone(), answer.clone());
+            async move {
+                seen.lock().unwrap().push(request);
+                axum::Json(answer)
+            }
+        }),
+    );
+    let service = TowerToHyperService::new(router);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (tls, service) = (tls.clone(), service.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = tls.accept(stream).await else { return };
+                let _ =
+                    Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    (format!("https://localhost:{port}/api/allocate?code=function-key"), ca, requests)
+}
+
+#[tokio::test]
+async fn custom_allocation_asks_the_webhook_which_hub_and_hands_the_device_its_payload() {
+    let (url, webhook_ca, requests) =
+        webhook(json!({"iotHubHostName": HUB_B, "payload": {"floor": 3}})).await;
+    let emulator = emulator(EmulatorConfig {
+        linked_hubs: Some(vec![HUB_A.into(), HUB_B.into()]),
+        webhook_ca_certificates: Some(webhook_ca.certificate_pem.clone()),
+        ..Default::default()
+    })
+    .await;
+    let (dps, contract) = (client(&emulator), device_contract());
+    let group = |url: &str| {
+        json!({"enrollmentGroupId": "meters", "attestation": symmetric(&[6; 64]), "allocationPolicy": "custom",
+               "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"}})
+    };
+    let etag = put_group(&dps, group(&url), IfMatch::None).await.etag.unwrap();
+    let meter = Device::new(&emulator, &contract, "meter-1", &derived_key(&[6; 64], "meter-1"));
+
+    let registered = meter.register_with(json!({"registrationId": "meter-1", "payload": {"site": 7}})).await;
+    let state = &registered["registrationState"];
+    assert_eq!(
+        (state["status"].as_str(), state["assignedHub"].as_str()),
+        (Some("assigned"), Some(HUB_B)),
+        "{registered}"
+    );
+    assert_eq!(state["payload"], json!({"floor": 3}), "the webhook's payload reaches the device");
+    let request = requests.lock().unwrap()[0].clone();
+    assert_eq!(request["enrollmentGroup"]["enrollmentGroupId"], "meters");
+    assert!(request["enrollmentGroup"]["attestation"].get("symmetricKey").is_none(), "no keys: {request}");
+    let context = &request["deviceRuntimeContext"];
+    assert_eq!(
+        (context["registrationId"].as_str(), &context["payload"]),
+        (Some("meter-1"), &json!({"site": 7}))
+    );
+    assert_eq!(request["linkedHubs"], json!([HUB_A, HUB_B]));
+
+    // A webhook that cannot be reached, or names a hub the enrollment may not use: failed.
+    put_group(&dps, group("https://localhost:9/api/allocate?code=function-key"), IfMatch::Etag(&etag)).await;
+    let failed = meter.register().await;
+    let state = &failed["registrationState"];
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let message = state["errorMessage"].as_str().unwrap();
+    assert!(message.contains("could not be reached") && !message.contains("function-key"), "{message}");
 }

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::{
     auth::SasToken,
     error::ApiError,
-    store::{Registration, Store, new_etag},
+    store::{Registration, Store, new_etag, without_keys},
 };
 use crate::dps_time;
 
@@ -288,14 +288,68 @@ pub fn allocate(policy: Option<&str>, hubs: &[String], registration_id: &str) ->
     }
 }
 
+/// Where the allocation policy put a device: its hub, and for custom allocation the payload the
+/// webhook returned for the device.
+#[derive(Debug, PartialEq)]
+pub struct Assignment {
+    pub hub: String,
+    pub payload: Option<Value>,
+}
+
+impl From<String> for Assignment {
+    fn from(hub: String) -> Self {
+        Self { hub, payload: None }
+    }
+}
+
+/// The request DPS sends a custom allocation webhook (docs: "Understand custom allocation
+/// policies"): the enrollment, without keys; the device's runtime context (its registration id,
+/// its current hub and device id when it registered before, its attestation kind, the payload it
+/// sent); and the hubs it may be assigned to.
+pub fn webhook_request(
+    enrolled: &Enrolled,
+    registration_id: &str,
+    current: Option<&Value>,
+    payload: &Value,
+    hubs: &[String],
+) -> Value {
+    let enrollment = if enrolled.group_id.is_some() { "enrollmentGroup" } else { "individualEnrollment" };
+    let mut context = json!({ "registrationId": registration_id });
+    if let Some(current) = current {
+        context["currentIotHubHostName"] = current["assignedHub"].clone();
+        context["currentDeviceId"] = current["deviceId"].clone();
+    }
+    let kind = enrolled.item.get("attestation").and_then(|a| a["type"].as_str()).unwrap_or("symmetricKey");
+    context[kind] = json!({});
+    if !payload.is_null() {
+        context["payload"] = payload.clone();
+    }
+    json!({
+        enrollment: Value::Object(without_keys(&enrolled.item)),
+        "deviceRuntimeContext": context,
+        "linkedHubs": hubs,
+    })
+}
+
+/// The assignment in a webhook's answer: `iotHubHostName`, one of `hubs`, and a `payload`.
+pub fn webhook_assignment(answer: &Value, hubs: &[String]) -> Result<Assignment, String> {
+    let hub = answer["iotHubHostName"]
+        .as_str()
+        .ok_or("The custom allocation webhook answered no iotHubHostName.")?;
+    if !hubs.iter().any(|h| h.eq_ignore_ascii_case(hub)) {
+        return Err(format!("The custom allocation webhook chose {hub}, which the enrollment may not use."));
+    }
+    Ok(Assignment { hub: hub.to_owned(), payload: answer.get("payload").filter(|p| !p.is_null()).cloned() })
+}
+
 /// Registers the device `registration_id` through `enrolled`, recording the registration as DPS
-/// does, and answers its registration state as the device API shows it. `assignment` is the hub
-/// the allocation policy chose (the caller ran custom allocation), or why none could be.
+/// does, and answers its registration state as the device API shows it. `assignment` is where
+/// the allocation policy put it (the caller ran a custom allocation webhook), or why nowhere.
 pub fn register(
     store: &mut Store,
     enrolled: &Enrolled,
     registration_id: &str,
-    assignment: Result<String, String>,
+    assignment: Result<Assignment, String>,
     now: jiff::Timestamp,
 ) -> Value {
     let key = registration_id.to_lowercase();
@@ -318,11 +372,14 @@ pub fn register(
     let keep_hub = reprovision.is_some_and(|p| p["updateHubAssignment"] == false);
     let previous_hub = previous.as_ref().and_then(|p| p["assignedHub"].as_str()).map(str::to_owned);
     let assignment = match (&previous_hub, keep_hub) {
-        (Some(hub), true) => Ok(hub.clone()),
+        (Some(hub), true) => Ok(Assignment::from(hub.clone())),
         _ => assignment,
     };
     match assignment {
-        Ok(hub) => {
+        Ok(Assignment { hub, payload }) => {
+            if let Some(payload) = payload {
+                state["payload"] = payload;
+            }
             let device_id = match &enrolled.group_id {
                 None => enrolled.item.get("deviceId").and_then(Value::as_str).unwrap_or(registration_id),
                 Some(_) => registration_id,
@@ -537,18 +594,72 @@ mod tests {
     }
 
     #[test]
+    fn a_custom_allocation_webhook_gets_the_documented_request_and_its_answer_assigns() {
+        let mut item = symmetric("enrollmentGroupId", "meters", &[1; 32]);
+        item.insert(
+            "customAllocationDefinition".into(),
+            json!({"webhookUrl": "https://f/api?code=k", "apiVersion": "2021-10-01"}),
+        );
+        let enrolled = Enrolled { group_id: Some("meters".into()), item };
+        let hubs = vec!["a.azure-devices.net".to_owned(), "b.azure-devices.net".to_owned()];
+        let current = json!({"assignedHub": "a.azure-devices.net", "deviceId": "m-1"});
+        let request = webhook_request(&enrolled, "m-1", Some(&current), &json!({"site": 7}), &hubs);
+        assert_eq!(request["enrollmentGroup"]["enrollmentGroupId"], "meters");
+        assert!(
+            request["enrollmentGroup"]["attestation"].get("symmetricKey").is_none(),
+            "no keys: {request}"
+        );
+        let context = &request["deviceRuntimeContext"];
+        assert_eq!(
+            (context["registrationId"].as_str(), context["currentIotHubHostName"].as_str()),
+            (Some("m-1"), Some("a.azure-devices.net"))
+        );
+        assert_eq!((&context["payload"], &context["symmetricKey"]), (&json!({"site": 7}), &json!({})));
+        assert_eq!(request["linkedHubs"], json!(hubs));
+
+        let answer = json!({"iotHubHostName": "b.azure-devices.net", "payload": {"floor": 3}});
+        let assigned = webhook_assignment(&answer, &hubs).unwrap();
+        assert_eq!(
+            (assigned.hub.as_str(), assigned.payload.as_ref()),
+            ("b.azure-devices.net", Some(&json!({"floor": 3})))
+        );
+        assert!(
+            webhook_assignment(&json!({"iotHubHostName": "elsewhere.azure-devices.net"}), &hubs).is_err()
+        );
+        assert!(webhook_assignment(&json!({}), &hubs).is_err());
+        let mut store = Store::default();
+        let state = register(&mut store, &enrolled, "m-1", Ok(assigned), jiff::Timestamp::now());
+        assert_eq!(
+            (&state["assignedHub"], &state["payload"]),
+            (&json!("b.azure-devices.net"), &json!({"floor": 3}))
+        );
+    }
+
+    #[test]
     fn a_re_registration_follows_the_reprovision_policy() {
         let mut store = Store::default();
         let mut item = symmetric("registrationId", "boiler", &[1; 32]);
         item.insert("deviceId".into(), json!("boiler-device"));
         let enrolled = Enrolled { group_id: None, item };
         let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
-        let first = register(&mut store, &enrolled, "boiler", Ok("a.azure-devices.net".into()), now);
+        let first = register(
+            &mut store,
+            &enrolled,
+            "boiler",
+            Ok(Assignment::from("a.azure-devices.net".to_owned())),
+            now,
+        );
         assert_eq!(
             (&first["status"], &first["substatus"], &first["deviceId"]),
             (&json!("assigned"), &json!("initialAssignment"), &json!("boiler-device"))
         );
-        let moved = register(&mut store, &enrolled, "boiler", Ok("b.azure-devices.net".into()), now);
+        let moved = register(
+            &mut store,
+            &enrolled,
+            "boiler",
+            Ok(Assignment::from("b.azure-devices.net".to_owned())),
+            now,
+        );
         assert_eq!(
             (&moved["assignedHub"], &moved["substatus"]),
             (&json!("b.azure-devices.net"), &json!("deviceDataMigrated"))
@@ -562,7 +673,13 @@ mod tests {
             json!({"updateHubAssignment": false, "migrateDeviceData": true}),
         );
         let pinned = Enrolled { group_id: None, item: pinned };
-        let kept = register(&mut store, &pinned, "boiler", Ok("a.azure-devices.net".into()), now);
+        let kept = register(
+            &mut store,
+            &pinned,
+            "boiler",
+            Ok(Assignment::from("a.azure-devices.net".to_owned())),
+            now,
+        );
         assert_eq!(
             (&kept["assignedHub"], &kept["substatus"]),
             (&json!("b.azure-devices.net"), &json!("reprovisionedToInitialAssignment"))
@@ -575,7 +692,7 @@ mod tests {
             &mut store,
             &Enrolled { group_id: None, item: disabled },
             "boiler",
-            Ok("a.azure-devices.net".into()),
+            Ok(Assignment::from("a.azure-devices.net".to_owned())),
             now,
         );
         assert_eq!(refused["status"], "disabled");

@@ -47,6 +47,9 @@ struct Args {
     /// The ID scope devices register under (the device API's first path segment).
     #[arg(long, default_value = dps_emulator::DEFAULT_ID_SCOPE)]
     id_scope: String,
+    /// PEM certificates to trust for custom allocation webhooks besides the system's roots.
+    #[arg(long)]
+    webhook_ca_file: Option<PathBuf>,
     /// Keep the state in this JSON file so it survives a restart.
     #[arg(long)]
     state_file: Option<PathBuf>,
@@ -136,6 +139,13 @@ async fn main() -> anyhow::Result<()> {
         },
         state_file: args.state_file,
         id_scope: args.id_scope,
+        webhook_ca_certificates: match &args.webhook_ca_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("could not read {}", path.display()))?,
+            ),
+            None => None,
+        },
         entra_client_ids: (!args.entra_client_ids.is_empty()).then_some(args.entra_client_ids),
         certificate: match (&args.tls_cert_file, &args.tls_key_file) {
             (Some(chain), Some(key)) => {

@@ -105,6 +105,8 @@ pub struct EmulatorConfig {
     pub certificate: ServerCertificate,
     /// The ID scope devices register under (the first segment of the device API's paths).
     pub id_scope: String,
+    /// PEM certificates trusted for custom allocation webhooks besides the system's roots.
+    pub webhook_ca_certificates: Option<String>,
 }
 
 impl Default for EmulatorConfig {
@@ -126,6 +128,7 @@ impl Default for EmulatorConfig {
             entra_client_ids: None,
             certificate: ServerCertificate::Generated,
             id_scope: DEFAULT_ID_SCOPE.to_owned(),
+            webhook_ca_certificates: None,
         }
     }
 }
@@ -174,11 +177,22 @@ struct Shared {
     tokens: Mutex<HashMap<String, u64>>,
     /// Device registrations, for devices to look up.
     operations: Mutex<Operations>,
+    /// The client of custom allocation webhooks.
+    webhooks: reqwest::Client,
 }
 
 impl Shared {
     fn new(config: EmulatorConfig, host_name: String, store: Store) -> Self {
+        crate::install_crypto_provider();
+        let mut webhooks = reqwest::Client::builder().https_only(true).timeout(WEBHOOK_TIMEOUT);
+        if let Some(pem) = &config.webhook_ca_certificates {
+            match reqwest::Certificate::from_pem_bundle(pem.as_bytes()) {
+                Ok(certificates) => webhooks = webhooks.tls_certs_merge(certificates),
+                Err(error) => tracing::error!(%error, "the webhook CA certificates cannot be read"),
+            }
+        }
         Self {
+            webhooks: webhooks.build().unwrap_or_default(),
             host_name,
             id_scope: config.id_scope,
             policies: config.policies,
@@ -647,7 +661,7 @@ async fn handle(
     }
 
     let operation = match operation {
-        Route::Device(operation) => return device_api(shared, operation, uri, headers, body, chain),
+        Route::Device(operation) => return device_api(shared, operation, uri, headers, body, chain).await,
         Route::Service(operation) => operation,
     };
     check_api_version(uri, SERVICE_API_VERSIONS)?;
@@ -768,7 +782,7 @@ fn authenticate(shared: &Shared, uri: &Uri, headers: &HeaderMap) -> Result<(), A
 /// How long a device waits before it asks how its registration went.
 const REGISTRATION_RETRY_AFTER_SECONDS: u64 = 1;
 
-fn device_api(
+async fn device_api(
     shared: &Shared,
     operation: DeviceOperation,
     uri: &Uri,
@@ -822,18 +836,34 @@ fn device_api(
                     ),
                 ));
             }
-            let mut store = lock(&shared.store);
-            let enrolled = enrolled(&store)?;
+            let (enrolled, current) = {
+                let store = lock(&shared.store);
+                let current =
+                    store.registrations.get(&registration_id.to_lowercase()).map(|r| r.state.clone());
+                (enrolled(&store)?, current)
+            };
             let hubs = device::hubs_of(&enrolled.item, shared.linked_hubs.as_deref().unwrap_or_default());
             let policy = enrolled.item.get("allocationPolicy").and_then(Value::as_str);
             let assignment = if policy == Some("custom") {
-                Err("The emulator does not call custom allocation webhooks.".to_owned())
+                let call = device::webhook_request(
+                    &enrolled,
+                    &registration_id,
+                    current.as_ref(),
+                    &request["payload"],
+                    &hubs,
+                );
+                let url =
+                    enrolled.item["customAllocationDefinition"]["webhookUrl"].as_str().unwrap_or_default();
+                custom_allocation(shared, url, &call)
+                    .await
+                    .and_then(|answer| device::webhook_assignment(&answer, &hubs))
             } else {
-                device::allocate(policy, &hubs, &registration_id).ok_or_else(|| {
+                device::allocate(policy, &hubs, &registration_id).map(device::Assignment::from).ok_or_else(|| {
                     "No IoT hub to assign: the enrollment names none and no hub is linked to this DPS (--linked-hub)."
                         .to_owned()
                 })
             };
+            let mut store = lock(&shared.store);
             let state =
                 device::register(&mut store, &enrolled, &registration_id, assignment, jiff::Timestamp::now());
             save(shared, &store);
@@ -871,6 +901,23 @@ fn device_api(
             Ok(Json(device::device_view(record.state.clone(), &enrolled)).into_response())
         }
     }
+}
+
+/// How long a custom allocation webhook may take to answer.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Calls a custom allocation webhook at `url` with `request`; its answer, or why there is none
+/// (the URL is not in the message: it holds the function's key).
+async fn custom_allocation(shared: &Shared, url: &str, request: &Value) -> Result<Value, String> {
+    let response =
+        shared.webhooks.post(url).json(request).send().await.map_err(|e| {
+            format!("The custom allocation webhook could not be reached ({}).", e.without_url())
+        })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("The custom allocation webhook answered {status}."));
+    }
+    response.json().await.map_err(|_| "The custom allocation webhook's answer is not JSON.".to_owned())
 }
 
 fn check_query(query: &str) -> Result<(), ApiError> {

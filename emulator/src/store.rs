@@ -82,7 +82,7 @@ fn answer(item: &Map<String, Value>) -> Value {
 }
 
 /// An item as reads show it: without its symmetric keys.
-fn without_keys(item: &Map<String, Value>) -> Map<String, Value> {
+pub(crate) fn without_keys(item: &Map<String, Value>) -> Map<String, Value> {
     let mut item = item.clone();
     if let Some(Value::Object(attestation)) = item.get_mut("attestation") {
         attestation.remove("symmetricKey");

@@ -214,9 +214,7 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     };
     let newly_expiring =
         expiring(&enrollment.conditions).filter(|_| expiring(&old_enrollment.conditions).is_none());
-    // A status without an etag (created in bulk, whose answers carry none) gets it, and DPS's
-    // times, with its next write for another reason: filling them in alone would cost a write
-    // per enrollment at the first check, and at every restart.
+    // The device keys Secret as this pass left it, else as the status had it.
     let device_keys = match &result {
         Ok(synced) => synced.device_keys.clone(),
         Err(_) => None,
@@ -227,6 +225,9 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
         K::set_device_keys(&mut status, device_keys.clone());
         status
     };
+    // A status without an etag (created in bulk, whose answers carry none) gets it, and DPS's
+    // times, with its next write for another reason: filling them in alone would cost a write
+    // per enrollment at the first check, and at every restart.
     let only_filled_in = old_enrollment.etag.is_none() && {
         let bare = EnrollmentStatus {
             etag: None,
