@@ -224,6 +224,15 @@ async fn device_keys_follow_the_group_key_and_the_list() {
         "the old key"
     );
 
+    // Deleted by someone: written again by the next drift check (3 s here).
+    assert!(operator.kubectl(&["delete", "secret", "thermostat-device-keys"], None).await.success);
+    let deadline = tokio::time::Instant::now() + support::operator::PATIENCE;
+    while !operator.kubectl(&["get", "secret", "thermostat-device-keys"], None).await.success {
+        assert!(tokio::time::Instant::now() < deadline, "the device keys Secret was not restored");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(device_keys(&operator, 3).await, after, "restored as it was");
+
     // An id leaves the list: its entry goes. The list goes: the Secret goes.
     operator.apply(&group(&ids[..2])).await;
     let fewer = device_keys(&operator, 2).await;

@@ -396,7 +396,11 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_more() {
     assert!(!can(&["get", "secrets", "-n", "dps-elsewhere"]), "Secrets outside the watched namespaces");
     assert!(!can(&["list", "secrets", "--all-namespaces"]));
     assert!(!can(&["get", "enrollmentgroups.dps.iot.dev", "-n", "dps-elsewhere"]));
-    assert!(!can(&["delete", "secrets", "-n", "dps-allowed"]), "no more than the operator needs");
+    // It deletes Secrets it wrote and no longer needs (new keys a create never used, device keys
+    // no longer asked for), only in the namespaces it watches.
+    assert!(can(&["delete", "secrets", "-n", "dps-allowed"]));
+    assert!(!can(&["delete", "secrets", "-n", "dps-elsewhere"]), "no more than the operator needs");
+    assert!(!can(&["update", "secrets", "-n", "dps-allowed"]), "no more than the operator needs");
     assert!(!can(&["create", "pods", "-n", "dps-allowed"]));
 }
 

@@ -31,8 +31,11 @@ pub fn derive(group_key: &Secret, registration_id: &str) -> Option<Secret> {
 pub enum Plan {
     /// Nothing asked, nothing written before.
     None,
-    /// As last written: the status stays.
-    Keep(DeviceKeysStatus),
+    /// As last written: the status stays, and the Secret is restored to `data` if it was
+    /// deleted or edited since.
+    Keep { data: BTreeMap<String, Secret>, status: DeviceKeysStatus },
+    /// The group key is not known (yet): what was written stays as it is.
+    Unknown(DeviceKeysStatus),
     /// Write `data` to the Secret `status.secret_name` (and remove `remove`, the Secret written
     /// before under another name).
     Write { data: BTreeMap<String, Secret>, status: DeviceKeysStatus, remove: Option<String> },
@@ -51,7 +54,7 @@ pub fn plan(
     let (spec, group_key) = match (spec, group_key, written) {
         (Some(spec), Some(key), _) => (spec, key),
         // The key is not known (yet): what was written stays.
-        (Some(_), None, Some(written)) => return Plan::Keep(written.clone()),
+        (Some(_), None, Some(written)) => return Plan::Unknown(written.clone()),
         (Some(_), None, None) | (None, _, None) => return Plan::None,
         (None, _, Some(written)) => return Plan::Remove(written.secret_name.clone()),
     };
@@ -61,12 +64,12 @@ pub fn plan(
     let digest = digest(digest_key, &spec.secret_name, &ids, group_key);
     let status =
         DeviceKeysStatus { secret_name: spec.secret_name.clone(), devices: ids.len() as i64, digest };
-    if written == Some(&status) {
-        return Plan::Keep(status);
-    }
     let Some(data) = ids.iter().map(|id| Some(((*id).to_owned(), derive(group_key, id)?))).collect() else {
         return Plan::None;
     };
+    if written == Some(&status) {
+        return Plan::Keep { data, status };
+    }
     let remove = written.map(|w| w.secret_name.clone()).filter(|name| *name != spec.secret_name);
     Plan::Write { data, status, remove }
 }
@@ -79,7 +82,21 @@ pub async fn apply(
 ) -> Result<Option<DeviceKeysStatus>, Error> {
     match plan {
         Plan::None => Ok(None),
-        Plan::Keep(status) => Ok(Some(status)),
+        Plan::Unknown(status) => Ok(Some(status)),
+        Plan::Keep { data, status } => {
+            // Deleted or edited since: written again.
+            let held = reader.secret(&status.secret_name).await?;
+            let intact = held.and_then(|secret| secret.data).is_some_and(|held| {
+                held.len() == data.len()
+                    && data
+                        .iter()
+                        .all(|(id, key)| held.get(id).is_some_and(|value| value.0 == key.expose().as_bytes()))
+            });
+            if !intact {
+                reader.apply_owned_secret(&status.secret_name, owner, &data).await?;
+            }
+            Ok(Some(status))
+        }
         Plan::Write { data, status, remove } => {
             reader.apply_owned_secret(&status.secret_name, owner, &data).await?;
             if let Some(previous) = remove {
@@ -139,7 +156,10 @@ mod tests {
         assert!(!status.digest.contains(data["a"].expose()), "no key in the status");
 
         let same = plan(Some(&spec("keys", &["a", "b"])), Some(&key), Some(&status), &digest_key);
-        assert_eq!(same, Plan::Keep(status.clone()), "the same ids in another order");
+        assert!(
+            matches!(&same, Plan::Keep { status: kept, .. } if *kept == status),
+            "the same ids in another order"
+        );
         let rotated = Secret::new(BASE64.encode([2u8; 32]));
         assert!(matches!(
             plan(Some(&spec("keys", &["a", "b"])), Some(&rotated), Some(&status), &digest_key),
@@ -151,7 +171,10 @@ mod tests {
         assert!(matches!(&renamed, Plan::Write { remove: Some(old), .. } if old == "keys"), "{renamed:?}");
 
         assert_eq!(plan(None, Some(&key), Some(&status), &digest_key), Plan::Remove("keys".into()));
-        assert_eq!(plan(Some(&spec("keys", &["a"])), None, Some(&status), &digest_key), Plan::Keep(status));
+        assert_eq!(
+            plan(Some(&spec("keys", &["a"])), None, Some(&status), &digest_key),
+            Plan::Unknown(status)
+        );
         assert_eq!(plan(None, None, None, &digest_key), Plan::None);
     }
 }
