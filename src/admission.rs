@@ -89,7 +89,7 @@ pub async fn start(
     };
     let (listener, tls) = bind(address, &read(certificate_file)?, &read(key_file)?).await?;
     tracing::info!(%address, path = PATH, "serving the admission webhook");
-    tokio::spawn(serve(listener, tls, stopped));
+    tokio::spawn(serve(listener, tls, router(), stopped));
     Ok(())
 }
 
@@ -113,14 +113,20 @@ pub async fn bind(
     Ok((listener, tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
-/// Answers admission reviews on `listener` until `stopped` resolves.
-pub async fn serve(listener: TcpListener, tls: tokio_rustls::TlsAcceptor, stopped: impl Future<Output = ()>) {
+/// Serves `router` (the admission reviews, [`router`]) over TLS on `listener` until `stopped`
+/// resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    router: Router,
+    stopped: impl Future<Output = ()>,
+) {
     use hyper_util::{
         rt::{TokioExecutor, TokioIo},
         server::conn::auto::Builder,
         service::TowerToHyperService,
     };
-    let service = TowerToHyperService::new(router());
+    let service = TowerToHyperService::new(router);
     tokio::pin!(stopped);
     loop {
         let stream = tokio::select! {

@@ -455,7 +455,8 @@ async fn the_webhook_refuses_at_apply_time_twins_iot_hub_would_refuse() {
     let (listener, tls) =
         dps_operator::admission::bind(address, &serving.certificate_pem, &serving.key_pem).await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(dps_operator::admission::serve(listener, tls, std::future::pending()));
+    let router = dps_operator::admission::router();
+    tokio::spawn(dps_operator::admission::serve(listener, tls, router, std::future::pending()));
     let configuration = json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingWebhookConfiguration",

@@ -356,11 +356,6 @@ async fn registrations_count_against_the_emulator_s_rate_and_polling_does_not() 
 async fn webhook(
     answer: Value,
 ) -> (String, dps_operator::pki::CertificateAuthority, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
-    use hyper_util::{
-        rt::{TokioExecutor, TokioIo},
-        server::conn::auto::Builder,
-        service::TowerToHyperService,
-    };
     let ca = dps_operator::pki::CertificateAuthority::new("Webhook CA").unwrap();
     let serving = ca.issue_server("localhost", &["localhost"]).unwrap();
     let address: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -379,17 +374,7 @@ async fn webhook(
             }
         }),
     );
-    let service = TowerToHyperService::new(router);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (tls, service) = (tls.clone(), service.clone());
-            tokio::spawn(async move {
-                let Ok(stream) = tls.accept(stream).await else { return };
-                let _ =
-                    Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
+    tokio::spawn(dps_operator::admission::serve(listener, tls, router, std::future::pending()));
     (format!("https://localhost:{port}/api/allocate?code=function-key"), ca, requests)
 }
 

@@ -25,12 +25,10 @@ pub fn info(text: &str) -> Result<Info, String> {
     };
     let validity = certificate.validity();
     let (not_before, not_after) = (time(validity.not_before)?, time(validity.not_after)?);
-    let upper_hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02X}")).collect::<String>();
-    let digest = |algorithm| upper_hex(ring::digest::digest(algorithm, &der).as_ref());
     let json = json!({
         "subjectName": distinguished_name(certificate.subject()),
-        "sha1Thumbprint": digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY),
-        "sha256Thumbprint": digest(&ring::digest::SHA256),
+        "sha1Thumbprint": thumbprint(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &der),
+        "sha256Thumbprint": thumbprint(&ring::digest::SHA256, &der),
         "issuerName": distinguished_name(certificate.issuer()),
         "notBeforeUtc": crate::whole_seconds(not_before),
         "notAfterUtc": crate::whole_seconds(not_after),
@@ -38,6 +36,15 @@ pub fn info(text: &str) -> Result<Info, String> {
         "version": certificate.version().0 + 1,
     });
     Ok(Info { json, not_after })
+}
+
+/// A certificate's thumbprint as DPS writes it: upper-case hex of the digest of its DER.
+pub fn thumbprint(algorithm: &'static ring::digest::Algorithm, der: &[u8]) -> String {
+    upper_hex(ring::digest::digest(algorithm, der).as_ref())
+}
+
+fn upper_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 fn der(text: &str) -> Option<Vec<u8>> {

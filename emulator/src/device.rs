@@ -207,13 +207,7 @@ fn by_certificate(
     if !certificates.iter().all(|c| c.validity().is_valid_at(at)) {
         return Err(unauthorized("A certificate of the chain is expired or not valid yet.".into()));
     }
-    let thumbprint = |der: &[u8]| {
-        ring::digest::digest(&ring::digest::SHA256, der)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02X}"))
-            .collect::<String>()
-    };
+    let thumbprint = |der: &[u8]| crate::certificate::thumbprint(&ring::digest::SHA256, der);
     let holds = |certificates: &Value, wanted: &str| {
         ["primary", "secondary"].iter().any(|slot| certificates[*slot]["info"]["sha256Thumbprint"] == wanted)
     };

@@ -112,14 +112,12 @@ pub async fn apply(
 }
 
 fn digest(key: &DigestKey, secret_name: &str, ids: &[&str], group_key: &Secret) -> String {
-    let mut context =
-        ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.bytes()));
-    for part in [secret_name, group_key.expose()].into_iter().chain(ids.iter().copied()) {
-        context.update(part.as_bytes());
-        context.update(&[0]);
-    }
-    let signed = context.sign();
-    format!("hmac-sha256:{}", signed.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+    key.sign(|context| {
+        for part in [secret_name, group_key.expose()].into_iter().chain(ids.iter().copied()) {
+            context.update(part.as_bytes());
+            context.update(&[0]);
+        }
+    })
 }
 
 #[cfg(test)]

@@ -333,8 +333,13 @@ impl DigestKey {
         Self(crate::random_bytes::<32>().to_vec().into())
     }
 
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.0
+    /// `hmac-sha256:` and the hex HMAC of what `update` feeds in.
+    pub(crate) fn sign(&self, update: impl FnOnce(&mut ring::hmac::Context)) -> String {
+        let mut context =
+            ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0));
+        update(&mut context);
+        let hex: String = context.sign().as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("hmac-sha256:{hex}")
     }
 
     /// The key kept in [`DIGEST_KEY_SECRET`] in `namespace`, created on the first start.
