@@ -9,14 +9,16 @@
 //! `/admin/faults` takes, e.g. `{"errorRates": {"429": 0.04}}`. `BENCH_RATE` (operations a
 //! minute, e.g. `1000`, DPS's quota per unit) makes the emulator enforce that rate and sets the
 //! connection's `rateLimit` to it; the report then compares the time to converge with the
-//! quota-optimal time, one bulk call per ten enrollments at that rate.
+//! quota-optimal time, one bulk call per ten enrollments at that rate. `BENCH_HEAPTRACK=<dir>`
+//! records a heap profile of each operator process with heaptrack (see `docs/benchmarks.md`).
 //!
 //! Results are recorded in `docs/benchmarks.md`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::TcpListener,
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -25,7 +27,11 @@ use dps_operator::{
     api::IndividualEnrollment,
     devenv::{ControlPlane, Tools, run},
 };
-use kube::{Api, api::ListParams};
+use futures::StreamExt;
+use kube::{
+    Api, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
 
 const NAMESPACE: &str = "bench";
 /// How long steady state is watched for DPS calls and CPU.
@@ -67,21 +73,27 @@ async fn main() {
     let started = Instant::now();
     kubectl(&["apply", "--server-side", "-f", "-"], Some(&manifests));
     let applied = started.elapsed();
+    let watched = Watched::start(api);
+    until(started, "the bench's watch listed all", async || watched.existing() == count).await;
 
     emulator.reset_calls();
     emulator.set_faults(faults.clone());
-    let writes_before = api_writes(&kubectl(&["get", "--raw", "/metrics"], None));
+    let metrics_before = kubectl(&["get", "--raw", "/metrics"], None);
+    let (writes_before, reads_before) =
+        (api_requests(&metrics_before, WRITES), api_requests(&metrics_before, READS));
     let started = Instant::now();
     let mut operator = Operator::start(&control_plane, &operator_args);
-    until(started, "90% Ready", async || ready(&api).await * 10 >= count * 9).await;
+    until(started, "90% Ready", async || watched.ready() * 10 >= count * 9).await;
     let most_ready = started.elapsed();
-    until(started, "all Ready", async || ready(&api).await == count).await;
+    until(started, "all Ready", async || watched.ready() == count).await;
     let all_ready = started.elapsed();
     let converge_calls = total_calls(&emulator);
     let converge_throttled = emulator.calls_answered(429);
     let converged = operator.sample();
     emulator.set_faults(Faults::default());
-    let converge_writes = writes_since(&writes_before, &kubectl(&["get", "--raw", "/metrics"], None));
+    let metrics_converged = kubectl(&["get", "--raw", "/metrics"], None);
+    let converge_writes = requests_since(&writes_before, &metrics_converged, WRITES);
+    let converge_reads = requests_since(&reads_before, &metrics_converged, READS);
 
     emulator.reset_calls();
     tokio::time::sleep(STEADY).await;
@@ -91,7 +103,7 @@ async fn main() {
     // A restart: every enrollment is looked at again, from the drift snapshot, not a GET each.
     operator.stop();
     emulator.reset_calls();
-    let restart_baseline = api_writes(&kubectl(&["get", "--raw", "/metrics"], None));
+    let restart_baseline = api_requests(&kubectl(&["get", "--raw", "/metrics"], None), WRITES);
     let started = Instant::now();
     let mut operator = Operator::start(&control_plane, &operator_args);
     until(started, "every enrollment checked after the restart", async || {
@@ -103,15 +115,13 @@ async fn main() {
     let restarted = operator.sample();
     // Writes that follow the last check (status, events) land within moments of it.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let restart_writes = writes_since(&restart_baseline, &kubectl(&["get", "--raw", "/metrics"], None));
+    let restart_writes =
+        requests_since(&restart_baseline, &kubectl(&["get", "--raw", "/metrics"], None), WRITES);
 
     emulator.reset_calls();
     let started = Instant::now();
     kubectl(&["delete", "individualenrollments", "--all", "-n", NAMESPACE, "--wait=false"], None);
-    until(started, "all deleted", async || {
-        api.list(&ListParams::default()).await.expect("list").items.is_empty()
-    })
-    .await;
+    until(started, "all deleted", async || watched.existing() == 0).await;
     let deleted = started.elapsed();
     let delete_calls = total_calls(&emulator);
 
@@ -159,6 +169,10 @@ async fn main() {
             format!("{:.2} ({})", per(converge_writes.values().sum()), breakdown(&converge_writes)),
         ),
         (
+            "API server reads (GET) to converge, per enrollment".into(),
+            format!("{:.2} ({})", per(converge_reads.values().sum()), breakdown(&converge_reads)),
+        ),
+        (
             "operator CPU to converge / per 1,000 enrollments".into(),
             format!(
                 "{:.1} s / {:.2} s",
@@ -197,9 +211,14 @@ async fn main() {
     }
 }
 
-/// The API server's count of write requests so far, by resource (and subresource), from its
+/// The requests that write.
+const WRITES: &[&str] = &["POST", "PUT", "PATCH", "APPLY", "DELETE"];
+/// Reads of one object (the bench itself only lists).
+const READS: &[&str] = &["GET"];
+
+/// The API server's count of `verbs` requests so far, by resource (and subresource), from its
 /// `apiserver_request_total` metric.
-fn api_writes(metrics: &str) -> BTreeMap<String, u64> {
+fn api_requests(metrics: &str, verbs: &[&str]) -> BTreeMap<String, u64> {
     let mut writes = BTreeMap::new();
     for line in metrics.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
         let Some((labels, value)) = line.rsplit_once(' ') else { continue };
@@ -212,7 +231,7 @@ fn api_writes(metrics: &str) -> BTreeMap<String, u64> {
         };
         // Leases are the operator's leader election; endpoints the API server's own bookkeeping.
         let skipped = ["leases", "endpoints", "endpointslices"].contains(&label("resource"));
-        if !["POST", "PUT", "PATCH", "APPLY", "DELETE"].contains(&label("verb")) || skipped {
+        if !verbs.contains(&label("verb")) || skipped {
             continue;
         }
         let resource = match label("subresource") {
@@ -224,8 +243,8 @@ fn api_writes(metrics: &str) -> BTreeMap<String, u64> {
     writes
 }
 
-fn writes_since(before: &BTreeMap<String, u64>, metrics: &str) -> BTreeMap<String, u64> {
-    api_writes(metrics)
+fn requests_since(before: &BTreeMap<String, u64>, metrics: &str, verbs: &[&str]) -> BTreeMap<String, u64> {
+    api_requests(metrics, verbs)
         .into_iter()
         .map(|(resource, n)| (n - before.get(&resource).copied().unwrap_or_default(), resource))
         .filter(|(n, _)| *n > 0)
@@ -245,16 +264,46 @@ async fn until(started: Instant, what: &str, mut done: impl AsyncFnMut() -> bool
     }
 }
 
-async fn ready(api: &Api<IndividualEnrollment>) -> usize {
-    let list = api.list(&ListParams::default()).await.expect("list");
-    list.items
-        .iter()
-        .filter(|e| {
-            e.status.as_ref().is_some_and(|s| {
-                s.enrollment.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        })
-        .count()
+/// The enrollments as a watch sees them: how many exist and how many are Ready. (Listing all of
+/// them every poll would load the API server the operator shares the cores with.)
+#[derive(Clone, Default)]
+struct Watched(Arc<Mutex<HashMap<String, bool>>>);
+
+impl Watched {
+    fn start(api: Api<IndividualEnrollment>) -> Self {
+        let watched = Self::default();
+        let by_name = watched.0.clone();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+            while let Some(event) = events.next().await {
+                // The API server stops before the bench ends; until then, the watch resumes.
+                let Ok(event) = event else { continue };
+                let mut by_name = by_name.lock().unwrap();
+                match event {
+                    watcher::Event::Apply(e) | watcher::Event::InitApply(e) => {
+                        let ready = e.status.as_ref().is_some_and(|s| {
+                            s.enrollment.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                        by_name.insert(e.name_any(), ready);
+                    }
+                    watcher::Event::Delete(e) => {
+                        by_name.remove(&e.name_any());
+                    }
+                    watcher::Event::Init => by_name.clear(),
+                    watcher::Event::InitDone => {}
+                }
+            }
+        });
+        watched
+    }
+
+    fn ready(&self) -> usize {
+        self.0.lock().unwrap().values().filter(|ready| **ready).count()
+    }
+
+    fn existing(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
 }
 
 fn total_calls(emulator: &RunningEmulator) -> u64 {
@@ -270,7 +319,15 @@ struct Operator {
 impl Operator {
     fn start(control_plane: &ControlPlane, args: &[String]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(env!("CARGO_BIN_EXE_dps-operator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dps-operator"));
+        // A heap profile of the operator alone: heaptrack's preload library, its raw output in
+        // the directory given, one file per process.
+        if let Ok(directory) = std::env::var("BENCH_HEAPTRACK") {
+            command
+                .env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
+                .env("DUMP_HEAPTRACK_OUTPUT", format!("{directory}/operator.{port}.raw"));
+        }
+        let child = command
             .args(["run", "--namespace", NAMESPACE, "--operator-namespace", NAMESPACE])
             .args(["--metrics-address", &format!("127.0.0.1:{port}")])
             .args(args)

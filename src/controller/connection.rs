@@ -12,7 +12,11 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::{Api, Client, Resource, ResourceExt};
 
-use super::{Error, secrets::Reader};
+use super::{
+    Error,
+    secrets::Reader,
+    watches::{Caches, SecretVersions},
+};
 use crate::{
     api::{
         ClusterProvisioningService, ConnectionSpec, EnrollmentDefaults, ProvisioningService, ServiceKind,
@@ -85,7 +89,28 @@ pub struct Connections {
     resolve: Vec<(String, std::net::SocketAddr)>,
     azure_environment: HashMap<String, String>,
     observer: Arc<dyn dps::RequestObserver>,
-    clients: Mutex<HashMap<String, (String, Connection)>>,
+    clients: Mutex<HashMap<String, Cached>>,
+}
+
+/// What a connection is made from.
+struct Inputs<'a> {
+    spec: &'a ConnectionSpec,
+    /// Where its Secrets are.
+    namespace: &'a str,
+    /// The uid and generation of its object.
+    object_version: String,
+}
+
+/// A connection's client, kept while its inputs stay the same.
+struct Cached {
+    object_version: String,
+    /// The Secrets it was made from, with their resourceVersions.
+    secrets: Vec<(String, String)>,
+    /// A ConfigMap is not watched: a connection made from one is checked by reading it.
+    reads_config_map: bool,
+    /// The inputs' versions and the CA bundle it trusts.
+    fingerprint: String,
+    connection: Connection,
 }
 
 impl Connections {
@@ -102,86 +127,131 @@ impl Connections {
         }
     }
 
-    /// The connection an enrollment in `namespace` refers to.
+    /// The connection an enrollment in `namespace` refers to, read from the watch caches when
+    /// they hold it (a connection the caches do not hold yet is read from the API server).
     pub async fn for_enrollment(
         &self,
         client: &Client,
+        caches: &Caches,
         service_ref: &ServiceRef,
         namespace: &str,
     ) -> Result<Connection, Error> {
+        let known = Some(&*caches.secrets);
         match service_ref.kind.unwrap_or_default() {
             ServiceKind::ProvisioningService => {
-                let service = Api::<ProvisioningService>::namespaced(client.clone(), namespace)
-                    .get_opt(&service_ref.name)
-                    .await
-                    .map_err(|e| {
-                        Error::kube(format!("read ProvisioningService {namespace}/{}", service_ref.name), e)
-                    })?
-                    .ok_or_else(|| Error::ConnectionNotFound {
-                        kind: "ProvisioningService",
-                        name: format!("{namespace}/{}", service_ref.name),
-                    })?;
-                self.for_provisioning_service(client, &service).await.map_err(|e| unusable(&service, e))
+                let service = match caches.provisioning_service(namespace, &service_ref.name) {
+                    Some(service) => service,
+                    None => Api::<ProvisioningService>::namespaced(client.clone(), namespace)
+                        .get_opt(&service_ref.name)
+                        .await
+                        .map_err(|e| {
+                            Error::kube(
+                                format!("read ProvisioningService {namespace}/{}", service_ref.name),
+                                e,
+                            )
+                        })?
+                        .map(Arc::new)
+                        .ok_or_else(|| Error::ConnectionNotFound {
+                            kind: "ProvisioningService",
+                            name: format!("{namespace}/{}", service_ref.name),
+                        })?,
+                };
+                self.provisioning_service(client, &service, known).await.map_err(|e| unusable(&*service, e))
             }
             ServiceKind::ClusterProvisioningService => {
-                let service = Api::<ClusterProvisioningService>::all(client.clone())
-                    .get_opt(&service_ref.name)
+                let service = match caches.cluster_provisioning_service(&service_ref.name) {
+                    Some(service) => service,
+                    None => Api::<ClusterProvisioningService>::all(client.clone())
+                        .get_opt(&service_ref.name)
+                        .await
+                        .map_err(|e| {
+                            Error::kube(format!("read ClusterProvisioningService {}", service_ref.name), e)
+                        })?
+                        .map(Arc::new)
+                        .ok_or_else(|| Error::ConnectionNotFound {
+                            kind: "ClusterProvisioningService",
+                            name: service_ref.name.clone(),
+                        })?,
+                };
+                self.check_allowed(client, caches, &service, namespace).await?;
+                self.cluster_provisioning_service(client, &service, known)
                     .await
-                    .map_err(|e| {
-                        Error::kube(format!("read ClusterProvisioningService {}", service_ref.name), e)
-                    })?
-                    .ok_or_else(|| Error::ConnectionNotFound {
-                        kind: "ClusterProvisioningService",
-                        name: service_ref.name.clone(),
-                    })?;
-                self.check_allowed(client, &service, namespace).await?;
-                self.for_cluster_provisioning_service(client, &service)
-                    .await
-                    .map_err(|e| unusable(&service, e))
+                    .map_err(|e| unusable(&*service, e))
             }
         }
     }
 
+    /// The connection of `service`, its inputs read anew.
     pub async fn for_provisioning_service(
         &self,
         client: &Client,
         service: &ProvisioningService,
     ) -> Result<Connection, Error> {
-        let namespace = service.namespace().unwrap_or_default();
-        let name = format!("ProvisioningService {namespace}/{}", service.name_any());
-        let reference = service.object_ref(&());
-        self.resolve(client, name, reference, &service.spec.connection, &namespace, fingerprint(service))
-            .await
+        self.provisioning_service(client, service, None).await
     }
 
+    /// The connection of `service`, its inputs read anew.
     pub async fn for_cluster_provisioning_service(
         &self,
         client: &Client,
         service: &ClusterProvisioningService,
     ) -> Result<Connection, Error> {
-        let name = format!("ClusterProvisioningService {}", service.name_any());
-        let namespace = self.operator_namespace.clone();
+        self.cluster_provisioning_service(client, service, None).await
+    }
+
+    async fn provisioning_service(
+        &self,
+        client: &Client,
+        service: &ProvisioningService,
+        known: Option<&SecretVersions>,
+    ) -> Result<Connection, Error> {
+        let namespace = service.namespace().unwrap_or_default();
+        let name = format!("ProvisioningService {namespace}/{}", service.name_any());
         let reference = service.object_ref(&());
-        self.resolve(client, name, reference, &service.spec.connection, &namespace, fingerprint(service))
-            .await
+        let inputs = Inputs {
+            spec: &service.spec.connection,
+            namespace: &namespace,
+            object_version: fingerprint(service),
+        };
+        self.resolve(client, name, reference, inputs, known).await
+    }
+
+    async fn cluster_provisioning_service(
+        &self,
+        client: &Client,
+        service: &ClusterProvisioningService,
+        known: Option<&SecretVersions>,
+    ) -> Result<Connection, Error> {
+        let name = format!("ClusterProvisioningService {}", service.name_any());
+        let reference = service.object_ref(&());
+        let inputs = Inputs {
+            spec: &service.spec.connection,
+            namespace: &self.operator_namespace,
+            object_version: fingerprint(service),
+        };
+        self.resolve(client, name, reference, inputs, known).await
     }
 
     /// A namespace may use a cluster connection only when `allowedNamespaces` selects it.
     async fn check_allowed(
         &self,
         client: &Client,
+        caches: &Caches,
         service: &ClusterProvisioningService,
         namespace: &str,
     ) -> Result<(), Error> {
         let refused =
             || Error::ConnectionNotAllowed { name: service.name_any(), namespace: namespace.to_owned() };
         let Some(selector) = service.spec.allowed_namespaces.clone() else { return Err(refused()) };
-        let labels: BTreeMap<String, String> = Api::<Namespace>::all(client.clone())
-            .get(namespace)
-            .await
-            .map_err(|e| Error::kube(format!("read Namespace {namespace}"), e))?
-            .labels()
-            .clone();
+        let labels: BTreeMap<String, String> = match caches.namespace(namespace) {
+            Some(cached) => cached.labels().clone(),
+            None => Api::<Namespace>::all(client.clone())
+                .get(namespace)
+                .await
+                .map_err(|e| Error::kube(format!("read Namespace {namespace}"), e))?
+                .labels()
+                .clone(),
+        };
         let selector = kube::core::Selector::try_from(selector).map_err(|e| {
             Error::InvalidSpec(format!(
                 "allowedNamespaces of ClusterProvisioningService {}: {e}",
@@ -191,26 +261,45 @@ impl Connections {
         if kube::core::SelectorExt::matches(&selector, &labels) { Ok(()) } else { Err(refused()) }
     }
 
+    /// The cached connection `name` when the watch caches show none of its inputs changed since
+    /// it was made.
+    fn unchanged(&self, name: &str, inputs: &Inputs<'_>, known: &SecretVersions) -> Option<Connection> {
+        let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let cached = clients.get(name)?;
+        let unchanged = cached.object_version == inputs.object_version
+            && !cached.reads_config_map
+            && cached.secrets.iter().all(|(secret, version)| {
+                known.version(inputs.namespace, secret).as_deref() == Some(version.as_str())
+            });
+        unchanged.then(|| cached.connection.clone())
+    }
+
     async fn resolve(
         &self,
         client: &Client,
         name: String,
         reference: ObjectReference,
-        spec: &ConnectionSpec,
-        namespace: &str,
-        object_version: String,
+        inputs: Inputs<'_>,
+        known: Option<&SecretVersions>,
     ) -> Result<Connection, Error> {
-        let reader = Reader { client, namespace };
+        if let Some(connection) = known.and_then(|known| self.unchanged(&name, &inputs, known)) {
+            return Ok(connection);
+        }
+        let Inputs { spec, namespace, object_version: _ } = inputs;
+        let reader = Reader::new(client, namespace);
         let invalid = |problem: String| Error::InvalidCredentials { connection: name.clone(), problem };
         // The inputs' versions: when none changed, the cached client is still right.
-        let mut inputs = vec![object_version];
+        let mut versions = vec![inputs.object_version.clone()];
+        let mut secrets = Vec::new();
         let (authenticator, host, credentials_source) =
             match (&spec.credentials.connection_string_secret_ref, &spec.credentials.workload_identity) {
                 (Some(reference), _) => {
                     let secret = reader.secret(&reference.name).await?.ok_or_else(|| {
                         Error::SecretNotFound { namespace: namespace.into(), name: reference.name.clone() }
                     })?;
-                    inputs.push(secret.resource_version().unwrap_or_default());
+                    let version = secret.resource_version().unwrap_or_default();
+                    versions.push(version.clone());
+                    secrets.push((reference.name.clone(), version));
                     let text = reader.text(&secret, &reference.name, &reference.key)?;
                     let parsed: ConnectionString = text.expose().parse().map_err(|e| {
                         invalid(format!(
@@ -243,8 +332,12 @@ impl Connections {
             };
         let ca_bundle = match &spec.ca_bundle {
             Some(bundle) => match (&bundle.secret_ref, &bundle.config_map_ref) {
-                (Some(secret), _) => {
-                    Some(reader.secret_text(&secret.name, &secret.key).await?.expose().to_owned())
+                (Some(reference), _) => {
+                    let secret = reader.secret(&reference.name).await?.ok_or_else(|| {
+                        Error::SecretNotFound { namespace: namespace.into(), name: reference.name.clone() }
+                    })?;
+                    secrets.push((reference.name.clone(), secret.resource_version().unwrap_or_default()));
+                    Some(reader.text(&secret, &reference.name, &reference.key)?.expose().to_owned())
                 }
                 (None, Some(config_map)) => {
                     Some(reader.config_map_text(&config_map.name, &config_map.key).await?)
@@ -257,13 +350,15 @@ impl Connections {
             (Some(own), Some(extra)) => Some(format!("{own}\n{extra}")),
             (own, extra) => own.or_else(|| extra.clone()),
         };
-        inputs.push(ca_bundle.clone().unwrap_or_default());
-        let fingerprint = inputs.join("/");
+        versions.push(ca_bundle.clone().unwrap_or_default());
+        let fingerprint = versions.join("/");
+        let reads_config_map = spec.ca_bundle.as_ref().is_some_and(|bundle| bundle.secret_ref.is_none());
 
-        if let Some((cached, connection)) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(&name)
-            && *cached == fingerprint
+        if let Some(cached) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&name)
+            && cached.fingerprint == fingerprint
         {
-            return Ok(connection.clone());
+            cached.secrets = secrets;
+            return Ok(cached.connection.clone());
         }
         let rate = spec
             .rate_limit
@@ -291,10 +386,14 @@ impl Connections {
             credentials,
             credentials_source,
         };
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name, (fingerprint, connection.clone()));
+        let cached = Cached {
+            object_version: inputs.object_version,
+            secrets,
+            reads_config_map,
+            fingerprint,
+            connection: connection.clone(),
+        };
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(name, cached);
         Ok(connection)
     }
 }

@@ -76,6 +76,8 @@ pub struct Context {
     pub namespaces: Vec<String>,
     /// The key of the status digests (`run` loads the operator's own; random until then).
     pub digest_key: super::secrets::DigestKey,
+    /// What the shared watches cache (`run` fills it in; empty: everything is read anew).
+    pub caches: super::watches::Caches,
     recorder: Arc<Recorder>,
     bulk_creates: BulkCreates,
     failures: Mutex<HashMap<String, u32>>,
@@ -110,6 +112,7 @@ impl Context {
             owners: Owners::default(),
             namespaces: Vec::new(),
             digest_key: super::secrets::DigestKey::random(),
+            caches: Default::default(),
             health,
             client,
             config,

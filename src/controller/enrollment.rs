@@ -270,14 +270,15 @@ async fn sync<K: EnrollmentKind>(
     let namespace = object.namespace().unwrap_or_default();
     let settings = object.settings();
     let input = object.attestation_input()?;
-    let connection = ctx.connections.for_enrollment(&ctx.client, &settings.service_ref, &namespace).await?;
+    let connection =
+        ctx.connections.for_enrollment(&ctx.client, &ctx.caches, &settings.service_ref, &namespace).await?;
     let host = connection.host.clone();
     let dps_error = |source| connection.dps_error(source);
     let owner_reference = object
         .controller_owner_ref(&())
         .ok_or_else(|| Error::InvalidSpec("the resource has no uid yet".into()))?;
     let webhook = settings.custom_allocation.as_ref().map(|c| &c.webhook_url_secret_ref);
-    let reader = Reader { client: &ctx.client, namespace: &namespace };
+    let reader = Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets);
     let resolved = reader.resolve(input, webhook).await?;
     let desired = object.build(id, &resolved)?;
     let digest = resolved.secrets_digest(&ctx.digest_key);
@@ -912,7 +913,8 @@ async fn delete_from_dps<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result
     if settings.deletion_policy == Some(DeletionPolicy::Orphan) {
         return left(true, "its deletionPolicy is Orphan");
     }
-    let connection = ctx.connections.for_enrollment(&ctx.client, &settings.service_ref, &namespace).await?;
+    let connection =
+        ctx.connections.for_enrollment(&ctx.client, &ctx.caches, &settings.service_ref, &namespace).await?;
     let policy = settings
         .deletion_policy
         .or_else(|| connection.defaults.as_ref().and_then(|d| d.deletion_policy))
@@ -967,7 +969,7 @@ async fn keep_key_secret<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result
     let Ok(AttestationInput::SymmetricKey(secret)) = object.attestation_input() else { return Ok(()) };
     let namespace = object.namespace().unwrap_or_default();
     let uid = object.meta().uid.clone().unwrap_or_default();
-    let reader = Reader { client: &ctx.client, namespace: &namespace };
+    let reader = Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets);
     if reader.release_secret(&secret.name, &uid).await? {
         let note = format!(
             "Secret {namespace}/{} keeps the keys of {} {}, which stays in DPS; it is no longer owned by this \

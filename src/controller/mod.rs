@@ -21,4 +21,5 @@ pub mod ownership;
 pub mod provisioning;
 mod run;
 pub mod secrets;
+pub mod watches;
 pub use run::{LeaderElection, run};

@@ -4,10 +4,8 @@
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, future::join_all};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt, controller, reflector,
         reflector::{ObjectRef, Store},
@@ -24,6 +22,7 @@ use super::{
     kinds::EnrollmentKind,
     provisioning,
     secrets::{DigestKey, referenced_secrets},
+    watches::{Caches, Changes, NamespaceMetadata, SecretMetadata, SecretVersions, Shared, keep},
 };
 use crate::api::{
     ClusterProvisioningService, ConnectionSpec, EnrollmentGroup, IndividualEnrollment, PAUSED_ANNOTATION,
@@ -62,7 +61,6 @@ pub async fn run(
     let mut ctx = Context::new(client.clone(), config, health.clone());
     ctx.namespaces = scopes.iter().flatten().cloned().collect();
     ctx.digest_key = DigestKey::load_or_create(&client, &ctx.config.operator_namespace).await?;
-    let ctx = Arc::new(ctx);
 
     // With leader election, a standby waits for the Lease (healthy, ready to take over), and the
     // leader runs the controllers until it stops or loses the Lease.
@@ -106,25 +104,99 @@ pub async fn run(
         seeded.await.map_err(|e| Error::kube("list the enrollments to learn who owns which", e))?;
     }
 
+    // One watch per kind and scope, shared by the controllers; a ClusterProvisioningService's
+    // Secrets are in the operator's namespace, watched on its own when no scope covers it.
+    let mut secret_scopes = scopes.clone();
+    if !scopes.iter().any(|scope| scope.as_ref().is_none_or(|namespace| *namespace == operator_namespace)) {
+        secret_scopes.push(Some(operator_namespace.clone()));
+    }
+    let secret_versions = Arc::new(SecretVersions::new(secret_scopes.len()));
+    let mut secrets: Vec<Shared<SecretMetadata>> = secret_scopes.iter().map(|_| Shared::default()).collect();
+    let mut services: Vec<Shared<ProvisioningService>> = scopes.iter().map(|_| Shared::default()).collect();
+    let mut service_stores = Vec::new();
+    let mut service_writers = Vec::new();
+    for _ in &scopes {
+        let (store, writer) = reflector::store();
+        service_stores.push(store);
+        service_writers.push(writer);
+    }
+    let mut cluster_services = Shared::<ClusterProvisioningService>::default();
+    let (cluster_service_store, cluster_service_writer) = reflector::store();
+    let mut namespaces = Shared::<NamespaceMetadata>::default();
+    let (namespace_store, namespace_writer) = reflector::store();
+    ctx.caches = Caches {
+        provisioning_services: service_stores.clone(),
+        cluster_provisioning_services: Some(cluster_service_store.clone()),
+        namespaces: Some(namespace_store),
+        secrets: secret_versions.clone(),
+    };
+    let ctx = Arc::new(ctx);
+
     let mut controllers = Vec::new();
     let mut ready = Vec::new();
-    for scope in &scopes {
+    for (index, scope) in scopes.iter().enumerate() {
+        let mut triggers = || Triggers {
+            secrets: secrets[index].subscribe(),
+            services: services[index].subscribe(),
+            cluster_services: cluster_services.subscribe(),
+            namespaces: namespaces.subscribe(),
+        };
         let (synced, running) =
-            enrollment_controller::<EnrollmentGroup>(&client, scope.as_deref(), ctx.clone());
+            enrollment_controller::<EnrollmentGroup>(&client, scope.as_deref(), ctx.clone(), triggers());
         ready.push(synced);
         controllers.push(running);
         let (synced, running) =
-            enrollment_controller::<IndividualEnrollment>(&client, scope.as_deref(), ctx.clone());
+            enrollment_controller::<IndividualEnrollment>(&client, scope.as_deref(), ctx.clone(), triggers());
         ready.push(synced);
         controllers.push(running);
-        let (synced, running) = provisioning_service_controller(&client, scope.as_deref(), ctx.clone());
+        let (synced, running) = provisioning_service_controller(
+            services[index].subscribe(),
+            service_stores[index].clone(),
+            secrets[index].subscribe(),
+            ctx.clone(),
+        );
         ready.push(synced);
         controllers.push(running);
     }
-    let (synced, running) =
-        cluster_provisioning_service_controller(&client, &operator_namespace, ctx.clone());
+    let covering = secret_scopes
+        .iter()
+        .position(|scope| scope.as_ref().is_none_or(|namespace| *namespace == operator_namespace))
+        .unwrap_or_default();
+    let (synced, running) = cluster_provisioning_service_controller(
+        cluster_services.subscribe(),
+        cluster_service_store,
+        secrets[covering].subscribe(),
+        operator_namespace,
+        ctx.clone(),
+    );
     ready.push(synced);
     controllers.push(running);
+
+    let mut watches = Vec::new();
+    for ((scope, shared), writer) in scopes.iter().zip(services).zip(service_writers) {
+        let events =
+            watcher(scoped::<ProvisioningService>(&client, scope.as_deref()), watcher::Config::default());
+        watches.push(shared.run("ProvisioningServices", pruned(events), keep(writer)));
+    }
+    for (scope, shared) in secret_scopes.iter().zip(secrets) {
+        let events = watcher(scoped::<SecretMetadata>(&client, scope.as_deref()), watcher::Config::default());
+        watches.push(shared.run("Secrets", pruned(events), secret_versions.observer(scope.clone())));
+    }
+    let events = watcher(Api::<ClusterProvisioningService>::all(client.clone()), watcher::Config::default());
+    watches.push(cluster_services.run(
+        "ClusterProvisioningServices",
+        pruned(events),
+        keep(cluster_service_writer),
+    ));
+    let events = watcher(Api::<NamespaceMetadata>::all(client.clone()), watcher::Config::default());
+    watches.push(namespaces.run("Namespaces", pruned(events), keep(namespace_writer)));
+    // The watches never end; the controllers end on shutdown, and the watches with them.
+    let controllers = async move {
+        tokio::select! {
+            _ = join_all(controllers) => {}
+            _ = join_all(watches) => {}
+        }
+    };
 
     let readiness = health.clone();
     tokio::spawn(async move {
@@ -132,7 +204,7 @@ pub async fn run(
         readiness.set_ready(true);
     });
     let Some((mut leading, task)) = leadership else {
-        join_all(controllers).await;
+        controllers.await;
         return Ok(());
     };
     let lost = async {
@@ -143,7 +215,7 @@ pub async fn run(
         }
     };
     tokio::select! {
-        _ = join_all(controllers) => {}
+        _ = controllers => {}
         _ = lost => return Err(Error::LeaderElection("lost the Lease to another replica".into())),
     }
     // Hand the Lease over at once rather than letting it expire.
@@ -153,10 +225,6 @@ pub async fn run(
 }
 
 type Running = futures::future::BoxFuture<'static, ()>;
-
-/// Secrets are watched as metadata only: which Secret changed is all a trigger needs, and the
-/// operator neither receives nor holds the content of Secrets it does not use.
-type SecretMetadata = PartialObjectMeta<Secret>;
 
 fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -249,6 +317,13 @@ fn prune<K: Resource>(object: &mut K) {
     }
 }
 
+/// A watch's events with every object pruned, retried with backoff when it fails.
+fn pruned<K: Resource + Clone + Send + 'static>(
+    events: impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+) -> impl futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static {
+    events.modify(prune::<K>).default_backoff()
+}
+
 /// A controller for `K` in `api` that reconciles only on [`reconcile_worthy`] changes.
 fn filtered_controller<K>(api: Api<K>) -> Controller<K>
 where
@@ -261,10 +336,24 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store();
-    let changes = reflector(writer, watcher(api, watcher::Config::default()).modify(prune::<K>))
-        .applied_objects()
-        .predicate_filter(reconcile_worthy::<K>, Default::default());
-    Controller::for_stream(changes, store)
+    let changes =
+        reflector(writer, watcher(api, watcher::Config::default()).modify(prune::<K>)).applied_objects();
+    shared_controller(changes.boxed(), store)
+}
+
+/// A controller for `K` on `changes` (a shared watch's) and the store they keep, reconciling only
+/// on [`reconcile_worthy`] changes.
+fn shared_controller<K>(changes: Changes<K>, store: Store<K>) -> Controller<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    Controller::for_stream(changes.predicate_filter(reconcile_worthy::<K>, Default::default()), store)
 }
 
 fn log_outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) -> futures::future::Ready<()> {
@@ -275,10 +364,19 @@ fn log_outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) -
     futures::future::ready(())
 }
 
+/// The shared watches an enrollment controller is triggered by.
+struct Triggers {
+    secrets: Changes<SecretMetadata>,
+    services: Changes<ProvisioningService>,
+    cluster_services: Changes<ClusterProvisioningService>,
+    namespaces: Changes<NamespaceMetadata>,
+}
+
 fn enrollment_controller<K: EnrollmentKind>(
     client: &Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
+    triggers: Triggers,
 ) -> (Running, Running) {
     let controller = filtered_controller(scoped::<K>(client, namespace));
     let store = controller.store();
@@ -287,7 +385,7 @@ fn enrollment_controller<K: EnrollmentKind>(
         (store.clone(), store.clone(), store.clone(), store);
     let own_writes = ctx.clone();
     let running = controller
-        .watches(scoped::<SecretMetadata>(client, namespace), watcher::Config::default(), move |secret| {
+        .watches_stream(triggers.secrets, move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
             let version = secret.metadata.resource_version.as_deref();
             if own_writes.is_own_secret_write(namespace.as_deref().unwrap_or_default(), &name, version) {
@@ -305,14 +403,12 @@ fn enrollment_controller<K: EnrollmentKind>(
                 .collect::<Vec<_>>()
         })
         .watches_stream(
-            watcher(scoped::<ProvisioningService>(client, namespace), watcher::Config::default())
-                .touched_objects()
-                .predicate_filter(
-                    |s: &ProvisioningService| {
-                        connection_worthy(s.meta().generation, ready_status(s.status.as_ref()))
-                    },
-                    Default::default(),
-                ),
+            triggers.services.predicate_filter(
+                |s: &ProvisioningService| {
+                    connection_worthy(s.meta().generation, ready_status(s.status.as_ref()))
+                },
+                Default::default(),
+            ),
             move |service| {
                 let (namespace, name) = (service.namespace(), service.name_any());
                 by_service
@@ -329,14 +425,12 @@ fn enrollment_controller<K: EnrollmentKind>(
             },
         )
         .watches_stream(
-            watcher(Api::<ClusterProvisioningService>::all(client.clone()), watcher::Config::default())
-                .touched_objects()
-                .predicate_filter(
-                    |s: &ClusterProvisioningService| {
-                        connection_worthy(s.meta().generation, ready_status(s.status.as_ref()))
-                    },
-                    Default::default(),
-                ),
+            triggers.cluster_services.predicate_filter(
+                |s: &ClusterProvisioningService| {
+                    connection_worthy(s.meta().generation, ready_status(s.status.as_ref()))
+                },
+                Default::default(),
+            ),
             move |service| {
                 let name = service.name_any();
                 by_cluster_service
@@ -352,7 +446,7 @@ fn enrollment_controller<K: EnrollmentKind>(
             },
         )
         // A namespace's labels decide which ClusterProvisioningServices its enrollments may use.
-        .watches(Api::<Namespace>::all(client.clone()), watcher::Config::default(), move |namespace| {
+        .watches_stream(triggers.namespaces, move |namespace| {
             let name = namespace.name_any();
             by_namespace
                 .state()
@@ -399,15 +493,15 @@ fn connection_secrets(spec: &ConnectionSpec) -> Vec<&str> {
 }
 
 fn provisioning_service_controller(
-    client: &Client,
-    namespace: Option<&str>,
+    services: Changes<ProvisioningService>,
+    store: Store<ProvisioningService>,
+    secrets: Changes<SecretMetadata>,
     ctx: Arc<Context>,
 ) -> (Running, Running) {
-    let controller = filtered_controller(scoped::<ProvisioningService>(client, namespace));
-    let store = controller.store();
     let synced = store.clone();
+    let controller = shared_controller(services, store.clone());
     let running = controller
-        .watches(scoped::<SecretMetadata>(client, namespace), watcher::Config::default(), move |secret| {
+        .watches_stream(secrets, move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
             store
                 .state()
@@ -426,27 +520,27 @@ fn provisioning_service_controller(
 }
 
 fn cluster_provisioning_service_controller(
-    client: &Client,
-    operator_namespace: &str,
+    services: Changes<ClusterProvisioningService>,
+    store: Store<ClusterProvisioningService>,
+    secrets: Changes<SecretMetadata>,
+    operator_namespace: String,
     ctx: Arc<Context>,
 ) -> (Running, Running) {
-    let controller = filtered_controller(Api::<ClusterProvisioningService>::all(client.clone()));
-    let store = controller.store();
     let synced = store.clone();
+    let controller = shared_controller(services, store.clone());
     let running = controller
-        .watches(
-            Api::<SecretMetadata>::namespaced(client.clone(), operator_namespace),
-            watcher::Config::default(),
-            move |secret| {
-                let name = secret.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(|s| connection_secrets(&s.spec.connection).contains(&name.as_str()))
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(secrets, move |secret| {
+            if secret.namespace().as_deref() != Some(operator_namespace.as_str()) {
+                return Vec::new();
+            }
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|s| connection_secrets(&s.spec.connection).contains(&name.as_str()))
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(ctx.health.stopped())
         .run(provisioning::reconcile_cluster, provisioning::error_policy, ctx)
         .for_each(log_outcome);

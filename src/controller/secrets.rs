@@ -17,6 +17,7 @@ use kube::{
 use super::{
     Error,
     desired::{AttestationInput, Resolved, ResolvedCertificate},
+    watches::SecretVersions,
 };
 use crate::{api, certificates, dps::models::Secret as SecretValue};
 
@@ -28,9 +29,20 @@ pub const SECONDARY_KEY: &str = "secondaryKey";
 pub struct Reader<'a> {
     pub client: &'a Client,
     pub namespace: &'a str,
+    /// The Secrets the watch knows of: one it has listed as absent is not asked for.
+    known: Option<&'a SecretVersions>,
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
+    pub fn new(client: &'a Client, namespace: &'a str) -> Self {
+        Self { client, namespace, known: None }
+    }
+
+    /// A reader that does not ask the API server for a Secret the watch `known` lists as absent.
+    pub fn knowing(client: &'a Client, namespace: &'a str, known: &'a SecretVersions) -> Self {
+        Self { client, namespace, known: Some(known) }
+    }
+
     pub async fn secret(&self, name: &str) -> Result<Option<Secret>, Error> {
         Api::<Secret>::namespaced(self.client.clone(), self.namespace)
             .get_opt(name)
@@ -87,6 +99,11 @@ impl Reader<'_> {
 
     /// The symmetric keys in Secret `name`; `None` when the Secret does not exist.
     async fn symmetric_keys(&self, name: &str) -> Result<Option<(SecretValue, SecretValue)>, Error> {
+        // A key Secret found missing is created, and a create of one that exists after all is
+        // answered 409 and read: a watch that lags behind costs a read, never an overwrite.
+        if self.known.is_some_and(|known| known.known_absent(self.namespace, name)) {
+            return Ok(None);
+        }
         let Some(secret) = self.secret(name).await? else { return Ok(None) };
         let key = |key: &str| -> Result<SecretValue, Error> {
             let value = self.text(&secret, name, key)?;
@@ -344,7 +361,7 @@ impl DigestKey {
 
     /// The key kept in [`DIGEST_KEY_SECRET`] in `namespace`, created on the first start.
     pub async fn load_or_create(client: &Client, namespace: &str) -> Result<Self, Error> {
-        let reader = Reader { client, namespace };
+        let reader = Reader::new(client, namespace);
         let unusable = || {
             Error::InvalidSpec(format!(
                 "Secret {namespace}/{DIGEST_KEY_SECRET}, the key of the status digests, has no key of 32 \
