@@ -382,10 +382,10 @@ async fn a_complete_status_survives_the_status_subresource() {
         etag: Some("\"IjA2MDA4ZTYyIg==\"".into()),
         created_time: Some(time("2026-11-26T07:00:00Z")),
         last_updated_time: Some(time("2026-11-26T08:00:00Z")),
-        certificates: Some(CertificatesStatus {
+        certificates: Some(Box::new(CertificatesStatus {
             primary: Some(certificate.clone()),
             secondary: Some(certificate),
-        }),
+        })),
         drift: vec!["allocationPolicy".into()],
     };
     let client = support::control_plane().client().await.expect("client");
@@ -394,7 +394,7 @@ async fn a_complete_status_survives_the_status_subresource() {
     let individual_status = IndividualEnrollmentStatus {
         enrollment: enrollment.clone(),
         registration_id: Some("sensor-7".into()),
-        registration: Some(registration.clone()),
+        registration: Some(Box::new(registration.clone())),
     };
     let api: Api<IndividualEnrollment> = Api::namespaced(client.clone(), &namespace);
     let patch = json!({"apiVersion": "dps.iot.dev/v1alpha1", "kind": "IndividualEnrollment", "status": individual_status});

@@ -168,12 +168,43 @@ pub struct InitialTwin {
     /// where a device would otherwise find out only when it provisions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
-    pub tags: Option<Map<String, Value>>,
+    pub tags: Option<JsonObject>,
     /// Desired properties, as JSON: at most 32 KB as IoT Hub counts a twin's size, with the
     /// limits of `tags`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
-    pub desired_properties: Option<Map<String, Value>>,
+    pub desired_properties: Option<JsonObject>,
+}
+
+/// A JSON object, kept as its compact text: every cached resource holds its twin, and a tree of
+/// JSON values takes several times the memory (a one-entry map about 600 bytes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct JsonObject(Box<str>);
+
+impl JsonObject {
+    pub fn to_map(&self) -> Map<String, Value> {
+        // Made only from a map's own serialization, so it always parses back.
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+}
+
+impl From<&Map<String, Value>> for JsonObject {
+    fn from(map: &Map<String, Value>) -> Self {
+        // A map's keys are sorted, so equal objects have equal text.
+        Self(serde_json::to_string(map).unwrap_or_default().into_boxed_str())
+    }
+}
+
+impl Serialize for JsonObject {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_map().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for JsonObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Self::from(&Map::deserialize(deserializer)?))
+    }
 }
 
 /// What DPS does when a device provisions again.
@@ -295,7 +326,9 @@ pub struct EnrollmentStatus {
 
     /// The X.509 certificates in use, as DPS reports them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub certificates: Option<CertificatesStatus>,
+    // Boxed, as are other rarely set parts of the status: every cached resource holds the
+    // inline size of each field, set or not.
+    pub certificates: Option<Box<CertificatesStatus>>,
 
     /// Fields where DPS differs from the spec and that were not corrected (with
     /// `managementPolicy: ObserveOnly` or while paused).

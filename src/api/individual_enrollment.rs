@@ -136,5 +136,5 @@ pub struct IndividualEnrollmentStatus {
 
     /// The device's registration record, once it has provisioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registration: Option<RegistrationRecord>,
+    pub registration: Option<Box<RegistrationRecord>>,
 }

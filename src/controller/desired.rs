@@ -251,10 +251,10 @@ struct Common {
 /// Checks the initial twin against IoT Hub's limits; the admission webhook runs the same check.
 pub fn check_initial_twin(twin: Option<&api::InitialTwin>) -> Result<(), Error> {
     if let Some(tags) = twin.and_then(|t| t.tags.as_ref()) {
-        check_twin("spec.initialTwin.tags", tags, TwinLimits { size: 8 * 1024 })?;
+        check_twin("spec.initialTwin.tags", &tags.to_map(), TwinLimits { size: 8 * 1024 })?;
     }
     if let Some(desired) = twin.and_then(|t| t.desired_properties.as_ref()) {
-        check_twin("spec.initialTwin.desiredProperties", desired, TwinLimits { size: 32 * 1024 })?;
+        check_twin("spec.initialTwin.desiredProperties", &desired.to_map(), TwinLimits { size: 32 * 1024 })?;
     }
     Ok(())
 }
@@ -266,11 +266,11 @@ fn common(settings: &EnrollmentSettings, resolved: &Resolved) -> Result<Common, 
     Ok(Common {
         capabilities: DeviceCapabilities { iot_edge: settings.iot_edge.unwrap_or(false) },
         initial_twin: twin.map(|twin| InitialTwin {
-            tags: twin.tags.clone(),
+            tags: twin.tags.as_ref().map(api::JsonObject::to_map),
             properties: twin
                 .desired_properties
-                .clone()
-                .map(|desired| InitialTwinProperties { desired: Some(desired) }),
+                .as_ref()
+                .map(|desired| InitialTwinProperties { desired: Some(desired.to_map()) }),
         }),
         provisioning_status: match settings.provisioning_status.unwrap_or_default() {
             api::ProvisioningStatus::Enabled => ProvisioningStatus::Enabled,
@@ -593,8 +593,8 @@ mod tests {
             api_version: "2021-10-01".into(),
         });
         settings.initial_twin = Some(SpecTwin {
-            tags: Some(json!({"site": "Redmond"}).as_object().unwrap().clone()),
-            desired_properties: Some(json!({"interval": 60}).as_object().unwrap().clone()),
+            tags: Some(api::JsonObject::from(json!({"site": "Redmond"}).as_object().unwrap())),
+            desired_properties: Some(api::JsonObject::from(json!({"interval": 60}).as_object().unwrap())),
         });
         settings.iot_edge = Some(true);
         settings.reprovision_policy =
@@ -649,7 +649,7 @@ mod tests {
     fn twin_names_iot_hub_refuses_are_caught_before_dps() {
         let mut settings = settings();
         settings.initial_twin = Some(SpecTwin {
-            tags: Some(json!({"building": {"floor.3": 1}}).as_object().unwrap().clone()),
+            tags: Some(api::JsonObject::from(json!({"building": {"floor.3": 1}}).as_object().unwrap())),
             desired_properties: None,
         });
         let secret = secret();

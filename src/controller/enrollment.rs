@@ -424,7 +424,7 @@ async fn sync<K: EnrollmentKind>(
         // A GET holds the registration state (`unassigned` before any device registered); a
         // query's records hold none, and say nothing about it.
         match record.as_ref().and_then(K::registration_state) {
-            Some(state) => Registrations::Device(Some(registration_record(state))),
+            Some(state) => Registrations::Device(Some(Box::new(registration_record(state)))),
             None => Registrations::Unknown,
         }
     };
@@ -615,11 +615,12 @@ fn enrollment_status<K: EnrollmentKind>(
             if !matches!(synced.done, Done::Reported { .. }) {
                 status.secrets_digest = synced.digest.clone();
             }
-            status.certificates =
-                synced.certificates.as_ref().map(|(primary, secondary)| CertificatesStatus {
+            status.certificates = synced.certificates.as_ref().map(|(primary, secondary)| {
+                Box::new(CertificatesStatus {
                     primary: Some(certificate_info(primary)),
                     secondary: secondary.as_ref().map(certificate_info),
-                });
+                })
+            });
             status.drift = match &synced.done {
                 Done::Reported { drift, .. } => drift.iter().map(|d| d.to_string()).collect(),
                 _ => Vec::new(),

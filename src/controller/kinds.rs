@@ -23,7 +23,7 @@ pub enum Registrations {
     #[default]
     Unknown,
     Group(RegistrationSummary),
-    Device(Option<RegistrationRecord>),
+    Device(Option<Box<RegistrationRecord>>),
 }
 
 /// An enrollment kind: the custom resource, its DPS record and its status.
