@@ -272,8 +272,8 @@ impl Context {
                 self.owners.seed(
                     key,
                     Owner {
-                        uid,
-                        name: resource_name(object),
+                        uid: uid.into(),
+                        name: resource_name(object).into(),
                         confirmed,
                         created: object.meta().creation_timestamp.as_ref().map(|t| t.0),
                     },

@@ -306,8 +306,8 @@ async fn sync<K: EnrollmentKind>(
     // One owner per enrollment: a resource that may write, or that holds a claim, must hold the
     // enrollment's entry in the register.
     let me = Owner {
-        uid: owner_reference.uid.clone(),
-        name: resource_name(object),
+        uid: owner_reference.uid.as_str().into(),
+        name: resource_name(object).into(),
         confirmed: ownership == Ownership::Owned,
         created: object.meta().creation_timestamp.as_ref().map(|t| t.0),
     };
@@ -316,7 +316,12 @@ async fn sync<K: EnrollmentKind>(
         && let Err(holder) = ctx.owners.acquire(claim_key, me)
     {
         drop_claim(recorded);
-        return Err(Error::OwnedByAnother { what: K::WHAT, id: id.to_owned(), host, owner: holder.name });
+        return Err(Error::OwnedByAnother {
+            what: K::WHAT,
+            id: id.to_owned(),
+            host,
+            owner: holder.name.into(),
+        });
     }
 
     // A settled resource (its generation handled, in sync, its Secrets unchanged) needs DPS only

@@ -6,32 +6,30 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use crate::api::EnrollmentStatus;
 
-/// What an owner claims: one id of one kind on one DPS.
+/// What an owner claims: one id of one kind on one DPS, as one shared text (the register holds
+/// one per enrollment, in two maps).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ClaimKey {
-    host: String,
-    collection: &'static str,
-    id: String,
-}
+pub struct ClaimKey(Arc<str>);
 
 impl ClaimKey {
     /// DPS host names and ids compare case-insensitively.
     pub fn new(host: &str, collection: &'static str, id: &str) -> Self {
-        Self { host: host.to_ascii_lowercase(), collection, id: id.to_lowercase() }
+        // Neither a host name nor a collection holds a space.
+        Self(format!("{} {collection} {}", host.to_ascii_lowercase(), id.to_lowercase()).into())
     }
 }
 
 /// The resource holding a claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
-    pub uid: String,
+    pub uid: Arc<str>,
     /// How messages name it, e.g. `IndividualEnrollment iot/boiler`.
-    pub name: String,
+    pub name: Box<str>,
     /// Whether DPS confirmed the claim (a create it answered, or an adoption), rather than a
     /// create still unanswered.
     pub confirmed: bool,
@@ -117,7 +115,7 @@ pub fn claim_elsewhere<'a>(status: &'a EnrollmentStatus, host: &str) -> Option<&
 struct Claims {
     by_key: HashMap<ClaimKey, Owner>,
     /// Each resource holds at most one claim.
-    by_uid: HashMap<String, ClaimKey>,
+    by_uid: HashMap<Arc<str>, ClaimKey>,
 }
 
 /// The register of claims.
@@ -184,7 +182,7 @@ mod tests {
     fn owner(uid: &str, confirmed: bool, created: i64) -> Owner {
         Owner {
             uid: uid.into(),
-            name: format!("IndividualEnrollment ns/{uid}"),
+            name: format!("IndividualEnrollment ns/{uid}").into(),
             confirmed,
             created: Some(jiff::Timestamp::from_second(created).unwrap()),
         }
@@ -197,7 +195,7 @@ mod tests {
         assert_eq!(owners.acquire(key.clone(), owner("a", false, 1)), Ok(()));
         let refused =
             owners.acquire(ClaimKey::new("dps.example", "enrollments", "boiler"), owner("b", false, 0));
-        assert_eq!(refused.unwrap_err().uid, "a", "ids and hosts compare case-insensitively");
+        assert_eq!(&*refused.unwrap_err().uid, "a", "ids and hosts compare case-insensitively");
         assert_eq!(owners.acquire(key.clone(), owner("a", true, 1)), Ok(()), "the holder may claim again");
         assert!(
             owners
@@ -226,7 +224,7 @@ mod tests {
         owners.seed(key.clone(), owner("pending-old", false, 1));
         owners.seed(key.clone(), owner("confirmed-new", true, 5));
         owners.seed(key.clone(), owner("confirmed-newer", true, 9));
-        assert_eq!(owners.acquire(key.clone(), owner("other", true, 0)).unwrap_err().uid, "confirmed-new");
+        assert_eq!(&*owners.acquire(key.clone(), owner("other", true, 0)).unwrap_err().uid, "confirmed-new");
         owners.release("confirmed-new");
         assert!(owners.acquire(key, owner("other", true, 0)).is_ok(), "the displaced left no claim behind");
     }
