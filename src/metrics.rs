@@ -58,8 +58,8 @@ pub struct Metrics {
     dps_throttled: Counter,
     rate_limiter_wait: Histogram,
     resources: Family<ReadyLabels, Gauge>,
-    /// Each object's last Ready state, by kind and object, to keep `resources` exact.
-    ready_by_object: Mutex<HashMap<(String, String), bool>>,
+    /// Each object's last Ready state, by kind and object as one text, to keep `resources` exact.
+    ready_by_object: Mutex<HashMap<Box<str>, bool>>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -134,7 +134,7 @@ impl Metrics {
     /// Records an object's Ready state (`None` once it is gone).
     pub fn set_ready(&self, kind: &str, object: &str, ready: Option<bool>) {
         let mut by_object = self.ready_by_object.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (kind.to_owned(), object.to_owned());
+        let key: Box<str> = format!("{kind} {object}").into();
         let previous = match ready {
             Some(ready) => by_object.insert(key, ready),
             None => by_object.remove(&key),

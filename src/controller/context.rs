@@ -80,16 +80,24 @@ pub struct Context {
     pub caches: super::watches::Caches,
     recorder: Arc<Recorder>,
     bulk_creates: BulkCreates,
-    failures: Mutex<HashMap<String, u32>>,
-    /// When each object was last compared with DPS.
-    checks: Mutex<HashMap<String, Instant>>,
+    /// What is remembered of each object, by [`object_key`]: one entry per resource.
+    memories: Mutex<HashMap<Box<str>, Memory>>,
     snapshots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
-    /// The resourceVersion each of this process's status writes produced, by object uid.
-    written: Mutex<HashMap<String, String>>,
     /// The resourceVersion of each key Secret this process created, by `namespace/name` (empty
     /// while the create is on its way): the watch event of our own create is no reason to
     /// reconcile again.
     written_secrets: Mutex<HashMap<String, String>>,
+}
+
+/// What is remembered of one object between its reconciles.
+#[derive(Default)]
+struct Memory {
+    /// Failed reconciles in a row.
+    failures: u32,
+    /// When it was last compared with DPS.
+    checked: Option<Instant>,
+    /// The resourceVersion this process's last write of it produced.
+    written: Option<Box<str>>,
 }
 
 /// The enrollments of one kind on one connection, as a query read them.
@@ -116,10 +124,8 @@ impl Context {
             health,
             client,
             config,
-            failures: Mutex::default(),
-            checks: Mutex::default(),
+            memories: Mutex::default(),
             snapshots: Mutex::default(),
-            written: Mutex::default(),
             written_secrets: Mutex::default(),
         }
     }
@@ -143,25 +149,40 @@ impl Context {
         self.bulk_creates.add(&connection.reference, what, &connection.host, id);
     }
 
+    fn memories(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Memory>> {
+        self.memories.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes what is remembered of `key`.
+    fn remember<T>(&self, key: &str, change: impl FnOnce(&mut Memory) -> T) -> T {
+        let mut memories = self.memories();
+        match memories.get_mut(key) {
+            Some(memory) => change(memory),
+            None => change(memories.entry(key.into()).or_default()),
+        }
+    }
+
     /// Records a failure of `key` and returns how many in a row.
     pub fn record_failure(&self, key: &str) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let count = failures.entry(key.to_owned()).or_default();
-        *count = count.saturating_add(1);
-        *count
+        self.remember(key, |memory| {
+            memory.failures = memory.failures.saturating_add(1);
+            memory.failures
+        })
     }
 
     pub fn record_success(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        if let Some(memory) = self.memories().get_mut(key) {
+            memory.failures = 0;
+        }
     }
 
     /// How long ago `key` was last compared with DPS.
     pub fn since_check(&self, key: &str) -> Option<Duration> {
-        self.checks.lock().unwrap_or_else(|e| e.into_inner()).get(key).map(Instant::elapsed)
+        self.memories().get(key)?.checked.map(|checked| checked.elapsed())
     }
 
     pub fn checked(&self, key: &str) {
-        self.checks.lock().unwrap_or_else(|e| e.into_inner()).insert(key.to_owned(), Instant::now());
+        self.remember(key, |memory| memory.checked = Some(Instant::now()));
     }
 
     /// `object` as the API server holds it, when the watch cache has not caught up with this
@@ -171,17 +192,15 @@ impl Context {
     /// copy from before our own write would repeat that write in DPS.
     pub async fn latest<K>(&self, api: &Api<K>, object: Arc<K>) -> Result<Option<Arc<K>>, kube::Error>
     where
-        K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     {
-        let uid = object.meta().uid.clone().unwrap_or_default();
-        let written = self.written.lock().unwrap_or_else(|e| e.into_inner()).get(&uid).cloned();
+        let key = object_key(&*object);
+        let written = self.memories().get(key.as_str()).and_then(|memory| memory.written.clone());
         match written {
-            Some(version) if object.meta().resource_version.as_ref() != Some(&version) => {
+            Some(version) if object.meta().resource_version.as_deref() != Some(&*version) => {
                 let Some(latest) = api.get_opt(&object.name_any()).await? else { return Ok(None) };
                 // It holds our write; once the cache holds this version, it is read from there.
-                if let Some(version) = latest.meta().resource_version.clone() {
-                    self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, version);
-                }
+                self.wrote(&latest);
                 Ok(Some(Arc::new(latest)))
             }
             _ => Ok(Some(object)),
@@ -206,11 +225,9 @@ impl Context {
     }
 
     /// Remembers the resourceVersion one of this process's writes produced, for [`Self::latest`].
-    pub fn wrote<K: Resource>(&self, written: &K) {
-        if let (Some(uid), Some(version)) =
-            (written.meta().uid.clone(), written.meta().resource_version.clone())
-        {
-            self.written.lock().unwrap_or_else(|e| e.into_inner()).insert(uid, version);
+    pub fn wrote<K: Resource<DynamicType = ()>>(&self, written: &K) {
+        if let Some(version) = written.meta().resource_version.as_deref() {
+            self.remember(&object_key(written), |memory| memory.written = Some(version.into()));
         }
     }
 
@@ -288,12 +305,7 @@ impl Context {
 
     /// Drops what is remembered about an object that is gone.
     pub fn forget<K: Resource<DynamicType = ()>>(&self, object: &K) {
-        if let Some(uid) = &object.meta().uid {
-            self.written.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
-        }
-        let key = object_key(object);
-        self.checks.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-        self.record_success(&key);
+        self.memories().remove(object_key(object).as_str());
     }
 
     /// The enrollments of `E`'s kind on `connection`, read with the query API at most once per
