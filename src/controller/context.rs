@@ -83,10 +83,6 @@ pub struct Context {
     /// What is remembered of each object, by [`object_key`]: one entry per resource.
     memories: Mutex<HashMap<Box<str>, Memory>>,
     snapshots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Snapshot>>>>>,
-    /// The resourceVersion of each key Secret this process created, by `namespace/name` (empty
-    /// while the create is on its way): the watch event of our own create is no reason to
-    /// reconcile again.
-    written_secrets: Mutex<HashMap<String, String>>,
 }
 
 /// What is remembered of one object between its reconciles.
@@ -96,6 +92,11 @@ struct Memory {
     failures: u32,
     /// When it was last compared with DPS.
     checked: Option<Instant>,
+    /// When its next check is due (kept here rather than in the controller's queue, where each
+    /// waiting object costs some 700 bytes).
+    due: Option<Instant>,
+    /// The hash of what of it calls for a reconcile when it changes, as last seen.
+    trigger: Option<u64>,
     /// The resourceVersion this process's last write of it produced.
     written: Option<Box<str>>,
 }
@@ -126,7 +127,6 @@ impl Context {
             config,
             memories: Mutex::default(),
             snapshots: Mutex::default(),
-            written_secrets: Mutex::default(),
         }
     }
 
@@ -185,6 +185,37 @@ impl Context {
         self.remember(key, |memory| memory.checked = Some(Instant::now()));
     }
 
+    /// Reconciles `key` again after `wait` (see [`Self::take_due`]); `None`: not unless it changes.
+    pub fn check_after(&self, key: &str, wait: Option<Duration>) {
+        self.remember(key, |memory| memory.due = wait.map(|wait| Instant::now() + wait));
+    }
+
+    /// The namespaces and names of the objects of `kind` whose next check is due, each handed
+    /// out once.
+    pub fn take_due(&self, kind: &str) -> Vec<(String, String)> {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (key, memory) in self.memories().iter_mut() {
+            if memory.due.is_none_or(|at| at > now) {
+                continue;
+            }
+            let mut parts = key.splitn(3, '/');
+            if parts.next() == Some(kind)
+                && let (Some(namespace), Some(name)) = (parts.next(), parts.next())
+            {
+                memory.due = None;
+                due.push((namespace.to_owned(), name.to_owned()));
+            }
+        }
+        due
+    }
+
+    /// Whether a change of `object` whose trigger hash is `hash` calls for a reconcile: the first
+    /// time it is seen, and whenever the hash changes.
+    pub fn worth_reconciling<K: Resource<DynamicType = ()>>(&self, object: &K, hash: u64) -> bool {
+        self.remember(&object_key(object), |memory| memory.trigger.replace(hash) != Some(hash))
+    }
+
     /// `object` as the API server holds it, when the watch cache has not caught up with this
     /// process's last status write yet; else `object` itself. `None` when it is gone.
     ///
@@ -228,48 +259,6 @@ impl Context {
     pub fn wrote<K: Resource<DynamicType = ()>>(&self, written: &K) {
         if let Some(version) = written.meta().resource_version.as_deref() {
             self.remember(&object_key(written), |memory| memory.written = Some(version.into()));
-        }
-    }
-
-    /// Remembers that this process is creating Secret `namespace/name`: until the create answers,
-    /// any watch event of it is this create's.
-    pub fn creating_secret(&self, namespace: &str, name: &str) {
-        let mut written = self.written_secrets.lock().unwrap_or_else(|e| e.into_inner());
-        written.insert(format!("{namespace}/{name}"), String::new());
-    }
-
-    pub fn forget_secret(&self, namespace: &str, name: &str) {
-        self.written_secrets.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("{namespace}/{name}"));
-    }
-
-    /// Remembers that this process created Secret `namespace/name` at `version`.
-    pub fn wrote_secret(&self, namespace: &str, name: &str, version: String) {
-        self.written_secrets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(format!("{namespace}/{name}"), version);
-    }
-
-    /// The resourceVersion of Secret `name` when this process created it and nobody changed it.
-    pub fn own_secret_version(&self, namespace: &str, name: &str) -> Option<String> {
-        let written = self.written_secrets.lock().unwrap_or_else(|e| e.into_inner());
-        written.get(&format!("{namespace}/{name}")).filter(|version| !version.is_empty()).cloned()
-    }
-
-    /// Whether a Secret watch event shows only this process's own create; a later version (the
-    /// user edited the keys) is news.
-    pub fn is_own_secret_write(&self, namespace: &str, name: &str, version: Option<&str>) -> bool {
-        let mut written = self.written_secrets.lock().unwrap_or_else(|e| e.into_inner());
-        let key = format!("{namespace}/{name}");
-        match written.get(&key) {
-            // Being created: the answer, with the version, is still on its way.
-            Some(ours) if ours.is_empty() => true,
-            Some(ours) if Some(ours.as_str()) == version => true,
-            Some(_) => {
-                written.remove(&key);
-                false
-            }
-            None => false,
         }
     }
 

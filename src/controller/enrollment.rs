@@ -43,12 +43,17 @@ pub async fn reconcile<K: EnrollmentKind>(object: Arc<K>, ctx: Arc<Context>) -> 
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
     let key = object_key(&*object);
     let started = std::time::Instant::now();
-    let result = match ctx.latest(&api, object).await {
-        Ok(None) => Ok(Action::await_change()),
+    // The next check is what this pass decides.
+    ctx.check_after(&key, None);
+    let result = match ctx.latest(&api, object.clone()).await {
         Ok(Some(object)) if object.meta().deletion_timestamp.is_none() => apply(object, &ctx).await,
         Ok(Some(object)) if has_finalizer(object.meta()) => cleanup(object, &ctx).await,
-        // Being deleted without the finalizer: it never claimed anything in DPS.
-        Ok(Some(_)) => Ok(Action::await_change()),
+        // Gone, or being deleted without the finalizer (it never claimed anything in DPS): nothing
+        // about it is worth remembering.
+        Ok(_) => {
+            ctx.forget(&*object);
+            Ok(Action::await_change())
+        }
         Err(error) => Err(Error::kube(format!("read {key}"), error)),
     };
     if result.is_ok() {
@@ -253,7 +258,8 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
     if let Some(expiring) = newly_expiring {
         ctx.event(&*object, true, CERTIFICATE_EXPIRING_SOON, expiring.message).await;
     }
-    Ok(Action::requeue(result?.next_check))
+    ctx.check_after(&object_key(&*object), Some(result?.next_check));
+    Ok(Action::await_change())
 }
 
 async fn sync<K: EnrollmentKind>(
@@ -501,11 +507,12 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
     }
 
     async fn discard_key_secret(&self, name: &str) -> Result<bool, Error> {
-        let Some(version) = self.ctx.own_secret_version(self.reader.namespace, name) else {
+        let secrets = &self.ctx.caches.secrets;
+        let Some(version) = secrets.own_version(self.reader.namespace, name) else {
             return Ok(false);
         };
         self.reader.delete_key_secret(name, &version).await?;
-        self.ctx.forget_secret(self.reader.namespace, name);
+        secrets.not_own(self.reader.namespace, name);
         Ok(true)
     }
 
@@ -516,12 +523,13 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
     async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<Keys, Error> {
         let namespace = self.reader.namespace;
         // Its watch event can arrive before the create's answer: it is known to be ours already.
-        self.ctx.creating_secret(namespace, name);
+        let secrets = &self.ctx.caches.secrets;
+        secrets.creating_own(namespace, name);
         let created = self.reader.create_key_secret(name, self.owner_reference, keys).await;
-        let (keys, version) = created.inspect_err(|_| self.ctx.forget_secret(namespace, name))?;
+        let (keys, version) = created.inspect_err(|_| secrets.not_own(namespace, name))?;
         match version {
-            Some(version) => self.ctx.wrote_secret(namespace, name, version),
-            None => self.ctx.forget_secret(namespace, name),
+            Some(version) => secrets.created_own(namespace, name, &version),
+            None => secrets.not_own(namespace, name),
         }
         if from_dps {
             let note = format!(

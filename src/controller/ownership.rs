@@ -167,8 +167,9 @@ impl Owners {
         {
             claims.by_key.remove(&previous);
         }
-        if let Some(displaced) = claims.by_key.insert(key, owner.clone())
-            && displaced.uid != owner.uid
+        let uid = owner.uid.clone();
+        if let Some(displaced) = claims.by_key.insert(key, owner)
+            && displaced.uid != uid
         {
             claims.by_uid.remove(&displaced.uid);
         }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt, future::join_all};
+use futures::{FutureExt, StreamExt, TryStreamExt, future::join_all};
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -288,14 +288,16 @@ fn list_failure_hint(error: &kube::Error) -> Option<&'static str> {
 /// deletion, and the paused annotation. Status writes and the finalizer and claim the operator
 /// writes with a create do not: were they to trigger a reconcile, a failed create would be tried
 /// again at once, whatever the backoff. (A finalizer someone removed is restored by the next pass.)
-fn reconcile_worthy<K: Resource>(object: &K) -> Option<u64> {
+fn reconcile_worthy<K: Resource>(object: &K) -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let meta = object.meta();
     let mut hasher = DefaultHasher::new();
+    // A resource deleted and created again under its name is another resource.
+    meta.uid.hash(&mut hasher);
     meta.generation.hash(&mut hasher);
     meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
     meta.annotations.as_ref().and_then(|a| a.get(PAUSED_ANNOTATION)).hash(&mut hasher);
-    Some(hasher.finish())
+    hasher.finish()
 }
 
 /// What of a connection, when it changes, concerns the enrollments that use it: its spec, and
@@ -324,21 +326,31 @@ fn pruned<K: Resource + Clone + Send + 'static>(
     events.modify(prune::<K>).default_backoff()
 }
 
-/// A controller for `K` in `api` that reconciles only on [`reconcile_worthy`] changes.
-fn filtered_controller<K>(api: Api<K>) -> Controller<K>
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+/// A controller for the enrollments of kind `K` in `api`, reconciling each on
+/// [`reconcile_worthy`] changes (remembered in the context, with the object's other memories) and
+/// when its check is due.
+fn enrollment_controller_for<K: EnrollmentKind>(api: Api<K>, ctx: Arc<Context>) -> Controller<K> {
     let (store, writer) = reflector::store();
-    let changes =
-        reflector(writer, watcher(api, watcher::Config::default()).modify(prune::<K>)).applied_objects();
-    shared_controller(changes.boxed(), store)
+    let worthy = ctx.clone();
+    let changes = reflector(writer, watcher(api, watcher::Config::default()).modify(prune::<K>))
+        .applied_objects()
+        .try_filter(move |object| {
+            futures::future::ready(worthy.worth_reconciling(object, reconcile_worthy(object)))
+        });
+    Controller::for_stream(changes, store).reconcile_on(due_checks::<K>(ctx))
+}
+
+/// The enrollments of kind `K` whose next check is due, looked for every second.
+fn due_checks<K: EnrollmentKind>(ctx: Arc<Context>) -> impl futures::Stream<Item = ObjectRef<K>> + Send {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    futures::stream::unfold((ctx, ticks), |(ctx, mut ticks)| async move {
+        ticks.tick().await;
+        let due = ctx.take_due(&K::kind(&()));
+        let due = due.into_iter().map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));
+        Some((futures::stream::iter(due), (ctx, ticks)))
+    })
+    .flatten()
 }
 
 /// A controller for `K` on `changes` (a shared watch's) and the store they keep, reconciling only
@@ -353,7 +365,8 @@ where
         + Sync
         + 'static,
 {
-    Controller::for_stream(changes.predicate_filter(reconcile_worthy::<K>, Default::default()), store)
+    let worthy = |object: &K| Some(reconcile_worthy(object));
+    Controller::for_stream(changes.predicate_filter(worthy, Default::default()), store)
 }
 
 fn log_outcome<T: std::fmt::Debug, E: std::fmt::Display>(result: Result<T, E>) -> futures::future::Ready<()> {
@@ -378,7 +391,7 @@ fn enrollment_controller<K: EnrollmentKind>(
     ctx: Arc<Context>,
     triggers: Triggers,
 ) -> (Running, Running) {
-    let controller = filtered_controller(scoped::<K>(client, namespace));
+    let controller = enrollment_controller_for(scoped::<K>(client, namespace), ctx.clone());
     let store = controller.store();
     let synced = store.clone();
     let (by_secret, by_service, by_cluster_service, by_namespace) =
@@ -388,7 +401,11 @@ fn enrollment_controller<K: EnrollmentKind>(
         .watches_stream(triggers.secrets, move |secret| {
             let (namespace, name) = (secret.namespace(), secret.name_any());
             let version = secret.metadata.resource_version.as_deref();
-            if own_writes.is_own_secret_write(namespace.as_deref().unwrap_or_default(), &name, version) {
+            if own_writes.caches.secrets.is_own_write(
+                namespace.as_deref().unwrap_or_default(),
+                &name,
+                version,
+            ) {
                 return Vec::new();
             }
             by_secret

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use futures::{FutureExt, SinkExt, Stream, StreamExt, channel::mpsc, future::BoxFuture, stream::BoxStream};
@@ -98,13 +98,25 @@ where
 
 /// The resourceVersion of every Secret in the watched namespaces, by namespace and name: what a
 /// reconcile needs to know whether a Secret exists, and whether it changed since it was read.
+/// It also knows which Secrets this process created, so that the watch event of its own create
+/// is no reason to reconcile again.
 #[derive(Default)]
 pub struct SecretVersions {
-    versions: RwLock<HashMap<Box<str>, Box<str>>>,
+    versions: RwLock<HashMap<Box<str>, Known>>,
+    /// Secrets this process is creating: until the create answers, any event of one is ours.
+    creating: Mutex<HashSet<Box<str>>>,
     /// The watches (by scope) whose first list is complete.
     listed: RwLock<HashSet<Option<String>>>,
     /// How many watches there are; until all are listed, nothing is known.
     watches: usize,
+}
+
+/// A Secret's version as the watch (or this process's create) last saw it.
+#[derive(Clone, Debug, PartialEq)]
+struct Known {
+    version: Box<str>,
+    /// This process created the Secret at `version`, and nobody changed it since.
+    ours: bool,
 }
 
 fn secret_key(namespace: &str, name: &str) -> Box<str> {
@@ -116,16 +128,72 @@ impl SecretVersions {
         Self { watches, ..Self::default() }
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Box<str>, Known>> {
+        self.versions.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<Box<str>, Known>> {
+        self.versions.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn creating(&self) -> std::sync::MutexGuard<'_, HashSet<Box<str>>> {
+        self.creating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The version of Secret `namespace/name` the watch last saw; `None` when it does not know
     /// (not listed yet) or the Secret does not exist.
     pub fn version(&self, namespace: &str, name: &str) -> Option<Box<str>> {
-        self.versions.read().unwrap_or_else(|e| e.into_inner()).get(&secret_key(namespace, name)).cloned()
+        self.read().get(&secret_key(namespace, name)).map(|known| known.version.clone())
     }
 
     /// Whether the watches have listed every Secret and none is `namespace/name`.
     pub fn known_absent(&self, namespace: &str, name: &str) -> bool {
         let listed = self.listed.read().unwrap_or_else(|e| e.into_inner()).len();
         self.watches > 0 && listed >= self.watches && self.version(namespace, name).is_none()
+    }
+
+    /// This process is creating Secret `namespace/name`.
+    pub fn creating_own(&self, namespace: &str, name: &str) {
+        self.creating().insert(secret_key(namespace, name));
+    }
+
+    /// This process created Secret `namespace/name` at `version`.
+    pub fn created_own(&self, namespace: &str, name: &str, version: &str) {
+        let key = secret_key(namespace, name);
+        self.creating().remove(&key);
+        let mut versions = self.write();
+        match versions.get_mut(&key) {
+            // The watch saw it first, at this version or a later one (someone's edit).
+            Some(known) => known.ours = &*known.version == version,
+            None => {
+                versions.insert(key, Known { version: version.into(), ours: true });
+            }
+        }
+    }
+
+    /// Secret `namespace/name` is not (or no longer) this process's own create.
+    pub fn not_own(&self, namespace: &str, name: &str) {
+        let key = secret_key(namespace, name);
+        self.creating().remove(&key);
+        if let Some(known) = self.write().get_mut(&key) {
+            known.ours = false;
+        }
+    }
+
+    /// The version of Secret `namespace/name` when this process created it and nobody changed it.
+    pub fn own_version(&self, namespace: &str, name: &str) -> Option<Box<str>> {
+        self.read()
+            .get(&secret_key(namespace, name))
+            .filter(|known| known.ours)
+            .map(|known| known.version.clone())
+    }
+
+    /// Whether a watch event of Secret `namespace/name` at `version` shows only this process's
+    /// own create; a later version (the user edited the keys) is news.
+    pub fn is_own_write(&self, namespace: &str, name: &str, version: Option<&str>) -> bool {
+        let key = secret_key(namespace, name);
+        self.creating().contains(&key)
+            || self.read().get(&key).is_some_and(|known| known.ours && Some(&*known.version) == version)
     }
 
     /// Keeps the versions as the watch of `scope` (a namespace, or all) says. A relist replaces
@@ -135,21 +203,27 @@ impl SecretVersions {
         scope: Option<String>,
     ) -> impl FnMut(&watcher::Event<SecretMetadata>) + Send + 'static {
         let versions = self.clone();
-        let mut relisted: Option<HashMap<Box<str>, Box<str>>> = None;
+        let mut relisted: Option<HashMap<Box<str>, Known>> = None;
         move |event| {
             let entry = |secret: &SecretMetadata| {
                 let key = secret_key(&secret.namespace().unwrap_or_default(), &secret.name_any());
                 (key, secret.resource_version().unwrap_or_default().into_boxed_str())
             };
+            // Still ours when the watch shows the version this process created.
+            let seen = |all: &HashMap<Box<str>, Known>, key: &str, version: Box<str>| {
+                let ours = all.get(key).is_some_and(|known| known.ours && known.version == version);
+                Known { version, ours }
+            };
             match event {
                 watcher::Event::Init => relisted = Some(HashMap::new()),
                 watcher::Event::InitApply(secret) => {
                     let (key, version) = entry(secret);
-                    relisted.get_or_insert_default().insert(key, version);
+                    let known = seen(&versions.read(), &key, version);
+                    relisted.get_or_insert_default().insert(key, known);
                 }
                 watcher::Event::InitDone => {
                     let fresh = relisted.take().unwrap_or_default();
-                    let mut all = versions.versions.write().unwrap_or_else(|e| e.into_inner());
+                    let mut all = versions.write();
                     let prefix = scope.as_ref().map(|namespace| format!("{namespace}/"));
                     all.retain(|key, _| {
                         prefix.as_ref().is_some_and(|prefix| !key.starts_with(prefix.as_str()))
@@ -160,11 +234,13 @@ impl SecretVersions {
                 }
                 watcher::Event::Apply(secret) => {
                     let (key, version) = entry(secret);
-                    versions.versions.write().unwrap_or_else(|e| e.into_inner()).insert(key, version);
+                    let mut all = versions.write();
+                    let known = seen(&all, &key, version);
+                    all.insert(key, known);
                 }
                 watcher::Event::Delete(secret) => {
                     let (key, _) = entry(secret);
-                    versions.versions.write().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    versions.write().remove(&key);
                 }
             }
         }
@@ -224,6 +300,43 @@ mod tests {
         assert_eq!(versions.version("iot", "keys").as_deref(), Some("2"));
         observe(&watcher::Event::Delete(secret("iot", "keys", "3")));
         assert!(versions.known_absent("iot", "keys"));
+    }
+
+    #[test]
+    fn the_watch_event_of_an_own_create_is_known_as_ours_until_someone_changes_the_secret() {
+        let versions = Arc::new(SecretVersions::new(1));
+        let mut observe = versions.observer(None);
+        observe(&watcher::Event::Init);
+        observe(&watcher::Event::InitDone);
+        versions.creating_own("iot", "keys");
+        assert!(versions.is_own_write("iot", "keys", Some("7")), "being created: any event is ours");
+        // The watch shows the create before its answer arrives.
+        observe(&watcher::Event::Apply(secret("iot", "keys", "7")));
+        versions.created_own("iot", "keys", "7");
+        assert!(versions.is_own_write("iot", "keys", Some("7")));
+        assert_eq!(versions.own_version("iot", "keys").as_deref(), Some("7"));
+        // A relist keeps it ours while the version is the same.
+        observe(&watcher::Event::Init);
+        observe(&watcher::Event::InitApply(secret("iot", "keys", "7")));
+        observe(&watcher::Event::InitDone);
+        assert!(versions.is_own_write("iot", "keys", Some("7")));
+        // The user edits the keys.
+        observe(&watcher::Event::Apply(secret("iot", "keys", "8")));
+        assert!(!versions.is_own_write("iot", "keys", Some("8")));
+        assert_eq!(versions.own_version("iot", "keys"), None);
+    }
+
+    #[test]
+    fn a_create_answered_after_someone_changed_the_secret_is_not_ours() {
+        let versions = Arc::new(SecretVersions::new(1));
+        let mut observe = versions.observer(None);
+        versions.creating_own("iot", "keys");
+        // The user replaces the Secret after the create and before its answer arrives.
+        observe(&watcher::Event::Apply(secret("iot", "keys", "9")));
+        versions.created_own("iot", "keys", "7");
+        assert!(!versions.is_own_write("iot", "keys", Some("9")));
+        versions.not_own("iot", "keys");
+        assert!(!versions.is_own_write("iot", "keys", Some("7")));
     }
 
     #[test]
