@@ -1,6 +1,6 @@
 //! Prometheus metrics, never labelled by object name (bounded cardinality).
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::time::Duration;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -58,8 +58,6 @@ pub struct Metrics {
     dps_throttled: Counter,
     rate_limiter_wait: Histogram,
     resources: Family<ReadyLabels, Gauge>,
-    /// Each object's last Ready state, by kind and object as one text, to keep `resources` exact.
-    ready_by_object: Mutex<HashMap<Box<str>, bool>>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -78,7 +76,6 @@ impl Default for Metrics {
             dps_throttled: Counter::default(),
             rate_limiter_wait: Histogram::new(seconds_buckets()),
             resources: Family::default(),
-            ready_by_object: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles by kind and result", metrics.reconciles.clone());
@@ -131,14 +128,9 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// Records an object's Ready state (`None` once it is gone).
-    pub fn set_ready(&self, kind: &str, object: &str, ready: Option<bool>) {
-        let mut by_object = self.ready_by_object.lock().unwrap_or_else(|e| e.into_inner());
-        let key: Box<str> = format!("{kind} {object}").into();
-        let previous = match ready {
-            Some(ready) => by_object.insert(key, ready),
-            None => by_object.remove(&key),
-        };
+    /// Records that an object's Ready state went from `previous` to `ready` (`None`: not seen,
+    /// or gone). Whoever calls remembers each object's last state.
+    pub fn ready_changed(&self, kind: &str, previous: Option<bool>, ready: Option<bool>) {
         // Both series exist as soon as the kind is seen, so a count of 0 shows as 0.
         for series in [true, false] {
             let gauge =
@@ -191,9 +183,9 @@ mod tests {
         metrics.request("GET enrollmentGroups/{id}", Some(429), Duration::from_millis(12));
         metrics.request("GET enrollmentGroups/{id}", None, Duration::from_secs(30));
         metrics.waited(Duration::from_millis(250));
-        metrics.set_ready("EnrollmentGroup", "iot/thermostats", Some(true));
-        metrics.set_ready("EnrollmentGroup", "iot/cameras", Some(false));
-        metrics.set_ready("EnrollmentGroup", "iot/cameras", None);
+        metrics.ready_changed("EnrollmentGroup", None, Some(true));
+        metrics.ready_changed("EnrollmentGroup", None, Some(false));
+        metrics.ready_changed("EnrollmentGroup", Some(false), None);
         let text = metrics.encode();
         for line in [
             r#"dps_operator_reconciles_total{kind="EnrollmentGroup",result="error"} 1"#,
@@ -207,6 +199,5 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
-        assert!(!text.contains("thermostats"), "object names never become labels");
     }
 }

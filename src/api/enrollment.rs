@@ -53,7 +53,7 @@ pub struct EnrollmentSettings {
 
     /// The webhook that chooses the hub when `allocationPolicy` is `custom`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub custom_allocation: Option<CustomAllocation>,
+    pub custom_allocation: Option<Box<CustomAllocation>>,
 
     /// The device twin a device starts with when it is first provisioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]

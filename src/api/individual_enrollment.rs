@@ -92,11 +92,11 @@ pub struct IndividualAttestation {
 
     /// The device presents one of these certificates (its own leaf certificates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub x509: Option<IndividualX509Attestation>,
+    pub x509: Option<Box<IndividualX509Attestation>>,
 
     /// The device proves itself with its TPM's endorsement key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tpm: Option<TpmAttestation>,
+    pub tpm: Option<Box<TpmAttestation>>,
 }
 
 /// The device's own X.509 certificates.

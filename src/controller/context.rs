@@ -99,6 +99,8 @@ struct Memory {
     trigger: Option<u64>,
     /// The resourceVersion this process's last write of it produced.
     written: Option<Box<str>>,
+    /// Whether its last pass found it Ready, as the `resources` metric counts it.
+    ready: Option<bool>,
 }
 
 /// The enrollments of one kind on one connection, as a query read them.
@@ -292,9 +294,18 @@ impl Context {
         }
     }
 
+    /// Records whether `object`'s last pass found it Ready, for the `resources` metric.
+    pub fn set_ready<K: Resource<DynamicType = ()>>(&self, object: &K, ready: bool) {
+        let previous = self.remember(&object_key(object), |memory| memory.ready.replace(ready));
+        self.health.metrics.ready_changed(&K::kind(&()), previous, Some(ready));
+    }
+
     /// Drops what is remembered about an object that is gone.
     pub fn forget<K: Resource<DynamicType = ()>>(&self, object: &K) {
-        self.memories().remove(object_key(object).as_str());
+        let memory = self.memories().remove(object_key(object).as_str());
+        if let Some(previous) = memory.and_then(|memory| memory.ready) {
+            self.health.metrics.ready_changed(&K::kind(&()), Some(previous), None);
+        }
     }
 
     /// The enrollments of `E`'s kind on `connection`, read with the query API at most once per

@@ -588,10 +588,10 @@ mod tests {
         settings.service_ref = ServiceRef { kind: None, name: "dps".into() };
         settings.iot_hubs = Some(vec!["b.azure-devices.net".into(), "a.azure-devices.net".into()]);
         settings.allocation_policy = Some(api::AllocationPolicy::Custom);
-        settings.custom_allocation = Some(CustomAllocation {
+        settings.custom_allocation = Some(Box::new(CustomAllocation {
             webhook_url_secret_ref: SecretKeySelector { name: "hook".into(), key: "url".into() },
             api_version: "2021-10-01".into(),
-        });
+        }));
         settings.initial_twin = Some(SpecTwin {
             tags: Some(api::JsonObject::from(json!({"site": "Redmond"}).as_object().unwrap())),
             desired_properties: Some(api::JsonObject::from(json!({"interval": 60}).as_object().unwrap())),

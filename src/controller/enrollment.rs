@@ -213,7 +213,7 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
         _ => old.as_ref().map_or(Registrations::Unknown, K::registrations),
     };
     let ready = enrollment.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
-    ctx.health.metrics.set_ready(K::kind(&()).as_ref(), &object_key(&*object), Some(ready));
+    ctx.set_ready(&*object, ready);
     let expiring = |conditions: &[Condition]| {
         conditions.iter().find(|c| c.type_ == CERTIFICATE_EXPIRING_SOON && c.status == "True").cloned()
     };
@@ -862,7 +862,6 @@ async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Act
             remove_finalizer(ctx, &object).await?;
             ctx.owners.release(object.meta().uid.as_deref().unwrap_or_default());
             ctx.forget(&object);
-            ctx.health.metrics.set_ready(K::kind(&()).as_ref(), &object_key(&object), None);
             Ok(Action::await_change())
         }
         Err(error) => {
