@@ -192,24 +192,10 @@ impl Context {
         self.remember(key, |memory| memory.due = wait.map(|wait| Instant::now() + wait));
     }
 
-    /// The namespaces and names of the objects of `kind` whose next check is due, each handed
-    /// out once.
-    pub fn take_due(&self, kind: &str) -> Vec<(String, String)> {
-        let now = Instant::now();
-        let mut due = Vec::new();
-        for (key, memory) in self.memories().iter_mut() {
-            if memory.due.is_none_or(|at| at > now) {
-                continue;
-            }
-            let mut parts = key.splitn(3, '/');
-            if parts.next() == Some(kind)
-                && let (Some(namespace), Some(name)) = (parts.next(), parts.next())
-            {
-                memory.due = None;
-                due.push((namespace.to_owned(), name.to_owned()));
-            }
-        }
-        due
+    /// The namespaces and names of the objects of `kind` in `namespace` (`None`: any) whose next
+    /// check is due, each handed out once.
+    pub fn take_due(&self, kind: &str, namespace: Option<&str>) -> Vec<(String, String)> {
+        take_due(&mut self.memories(), kind, namespace, Instant::now())
     }
 
     /// Whether a change of `object` whose trigger hash is `hash` calls for a reconcile: the first
@@ -336,6 +322,32 @@ impl Context {
     }
 }
 
+/// The objects of `kind` in `namespace` (`None`: any) among `memories` whose check is due at
+/// `now`, each handed out once.
+fn take_due(
+    memories: &mut HashMap<Box<str>, Memory>,
+    kind: &str,
+    namespace: Option<&str>,
+    now: Instant,
+) -> Vec<(String, String)> {
+    let mut due = Vec::new();
+    for (key, memory) in memories.iter_mut() {
+        if memory.due.is_none_or(|at| at > now) {
+            continue;
+        }
+        // An object key is `Kind/namespace/name`.
+        let mut parts = key.splitn(3, '/');
+        if parts.next() == Some(kind)
+            && let (Some(of), Some(name)) = (parts.next(), parts.next())
+            && namespace.is_none_or(|namespace| namespace == of)
+        {
+            memory.due = None;
+            due.push((of.to_owned(), name.to_owned()));
+        }
+    }
+    due
+}
+
 /// How messages name a resource: `IndividualEnrollment iot/boiler`.
 pub fn resource_name<K: Resource<DynamicType = ()>>(object: &K) -> String {
     match object.namespace() {
@@ -347,4 +359,40 @@ pub fn resource_name<K: Resource<DynamicType = ()>>(object: &K) -> String {
 /// `Kind/namespace/name`, the key of the per-object memories.
 pub fn object_key<K: Resource<DynamicType = ()>>(object: &K) -> String {
     format!("{}/{}/{}", K::kind(&()), object.namespace().unwrap_or_default(), object.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_checks_are_handed_out_once_to_the_controller_of_their_kind_and_namespace() {
+        let now = Instant::now();
+        let due_at = |seconds_ago: u64| Memory {
+            due: Some(now - Duration::from_secs(seconds_ago)),
+            ..Memory::default()
+        };
+        let mut memories: HashMap<Box<str>, Memory> = HashMap::from([
+            ("IndividualEnrollment/iot/boiler".into(), due_at(1)),
+            ("IndividualEnrollment/ops/pump".into(), due_at(1)),
+            ("EnrollmentGroup/iot/boilers".into(), due_at(1)),
+            (
+                "IndividualEnrollment/iot/later".into(),
+                Memory { due: Some(now + Duration::from_secs(60)), ..Memory::default() },
+            ),
+            ("IndividualEnrollment/iot/settled".into(), Memory::default()),
+        ]);
+        let iot = take_due(&mut memories, "IndividualEnrollment", Some("iot"), now);
+        assert_eq!(iot, [("iot".to_owned(), "boiler".to_owned())]);
+        assert!(
+            take_due(&mut memories, "IndividualEnrollment", Some("iot"), now).is_empty(),
+            "handed out once"
+        );
+        let all = take_due(&mut memories, "IndividualEnrollment", None, now);
+        assert_eq!(all, [("ops".to_owned(), "pump".to_owned())]);
+        let groups = take_due(&mut memories, "EnrollmentGroup", None, now);
+        assert_eq!(groups, [("iot".to_owned(), "boilers".to_owned())]);
+        let later = take_due(&mut memories, "IndividualEnrollment", None, now + Duration::from_secs(61));
+        assert_eq!(later, [("iot".to_owned(), "later".to_owned())]);
+    }
 }

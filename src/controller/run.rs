@@ -329,7 +329,12 @@ fn pruned<K: Resource + Clone + Send + 'static>(
 /// A controller for the enrollments of kind `K` in `api`, reconciling each on
 /// [`reconcile_worthy`] changes (remembered in the context, with the object's other memories) and
 /// when its check is due.
-fn enrollment_controller_for<K: EnrollmentKind>(api: Api<K>, ctx: Arc<Context>) -> Controller<K> {
+fn enrollment_controller_for<K: EnrollmentKind>(
+    client: &Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+) -> Controller<K> {
+    let api = scoped::<K>(client, namespace);
     let (store, writer) = reflector::store();
     let worthy = ctx.clone();
     let changes = reflector(writer, watcher(api, watcher::Config::default()).modify(prune::<K>))
@@ -337,18 +342,25 @@ fn enrollment_controller_for<K: EnrollmentKind>(api: Api<K>, ctx: Arc<Context>) 
         .try_filter(move |object| {
             futures::future::ready(worthy.worth_reconciling(object, reconcile_worthy(object)))
         });
-    Controller::for_stream(changes, store).reconcile_on(due_checks::<K>(ctx))
+    Controller::for_stream(changes, store).reconcile_on(due_checks::<K>(ctx, namespace.map(str::to_owned)))
 }
 
-/// The enrollments of kind `K` whose next check is due, looked for every second.
-fn due_checks<K: EnrollmentKind>(ctx: Arc<Context>) -> impl futures::Stream<Item = ObjectRef<K>> + Send {
+/// The enrollments of kind `K` in `namespace` (`None`: all) whose next check is due, looked for
+/// every second.
+fn due_checks<K: EnrollmentKind>(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    futures::stream::unfold((ctx, ticks), |(ctx, mut ticks)| async move {
-        ticks.tick().await;
-        let due = ctx.take_due(&K::kind(&()));
-        let due = due.into_iter().map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));
-        Some((futures::stream::iter(due), (ctx, ticks)))
+    futures::stream::unfold((ctx, ticks), move |(ctx, mut ticks)| {
+        let namespace = namespace.clone();
+        async move {
+            ticks.tick().await;
+            let due = ctx.take_due(&K::kind(&()), namespace.as_deref());
+            let due = due.into_iter().map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));
+            Some((futures::stream::iter(due), (ctx, ticks)))
+        }
     })
     .flatten()
 }
@@ -391,7 +403,7 @@ fn enrollment_controller<K: EnrollmentKind>(
     ctx: Arc<Context>,
     triggers: Triggers,
 ) -> (Running, Running) {
-    let controller = enrollment_controller_for(scoped::<K>(client, namespace), ctx.clone());
+    let controller = enrollment_controller_for::<K>(client, namespace, ctx.clone());
     let store = controller.store();
     let synced = store.clone();
     let (by_secret, by_service, by_cluster_service, by_namespace) =
