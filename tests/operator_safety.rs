@@ -597,3 +597,36 @@ async fn eventually_in(namespace: &str, resource: &str, check: impl Fn(&Value) -
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drift_is_undone_in_every_watched_namespace() {
+    let mut operator = Operator::start("drift-everywhere").await;
+    let other = operator.add_namespace().await;
+    operator.apply(&enrollment("pump-a", "")).await;
+    let applied =
+        kubectl_in(&other, &["apply", "--server-side", "-f", "-"], Some(&enrollment("pump-b", ""))).await;
+    assert!(applied.success, "{}", applied.stderr);
+    operator.wait("individualenrollment/pump-a", "condition=Ready").await;
+    eventually_in(&other, "individualenrollment/pump-b", is_ready).await;
+
+    // Edits made in DPS outside Kubernetes, to the enrollments of both namespaces, several times:
+    // each namespace's drift checks come around again and again (every 3 s here).
+    for round in 0..3 {
+        for id in ["pump-a", "pump-b"] {
+            let mut edited: models::IndividualEnrollment = operator.dps.get(id).await.unwrap();
+            edited.provisioning_status = Some(models::ProvisioningStatus::Disabled);
+            let etag = edited.etag.clone().unwrap();
+            operator.dps.put(&edited, IfMatch::Etag(&etag)).await.unwrap();
+        }
+        operator
+            .eventually_dps(&format!("both edits undone, round {round}"), async |dps| {
+                for id in ["pump-a", "pump-b"] {
+                    let enrollment: models::IndividualEnrollment = dps.get(id).await.ok()?;
+                    (enrollment.provisioning_status == Some(models::ProvisioningStatus::Enabled))
+                        .then_some(())?;
+                }
+                Some(())
+            })
+            .await;
+    }
+}
