@@ -181,25 +181,10 @@ impl Connections {
         }
     }
 
-    /// The connection of `service`, its inputs read anew.
-    pub async fn for_provisioning_service(
-        &self,
-        client: &Client,
-        service: &ProvisioningService,
-    ) -> Result<Connection, Error> {
-        self.provisioning_service(client, service, None).await
-    }
-
-    /// The connection of `service`, its inputs read anew.
-    pub async fn for_cluster_provisioning_service(
-        &self,
-        client: &Client,
-        service: &ClusterProvisioningService,
-    ) -> Result<Connection, Error> {
-        self.cluster_provisioning_service(client, service, None).await
-    }
-
-    async fn provisioning_service(
+    /// The connection of `service`. With `known` (the watched Secrets' versions), a client made
+    /// earlier from Secrets still at those versions is used without reading them; without, every
+    /// input is read anew.
+    pub async fn provisioning_service(
         &self,
         client: &Client,
         service: &ProvisioningService,
@@ -216,7 +201,8 @@ impl Connections {
         self.resolve(client, name, reference, inputs, known).await
     }
 
-    async fn cluster_provisioning_service(
+    /// The connection of cluster-wide `service`, as [`Self::provisioning_service`].
+    pub async fn cluster_provisioning_service(
         &self,
         client: &Client,
         service: &ClusterProvisioningService,

@@ -982,7 +982,7 @@ async fn keep_key_secret<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result
     let Ok(AttestationInput::SymmetricKey(secret)) = object.attestation_input() else { return Ok(()) };
     let namespace = object.namespace().unwrap_or_default();
     let uid = object.meta().uid.clone().unwrap_or_default();
-    let reader = Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets);
+    let reader = Reader::new(&ctx.client, &namespace);
     if reader.release_secret(&secret.name, &uid).await? {
         let note = format!(
             "Secret {namespace}/{} keeps the keys of {} {}, which stays in DPS; it is no longer owned by this \

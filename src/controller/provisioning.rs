@@ -45,7 +45,8 @@ pub async fn reconcile_namespaced(
     if let Some(action) = hold_while_in_use(&ctx, &api, &*service, reference, vec![namespace]).await? {
         return Ok(action);
     }
-    let (result, known) = probed(ctx.connections.for_provisioning_service(&ctx.client, &service).await).await;
+    let (result, known) =
+        probed(ctx.connections.provisioning_service(&ctx.client, &service, None).await).await;
     report(&ctx, &api, &*service, service.status.as_ref(), result, known).await
 }
 
@@ -63,7 +64,7 @@ pub async fn reconcile_cluster(
         return Ok(action);
     }
     let (result, known) =
-        probed(ctx.connections.for_cluster_provisioning_service(&ctx.client, &service).await).await;
+        probed(ctx.connections.cluster_provisioning_service(&ctx.client, &service, None).await).await;
     report(&ctx, &api, &*service, service.status.as_ref(), result, known).await
 }
 

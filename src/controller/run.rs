@@ -107,19 +107,18 @@ pub async fn run(
     // One watch per kind and scope, shared by the controllers; a ClusterProvisioningService's
     // Secrets are in the operator's namespace, watched on its own when no scope covers it.
     let mut secret_scopes = scopes.clone();
-    if !scopes.iter().any(|scope| scope.as_ref().is_none_or(|namespace| *namespace == operator_namespace)) {
-        secret_scopes.push(Some(operator_namespace.clone()));
-    }
+    let covering = scopes
+        .iter()
+        .position(|scope| scope.as_ref().is_none_or(|namespace| *namespace == operator_namespace))
+        .unwrap_or_else(|| {
+            secret_scopes.push(Some(operator_namespace.clone()));
+            secret_scopes.len() - 1
+        });
     let secret_versions = Arc::new(SecretVersions::new(secret_scopes.len()));
     let mut secrets: Vec<Shared<SecretMetadata>> = secret_scopes.iter().map(|_| Shared::default()).collect();
     let mut services: Vec<Shared<ProvisioningService>> = scopes.iter().map(|_| Shared::default()).collect();
-    let mut service_stores = Vec::new();
-    let mut service_writers = Vec::new();
-    for _ in &scopes {
-        let (store, writer) = reflector::store();
-        service_stores.push(store);
-        service_writers.push(writer);
-    }
+    let (service_stores, service_writers): (Vec<_>, Vec<_>) =
+        scopes.iter().map(|_| reflector::store()).unzip();
     let mut cluster_services = Shared::<ClusterProvisioningService>::default();
     let (cluster_service_store, cluster_service_writer) = reflector::store();
     let mut namespaces = Shared::<NamespaceMetadata>::default();
@@ -158,10 +157,6 @@ pub async fn run(
         ready.push(synced);
         controllers.push(running);
     }
-    let covering = secret_scopes
-        .iter()
-        .position(|scope| scope.as_ref().is_none_or(|namespace| *namespace == operator_namespace))
-        .unwrap_or_default();
     let (synced, running) = cluster_provisioning_service_controller(
         cluster_services.subscribe(),
         cluster_service_store,

@@ -112,7 +112,7 @@ pub struct SecretVersions {
 }
 
 /// A Secret's version as the watch (or this process's create) last saw it.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 struct Known {
     version: Box<str>,
     /// This process created the Secret at `version`, and nobody changed it since.
