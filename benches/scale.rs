@@ -71,7 +71,7 @@ async fn main() {
         Api::namespaced(control_plane.client().await.expect("a client"), NAMESPACE);
     let manifests: String = (0..count).map(enrollment).collect();
     let started = Instant::now();
-    kubectl(&["apply", "--server-side", "-f", "-"], Some(&manifests));
+    kubectl(&["apply", "-f", "-"], Some(&manifests));
     let applied = started.elapsed();
     let watched = Watched::start(api);
     until(started, "the bench's watch listed all", async || watched.existing() == count).await;

@@ -52,7 +52,7 @@ fn every_example_is_admitted_and_reads_back_equal() {
     for path in examples {
         let yaml = fs::read_to_string(&path).unwrap();
         let manifest = yaml_to_json(&yaml);
-        let applied = kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml));
+        let applied = kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml));
         assert!(applied.success, "{} was refused: {}", path.display(), applied.stderr);
 
         let stored = stored(&manifest, &namespace);
@@ -223,12 +223,12 @@ fn the_dps_category_and_short_names_list_every_kind() {
         ["provisioningservice.yaml", "enrollmentgroup-symmetric-key.yaml", "individualenrollment-tpm.yaml"]
     {
         let yaml = fs::read_to_string(manifest_dir("examples").join(example)).unwrap();
-        let applied = kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml));
+        let applied = kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml));
         assert!(applied.success, "{}", applied.stderr);
     }
     let cluster_yaml = fs::read_to_string(manifest_dir("examples/clusterprovisioningservice.yaml")).unwrap();
     let cluster_yaml = cluster_yaml.replace("name: contoso-factory-dps", "name: names-category-test");
-    assert!(kubectl(&["apply", "--server-side", "-f", "-"], Some(&cluster_yaml)).success);
+    assert!(kubectl(&["apply", "-f", "-"], Some(&cluster_yaml)).success);
 
     let all = kubectl_ok(&["get", "dps", "-A", "-o", "name"]);
     for expected in [
@@ -257,7 +257,7 @@ fn the_dps_category_and_short_names_list_every_kind() {
 fn printer_columns_show_ready_reason_id_and_attestation_from_status() {
     let namespace = namespace("columns");
     let yaml = fs::read_to_string(manifest_dir("examples/enrollmentgroup-symmetric-key.yaml")).unwrap();
-    assert!(kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
+    assert!(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
 
     let status = json!({
         "apiVersion": "dps.iot.dev/v1alpha1",
@@ -339,9 +339,9 @@ async fn a_complete_status_survives_the_status_subresource() {
 
     let namespace = namespace("status");
     let yaml = fs::read_to_string(manifest_dir("examples/individualenrollment-x509.yaml")).unwrap();
-    assert!(kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
+    assert!(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
     let yaml = fs::read_to_string(manifest_dir("examples/enrollmentgroup-symmetric-key.yaml")).unwrap();
-    assert!(kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
+    assert!(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
 
     let time = |s: &str| Time(s.parse().unwrap());
     let certificate = CertificateInfo {
@@ -436,7 +436,7 @@ fn static_allocation_without_hubs_is_admitted() {
     let yaml = "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {name: one-hub}\nspec:\n  \
                 serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: one-hub-keys}\n  \
                 allocationPolicy: static\n";
-    let applied = kubectl(&["apply", "--server-side", "-n", &namespace, "-f", "-"], Some(yaml));
+    let applied = kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(yaml));
     assert!(applied.success, "refused: {}", applied.stderr);
 }
 

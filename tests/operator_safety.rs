@@ -215,7 +215,7 @@ async fn one_resource_owns_an_enrollment_and_the_other_never_touches_it() {
     let keys = secret_keys(&operator, "boiler-keys", None).await.unwrap();
 
     let contender = enrollment("boiler", "  adoption: Adopt\n");
-    let applied = kubectl_in(&other, &["apply", "--server-side", "-f", "-"], Some(&contender)).await;
+    let applied = kubectl_in(&other, &["apply", "-f", "-"], Some(&contender)).await;
     assert!(applied.success, "{}", applied.stderr);
     let in_other =
         |r: &Value| condition(r, "Ready").is_some_and(|(s, reason, _)| s == "False" && reason == "Conflict");
@@ -279,12 +279,8 @@ async fn an_operator_killed_between_its_create_and_the_status_still_knows_the_en
 
     // A contender on the same id, there before the restart: the register rebuilt at start holds
     // the claim only the annotation records.
-    let contender = kubectl_in(
-        &other,
-        &["apply", "--server-side", "-f", "-"],
-        Some(&enrollment("boiler", "  adoption: Adopt\n")),
-    )
-    .await;
+    let contender =
+        kubectl_in(&other, &["apply", "-f", "-"], Some(&enrollment("boiler", "  adoption: Adopt\n"))).await;
     assert!(contender.success, "{}", contender.stderr);
     operator.emulator.set_faults(Faults::default());
     operator.emulator.reset_calls();
@@ -324,8 +320,8 @@ async fn contenders_created_at_once_under_failing_creates_end_with_one_owner_eac
     let manifests: String =
         ids.iter().map(|id| format!("{}  adoption: Adopt\n---\n", enrollment(id, ""))).collect();
     let (first, second) = tokio::join!(
-        operator.kubectl(&["apply", "--server-side", "-f", "-"], Some(&manifests)),
-        kubectl_in(&other, &["apply", "--server-side", "-f", "-"], Some(&manifests)),
+        operator.kubectl(&["apply", "-f", "-"], Some(&manifests)),
+        kubectl_in(&other, &["apply", "-f", "-"], Some(&manifests)),
     );
     assert!(first.success && second.success, "{}{}", first.stderr, second.stderr);
     // Half the creates fail for the first 40 s, then DPS recovers.
@@ -603,8 +599,7 @@ async fn drift_is_undone_in_every_watched_namespace() {
     let mut operator = Operator::start("drift-everywhere").await;
     let other = operator.add_namespace().await;
     operator.apply(&enrollment("pump-a", "")).await;
-    let applied =
-        kubectl_in(&other, &["apply", "--server-side", "-f", "-"], Some(&enrollment("pump-b", ""))).await;
+    let applied = kubectl_in(&other, &["apply", "-f", "-"], Some(&enrollment("pump-b", ""))).await;
     assert!(applied.success, "{}", applied.stderr);
     operator.wait("individualenrollment/pump-a", "condition=Ready").await;
     eventually_in(&other, "individualenrollment/pump-b", is_ready).await;

@@ -148,14 +148,7 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     block(|| kubectl(&["delete", "pod", &pod, "-n", OPERATOR_NAMESPACE, "--wait=false"], None));
     block(|| {
         kubectl(
-            &[
-                "apply",
-                "--server-side",
-                "-n",
-                ns,
-                "-f",
-                &format!("{EXAMPLES}/individualenrollment-symmetric-key.yaml"),
-            ],
+            &["apply", "-n", ns, "-f", &format!("{EXAMPLES}/individualenrollment-symmetric-key.yaml")],
             None,
         )
     });
@@ -232,7 +225,7 @@ spec:
     symmetricKey:
       secretRef: {name: lab-device-01-keys}
 "#;
-    block(|| kubectl(&["apply", "--server-side", "-n", lab, "-f", "-"], Some(device)));
+    block(|| kubectl(&["apply", "-n", lab, "-f", "-"], Some(device)));
     if let Err(error) = block(|| wait_ready(Some(lab), "provisioningservices,individualenrollments")) {
         let resources = kubectl_result(&["get", "dps", "-n", lab, "-o", "yaml"]);
         panic!("the enrollment on the in-cluster emulator is not Ready: {error}\n{resources:?}");
@@ -380,9 +373,9 @@ fn install_and_apply_examples(emulator: &RunningEmulator) -> String {
     let namespace = "factory";
     kubectl(&["create", "namespace", namespace], None);
     kubectl(&["wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=60s"], None);
-    kubectl(&["apply", "--server-side", "-f", "-"], Some(&example_inputs(emulator, namespace).unwrap()));
+    kubectl(&["apply", "-f", "-"], Some(&example_inputs(emulator, namespace).unwrap()));
     for file in EXAMPLE_FILES {
-        kubectl(&["apply", "--server-side", "-n", namespace, "-f", &format!("{EXAMPLES}/{file}")], None);
+        kubectl(&["apply", "-n", namespace, "-f", &format!("{EXAMPLES}/{file}")], None);
     }
     // The cluster-wide connection admits namespaces by label and reads its references from the
     // operator's namespace.
@@ -399,16 +392,9 @@ fn install_and_apply_examples(emulator: &RunningEmulator) -> String {
         ],
         None,
     );
-    kubectl(&["apply", "--server-side", "-f", &format!("{EXAMPLES}/clusterprovisioningservice.yaml")], None);
+    kubectl(&["apply", "-f", &format!("{EXAMPLES}/clusterprovisioningservice.yaml")], None);
     kubectl(
-        &[
-            "apply",
-            "--server-side",
-            "-n",
-            namespace,
-            "-f",
-            &format!("{EXAMPLES}/enrollmentgroup-x509-ca-reference.yaml"),
-        ],
+        &["apply", "-n", namespace, "-f", &format!("{EXAMPLES}/enrollmentgroup-x509-ca-reference.yaml")],
         None,
     );
     // The emulator's CA, as a user trusts a TLS-inspecting proxy.

@@ -146,7 +146,7 @@ impl Connections {
                         .await
                         .map_err(|e| {
                             Error::kube(
-                                format!("read ProvisioningService {namespace}/{}", service_ref.name),
+                                format!("reading ProvisioningService {namespace}/{}", service_ref.name),
                                 e,
                             )
                         })?
@@ -165,7 +165,7 @@ impl Connections {
                         .get_opt(&service_ref.name)
                         .await
                         .map_err(|e| {
-                            Error::kube(format!("read ClusterProvisioningService {}", service_ref.name), e)
+                            Error::kube(format!("reading ClusterProvisioningService {}", service_ref.name), e)
                         })?
                         .map(Arc::new)
                         .ok_or_else(|| Error::ConnectionNotFound {
@@ -234,7 +234,7 @@ impl Connections {
             None => Api::<Namespace>::all(client.clone())
                 .get(namespace)
                 .await
-                .map_err(|e| Error::kube(format!("read Namespace {namespace}"), e))?
+                .map_err(|e| Error::kube(format!("reading Namespace {namespace}"), e))?
                 .labels()
                 .clone(),
         };

@@ -141,7 +141,7 @@ impl Context {
         note: String,
     ) {
         if let Err(error) = self.recorder.publish(&object.object_ref(&()), warning, reason, note).await {
-            tracing::warn!(%error, reason, "could not publish an event");
+            tracing::warn!(error = super::error::kube_failure(&error), reason, "could not publish an event");
         }
     }
 
@@ -202,6 +202,12 @@ impl Context {
     /// time it is seen, and whenever the hash changes.
     pub fn worth_reconciling<K: Resource<DynamicType = ()>>(&self, object: &K, hash: u64) -> bool {
         self.remember(&object_key(object), |memory| memory.trigger.replace(hash) != Some(hash))
+    }
+
+    /// Sets the trigger hash `key` is expected to show next (`None`: none known), as before a write
+    /// of this process's own that should not call for another reconcile; answers the one it had.
+    pub fn expect_trigger(&self, key: &str, hash: Option<u64>) -> Option<u64> {
+        self.remember(key, |memory| std::mem::replace(&mut memory.trigger, hash))
     }
 
     /// `object` as the API server holds it, when the watch cache has not caught up with this

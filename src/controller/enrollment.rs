@@ -21,10 +21,12 @@ use super::{
         drift,
     },
     device_keys,
+    error::describe,
     finalizer::{MetadataChange, claim_of, has_finalizer, remove_finalizer, write_metadata},
     kinds::{EnrollmentKind, Registrations, registration_record, summarize},
     ownership::{
-        ClaimKey, Owner, Ownership, claim_annotation, claim_elsewhere, holds_claim, ownership, recorded_claim,
+        ClaimKey, Owner, Ownership, annotation_change, claim_annotation, claim_elsewhere, holds_claim,
+        ownership, recorded_claim,
     },
     secrets::Reader,
 };
@@ -54,7 +56,7 @@ pub async fn reconcile<K: EnrollmentKind>(object: Arc<K>, ctx: Arc<Context>) -> 
             ctx.forget(&*object);
             Ok(Action::await_change())
         }
-        Err(error) => Err(Error::kube(format!("read {key}"), error)),
+        Err(error) => Err(Error::kube(format!("reading {}", resource_name(&*object)), error)),
     };
     if result.is_ok() {
         ctx.record_success(&key);
@@ -242,11 +244,11 @@ async fn apply<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Actio
         };
         old.as_ref() == Some(&make_status(bare, registrations.clone()))
     };
-    // Every resource gets the finalizer (a new one with its first claim, in the same write), and a
-    // claim annotation the status no longer backs goes.
+    // Every resource gets the finalizer (a new one with its first claim, in the same write), the
+    // claim annotation its status backs, and none that it does not.
     let meta = meta.into_inner().unwrap_or_else(|e| e.into_inner());
-    let stale_claim = claim_of(&meta).is_some() && !holds_claim(&enrollment);
-    let change = MetadataChange { add_finalizer: true, claim: stale_claim.then_some(None) };
+    let claim = annotation_change(claim_of(&meta), &enrollment, &uid);
+    let change = MetadataChange { add_finalizer: true, claim: claim.as_ref().map(Option::as_deref) };
     if let Err(error) = write_metadata(ctx, &*object, &meta, change).await {
         return gone_meanwhile(ctx, &*object, error).await;
     }
@@ -547,7 +549,7 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
         let change = MetadataChange { add_finalizer: true, claim: Some(Some(&annotation)) };
         let meta = self.meta.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let written = write_metadata(self.ctx, self.object, &meta, change).await.map_err(|e| {
-            Error::kube(format!("record the claim of {} on {}", object_key(self.object), host), e)
+            Error::kube(format!("recording the claim on {} (DPS at {host})", resource_name(self.object)), e)
         })?;
         if let Some(written) = written {
             *self.meta.lock().unwrap_or_else(|e| e.into_inner()) = written.meta().clone();
@@ -568,19 +570,7 @@ async fn write_status<K: EnrollmentKind>(ctx: &Context, object: &K, status: &K::
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
     ctx.write_status(&api, object, status)
         .await
-        .map_err(|e| Error::kube(format!("write the status of {}", object_key(object)), e))
-}
-
-/// An error and its causes, as one sentence chain for a condition or event message.
-pub fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+        .map_err(|e| Error::kube(format!("writing the status of {}", resource_name(object)), e))
 }
 
 fn certificate_info(certificate: &ResolvedCertificate) -> CertificateInfo {
@@ -805,7 +795,7 @@ async fn gone_meanwhile<K: EnrollmentKind>(
     error: kube::Error,
 ) -> Result<Action, Error> {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
-    let failed = |error| Error::kube(format!("add the finalizer of {}", object_key(object)), error);
+    let failed = |error| Error::kube(format!("adding the finalizer to {}", resource_name(object)), error);
     let latest = match &error {
         kube::Error::Api(status) if [404, 422].contains(&status.code) => {
             api.get_opt(&object.name_any()).await.map_err(failed)?
@@ -827,7 +817,7 @@ async fn crd_being_deleted<K: EnrollmentKind>(ctx: &Context) -> Result<bool, Err
     let crd = Api::<CustomResourceDefinition>::all(ctx.client.clone())
         .get_opt(&name)
         .await
-        .map_err(|e| Error::kube(format!("read CustomResourceDefinition {name}"), e))?;
+        .map_err(|e| Error::kube(format!("reading CustomResourceDefinition {name}"), e))?;
     Ok(crd.is_none_or(|crd| crd.metadata.deletion_timestamp.is_some()))
 }
 
@@ -837,8 +827,10 @@ async fn cleanup<K: EnrollmentKind>(object: Arc<K>, ctx: &Context) -> Result<Act
     let namespace = object.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = object.name_any();
-    let Some(object) =
-        api.get_opt(&name).await.map_err(|e| Error::kube(format!("read {}", object_key(&*object)), e))?
+    let Some(object) = api
+        .get_opt(&name)
+        .await
+        .map_err(|e| Error::kube(format!("reading {}", resource_name(&*object)), e))?
     else {
         return Ok(Action::await_change());
     };

@@ -98,12 +98,53 @@ pub enum Error {
     #[error("leader election failed: {0}")]
     LeaderElection(String),
 
-    #[error("Kubernetes API call failed: {action}")]
-    Kube {
-        action: String,
-        #[source]
-        source: kube::Error,
-    },
+    /// `action` is what was asked of the API server, e.g. "writing the status of
+    /// IndividualEnrollment iot/boiler".
+    #[error("{action} {}", kube_failure(.error))]
+    Kube { action: String, error: kube::Error },
+}
+
+/// An error and its causes, as one sentence chain for a condition or event message.
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// How a failed Kubernetes API call reads after what was asked: the API server's own code, reason
+/// and message for a refusal (kube's `Display` of it is a debug dump of the whole `Status`).
+pub fn kube_failure(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let message = status.message.trim_end_matches('.');
+            match (status.reason.as_str(), message) {
+                ("", "") => format!("was refused by the API server: {}", status.code),
+                ("", message) => format!("was refused by the API server: {} {message}", status.code),
+                (reason, "") => format!("was refused by the API server: {} {reason}", status.code),
+                (reason, message) => {
+                    format!("was refused by the API server: {} {reason}: {message}", status.code)
+                }
+            }
+        }
+        other => format!("failed: {}", describe(other)),
+    }
+}
+
+/// A failed watch, in the words of [`kube_failure`].
+pub fn watch_failure(error: &kube::runtime::watcher::Error) -> String {
+    use kube::runtime::watcher::Error as Watch;
+    match error {
+        Watch::InitialListFailed(error) => format!("listing {}", kube_failure(error)),
+        Watch::WatchStartFailed(error) => format!("starting the watch {}", kube_failure(error)),
+        Watch::WatchFailed(error) => format!("watching {}", kube_failure(error)),
+        Watch::WatchError(status) => format!("watching {}", kube_failure(&kube::Error::Api(status.clone()))),
+        Watch::NoResourceVersion => error.to_string(),
+    }
 }
 
 /// How soon to try again after an error, before backoff.
@@ -120,8 +161,8 @@ pub enum Retry {
 }
 
 impl Error {
-    pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
-        Self::Kube { action: action.into(), source }
+    pub fn kube(action: impl Into<String>, error: kube::Error) -> Self {
+        Self::Kube { action: action.into(), error }
     }
 
     /// The tracking id of the failed DPS call, for the log.
@@ -220,5 +261,27 @@ mod tests {
         assert!(exists.is_stalled());
         assert_eq!(exists.reason(), "AlreadyExists");
         assert!(exists.to_string().contains("spec.adoption: Adopt"));
+    }
+
+    #[test]
+    fn a_refusal_of_the_api_server_reads_as_one_sentence_with_its_own_words() {
+        let status = kube::core::Status {
+            code: 422,
+            reason: "Invalid".into(),
+            message: "the server rejected our request due to an error in our request".into(),
+            ..Default::default()
+        };
+        let error = Error::kube(
+            "recording the claim on IndividualEnrollment default/csa-1",
+            kube::Error::Api(Box::new(status)),
+        );
+        let text = describe(&error);
+        assert_eq!(
+            text,
+            "recording the claim on IndividualEnrollment default/csa-1 was refused by the API server: 422 Invalid: \
+             the server rejected our request due to an error in our request"
+        );
+        assert!(!text.contains("Status {"), "no debug dump: {text}");
+        assert_eq!((error.reason(), error.retry()), ("KubernetesApiError", Retry::Backoff));
     }
 }

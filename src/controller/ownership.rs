@@ -98,6 +98,25 @@ pub fn recorded_claim(mut status: EnrollmentStatus, annotation: Option<&str>, ui
     status
 }
 
+/// The claim annotation the resource `uid` should carry once its status is `status`: its claim
+/// (written again when a `kubectl replace` or an edit dropped it), or none (`Some(None)`) when the
+/// status holds no claim but the annotation is there; `None` when nothing changes.
+pub fn annotation_change(
+    annotation: Option<&str>,
+    status: &EnrollmentStatus,
+    uid: &str,
+) -> Option<Option<String>> {
+    match (&status.claimed_host, holds_claim(status)) {
+        (Some(host), true) => {
+            let claim = claim_annotation(uid, host);
+            (annotation != Some(claim.as_str())).then_some(Some(claim))
+        }
+        // A claim recorded before claims named their host has no annotation to restore.
+        (None, true) => None,
+        (_, false) => annotation.is_some().then_some(None),
+    }
+}
+
 fn claimed_on(status: &EnrollmentStatus, host: &str) -> bool {
     status.claimed_host.as_deref().is_none_or(|claimed| claimed.eq_ignore_ascii_case(host))
 }
@@ -285,5 +304,27 @@ mod tests {
         assert_eq!(merged(EnrollmentStatus::default(), None), EnrollmentStatus::default());
         assert!(holds_claim(&pending_on("a.example")) && holds_claim(&confirmed));
         assert!(!holds_claim(&EnrollmentStatus::default()));
+    }
+
+    #[test]
+    fn the_claim_annotation_follows_the_status_and_comes_back_when_dropped() {
+        let claimed = EnrollmentStatus {
+            claimed: Some(true),
+            claimed_host: Some("dps.example".into()),
+            ..Default::default()
+        };
+        let held = Some("uid@dps.example");
+        assert_eq!(annotation_change(held, &claimed, "uid"), None, "in place");
+        assert_eq!(annotation_change(None, &claimed, "uid"), Some(Some("uid@dps.example".into())), "dropped");
+        assert_eq!(
+            annotation_change(Some("other@dps.example"), &claimed, "uid"),
+            Some(Some("uid@dps.example".into()))
+        );
+        let pending = EnrollmentStatus { claimed: None, create_pending: Some(true), ..claimed.clone() };
+        assert_eq!(annotation_change(None, &pending, "uid"), Some(Some("uid@dps.example".into())));
+        assert_eq!(annotation_change(held, &EnrollmentStatus::default(), "uid"), Some(None), "no claim");
+        assert_eq!(annotation_change(None, &EnrollmentStatus::default(), "uid"), None);
+        let hostless = EnrollmentStatus { claimed_host: None, ..claimed };
+        assert_eq!(annotation_change(None, &hostless, "uid"), None);
     }
 }

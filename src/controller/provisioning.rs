@@ -14,7 +14,8 @@ use super::{
     Error, conditions,
     connection::{Connection, probe},
     context::{Context, resource_name},
-    enrollment::{describe, jitter},
+    enrollment::jitter,
+    error::describe,
     kinds::EnrollmentKind,
 };
 use crate::api::{
@@ -89,11 +90,9 @@ where
     let held = finalizers.iter().any(|f| f == IN_USE_FINALIZER);
     if service.meta().deletion_timestamp.is_none() {
         if !held {
-            let mut finalizers = finalizers;
-            finalizers.push(IN_USE_FINALIZER.to_owned());
-            set_finalizers(api, service, finalizers)
+            set_finalizers(api, service, |finalizers| finalizers.push(IN_USE_FINALIZER.to_owned()))
                 .await
-                .map_err(|e| Error::kube(format!("add the finalizer of {name}"), e))?;
+                .map_err(|e| Error::kube(format!("adding the finalizer to {name}"), e))?;
         }
         return Ok(None);
     }
@@ -102,10 +101,9 @@ where
     }
     let users = users(ctx, &reference, &namespaces).await?;
     if users.is_empty() {
-        let finalizers = finalizers.into_iter().filter(|f| f != IN_USE_FINALIZER).collect();
-        set_finalizers(api, service, finalizers)
+        set_finalizers(api, service, |finalizers| finalizers.retain(|f| f != IN_USE_FINALIZER))
             .await
-            .map_err(|e| Error::kube(format!("remove the finalizer of {name}"), e))?;
+            .map_err(|e| Error::kube(format!("removing the finalizer from {name}"), e))?;
         return Ok(Some(Action::await_change()));
     }
     let old = service.connection_status();
@@ -133,7 +131,7 @@ where
     if old != Some(&status) {
         ctx.write_status(api, service, &status)
             .await
-            .map_err(|e| Error::kube(format!("write the status of {name}"), e))?;
+            .map_err(|e| Error::kube(format!("writing the status of {name}"), e))?;
     }
     Ok(Some(Action::requeue(IN_USE_RECHECK)))
 }
@@ -158,7 +156,7 @@ async fn users(
         let list = api
             .list(&Default::default())
             .await
-            .map_err(|e| Error::kube(format!("list the {}s that use a connection", K::kind(&())), e))?;
+            .map_err(|e| Error::kube(format!("listing the {}s that use a connection", K::kind(&())), e))?;
         users.extend(
             list.items
                 .iter()
@@ -183,15 +181,37 @@ async fn users(
     Ok(found)
 }
 
-/// Sets the finalizers, failing rather than overwriting when the object changed meanwhile.
-async fn set_finalizers<K>(api: &Api<K>, object: &K, finalizers: Vec<String>) -> Result<(), kube::Error>
+/// Changes the finalizers with `edit`, failing rather than overwriting when the object changed
+/// meanwhile; then it is read afresh and `edit` applied again, at once.
+async fn set_finalizers<K>(
+    api: &Api<K>,
+    object: &K,
+    edit: impl Fn(&mut Vec<String>),
+) -> Result<(), kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let patch = serde_json::json!({
-        "metadata": {"finalizers": finalizers, "resourceVersion": object.meta().resource_version}
-    });
-    api.patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await.map(drop)
+    let mut meta = std::borrow::Cow::Borrowed(object.meta());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut finalizers = meta.finalizers.clone().unwrap_or_default();
+        edit(&mut finalizers);
+        let patch = serde_json::json!({
+            "metadata": {"finalizers": finalizers, "resourceVersion": meta.resource_version}
+        });
+        match api.patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 3 => {
+                let latest = api.get(&object.name_any()).await?;
+                if latest.meta().uid != object.meta().uid {
+                    return Err(kube::Error::Api(status));
+                }
+                meta = std::borrow::Cow::Owned(latest.meta().clone());
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// Both connection kinds carry the same status.
@@ -216,7 +236,7 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let name = service.name_any();
-    ctx.latest(api, service).await.map_err(|e| Error::kube(format!("read {} {name}", K::kind(&())), e))
+    ctx.latest(api, service).await.map_err(|e| Error::kube(format!("reading {} {name}", K::kind(&())), e))
 }
 
 pub fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
@@ -301,9 +321,9 @@ where
         Ok(_) => {}
     }
     if old != Some(&status) {
-        ctx.write_status(api, service, &status).await.map_err(|e| {
-            Error::kube(format!("write the status of {} {}", K::kind(&()), service.name_any()), e)
-        })?;
+        ctx.write_status(api, service, &status)
+            .await
+            .map_err(|e| Error::kube(format!("writing the status of {}", resource_name(service)), e))?;
     }
     result.map(|_| Action::requeue(jitter(RECHECK, 0.2)))
 }

@@ -18,15 +18,15 @@ use kube_lease_manager::LeaseManagerBuilder;
 use super::{
     Error,
     context::{Config, Context, FIELD_MANAGER},
-    enrollment,
+    enrollment, finalizer,
     kinds::EnrollmentKind,
     provisioning,
     secrets::{DigestKey, referenced_secrets},
-    watches::{Caches, Changes, NamespaceMetadata, SecretMetadata, SecretVersions, Shared, keep},
+    watches::{Caches, Changes, NamespaceMetadata, SecretMetadata, SecretVersions, Shared, keep, prune},
 };
 use crate::api::{
-    ClusterProvisioningService, ConnectionSpec, EnrollmentGroup, IndividualEnrollment, PAUSED_ANNOTATION,
-    ProvisioningService, ServiceKind,
+    ClusterProvisioningService, ConnectionSpec, EnrollmentGroup, IndividualEnrollment, ProvisioningService,
+    ServiceKind,
 };
 use crate::http::Health;
 
@@ -101,7 +101,7 @@ pub async fn run(
             ctx.seed_owners(&scoped::<EnrollmentGroup>(&client, scope.as_deref())).await?;
             ctx.seed_owners(&scoped::<IndividualEnrollment>(&client, scope.as_deref())).await
         };
-        seeded.await.map_err(|e| Error::kube("list the enrollments to learn who owns which", e))?;
+        seeded.await.map_err(|e| Error::kube("listing the enrollments to learn who owns which", e))?;
     }
 
     // One watch per kind and scope, shared by the controllers; a ClusterProvisioningService's
@@ -255,7 +255,7 @@ async fn check_crds_installed(client: &Client, scopes: &[Option<String>]) -> Res
             if let Some(error) = error {
                 let where_ = scope.map(|namespace| format!(" in namespace {namespace}")).unwrap_or_default();
                 let hint = list_failure_hint(&error).map(|hint| format!(" ({hint})")).unwrap_or_default();
-                return Err(Error::kube(format!("list {kind}s{where_}{hint}"), error));
+                return Err(Error::kube(format!("listing {kind}s{where_}{hint}"), error));
             }
         }
     }
@@ -279,20 +279,11 @@ fn list_failure_hint(error: &kube::Error) -> Option<&'static str> {
     }
 }
 
-/// What of an object, when it changes, calls for a reconcile: its spec (generation), its
-/// deletion, and the paused annotation. Status writes and the finalizer and claim the operator
-/// writes with a create do not: were they to trigger a reconcile, a failed create would be tried
-/// again at once, whatever the backoff. (A finalizer someone removed is restored by the next pass.)
+/// What of an object, when it changes, calls for a reconcile (see [`finalizer::trigger`]).
+/// Status writes do not, nor the finalizer and claim the operator writes itself: were they to
+/// trigger a reconcile, a failed create would be tried again at once, whatever the backoff.
 fn reconcile_worthy<K: Resource>(object: &K) -> u64 {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let meta = object.meta();
-    let mut hasher = DefaultHasher::new();
-    // A resource deleted and created again under its name is another resource.
-    meta.uid.hash(&mut hasher);
-    meta.generation.hash(&mut hasher);
-    meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
-    meta.annotations.as_ref().and_then(|a| a.get(PAUSED_ANNOTATION)).hash(&mut hasher);
-    hasher.finish()
+    finalizer::trigger(object.meta())
 }
 
 /// What of a connection, when it changes, concerns the enrollments that use it: its spec, and
@@ -302,16 +293,6 @@ fn connection_worthy(generation: Option<i64>, ready: Option<&str>) -> Option<u64
     let mut hasher = DefaultHasher::new();
     (generation, ready).hash(&mut hasher);
     Some(hasher.finish())
-}
-
-/// Drops what the operator never reads before an object enters the cache: its managed fields
-/// (every status write adds to them) and the copy of the manifest `kubectl apply` keeps.
-fn prune<K: Resource>(object: &mut K) {
-    let meta = object.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
 }
 
 /// A watch's events with every object pruned, retried with backoff when it fails.

@@ -47,7 +47,7 @@ impl<'a> Reader<'a> {
         Api::<Secret>::namespaced(self.client.clone(), self.namespace)
             .get_opt(name)
             .await
-            .map_err(|e| Error::kube(format!("read Secret {}/{name}", self.namespace), e))
+            .map_err(|e| Error::kube(format!("reading Secret {}/{name}", self.namespace), e))
     }
 
     async fn existing_secret(&self, name: &str) -> Result<Secret, Error> {
@@ -92,7 +92,7 @@ impl<'a> Reader<'a> {
         let config_map = Api::<ConfigMap>::namespaced(self.client.clone(), self.namespace)
             .get_opt(name)
             .await
-            .map_err(|e| Error::kube(format!("read ConfigMap {}/{name}", self.namespace), e))?
+            .map_err(|e| Error::kube(format!("reading ConfigMap {}/{name}", self.namespace), e))?
             .ok_or_else(missing)?;
         config_map.data.and_then(|mut data| data.remove(key)).ok_or_else(missing)
     }
@@ -149,7 +149,7 @@ impl<'a> Reader<'a> {
         match Api::<Secret>::namespaced(self.client.clone(), self.namespace).create(&params, &secret).await {
             Ok(created) => Ok(Some(created)),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
-            Err(e) => Err(Error::kube(format!("create Secret {}/{name}", self.namespace), e)),
+            Err(e) => Err(Error::kube(format!("creating Secret {}/{name}", self.namespace), e)),
         }
     }
 
@@ -186,7 +186,7 @@ impl<'a> Reader<'a> {
         match Api::<Secret>::namespaced(self.client.clone(), self.namespace).delete(name, &params).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(e) => Err(Error::kube(format!("delete Secret {}/{name}", self.namespace), e)),
+            Err(e) => Err(Error::kube(format!("deleting Secret {}/{name}", self.namespace), e)),
         }
     }
 
@@ -207,7 +207,7 @@ impl<'a> Reader<'a> {
         Api::<Secret>::namespaced(self.client.clone(), self.namespace)
             .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(|e| Error::kube(format!("release Secret {}/{name}", self.namespace), e))?;
+            .map_err(|e| Error::kube(format!("releasing Secret {}/{name}", self.namespace), e))?;
         Ok(true)
     }
 
@@ -241,7 +241,7 @@ impl<'a> Reader<'a> {
         Api::<Secret>::namespaced(self.client.clone(), self.namespace)
             .patch(name, &params, &Patch::Apply(&secret))
             .await
-            .map_err(|e| Error::kube(format!("write Secret {}/{name}", self.namespace), e))?;
+            .map_err(|e| Error::kube(format!("writing Secret {}/{name}", self.namespace), e))?;
         Ok(())
     }
 

@@ -67,7 +67,11 @@ impl<K: Clone + Send + 'static> Shared<K> {
                 let event = match event {
                     Ok(event) => event,
                     Err(error) => {
-                        tracing::warn!(%error, what, "watch failed; retrying with backoff");
+                        tracing::warn!(
+                            error = super::error::watch_failure(&error),
+                            what,
+                            "watch failed; retrying with backoff"
+                        );
                         continue;
                     }
                 };
@@ -270,6 +274,16 @@ impl Caches {
 
     pub fn namespace(&self, name: &str) -> Option<Arc<NamespaceMetadata>> {
         self.namespaces.as_ref()?.get(&ObjectRef::new(name))
+    }
+}
+
+/// Drops what the operator never reads before an object enters the cache: its managed fields
+/// (every status write adds to them) and the copy of the manifest `kubectl apply` keeps.
+pub fn prune<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
 

@@ -46,7 +46,7 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
     let _ = kubectl(&["create", "namespace", namespace], None);
     // The ClusterProvisioningService example admits namespaces with this label.
     kubectl(&["label", "--overwrite", "namespace", namespace, "iot.contoso.com/dps-access=factory"], None)?;
-    kubectl(&["apply", "--server-side", "-f", "-"], Some(&example_inputs(&emulator, namespace)?))?;
+    kubectl(&["apply", "-f", "-"], Some(&example_inputs(&emulator, namespace)?))?;
 
     let config = Config {
         operator_namespace: OPERATOR_NAMESPACE.into(),
@@ -68,7 +68,7 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
     });
 
     let examples = examples.display().to_string();
-    kubectl(&["apply", "--server-side", "-n", namespace, "-f", &examples], None)?;
+    kubectl(&["apply", "-n", namespace, "-f", &examples], None)?;
     let wait = |resources: &[&str]| {
         let mut args = vec!["wait", "--for=condition=Ready", "--all", "--timeout=120s"];
         args.extend_from_slice(resources);

@@ -99,7 +99,7 @@ impl Operator {
             .unwrap();
             assert!(output.success, "{}", output.stderr);
         }
-        let args = in_namespace(["apply", "--server-side", "-f", "-"].map(str::to_owned).to_vec());
+        let args = in_namespace(["apply", "-f", "-"].map(str::to_owned).to_vec());
         let output = tokio::task::spawn_blocking(move || {
             super::kubectl(
                 &args.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -164,10 +164,10 @@ impl Operator {
         .unwrap()
     }
 
-    /// Applies YAML in the namespace with server-side apply, as a user would.
+    /// Applies YAML in the namespace with plain `kubectl apply -f` (client-side), as most users and
+    /// Argo CD do.
     pub async fn apply(&self, yaml: &str) {
-        let output =
-            self.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(yaml)).await;
+        let output = self.kubectl(&["apply", "-f", "-"], Some(yaml)).await;
         assert!(output.success, "kubectl apply failed: {}\n{yaml}", output.stderr);
     }
 
