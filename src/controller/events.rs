@@ -177,7 +177,10 @@ impl BulkCreates {
                 if let Some(tally) = tally {
                     let note = announcement(tally.what, &tally.host, &tally.ids, tally.count);
                     if let Err(error) = recorder.publish(&tally.regarding, false, "Created", note).await {
-                        tracing::warn!(%error, "could not publish an event");
+                        tracing::warn!(
+                            error = super::error::kube_failure(&error),
+                            "could not publish an event"
+                        );
                     }
                 }
             });
