@@ -379,6 +379,7 @@ async fn a_complete_status_survives_the_status_subresource() {
         claimed_host: Some("contoso.azure-devices-provisioning.net".into()),
         create_pending: Some(true),
         secrets_digest: Some("0f".repeat(32)),
+        written_digest: Some(format!("hmac-sha256:{}", "1e".repeat(16))),
         etag: Some("\"IjA2MDA4ZTYyIg==\"".into()),
         created_time: Some(time("2026-11-26T07:00:00Z")),
         last_updated_time: Some(time("2026-11-26T08:00:00Z")),

@@ -427,3 +427,79 @@ async fn a_connection_that_never_worked_still_shows_its_host_and_credentials_kin
     assert_eq!(wrong["status"]["host"], operator.emulator.host_name(), "HOST shows what was tried");
     assert_eq!(wrong["status"]["credentials"], "SharedAccessPolicy");
 }
+
+async fn patch(operator: &Operator, spec: &str) {
+    let patched =
+        operator.kubectl(&["patch", "individualenrollment/boiler", "--type=merge", "-p", spec], None).await;
+    assert!(patched.success, "{}", patched.stderr);
+}
+
+/// Waits until the resource's status describes generation `generation` with Ready False.
+async fn failed_at(operator: &Operator, resource: &str, generation: i64) {
+    operator
+        .eventually(resource, &format!("Ready=False at generation {generation}"), |r| {
+            r["status"]["observedGeneration"] == generation
+                && condition(r, "Ready").is_some_and(|(status, _, _)| status == "False")
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn its_own_write_whose_answer_was_lost_is_an_update_and_only_a_change_outside_is_drift() {
+    // No drift check comes in the test's time: each pass is one the test causes.
+    let mut operator = Operator::start_with("truth", EmulatorConfig::default(), |config| {
+        config.drift_check_interval = Duration::from_secs(3600);
+    })
+    .await;
+    operator.apply(BOILER).await;
+    operator.wait("individualenrollment/boiler", "condition=Ready").await;
+
+    // The write of an edit happens in DPS, but its answer is lost: the etag the status holds is
+    // stale from here on.
+    operator.emulator.set_faults(Faults {
+        lost_answer_rate: 1.0,
+        operations: ["IndividualEnrollment_CreateOrUpdate".to_owned()].into(),
+        ..Default::default()
+    });
+    patch(&operator, r#"{"spec":{"iotEdge":true}}"#).await;
+    failed_at(&operator, "individualenrollment/boiler", 2).await;
+    let edge = |e: &models::IndividualEnrollment| e.capabilities.as_ref().is_some_and(|c| c.iot_edge);
+    assert!(edge(&operator.dps.get("boiler").await.unwrap()), "the write happened");
+
+    // DPS then fails every call about the enrollment; the operator restarts; the spec changes
+    // again. The failed pass records the new generation, so the pass that finally writes sees
+    // no change of the spec, and DPS holding something else than the spec.
+    let failing = ["Get", "CreateOrUpdate", "Query", "RunBulkOperation"];
+    operator.emulator.set_faults(Faults {
+        error_rates: [(503, 1.0)].into(),
+        operations: failing.iter().map(|o| format!("IndividualEnrollment_{o}")).collect(),
+        ..Default::default()
+    });
+    operator.restart();
+    patch(&operator, r#"{"spec":{"provisioningStatus":"disabled"}}"#).await;
+    failed_at(&operator, "individualenrollment/boiler", 3).await;
+    operator.emulator.set_faults(Faults::default());
+    operator.wait("individualenrollment/boiler", "condition=Ready").await;
+    let enrollment: models::IndividualEnrollment = operator.dps.get("boiler").await.unwrap();
+    assert_eq!(enrollment.provisioning_status, Some(models::ProvisioningStatus::Disabled));
+    let events = operator.events("boiler").await;
+    assert!(
+        events.iter().all(|(_, reason, _)| reason != "DriftCorrected"),
+        "nothing changed outside: {events:?}"
+    );
+    assert!(
+        events.iter().any(|(_, reason, note)| reason == "Updated" && note.contains("provisioningStatus")),
+        "{events:?}"
+    );
+
+    // Someone else changes it: that is drift, found by the next check (a restart's).
+    let mut changed = enrollment.clone();
+    changed.capabilities = Some(models::DeviceCapabilities { iot_edge: false });
+    operator.dps.put(&changed, dps::IfMatch::Etag(enrollment.etag.as_deref().unwrap())).await.unwrap();
+    operator.restart();
+    let (event, _) = operator
+        .eventually_event("boiler", "DriftCorrected", |(_, reason, _)| reason == "DriftCorrected")
+        .await;
+    assert!(event.2.contains("iotEdge") && event.2.contains("outside Kubernetes"), "{event:?}");
+    assert!(edge(&operator.dps.get("boiler").await.unwrap()), "restored");
+}

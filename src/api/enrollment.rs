@@ -308,6 +308,12 @@ pub struct EnrollmentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_digest: Option<String>,
 
+    /// A digest of the enrollment this operator last sent to DPS (keyed like `secretsDigest`), so
+    /// that a record DPS holds is known for the operator's own write even when the answer to it
+    /// was lost: only a record it did not write is reported as changed outside Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_digest: Option<String>,
+
     /// Whether DPS lets devices provision through the enrollment, as DPS holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning_status: Option<ProvisioningStatus>,

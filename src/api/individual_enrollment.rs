@@ -115,11 +115,13 @@ pub struct TpmAttestation {
     /// prints it.
     #[schemars(length(min = 4, max = 4096))]
     #[x_kube(validation = schema::base64())]
+    #[x_kube(validation = schema::not_a_tpm_handle())]
     pub endorsement_key: String,
     /// The TPM storage root key (public part, base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 4, max = 4096))]
     #[x_kube(validation = schema::base64())]
+    #[x_kube(validation = schema::not_a_tpm_handle())]
     pub storage_root_key: Option<String>,
 }
 

@@ -127,6 +127,8 @@ pub struct ClusterProvisioningServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'] && ((e.operator == 'In' || e.operator == 'NotIn') == (has(e.values) && size(e.values) > 0)))")
         .message("each spec.allowedNamespaces.matchExpressions entry needs the operator In or NotIn with values, or Exists or DoesNotExist without: no namespace could match it otherwise"))]
+    #[x_kube(validation = schema::label_selector_keys())]
+    #[schemars(transform = schema::bounded_label_selector)]
     pub allowed_namespaces: Option<LabelSelector>,
 }
 
@@ -139,6 +141,7 @@ pub struct ConnectionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     #[x_kube(validation = schema::host_name("contoso.azure-devices-provisioning.net"))]
+    #[x_kube(validation = schema::not_the_device_endpoint())]
     pub host: Option<String>,
 
     /// How the operator authenticates to DPS.

@@ -24,6 +24,10 @@ const DEVICE_ID_PATTERN: &str = r"^[A-Za-z0-9\-.+%_#*?!(),=@$']+$";
 const HOST_NAME_PATTERN: &str =
     r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$";
 
+/// A label key: an optional DNS subdomain prefix and `/`, then a name of at most 63 letters,
+/// digits, `-`, `_` and `.`, starting and ending with a letter or digit.
+const LABEL_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+
 /// A Go-style duration such as `30s`, `10m` or `1h30m`.
 const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
@@ -106,6 +110,62 @@ pub fn duration() -> Rule {
 /// Base64 text.
 pub fn base64() -> Rule {
     matching(BASE64_PATTERN, "must be base64 (letters, digits, + and /, padded with =)")
+}
+
+/// A DPS instance's service host, not the global device endpoint that every DPS shares.
+pub fn not_the_device_endpoint() -> Rule {
+    Rule::new(r#"!self.matches(r"(?i)^global\.azure-devices-provisioning\.")"#).message(
+        "is DPS's global device endpoint, which devices register with; give your DPS instance's service host, \
+         such as contoso.azure-devices-provisioning.net (the portal's Overview page shows it as Service endpoint)",
+    )
+}
+
+/// A TPM public key given as base64, not as the persistent handle the key lives at in the TPM.
+pub fn not_a_tpm_handle() -> Rule {
+    Rule::new(r#"!self.matches(r"^0[xX][0-9a-fA-F]{1,8}$")"#).message(
+        "is a TPM persistent handle such as 0x81000001, not a key: give the public key itself, base64, as \
+         tpm2_readpublic or the device SDK prints it",
+    )
+}
+
+/// The keys of a label selector (`matchLabels` and `matchExpressions`): each a label key, since no
+/// namespace can carry another. The message names the first that is not.
+pub fn label_selector_keys() -> Rule {
+    let pattern = LABEL_KEY_PATTERN;
+    let keys = "(has(self.matchLabels) ? self.matchLabels.map(k, k) : []) + \
+                (has(self.matchExpressions) ? self.matchExpressions.map(e, e.key) : [])";
+    let rule = format!(r#"({keys}).all(k, k.matches(r"{pattern}"))"#);
+    let message = format!(
+        r#"'label key "' + ({keys}).filter(k, !k.matches(r"{pattern}"))[0] + '" is not a label key (letters, digits, - _ and ., at most 63, after an optional prefix such as iot.contoso.com/): no namespace can carry it'"#
+    );
+    Rule::new(rule).message(Message::Expression(message))
+}
+
+/// Bounds a label selector's schema as Kubernetes bounds label selectors (keys, values, how many),
+/// so that rules over its keys fit the API server's CEL cost budget.
+pub fn bounded_label_selector(schema: &mut Schema) {
+    let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) else { return };
+    let bound = |value: Option<&mut serde_json::Value>, limits: serde_json::Value| {
+        if let (Some(object), Some(limits)) = (value.and_then(|v| v.as_object_mut()), limits.as_object()) {
+            object.extend(limits.clone());
+        }
+    };
+    if let Some(labels) = properties.get_mut("matchLabels") {
+        bound(Some(labels), serde_json::json!({"maxProperties": 64}));
+        bound(labels.get_mut("additionalProperties"), serde_json::json!({"maxLength": 63}));
+    }
+    if let Some(expressions) = properties.get_mut("matchExpressions") {
+        bound(Some(expressions), serde_json::json!({"maxItems": 64}));
+        let item = expressions.pointer_mut("/items/properties");
+        if let Some(item) = item.and_then(|i| i.as_object_mut()) {
+            bound(item.get_mut("key"), serde_json::json!({"maxLength": 317}));
+            bound(item.get_mut("operator"), serde_json::json!({"maxLength": 12}));
+            if let Some(values) = item.get_mut("values") {
+                bound(Some(values), serde_json::json!({"maxItems": 64}));
+                bound(values.get_mut("items"), serde_json::json!({"maxLength": 63}));
+            }
+        }
+    }
 }
 
 /// A UUID.

@@ -143,8 +143,12 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
                     held.0.expose() == keys.0.expose() && held.1.expose() == keys.1.expose()
                 }),
             };
-            let sent = desired_comparable(&pass.desired, &pass.resolved);
-            if same_keys && drift(&sent, &found.comparable()).is_empty() {
+            let desired = desired_comparable(&pass.desired, &pass.resolved);
+            let found = found.comparable();
+            // What was sent: the spec now, or, when it changed since, the digest of the create.
+            let sent = drift(&desired, &found).is_empty()
+                || recorded.written_digest == Some(found.content_digest(pass.digest_key));
+            if same_keys && sent {
                 pass.ownership = Ownership::Owned;
                 // It holds the keys resolved now: they are the ones written.
                 recorded.secrets_digest = pass.digest.clone();
@@ -179,6 +183,13 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
                 return Err(error);
             }
         };
+        // Whether DPS holds what this operator last sent, even if its answer was lost.
+        let ours = observed_comparable
+            .as_ref()
+            .is_some_and(|c| recorded.written_digest == Some(c.content_digest(pass.digest_key)));
+        if matches!(plan, Plan::Create { .. } | Plan::Update { .. }) {
+            recorded.written_digest = Some(desired.content_digest(pass.digest_key));
+        }
         let written = match plan {
             Plan::InSync => return Ok((Done::InSync, observed)),
             Plan::Report { drift, missing } => return Ok((Done::Reported { drift, missing }, observed)),
@@ -234,11 +245,13 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
                 let done = if adopt {
                     Done::Adopted
                 } else {
-                    // Without an etag seen (created in bulk), a change of the spec explains it.
-                    let outside = match recorded.etag.as_deref() {
-                        Some(seen) => seen != etag,
-                        None => !pass.inputs_changed,
-                    };
+                    // Without an etag seen (created in bulk), a change of the spec explains it;
+                    // a record this operator sent (its answer lost) is never someone else's.
+                    let outside = !ours
+                        && match recorded.etag.as_deref() {
+                            Some(seen) => seen != etag,
+                            None => !pass.inputs_changed,
+                        };
                     Done::Updated { drift, inputs_changed: pass.inputs_changed, outside }
                 };
                 edges.put(&pass.desired, IfMatch::Etag(&etag)).await.map(|updated| (done, Some(updated)))
@@ -744,5 +757,64 @@ mod tests {
         let error = run(converge(&dps, &mut next, &mut recorded)).expect_err("not ours");
         assert!(matches!(error, Error::AlreadyExists { .. }), "{error}");
         assert_eq!(dps.dps_keys(), Some(("theirs-primary".into(), "theirs-secondary".into())));
+    }
+
+    #[test]
+    fn its_own_write_whose_answer_was_lost_is_never_taken_for_a_change_outside() {
+        let dps = Fake::holding(record(None, "old-name"), keys("ours")).with_puts([PutAnswer::Lost]);
+        let mut recorded = EnrollmentStatus { etag: Some("etag-1".into()), ..owned() };
+        let mut first = pass(Some(keys("ours")), &recorded);
+        recorded.secrets_digest = first.digest.clone();
+        first.inputs_changed = true;
+        run(converge(&dps, &mut first, &mut recorded)).expect_err("the answer is lost");
+        assert_eq!(recorded.etag.as_deref(), Some("etag-1"), "the etag it knows is stale now");
+
+        // The spec changed again; its pass failed before writing, so the status already shows
+        // the new generation: this pass sees no change of its inputs.
+        let mut next = pass(Some(keys("ours")), &recorded);
+        next.desired = record(Some(&keys("ours")), "boiler");
+        let (done, _) = run(converge(&dps, &mut next, &mut recorded)).expect("updated");
+        assert_eq!(done, Done::Updated { drift: vec!["deviceId"], inputs_changed: false, outside: false });
+
+        // Someone else changes it: that is outside.
+        dps.store(record(None, "intruder"), Some(keys("ours")));
+        let mut outside = pass(Some(keys("ours")), &recorded);
+        outside.desired = record(Some(&keys("ours")), "boiler");
+        let (done, _) = run(converge(&dps, &mut outside, &mut recorded)).expect("restored");
+        assert_eq!(done, Done::Updated { drift: vec!["deviceId"], inputs_changed: false, outside: true });
+    }
+
+    #[test]
+    fn a_lost_create_is_recognised_by_what_was_sent_even_after_the_spec_changed() {
+        let dps = Fake::default().with_puts([PutAnswer::Lost]);
+        let mut recorded = EnrollmentStatus::default();
+        let mut first = pass(Some(keys("ours")), &recorded);
+        run(converge(&dps, &mut first, &mut recorded)).expect_err("the answer is lost");
+
+        let mut next = pass(Some(keys("ours")), &recorded);
+        next.desired = record(Some(&keys("ours")), "boiler");
+        next.inputs_changed = true;
+        let (done, _) = run(converge(&dps, &mut next, &mut recorded)).expect("updated");
+        assert_eq!(next.ownership, Ownership::Owned);
+        assert!(matches!(done, Done::Updated { outside: false, .. }), "{done:?}");
+        assert_eq!(dps.calls(), ["GET", "CLAIM", "CREATE", "GET", "KEYS", "PUT"]);
+    }
+
+    #[test]
+    fn the_content_digest_is_the_same_for_what_was_sent_and_what_dps_echoes() {
+        use serde_json::json;
+        let twin = |value: serde_json::Value| serde_json::from_value(value).unwrap();
+        let mut sent = record(None, "thermostat").comparable();
+        sent.iot_hubs = vec!["Contoso-West.azure-devices.net".into()];
+        sent.initial_twin = Some(twin(json!({"tags": {"b": 1, "a": {"y": 2, "x": 1}}})));
+        sent.custom_allocation =
+            Some(("2021-10-01".into(), Some("https://hook.example/?code=secret".into())));
+        let mut echoed = sent.clone();
+        echoed.iot_hubs = vec!["contoso-west.azure-devices.net".into()];
+        echoed.initial_twin = Some(twin(json!({"tags": {"a": {"x": 1, "y": 2}, "b": 1}})));
+        echoed.custom_allocation = Some(("2021-10-01".into(), None));
+        assert_eq!(sent.content_digest(&DIGEST_KEY), echoed.content_digest(&DIGEST_KEY));
+        echoed.device_id = Some("other".into());
+        assert_ne!(sent.content_digest(&DIGEST_KEY), echoed.content_digest(&DIGEST_KEY));
     }
 }

@@ -346,7 +346,7 @@ pub fn individual_enrollment(
 /// What of an enrollment can be compared between the spec and DPS: every field DPS returns,
 /// certificates by thumbprint (DPS never returns them), keys not at all (see
 /// [`Resolved::secrets_digest`]).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Comparable {
     pub attestation_type: AttestationType,
     pub certificate_thumbprints: (Option<String>, Option<String>),
@@ -453,6 +453,30 @@ pub fn desired_comparable(desired: &impl DpsRecord, resolved: &Resolved) -> Comp
         );
     }
     comparable
+}
+
+impl Comparable {
+    /// A digest of the record as far as [`drift`] compares it: the same for what the operator
+    /// sent and for what DPS then holds, so a write whose answer was lost is still known for its
+    /// own. Made with `key` (the webhook URL, a secret, is left out anyway).
+    pub fn content_digest(&self, key: &DigestKey) -> String {
+        let normalized = Comparable {
+            // DPS may not echo TPM keys nor the webhook URL; hubs compare case-insensitively.
+            tpm: None,
+            custom_allocation: self.custom_allocation.as_ref().map(|(version, _)| (version.clone(), None)),
+            iot_hubs: self.iot_hubs.iter().map(|hub| hub.to_ascii_lowercase()).collect(),
+            ..self.clone()
+        };
+        // Members in a fixed (sorted) order, whatever order the twin was written in.
+        let text = serde_json::to_value(&normalized).map(|value| value.to_string()).unwrap_or_default();
+        let mut digest = key.sign(|context| {
+            context.update(b"dps-operator/content/v1");
+            context.update(text.as_bytes());
+        });
+        // 128 bits tell records apart; every cached status holds one.
+        digest.truncate("hmac-sha256:".len() + 32);
+        digest
+    }
 }
 
 /// The names of the fields where DPS differs from the spec.
