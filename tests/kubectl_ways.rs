@@ -39,9 +39,19 @@ fn manifests(way: &str, namespace: &str, annotations: &str) -> String {
     )
 }
 
+/// Where this test binary keeps its manifests; removed when it exits.
+fn directory() -> PathBuf {
+    extern "C" fn remove() {
+        let _ = std::fs::remove_dir_all(directory());
+    }
+    static REMOVED_AT_EXIT: std::sync::Once = std::sync::Once::new();
+    REMOVED_AT_EXIT.call_once(|| support::at_exit(remove));
+    std::env::temp_dir().join(format!("dps-kubectl-ways-{}", std::process::id()))
+}
+
 /// `text` in a file of its own, as a user keeps a manifest.
 fn file(name: &str, text: &str) -> PathBuf {
-    let directory = std::env::temp_dir().join(format!("dps-kubectl-ways-{}", std::process::id()));
+    let directory = directory();
     let path = directory.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, text).unwrap();
