@@ -146,7 +146,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "dps-operator starting"
             );
             let client = kube::Client::try_default().await.context("connect to the Kubernetes API server")?;
-            let config = dps_operator::controller::context::Config {
+            let config = dps_operator::controller::config::Config {
                 drift_check_interval: args.drift_check_interval,
                 certificate_expiry_warning: args.certificate_expiry_warning,
                 operator_namespace: args.operator_namespace,

@@ -9,7 +9,7 @@ use axum::{
 
 use serde_json::{Value, json};
 
-use super::validation::Kind;
+use super::kind::Kind;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {

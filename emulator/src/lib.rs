@@ -12,6 +12,7 @@ mod auth;
 mod certificate;
 mod device;
 mod error;
+mod kind;
 mod server;
 mod store;
 pub mod swagger;

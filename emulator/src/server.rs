@@ -26,11 +26,11 @@ use super::{
     auth::{AccessPolicy, verify_sas},
     device::{self, Credentials, DEFAULT_ID_SCOPE, DEVICE_API_VERSIONS, DeviceOperation, Operations},
     error::ApiError,
+    kind::Kind,
     store::{self, BulkMode, Quotas, Registration, Store},
     swagger,
     throttle::Quota,
     tls::{CertificateAuthority, ServerCertificate},
-    validation::Kind,
 };
 use crate::{dps_time, random_bytes};
 
@@ -632,15 +632,8 @@ async fn service_api(
     response
 }
 
-async fn handle(
-    shared: &Shared,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: &Bytes,
-    chain: Option<&[Vec<u8>]>,
-) -> Result<Response, ApiError> {
-    let operation = route(method, uri.path())?;
+/// Counts the call and keeps its body, for the tests that look at what clients sent.
+fn record(shared: &Shared, operation: &Route, body: &Bytes) {
     *lock(&shared.calls).entry(operation.operation_id()).or_default() += 1;
     if !body.is_empty() {
         let mut requests = lock(&shared.requests);
@@ -649,7 +642,10 @@ async fn handle(
         }
         requests.push_back((operation.operation_id(), body.clone()));
     }
+}
 
+/// The latency and errors the tests asked for, on the calls they aimed them at.
+async fn inject_faults(shared: &Shared, method: &Method, uri: &Uri) -> Result<(), ApiError> {
     let faults = lock(&shared.faults).clone();
     let faults = if faults.hit(method, uri.path()) { faults } else { Faults::default() };
     if faults.latency_ms > 0 {
@@ -659,11 +655,35 @@ async fn handle(
         let error = ApiError::new(*status, i32::from(*status) * 1000 + 999, "Injected fault.");
         return Err(if *status == 429 { ApiError::throttled(1) } else { error });
     }
+    Ok(())
+}
 
+async fn handle(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+    chain: Option<&[Vec<u8>]>,
+) -> Result<Response, ApiError> {
+    let operation = route(method, uri.path())?;
+    record(shared, &operation, body);
+    inject_faults(shared, method, uri).await?;
     let operation = match operation {
         Route::Device(operation) => return device_api(shared, operation, uri, headers, body, chain).await,
         Route::Service(operation) => operation,
     };
+    service_call(shared, operation, uri, headers, body)
+}
+
+/// A service API call: versioned, authenticated, within the quota, with a JSON body.
+fn service_call(
+    shared: &Shared,
+    operation: Operation,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
     check_api_version(uri, SERVICE_API_VERSIONS)?;
     authenticate(shared, uri, headers)?;
     take_quota(shared)?;

@@ -8,10 +8,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{
-    error::ApiError,
-    validation::{self, Kind},
-};
+use super::{error::ApiError, kind::Kind, validation};
 use crate::{dps_time, random_bytes};
 
 /// Limits on what the emulator holds, as DPS has them.

@@ -4,47 +4,7 @@
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde_json::{Map, Value, json};
 
-use super::{certificate, error::ApiError};
-
-/// Which kind of enrollment is being validated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Individual,
-    Group,
-}
-
-impl Kind {
-    pub fn id_name(self) -> &'static str {
-        match self {
-            Self::Individual => "registration id",
-            Self::Group => "enrollment group id",
-        }
-    }
-
-    /// The id's field in the swagger.
-    pub fn id_field(self) -> &'static str {
-        match self {
-            Self::Individual => "registrationId",
-            Self::Group => "enrollmentGroupId",
-        }
-    }
-
-    /// The swagger definition of the enrollment.
-    pub fn definition(self) -> &'static str {
-        match self {
-            Self::Individual => "IndividualEnrollment",
-            Self::Group => "EnrollmentGroup",
-        }
-    }
-
-    /// How messages name it.
-    pub fn what(self) -> &'static str {
-        match self {
-            Self::Individual => "enrollment",
-            Self::Group => "enrollment group",
-        }
-    }
-}
+use super::{certificate, error::ApiError, kind::Kind};
 
 /// Registration and enrollment group ids: at most 128 alphanumerics and `-._:`, the last one
 /// alphanumeric or `-`.
@@ -170,34 +130,12 @@ pub fn normalize_attestation(
         )));
     }
     match type_.as_str() {
-        "tpm" => {
-            if kind == Kind::Group {
-                return Err(invalid("Enrollment groups do not support TPM attestation."));
-            }
-            let tpm =
-                attestation.get("tpm").ok_or_else(|| invalid("TPM attestation needs a tpm section."))?;
-            if tpm.get("endorsementKey").is_none() {
-                return Err(invalid("TPM attestation needs an endorsementKey."));
-            }
-            for name in ["endorsementKey", "storageRootKey"] {
-                if let Some(key) = tpm.get(name).and_then(Value::as_str)
-                    && (key.is_empty() || BASE64.decode(key).is_err())
-                {
-                    return Err(invalid(format!("The TPM {name} is not valid base64.")));
-                }
-            }
-        }
+        "tpm" => check_tpm(kind, &attestation)?,
         "symmetricKey" => {
-            let given = attestation.get("symmetricKey");
-            let kept = existing.and_then(|e| e.get("symmetricKey"));
-            let key = |name: &str| {
-                let chosen = given
-                    .and_then(|g| g.get(name))
-                    .filter(|v| !v.is_null())
-                    .or_else(|| kept.and_then(|k| k.get(name)));
-                symmetric_key(name, chosen.and_then(Value::as_str))
-            };
-            let keys = json!({"primaryKey": key("primaryKey")?, "secondaryKey": key("secondaryKey")?});
+            let keys = symmetric_keys(
+                attestation.get("symmetricKey"),
+                existing.and_then(|e| e.get("symmetricKey")),
+            )?;
             attestation.insert("symmetricKey".into(), keys);
         }
         "x509" => {
@@ -205,35 +143,7 @@ pub fn normalize_attestation(
                 .get_mut("x509")
                 .and_then(Value::as_object_mut)
                 .ok_or_else(|| invalid("X.509 attestation needs an x509 section."))?;
-            let kept = existing.and_then(|e| e.get("x509"));
-            let present: Vec<&str> = ["clientCertificates", "signingCertificates", "caReferences"]
-                .into_iter()
-                .filter(|name| x509.contains_key(*name))
-                .collect();
-            let allowed: &[&str] = match kind {
-                Kind::Individual => &["clientCertificates"],
-                Kind::Group => &["signingCertificates", "caReferences"],
-            };
-            if present.len() != 1 || !allowed.contains(&present[0]) {
-                return Err(invalid(format!(
-                    "X.509 attestation of an {} needs exactly one of {}.",
-                    match kind {
-                        Kind::Individual => "individual enrollment",
-                        Kind::Group => "enrollment group",
-                    },
-                    allowed.join(" or ")
-                )));
-            }
-            for section in ["clientCertificates", "signingCertificates"] {
-                if let Some(Value::Object(certificates)) = x509.get_mut(section) {
-                    fill_certificate_info(certificates, kept.and_then(|k| k.get(section)), now)?;
-                }
-            }
-            if let Some(references) = x509.get("caReferences")
-                && references.get("primary").and_then(Value::as_str).is_none_or(str::is_empty)
-            {
-                return Err(invalid("caReferences needs the name of a primary CA certificate."));
-            }
+            normalize_x509(kind, x509, existing.and_then(|e| e.get("x509")), now)?;
         }
         _ => {
             return Err(invalid(format!(
@@ -242,6 +152,77 @@ pub fn normalize_attestation(
         }
     }
     Ok(Value::Object(attestation))
+}
+
+/// A TPM attestation: individual enrollments only, with a base64 endorsement key (and storage
+/// root key, when given).
+fn check_tpm(kind: Kind, attestation: &Map<String, Value>) -> Result<(), ApiError> {
+    if kind == Kind::Group {
+        return Err(invalid("Enrollment groups do not support TPM attestation."));
+    }
+    let tpm = attestation.get("tpm").ok_or_else(|| invalid("TPM attestation needs a tpm section."))?;
+    if tpm.get("endorsementKey").is_none() {
+        return Err(invalid("TPM attestation needs an endorsementKey."));
+    }
+    for name in ["endorsementKey", "storageRootKey"] {
+        if let Some(key) = tpm.get(name).and_then(Value::as_str)
+            && (key.is_empty() || BASE64.decode(key).is_err())
+        {
+            return Err(invalid(format!("The TPM {name} is not valid base64.")));
+        }
+    }
+    Ok(())
+}
+
+/// The symmetric keys DPS keeps: each as `given`, else as `kept` (on an update), else generated.
+fn symmetric_keys(given: Option<&Value>, kept: Option<&Value>) -> Result<Value, ApiError> {
+    let key = |name: &str| {
+        let chosen = given
+            .and_then(|g| g.get(name))
+            .filter(|v| !v.is_null())
+            .or_else(|| kept.and_then(|k| k.get(name)));
+        symmetric_key(name, chosen.and_then(Value::as_str))
+    };
+    Ok(json!({"primaryKey": key("primaryKey")?, "secondaryKey": key("secondaryKey")?}))
+}
+
+/// An X.509 attestation: exactly one section the kind allows, certificate info computed from the
+/// certificates (or kept from `kept`, on an update), a CA reference that names its primary.
+fn normalize_x509(
+    kind: Kind,
+    x509: &mut Map<String, Value>,
+    kept: Option<&Value>,
+    now: jiff::Timestamp,
+) -> Result<(), ApiError> {
+    let present: Vec<&str> = ["clientCertificates", "signingCertificates", "caReferences"]
+        .into_iter()
+        .filter(|name| x509.contains_key(*name))
+        .collect();
+    let allowed: &[&str] = match kind {
+        Kind::Individual => &["clientCertificates"],
+        Kind::Group => &["signingCertificates", "caReferences"],
+    };
+    if present.len() != 1 || !allowed.contains(&present[0]) {
+        let what = match kind {
+            Kind::Individual => "individual enrollment",
+            Kind::Group => "enrollment group",
+        };
+        return Err(invalid(format!(
+            "X.509 attestation of an {what} needs exactly one of {}.",
+            allowed.join(" or ")
+        )));
+    }
+    for section in ["clientCertificates", "signingCertificates"] {
+        if let Some(Value::Object(certificates)) = x509.get_mut(section) {
+            fill_certificate_info(certificates, kept.and_then(|k| k.get(section)), now)?;
+        }
+    }
+    if let Some(references) = x509.get("caReferences")
+        && references.get("primary").and_then(Value::as_str).is_none_or(str::is_empty)
+    {
+        return Err(invalid("caReferences needs the name of a primary CA certificate."));
+    }
+    Ok(())
 }
 
 /// A symmetric key as DPS keeps it: the given one if it is 16 to 64 bytes of base64, or 64 random

@@ -14,6 +14,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 
 use super::{
     Error,
+    config::Config,
+    names::resource_name,
     secrets::Reader,
     watches::{Caches, SecretVersions},
 };
@@ -72,10 +74,9 @@ fn unusable<K: Resource<DynamicType = ()>>(service: &K, error: Error) -> Error {
         | Error::SecretKeyMissing { .. }
         | Error::ConfigMapKeyMissing { .. }
         | Error::SecretValueInvalid { .. }
-        | Error::InvalidCredentials { .. } => Error::ConnectionUnusable {
-            connection: super::context::resource_name(service),
-            source: Box::new(error),
-        },
+        | Error::InvalidCredentials { .. } => {
+            Error::ConnectionUnusable { connection: resource_name(service), source: Box::new(error) }
+        }
         other => other,
     }
 }
@@ -114,7 +115,7 @@ struct Cached {
 }
 
 impl Connections {
-    pub fn new(config: &super::context::Config, observer: Arc<dyn dps::RequestObserver>) -> Self {
+    pub fn new(config: &Config, observer: Arc<dyn dps::RequestObserver>) -> Self {
         Self {
             operator_namespace: config.operator_namespace.clone(),
             rate_limiters: RateLimiters::default(),
@@ -271,87 +272,139 @@ impl Connections {
         if let Some(connection) = known.and_then(|known| self.unchanged(&name, &inputs, known)) {
             return Ok(connection);
         }
-        let Inputs { spec, namespace, object_version: _ } = inputs;
-        let reader = Reader::new(client, namespace);
-        let invalid = |problem: String| Error::InvalidCredentials { connection: name.clone(), problem };
-        // The inputs' versions: when none changed, the cached client is still right.
-        let mut versions = vec![inputs.object_version.clone()];
+        let reader = Reader::new(client, inputs.namespace);
+        // The Secrets read, with their versions: when none changed, the cached client is right.
         let mut secrets = Vec::new();
-        let (authenticator, host, credentials_source) =
-            match (&spec.credentials.connection_string_secret_ref, &spec.credentials.workload_identity) {
-                (Some(reference), _) => {
-                    let secret = reader.secret(&reference.name).await?.ok_or_else(|| {
-                        Error::SecretNotFound { namespace: namespace.into(), name: reference.name.clone() }
-                    })?;
-                    let version = secret.resource_version().unwrap_or_default();
-                    versions.push(version.clone());
-                    secrets.push((reference.name.clone(), version));
-                    let text = reader.text(&secret, &reference.name, &reference.key)?;
-                    let parsed: ConnectionString = text.expose().parse().map_err(|e| {
-                        invalid(format!(
-                            "key {} of Secret {namespace}/{}: {e}",
-                            reference.key, reference.name
-                        ))
-                    })?;
-                    let host = spec.host.clone().unwrap_or_else(|| parsed.host_name.clone());
-                    let source = format!(
-                        "the connection string in key {} of Secret {namespace}/{}",
-                        reference.key, reference.name
-                    );
-                    (Authenticator::shared_access(parsed), host, source)
-                }
-                (None, Some(identity)) => {
-                    let config = WorkloadIdentityConfig::from_lookup(
-                        identity.client_id.as_deref(),
-                        identity.tenant_id.as_deref(),
-                        |name| self.azure_environment.get(name).cloned(),
-                    )
-                    .map_err(|e| invalid(e.to_string()))?;
-                    let host = spec
-                        .host
-                        .clone()
-                        .ok_or_else(|| invalid("spec.host is required with workloadIdentity".into()))?;
-                    let source = format!("workload identity of application {}", config.client_id);
-                    (Authenticator::workload_identity(config), host, source)
-                }
-                (None, None) => return Err(invalid("spec.credentials names no credentials".into())),
-            };
-        let ca_bundle = match &spec.ca_bundle {
-            Some(bundle) => match (&bundle.secret_ref, &bundle.config_map_ref) {
-                (Some(reference), _) => {
-                    let secret = reader.secret(&reference.name).await?.ok_or_else(|| {
-                        Error::SecretNotFound { namespace: namespace.into(), name: reference.name.clone() }
-                    })?;
-                    secrets.push((reference.name.clone(), secret.resource_version().unwrap_or_default()));
-                    Some(reader.text(&secret, &reference.name, &reference.key)?.expose().to_owned())
-                }
-                (None, Some(config_map)) => {
-                    Some(reader.config_map_text(&config_map.name, &config_map.key).await?)
-                }
-                (None, None) => None,
-            },
-            None => None,
-        };
-        let ca_bundle = match (ca_bundle, &self.extra_ca_certificates) {
-            (Some(own), Some(extra)) => Some(format!("{own}\n{extra}")),
-            (own, extra) => own.or_else(|| extra.clone()),
-        };
-        versions.push(ca_bundle.clone().unwrap_or_default());
-        let fingerprint = versions.join("/");
-        let reads_config_map = spec.ca_bundle.as_ref().is_some_and(|bundle| bundle.secret_ref.is_none());
-
+        let credentials = self.credentials(&reader, &name, inputs.spec, &mut secrets).await?;
+        let ca_bundle = self.ca_bundle(&reader, inputs.spec, &mut secrets).await?;
+        let fingerprint = [Some(inputs.object_version.as_str()), credentials.version.as_deref()]
+            .into_iter()
+            .flatten()
+            .chain([ca_bundle.as_deref().unwrap_or_default()])
+            .collect::<Vec<_>>()
+            .join("/");
         if let Some(cached) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&name)
             && cached.fingerprint == fingerprint
         {
             cached.secrets = secrets;
             return Ok(cached.connection.clone());
         }
+        let connection = self.connect(name.clone(), reference, inputs.spec, credentials, ca_bundle)?;
+        let cached = Cached {
+            object_version: inputs.object_version,
+            secrets,
+            reads_config_map: inputs
+                .spec
+                .ca_bundle
+                .as_ref()
+                .is_some_and(|bundle| bundle.secret_ref.is_none()),
+            fingerprint,
+            connection: connection.clone(),
+        };
+        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(name, cached);
+        Ok(connection)
+    }
+
+    /// How the connection `name` authenticates, from its connection string Secret (recorded in
+    /// `secrets` with its version) or the workload identity.
+    async fn credentials(
+        &self,
+        reader: &Reader<'_>,
+        name: &str,
+        spec: &ConnectionSpec,
+        secrets: &mut Vec<(String, String)>,
+    ) -> Result<Credentials, Error> {
+        let namespace = reader.namespace;
+        let invalid = |problem: String| Error::InvalidCredentials { connection: name.to_owned(), problem };
+        match (&spec.credentials.connection_string_secret_ref, &spec.credentials.workload_identity) {
+            (Some(reference), _) => {
+                let secret = reader.secret(&reference.name).await?.ok_or_else(|| Error::SecretNotFound {
+                    namespace: namespace.into(),
+                    name: reference.name.clone(),
+                })?;
+                let version = secret.resource_version().unwrap_or_default();
+                secrets.push((reference.name.clone(), version.clone()));
+                let text = reader.text(&secret, &reference.name, &reference.key)?;
+                let parsed: ConnectionString = text.expose().parse().map_err(|e| {
+                    invalid(format!("key {} of Secret {namespace}/{}: {e}", reference.key, reference.name))
+                })?;
+                Ok(Credentials {
+                    host: spec.host.clone().unwrap_or_else(|| parsed.host_name.clone()),
+                    source: format!(
+                        "the connection string in key {} of Secret {namespace}/{}",
+                        reference.key, reference.name
+                    ),
+                    authenticator: Authenticator::shared_access(parsed),
+                    version: Some(version),
+                })
+            }
+            (None, Some(identity)) => {
+                let config = WorkloadIdentityConfig::from_lookup(
+                    identity.client_id.as_deref(),
+                    identity.tenant_id.as_deref(),
+                    |name| self.azure_environment.get(name).cloned(),
+                )
+                .map_err(|e| invalid(e.to_string()))?;
+                let host = spec
+                    .host
+                    .clone()
+                    .ok_or_else(|| invalid("spec.host is required with workloadIdentity".into()))?;
+                let source = format!("workload identity of application {}", config.client_id);
+                Ok(Credentials {
+                    host,
+                    source,
+                    authenticator: Authenticator::workload_identity(config),
+                    version: None,
+                })
+            }
+            (None, None) => Err(invalid("spec.credentials names no credentials".into())),
+        }
+    }
+
+    /// The CA certificates the connection trusts besides the system roots: its `caBundle` (a
+    /// Secret read is recorded in `secrets`) and the operator's extra certificates.
+    async fn ca_bundle(
+        &self,
+        reader: &Reader<'_>,
+        spec: &ConnectionSpec,
+        secrets: &mut Vec<(String, String)>,
+    ) -> Result<Option<String>, Error> {
+        let own = match spec.ca_bundle.as_ref().map(|bundle| (&bundle.secret_ref, &bundle.config_map_ref)) {
+            Some((Some(reference), _)) => {
+                let secret = reader.secret(&reference.name).await?.ok_or_else(|| Error::SecretNotFound {
+                    namespace: reader.namespace.into(),
+                    name: reference.name.clone(),
+                })?;
+                secrets.push((reference.name.clone(), secret.resource_version().unwrap_or_default()));
+                Some(reader.text(&secret, &reference.name, &reference.key)?.expose().to_owned())
+            }
+            Some((None, Some(config_map))) => {
+                Some(reader.config_map_text(&config_map.name, &config_map.key).await?)
+            }
+            Some((None, None)) | None => None,
+        };
+        Ok(match (own, &self.extra_ca_certificates) {
+            (Some(own), Some(extra)) => Some(format!("{own}\n{extra}")),
+            (own, extra) => own.or_else(|| extra.clone()),
+        })
+    }
+
+    /// A new client for the connection `name`, paced by its host's shared rate limiter.
+    fn connect(
+        &self,
+        name: String,
+        reference: ObjectReference,
+        spec: &ConnectionSpec,
+        credentials: Credentials,
+        ca_bundle: Option<String>,
+    ) -> Result<Connection, Error> {
+        let Credentials { host, source, authenticator, .. } = credentials;
         let rate = spec
             .rate_limit
             .as_ref()
             .map_or(DEFAULT_OPERATIONS_PER_MINUTE, |r| r.operations_per_minute.max(1) as u32);
-        let credentials = authenticator.kind();
-        let dps_client = dps::Client::new(ClientConfig {
+        let kind = authenticator.kind();
+        let client = dps::Client::new(ClientConfig {
             host: host.clone(),
             authenticator: Arc::new(authenticator),
             rate_limiter: self.rate_limiters.for_host(&host, rate),
@@ -360,28 +413,29 @@ impl Connections {
             resolve: self.resolve.clone(),
             observer: Some(self.observer.clone()),
         })
-        .map_err(|e| invalid(format!("{e}")))?;
-        let client = Arc::new(dps_client);
-        let connection = Connection {
-            name: name.clone(),
+        .map_err(|e| Error::InvalidCredentials { connection: name.clone(), problem: e.to_string() })?;
+        let client = Arc::new(client);
+        Ok(Connection {
+            name,
             reference,
             host,
             bulk: Arc::new(dps::BulkCalls::new(client.clone(), dps::GATHER_WINDOW)),
             client,
             defaults: spec.enrollment_defaults.clone(),
-            credentials,
-            credentials_source,
-        };
-        let cached = Cached {
-            object_version: inputs.object_version,
-            secrets,
-            reads_config_map,
-            fingerprint,
-            connection: connection.clone(),
-        };
-        self.clients.lock().unwrap_or_else(|e| e.into_inner()).insert(name, cached);
-        Ok(connection)
+            credentials: kind,
+            credentials_source: source,
+        })
     }
+}
+
+/// How a connection authenticates, and to which host.
+struct Credentials {
+    host: String,
+    /// Where the credentials come from, for messages.
+    source: String,
+    authenticator: Authenticator,
+    /// The resourceVersion of the connection string's Secret.
+    version: Option<String>,
 }
 
 fn fingerprint<K: Resource>(object: &K) -> String {

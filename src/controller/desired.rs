@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Error, secrets::DigestKey};
+use super::{Error, digest_key::DigestKey};
 use crate::{
     api::{self, EnrollmentSettings},
     certificates::CertificateFacts,

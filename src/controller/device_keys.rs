@@ -8,10 +8,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-use super::{
-    Error,
-    secrets::{DigestKey, Reader},
-};
+use super::{Error, digest_key::DigestKey, secrets::Reader};
 use crate::{
     api::{DeviceKeys, DeviceKeysStatus},
     dps::models::Secret,

@@ -46,7 +46,47 @@ struct Open {
     last_seen: Timestamp,
 }
 
-pub struct Recorder {
+/// Where the reconcilers' events go: each on its own, or, for enrollments created in one bulk
+/// call, together on their connection.
+pub struct Events {
+    recorder: Arc<Recorder>,
+    bulk_creates: BulkCreates,
+}
+
+impl Events {
+    /// `instance`: the operator's Pod, named as the events' reporting instance.
+    pub fn new(client: kube::Client, instance: Option<String>) -> Self {
+        let recorder = Arc::new(Recorder::new(client, "dps-operator", instance));
+        Self { bulk_creates: BulkCreates::new(recorder.clone()), recorder }
+    }
+
+    /// Publishes an event about `object`; failures to publish are logged, never fatal.
+    pub async fn publish<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        if let Err(error) = self.recorder.publish(&object.object_ref(&()), warning, reason, note).await {
+            tracing::warn!(error = super::error::kube_failure(&error), reason, "could not publish an event");
+        }
+    }
+
+    /// Announces, with the others created in bulk on the connection `regarding` about the same
+    /// time, that `what` `id` was created in DPS at `host`.
+    pub fn announce_bulk_create(
+        &self,
+        regarding: &ObjectReference,
+        what: &'static str,
+        host: &str,
+        id: &str,
+    ) {
+        self.bulk_creates.add(regarding, what, host, id);
+    }
+}
+
+struct Recorder {
     client: kube::Client,
     controller: String,
     instance: String,
@@ -146,7 +186,7 @@ const LISTED: usize = 20;
 /// connection for each kind's creates within [`ANNOUNCE_WINDOW`], rather than one per
 /// enrollment. A wave of 10,000 new enrollments would otherwise write 10,000 events, one more
 /// API server write each; an enrollment created alone still gets its own event.
-pub struct BulkCreates {
+struct BulkCreates {
     recorder: Arc<Recorder>,
     waiting: Arc<Mutex<HashMap<String, Tally>>>,
 }

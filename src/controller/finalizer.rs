@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use super::{
     Error,
-    context::{Context, object_key, resource_name},
     kinds::EnrollmentKind,
+    memory::Memories,
+    names::{object_key, resource_name},
 };
 use crate::api::{CLAIM_ANNOTATION, PAUSED_ANNOTATION};
 
@@ -119,7 +120,8 @@ const GUARD_RETRIES: usize = 3;
 /// `None` when nothing changes. A guard that fails (another writer came first, or the copy read
 /// was stale) has the object read afresh and the write tried again at once.
 pub async fn write_metadata<K>(
-    ctx: &Context,
+    client: &kube::Client,
+    memory: &Memories,
     object: &K,
     meta: &ObjectMeta,
     change: MetadataChange<'_>,
@@ -127,7 +129,7 @@ pub async fn write_metadata<K>(
 where
     K: EnrollmentKind,
 {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
     let key = object_key(object);
     let mut meta = std::borrow::Cow::Borrowed(meta);
     let mut attempt = 0;
@@ -138,17 +140,17 @@ where
             return Ok(None);
         }
         // Its own write is no reason to reconcile again: the watch event it causes is expected.
-        let previous = ctx.expect_trigger(&key, Some(trigger(&changed(&meta, change))));
+        let previous = memory.expect_trigger(&key, Some(trigger(&changed(&meta, change))));
         let patch: json_patch::Patch = serde_json::from_value(Value::Array(patch)).expect("a JSON patch");
         let error =
             match api.patch(&object.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await {
                 Ok(written) => {
-                    ctx.wrote(&written);
+                    memory.wrote(&written);
                     return Ok(Some(written));
                 }
                 Err(error) => error,
             };
-        ctx.expect_trigger(&key, previous);
+        memory.expect_trigger(&key, previous);
         let guard_failed = matches!(&error, kube::Error::Api(status) if status.code == 422);
         if !guard_failed || attempt == GUARD_RETRIES {
             return Err(error);
@@ -167,7 +169,7 @@ where
 }
 
 /// Removes the finalizer from `object`, read just before, once its cleanup is done.
-pub async fn remove_finalizer<K>(ctx: &Context, object: &K) -> Result<(), Error>
+pub async fn remove_finalizer<K>(client: &kube::Client, object: &K) -> Result<(), Error>
 where
     K: EnrollmentKind,
 {
@@ -179,7 +181,7 @@ where
         {"op": "remove", "path": path},
     ]))
     .expect("a JSON patch");
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
     match api.patch(&object.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await {
         Ok(_) => Ok(()),
         // Gone already: another pass removed the last finalizer.

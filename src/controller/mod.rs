@@ -1,25 +1,37 @@
 //! The reconcilers that keep DPS in line with the custom resources.
 //!
-//! An enrollment is reconciled as a pipeline: resolve (the connection and the referenced Secrets)
-//! → build (spec and secrets → the DPS record, pure) → compare and decide (pure) → apply (the DPS
-//! call, with the etag) → status (pure) → write the status with server-side apply.
+//! [`enrollment`] reconciles both enrollment kinds as a pipeline of small steps (its module doc
+//! lists them); [`provisioning`] reports whether each connection works; `run` starts them with
+//! the shared watches. What they share is in [`context::Context`], in parts: [`connection`]s,
+//! the register of owners ([`ownership`]), the watch caches ([`watches`]), what is remembered of
+//! each object ([`memory`]), the query [`snapshots`], and where events go.
+//!
+//! The pure decisions have table tests beside them: what to write ([`desired`], `converge`),
+//! the conditions ([`conditions`]), the metadata patches ([`finalizer`]).
 
 pub mod conditions;
-pub mod desired;
-mod error;
-mod events;
-
-pub use error::{Error, Retry};
+pub mod config;
 pub mod connection;
 pub mod context;
-mod converge;
+pub mod desired;
 mod device_keys;
+pub mod digest_key;
 pub mod enrollment;
+mod error;
+mod events;
 pub mod finalizer;
 pub mod kinds;
+mod leadership;
+pub mod memory;
+pub mod names;
 pub mod ownership;
 pub mod provisioning;
+mod retry;
 mod run;
 pub mod secrets;
+pub mod snapshots;
 pub mod watches;
-pub use run::{LeaderElection, run};
+
+pub use error::{Error, Retry};
+pub use leadership::LeaderElection;
+pub use run::run;

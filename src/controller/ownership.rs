@@ -195,6 +195,13 @@ impl Owners {
     }
 }
 
+/// Forgets a claim `recorded` holds, in the status this pass writes.
+pub fn drop_claim(recorded: &mut EnrollmentStatus) {
+    recorded.claimed = None;
+    recorded.create_pending = None;
+    recorded.claimed_host = None;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,10 +13,11 @@ use kube::{
 use super::{
     Error, conditions,
     connection::{Connection, probe},
-    context::{Context, resource_name},
-    enrollment::jitter,
+    context::Context,
     error::describe,
     kinds::EnrollmentKind,
+    names::resource_name,
+    retry::{jitter, retry_delay},
 };
 use crate::api::{
     ClusterProvisioningService, EnrollmentGroup, IndividualEnrollment, ProvisioningService,
@@ -129,9 +130,7 @@ where
         ..old.cloned().unwrap_or_default()
     };
     if old != Some(&status) {
-        ctx.write_status(api, service, &status)
-            .await
-            .map_err(|e| Error::kube(format!("writing the status of {name}"), e))?;
+        ctx.memory.write_status(api, service, &status).await?;
     }
     Ok(Some(Action::requeue(IN_USE_RECHECK)))
 }
@@ -236,11 +235,14 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let name = service.name_any();
-    ctx.latest(api, service).await.map_err(|e| Error::kube(format!("reading {} {name}", K::kind(&())), e))
+    ctx.memory
+        .latest(api, service)
+        .await
+        .map_err(|e| Error::kube(format!("reading {} {name}", K::kind(&())), e))
 }
 
 pub fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
-    Action::requeue(super::enrollment::retry_delay(error.retry(), 3))
+    Action::requeue(retry_delay(error.retry(), 3))
 }
 
 /// The host and kind of credentials of a resolved connection.
@@ -309,21 +311,19 @@ where
                 "Authenticated to DPS at {} with {}.",
                 connection.host, connection.credentials_source
             );
-            ctx.event(service, false, "Connected", note).await;
+            ctx.events.publish(service, false, "Connected", note).await;
         }
         Err(error) => {
             let message = describe(error);
             if previous.is_none_or(|c| c.reason != error.reason() || c.message != message) {
                 tracing::warn!(connection = %what, reason = error.reason(), error = %message, "connection not ready");
-                ctx.event(service, true, error.reason(), message).await;
+                ctx.events.publish(service, true, error.reason(), message).await;
             }
         }
         Ok(_) => {}
     }
     if old != Some(&status) {
-        ctx.write_status(api, service, &status)
-            .await
-            .map_err(|e| Error::kube(format!("writing the status of {}", resource_name(service)), e))?;
+        ctx.memory.write_status(api, service, &status).await?;
     }
     result.map(|_| Action::requeue(jitter(RECHECK, 0.2)))
 }

@@ -13,15 +13,18 @@ use kube::{
     },
 };
 
-use kube_lease_manager::LeaseManagerBuilder;
-
 use super::{
     Error,
-    context::{Config, Context, FIELD_MANAGER},
-    enrollment, finalizer,
+    config::Config,
+    context::Context,
+    enrollment,
+    finalizer::{self, claim_of},
     kinds::EnrollmentKind,
+    leadership::{LeaderElection, Leadership},
+    names::resource_name,
+    ownership::{ClaimKey, Owner, Owners, holds_claim, recorded_claim},
     provisioning,
-    secrets::{DigestKey, referenced_secrets},
+    secrets::{load_digest_key, referenced_secrets},
     watches::{Caches, Changes, NamespaceMetadata, SecretMetadata, SecretVersions, Shared, keep, prune},
 };
 use crate::api::{
@@ -29,21 +32,6 @@ use crate::api::{
     ServiceKind,
 };
 use crate::http::Health;
-
-/// Leader election: only the replica holding the Lease writes.
-#[derive(Clone, Debug)]
-pub struct LeaderElection {
-    pub lease_name: String,
-    pub lease_namespace: String,
-    /// This replica's name (the pod name).
-    pub identity: String,
-}
-
-/// How long a Lease is held without renewal, and how early it is renewed. A standby looks at the
-/// Lease again only when it would expire, so this also bounds a graceful handover (the leader
-/// releases it on SIGTERM); a leader that cannot renew for this long steps down.
-const LEASE_DURATION: u64 = 4;
-const LEASE_GRACE: u64 = 2;
 
 /// Runs the controllers until `health` is told to stop, letting in-flight reconciles finish.
 /// `namespaces` limits the namespaced kinds to those namespaces; empty means all.
@@ -57,166 +45,175 @@ pub async fn run(
     let scopes: Vec<Option<String>> =
         if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
     check_crds_installed(&client, &scopes).await?;
-    let operator_namespace = config.operator_namespace.clone();
     let mut ctx = Context::new(client.clone(), config, health.clone());
     ctx.namespaces = scopes.iter().flatten().cloned().collect();
-    ctx.digest_key = DigestKey::load_or_create(&client, &ctx.config.operator_namespace).await?;
-
+    ctx.digest_key = load_digest_key(&client, &ctx.config.operator_namespace).await?;
     // With leader election, a standby waits for the Lease (healthy, ready to take over), and the
     // leader runs the controllers until it stops or loses the Lease.
     let leadership = match leader_election {
         None => None,
-        Some(election) => {
-            tracing::info!(lease = %election.lease_name, namespace = %election.lease_namespace, identity = %election.identity, "standby: waiting for the Lease");
-            let manager = LeaseManagerBuilder::new(client.clone(), election.lease_name)
-                .with_namespace(election.lease_namespace)
-                .with_identity(election.identity)
-                .with_duration(LEASE_DURATION)
-                .with_grace(LEASE_GRACE)
-                .with_field_manager(FIELD_MANAGER)
-                .build()
-                .await
-                .map_err(|e| Error::LeaderElection(e.to_string()))?;
-            let (mut leading, task) = manager.watch().await;
-            health.set_ready(true);
-            let mut stopped = std::pin::pin!(health.stopped());
-            loop {
-                if *leading.borrow_and_update() {
-                    break;
-                }
-                tokio::select! {
-                    changed = leading.changed() => changed.map_err(|_| Error::LeaderElection("the lease manager stopped".into()))?,
-                    _ = &mut stopped => return Ok(()),
-                }
-            }
-            health.set_ready(false);
-            tracing::info!("leading: this replica holds the Lease");
-            Some((leading, task))
-        }
+        Some(election) => match Leadership::acquire(&client, election, &health).await? {
+            Some(leadership) => Some(leadership),
+            None => return Ok(()),
+        },
     };
-
     // Who owns which enrollment, as the statuses record it, before any reconcile claims anew.
     for scope in &scopes {
         let seeded = async {
-            ctx.seed_owners(&scoped::<EnrollmentGroup>(&client, scope.as_deref())).await?;
-            ctx.seed_owners(&scoped::<IndividualEnrollment>(&client, scope.as_deref())).await
+            seed_owners(&ctx.owners, &scoped::<EnrollmentGroup>(&client, scope.as_deref())).await?;
+            seed_owners(&ctx.owners, &scoped::<IndividualEnrollment>(&client, scope.as_deref())).await
         };
         seeded.await.map_err(|e| Error::kube("listing the enrollments to learn who owns which", e))?;
     }
 
-    // One watch per kind and scope, shared by the controllers; a ClusterProvisioningService's
-    // Secrets are in the operator's namespace, watched on its own when no scope covers it.
-    let mut secret_scopes = scopes.clone();
-    let covering = scopes
-        .iter()
-        .position(|scope| scope.as_ref().is_none_or(|namespace| *namespace == operator_namespace))
-        .unwrap_or_else(|| {
-            secret_scopes.push(Some(operator_namespace.clone()));
-            secret_scopes.len() - 1
-        });
-    let secret_versions = Arc::new(SecretVersions::new(secret_scopes.len()));
-    let mut secrets: Vec<Shared<SecretMetadata>> = secret_scopes.iter().map(|_| Shared::default()).collect();
-    let mut services: Vec<Shared<ProvisioningService>> = scopes.iter().map(|_| Shared::default()).collect();
-    let (service_stores, service_writers): (Vec<_>, Vec<_>) =
-        scopes.iter().map(|_| reflector::store()).unzip();
-    let mut cluster_services = Shared::<ClusterProvisioningService>::default();
-    let (cluster_service_store, cluster_service_writer) = reflector::store();
-    let mut namespaces = Shared::<NamespaceMetadata>::default();
-    let (namespace_store, namespace_writer) = reflector::store();
-    ctx.caches = Caches {
-        provisioning_services: service_stores.clone(),
-        cluster_provisioning_services: Some(cluster_service_store.clone()),
-        namespaces: Some(namespace_store),
-        secrets: secret_versions.clone(),
-    };
-    let ctx = Arc::new(ctx);
-
-    let mut controllers = Vec::new();
-    let mut ready = Vec::new();
-    for (index, scope) in scopes.iter().enumerate() {
-        let mut triggers = || Triggers {
-            secrets: secrets[index].subscribe(),
-            services: services[index].subscribe(),
-            cluster_services: cluster_services.subscribe(),
-            namespaces: namespaces.subscribe(),
-        };
-        let (synced, running) =
-            enrollment_controller::<EnrollmentGroup>(&client, scope.as_deref(), ctx.clone(), triggers());
-        ready.push(synced);
-        controllers.push(running);
-        let (synced, running) =
-            enrollment_controller::<IndividualEnrollment>(&client, scope.as_deref(), ctx.clone(), triggers());
-        ready.push(synced);
-        controllers.push(running);
-        let (synced, running) = provisioning_service_controller(
-            services[index].subscribe(),
-            service_stores[index].clone(),
-            secrets[index].subscribe(),
-            ctx.clone(),
-        );
-        ready.push(synced);
-        controllers.push(running);
-    }
-    let (synced, running) = cluster_provisioning_service_controller(
-        cluster_services.subscribe(),
-        cluster_service_store,
-        secrets[covering].subscribe(),
-        operator_namespace,
-        ctx.clone(),
-    );
-    ready.push(synced);
-    controllers.push(running);
-
-    let mut watches = Vec::new();
-    for ((scope, shared), writer) in scopes.iter().zip(services).zip(service_writers) {
-        let events =
-            watcher(scoped::<ProvisioningService>(&client, scope.as_deref()), watcher::Config::default());
-        watches.push(shared.run("ProvisioningServices", pruned(events), keep(writer)));
-    }
-    for (scope, shared) in secret_scopes.iter().zip(secrets) {
-        let events = watcher(scoped::<SecretMetadata>(&client, scope.as_deref()), watcher::Config::default());
-        watches.push(shared.run("Secrets", pruned(events), secret_versions.observer(scope.clone())));
-    }
-    let events = watcher(Api::<ClusterProvisioningService>::all(client.clone()), watcher::Config::default());
-    watches.push(cluster_services.run(
-        "ClusterProvisioningServices",
-        pruned(events),
-        keep(cluster_service_writer),
-    ));
-    let events = watcher(Api::<NamespaceMetadata>::all(client.clone()), watcher::Config::default());
-    watches.push(namespaces.run("Namespaces", pruned(events), keep(namespace_writer)));
-    // The watches never end; the controllers end on shutdown, and the watches with them.
-    let controllers = async move {
-        tokio::select! {
-            _ = join_all(controllers) => {}
-            _ = join_all(watches) => {}
-        }
-    };
-
+    let (controllers, ready) = start(&client, ctx, &scopes);
     let readiness = health.clone();
     tokio::spawn(async move {
         join_all(ready).await;
         readiness.set_ready(true);
     });
-    let Some((mut leading, task)) = leadership else {
-        controllers.await;
-        return Ok(());
-    };
-    let lost = async {
-        while leading.changed().await.is_ok() {
-            if !*leading.borrow() {
-                break;
-            }
+    match leadership {
+        Some(leadership) => leadership.run(controllers).await,
+        None => {
+            controllers.await;
+            Ok(())
+        }
+    }
+}
+
+/// Starts the controllers and the shared watches they are triggered by. Answers them, running
+/// until shutdown, and, for each controller, when its store has listed everything once.
+fn start(client: &Client, mut ctx: Context, scopes: &[Option<String>]) -> (Running, Vec<Running>) {
+    let mut shared = SharedWatches::new(scopes, &ctx.config.operator_namespace);
+    ctx.caches = shared.caches();
+    let ctx = Arc::new(ctx);
+    let mut controllers = Vec::new();
+    for (index, scope) in scopes.iter().enumerate() {
+        let mut triggers = || Triggers {
+            secrets: shared.secrets[index].subscribe(),
+            services: shared.services[index].subscribe(),
+            cluster_services: shared.cluster_services.subscribe(),
+            namespaces: shared.namespaces.subscribe(),
+        };
+        controllers.push(enrollment_controller::<EnrollmentGroup>(
+            client,
+            scope.as_deref(),
+            ctx.clone(),
+            triggers(),
+        ));
+        controllers.push(enrollment_controller::<IndividualEnrollment>(
+            client,
+            scope.as_deref(),
+            ctx.clone(),
+            triggers(),
+        ));
+        controllers.push(provisioning_service_controller(
+            shared.services[index].subscribe(),
+            shared.service_stores[index].clone(),
+            shared.secrets[index].subscribe(),
+            ctx.clone(),
+        ));
+    }
+    controllers.push(cluster_provisioning_service_controller(
+        shared.cluster_services.subscribe(),
+        shared.cluster_service_store.clone(),
+        shared.secrets[shared.covering].subscribe(),
+        ctx.config.operator_namespace.clone(),
+        ctx.clone(),
+    ));
+    let watches = shared.run(client, scopes);
+    let (ready, controllers): (Vec<_>, Vec<_>) = controllers.into_iter().unzip();
+    // The watches never end; the controllers end on shutdown, and the watches with them.
+    let running = async move {
+        tokio::select! {
+            _ = join_all(controllers) => {}
+            _ = join_all(watches) => {}
         }
     };
-    tokio::select! {
-        _ = controllers => {}
-        _ = lost => return Err(Error::LeaderElection("lost the Lease to another replica".into())),
+    (running.boxed(), ready)
+}
+
+/// One watch per kind and scope, shared by the controllers, with the stores they keep.
+struct SharedWatches {
+    /// The scopes, and the operator's namespace when none covers it.
+    secret_scopes: Vec<Option<String>>,
+    /// The scope of the Secrets of ClusterProvisioningServices, in the operator's namespace.
+    covering: usize,
+    secret_versions: Arc<SecretVersions>,
+    secrets: Vec<Shared<SecretMetadata>>,
+    services: Vec<Shared<ProvisioningService>>,
+    service_stores: Vec<Store<ProvisioningService>>,
+    service_writers: Vec<reflector::store::Writer<ProvisioningService>>,
+    cluster_services: Shared<ClusterProvisioningService>,
+    cluster_service_store: Store<ClusterProvisioningService>,
+    cluster_service_writer: reflector::store::Writer<ClusterProvisioningService>,
+    namespaces: Shared<NamespaceMetadata>,
+    namespace_store: Store<NamespaceMetadata>,
+    namespace_writer: reflector::store::Writer<NamespaceMetadata>,
+}
+
+impl SharedWatches {
+    fn new(scopes: &[Option<String>], operator_namespace: &str) -> Self {
+        // A ClusterProvisioningService's Secrets are in the operator's namespace, watched on its
+        // own when no scope covers it.
+        let mut secret_scopes = scopes.to_vec();
+        let covering = scopes
+            .iter()
+            .position(|scope| scope.as_deref().is_none_or(|namespace| namespace == operator_namespace))
+            .unwrap_or_else(|| {
+                secret_scopes.push(Some(operator_namespace.to_owned()));
+                secret_scopes.len() - 1
+            });
+        let (service_stores, service_writers) = scopes.iter().map(|_| reflector::store()).unzip();
+        let (cluster_service_store, cluster_service_writer) = reflector::store();
+        let (namespace_store, namespace_writer) = reflector::store();
+        Self {
+            secret_versions: Arc::new(SecretVersions::new(secret_scopes.len())),
+            secrets: secret_scopes.iter().map(|_| Shared::default()).collect(),
+            services: scopes.iter().map(|_| Shared::default()).collect(),
+            secret_scopes,
+            covering,
+            service_stores,
+            service_writers,
+            cluster_services: Shared::default(),
+            cluster_service_store,
+            cluster_service_writer,
+            namespaces: Shared::default(),
+            namespace_store,
+            namespace_writer,
+        }
     }
-    // Hand the Lease over at once rather than letting it expire.
-    drop(leading);
-    let _ = task.await;
-    Ok(())
+
+    fn caches(&self) -> Caches {
+        Caches {
+            provisioning_services: self.service_stores.clone(),
+            cluster_provisioning_services: Some(self.cluster_service_store.clone()),
+            namespaces: Some(self.namespace_store.clone()),
+            secrets: self.secret_versions.clone(),
+        }
+    }
+
+    /// Starts the watches, once every subscriber has subscribed.
+    fn run(self, client: &Client, scopes: &[Option<String>]) -> Vec<Running> {
+        let mut watches = Vec::new();
+        for ((scope, shared), writer) in scopes.iter().zip(self.services).zip(self.service_writers) {
+            let api = scoped::<ProvisioningService>(client, scope.as_deref());
+            let events = watcher(api, watcher::Config::default());
+            watches.push(shared.run("ProvisioningServices", pruned(events), keep(writer)));
+        }
+        for (scope, shared) in self.secret_scopes.iter().zip(self.secrets) {
+            let events =
+                watcher(scoped::<SecretMetadata>(client, scope.as_deref()), watcher::Config::default());
+            watches.push(shared.run("Secrets", pruned(events), self.secret_versions.observer(scope.clone())));
+        }
+        let events =
+            watcher(Api::<ClusterProvisioningService>::all(client.clone()), watcher::Config::default());
+        let writer = keep(self.cluster_service_writer);
+        watches.push(self.cluster_services.run("ClusterProvisioningServices", pruned(events), writer));
+        let events = watcher(Api::<NamespaceMetadata>::all(client.clone()), watcher::Config::default());
+        watches.push(self.namespaces.run("Namespaces", pruned(events), keep(self.namespace_writer)));
+        watches
+    }
 }
 
 type Running = futures::future::BoxFuture<'static, ()>;
@@ -316,7 +313,7 @@ fn enrollment_controller_for<K: EnrollmentKind>(
     let changes = reflector(writer, watcher(api, watcher::Config::default()).modify(prune::<K>))
         .applied_objects()
         .try_filter(move |object| {
-            futures::future::ready(worthy.worth_reconciling(object, reconcile_worthy(object)))
+            futures::future::ready(worthy.memory.worth_reconciling(object, reconcile_worthy(object)))
         });
     Controller::for_stream(changes, store).reconcile_on(due_checks::<K>(ctx, namespace.map(str::to_owned)))
 }
@@ -333,7 +330,7 @@ fn due_checks<K: EnrollmentKind>(
         let namespace = namespace.clone();
         async move {
             ticks.tick().await;
-            let due = ctx.take_due(&K::kind(&()), namespace.as_deref());
+            let due = ctx.memory.take_due(&K::kind(&()), namespace.as_deref());
             let due = due.into_iter().map(|(namespace, name)| ObjectRef::new(&name).within(&namespace));
             Some((futures::stream::iter(due), (ctx, ticks)))
         }
@@ -381,91 +378,79 @@ fn enrollment_controller<K: EnrollmentKind>(
 ) -> (Running, Running) {
     let controller = enrollment_controller_for::<K>(client, namespace, ctx.clone());
     let store = controller.store();
-    let synced = store.clone();
-    let (by_secret, by_service, by_cluster_service, by_namespace) =
-        (store.clone(), store.clone(), store.clone(), store);
-    let own_writes = ctx.clone();
+    let (synced, by_secret, by_service, by_cluster_service, by_namespace) =
+        (store.clone(), store.clone(), store.clone(), store.clone(), store);
+    let own_writes = ctx.caches.secrets.clone();
+    let services = triggers.services.predicate_filter(
+        |s: &ProvisioningService| connection_worthy(s.meta().generation, ready_status(s.status.as_ref())),
+        Default::default(),
+    );
+    let cluster_services = triggers.cluster_services.predicate_filter(
+        |s: &ClusterProvisioningService| {
+            connection_worthy(s.meta().generation, ready_status(s.status.as_ref()))
+        },
+        Default::default(),
+    );
     let running = controller
-        .watches_stream(triggers.secrets, move |secret| {
-            let (namespace, name) = (secret.namespace(), secret.name_any());
-            let version = secret.metadata.resource_version.as_deref();
-            if own_writes.caches.secrets.is_own_write(
-                namespace.as_deref().unwrap_or_default(),
-                &name,
-                version,
-            ) {
-                return Vec::new();
-            }
-            by_secret
-                .state()
-                .into_iter()
-                .filter(|e| e.namespace() == namespace)
-                .filter(|e| {
-                    e.attestation_input()
-                        .is_ok_and(|input| referenced_secrets(input, e.settings()).contains(&name))
-                })
-                .map(|e| ObjectRef::from_obj(&*e))
-                .collect::<Vec<_>>()
+        .watches_stream(triggers.secrets, move |secret| users_of_secret(&by_secret, &own_writes, &secret))
+        .watches_stream(services, move |service| {
+            using(&by_service, ServiceKind::ProvisioningService, &service.name_any(), service.namespace())
         })
-        .watches_stream(
-            triggers.services.predicate_filter(
-                |s: &ProvisioningService| {
-                    connection_worthy(s.meta().generation, ready_status(s.status.as_ref()))
-                },
-                Default::default(),
-            ),
-            move |service| {
-                let (namespace, name) = (service.namespace(), service.name_any());
-                by_service
-                    .state()
-                    .into_iter()
-                    .filter(|e| e.namespace() == namespace)
-                    .filter(|e| {
-                        let reference = &e.settings().service_ref;
-                        reference.kind.unwrap_or_default() == ServiceKind::ProvisioningService
-                            && reference.name == name
-                    })
-                    .map(|e| ObjectRef::from_obj(&*e))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches_stream(
-            triggers.cluster_services.predicate_filter(
-                |s: &ClusterProvisioningService| {
-                    connection_worthy(s.meta().generation, ready_status(s.status.as_ref()))
-                },
-                Default::default(),
-            ),
-            move |service| {
-                let name = service.name_any();
-                by_cluster_service
-                    .state()
-                    .into_iter()
-                    .filter(|e| {
-                        let reference = &e.settings().service_ref;
-                        reference.kind == Some(ServiceKind::ClusterProvisioningService)
-                            && reference.name == name
-                    })
-                    .map(|e| ObjectRef::from_obj(&*e))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(cluster_services, move |service| {
+            using(&by_cluster_service, ServiceKind::ClusterProvisioningService, &service.name_any(), None)
+        })
         // A namespace's labels decide which ClusterProvisioningServices its enrollments may use.
         .watches_stream(triggers.namespaces, move |namespace| {
-            let name = namespace.name_any();
-            by_namespace
-                .state()
-                .into_iter()
-                .filter(|e| e.namespace().as_deref() == Some(name.as_str()))
-                .filter(|e| e.settings().service_ref.kind == Some(ServiceKind::ClusterProvisioningService))
-                .map(|e| ObjectRef::from_obj(&*e))
-                .collect::<Vec<_>>()
+            let in_namespace = |e: &K| e.namespace().as_deref() == Some(namespace.name_any().as_str());
+            let uses_cluster =
+                |e: &K| e.settings().service_ref.kind == Some(ServiceKind::ClusterProvisioningService);
+            matching(&by_namespace, |e| in_namespace(e) && uses_cluster(e))
         })
         .with_config(controller::Config::default().concurrency(ctx.config.max_concurrent_reconciles))
         .graceful_shutdown_on(ctx.health.stopped())
         .run(enrollment::reconcile::<K>, enrollment::error_policy::<K>, ctx)
         .for_each(log_outcome);
     (wait_until_synced(synced), running.boxed())
+}
+
+/// The objects in `store` that `wanted` picks.
+fn matching<K: EnrollmentKind>(store: &Store<K>, wanted: impl Fn(&K) -> bool) -> Vec<ObjectRef<K>> {
+    store.state().into_iter().filter(|e| wanted(e)).map(|e| ObjectRef::from_obj(&*e)).collect()
+}
+
+/// The enrollments in `store` that reference `secret`; none when the change is this process's
+/// own write.
+fn users_of_secret<K: EnrollmentKind>(
+    store: &Store<K>,
+    own_writes: &SecretVersions,
+    secret: &SecretMetadata,
+) -> Vec<ObjectRef<K>> {
+    let (namespace, name) = (secret.namespace(), secret.name_any());
+    let version = secret.metadata.resource_version.as_deref();
+    if own_writes.is_own_write(namespace.as_deref().unwrap_or_default(), &name, version) {
+        return Vec::new();
+    }
+    matching(store, |e| {
+        e.namespace() == namespace
+            && e.attestation_input()
+                .is_ok_and(|input| referenced_secrets(input, e.settings()).contains(&name))
+    })
+}
+
+/// The enrollments in `store` that use the connection of `kind` named `name` (in `namespace`, for
+/// a namespaced one).
+fn using<K: EnrollmentKind>(
+    store: &Store<K>,
+    kind: ServiceKind,
+    name: &str,
+    namespace: Option<String>,
+) -> Vec<ObjectRef<K>> {
+    matching(store, |e| {
+        let reference = &e.settings().service_ref;
+        reference.kind.unwrap_or_default() == kind
+            && reference.name == name
+            && (kind == ServiceKind::ClusterProvisioningService || e.namespace() == namespace)
+    })
 }
 
 /// The status of a connection's `Ready` condition.
@@ -550,6 +535,34 @@ fn cluster_provisioning_service_controller(
         .run(provisioning::reconcile_cluster, provisioning::error_policy, ctx)
         .for_each(log_outcome);
     (wait_until_synced(synced), running.boxed())
+}
+
+/// Rebuilds the register of owners from the claims the statuses of `K` in `api` record, so that
+/// a restart keeps every enrollment with the resource that owned it.
+async fn seed_owners<K: EnrollmentKind>(owners: &Owners, api: &Api<K>) -> Result<(), kube::Error> {
+    let mut params = kube::api::ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await?;
+        for object in &page.items {
+            let status = object.current_status().map(K::enrollment_status).cloned().unwrap_or_default();
+            let uid = object.meta().uid.clone().unwrap_or_default();
+            let status = recorded_claim(status, claim_of(object.meta()), &uid);
+            let (Some(host), true) = (&status.claimed_host, holds_claim(&status)) else { continue };
+            let key =
+                ClaimKey::new(host, <K::Record as crate::dps::Enrollment>::COLLECTION, &object.dps_id());
+            let owner = Owner {
+                uid: uid.into(),
+                name: resource_name(object).into(),
+                confirmed: status.claimed == Some(true),
+                created: object.meta().creation_timestamp.as_ref().map(|t| t.0),
+            };
+            owners.seed(key, owner);
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

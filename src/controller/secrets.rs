@@ -17,6 +17,8 @@ use kube::{
 use super::{
     Error,
     desired::{AttestationInput, Resolved, ResolvedCertificate},
+    digest_key::DigestKey,
+    names::FIELD_MANAGER,
     watches::SecretVersions,
 };
 use crate::{api, certificates, dps::models::Secret as SecretValue};
@@ -144,8 +146,7 @@ impl<'a> Reader<'a> {
             type_: Some("Opaque".into()),
             ..Default::default()
         };
-        let params =
-            PostParams { field_manager: Some(super::context::FIELD_MANAGER.into()), ..Default::default() };
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         match Api::<Secret>::namespaced(self.client.clone(), self.namespace).create(&params, &secret).await {
             Ok(created) => Ok(Some(created)),
             Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
@@ -237,7 +238,7 @@ impl<'a> Reader<'a> {
             "type": "Opaque",
             "data": data,
         });
-        let params = PatchParams::apply(super::context::FIELD_MANAGER).force();
+        let params = PatchParams::apply(FIELD_MANAGER).force();
         Api::<Secret>::namespaced(self.client.clone(), self.namespace)
             .patch(name, &params, &Patch::Apply(&secret))
             .await
@@ -333,55 +334,29 @@ pub fn referenced_secrets(input: AttestationInput<'_>, settings: &api::Enrollmen
 /// The Secret, in the operator's namespace, that holds the key of every `status.secretsDigest`.
 pub const DIGEST_KEY_SECRET: &str = "dps-operator-digest-key";
 
-/// The key status digests are made with. Only the operator holds it, so a digest in a status
-/// confirms nothing about a guessed key to whoever can read the resource.
-#[derive(Clone)]
-pub struct DigestKey(std::sync::Arc<[u8]>);
-
-impl std::fmt::Debug for DigestKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DigestKey(..)")
+/// The key of the status digests, kept in [`DIGEST_KEY_SECRET`] in `namespace`, created on the
+/// first start.
+pub async fn load_digest_key(client: &Client, namespace: &str) -> Result<DigestKey, Error> {
+    let reader = Reader::new(client, namespace);
+    let unusable = || {
+        Error::InvalidSpec(format!(
+            "Secret {namespace}/{DIGEST_KEY_SECRET}, the key of the status digests, has no key of 32 \
+             bytes or more; delete it to have a new one made (each symmetric-key enrollment is then \
+             written to DPS once)"
+        ))
+    };
+    let read = |secret: Secret| {
+        let key = secret.data.and_then(|mut data| data.remove("key"));
+        key.and_then(|key| DigestKey::from_bytes(key.0)).ok_or_else(unusable)
+    };
+    if let Some(secret) = reader.secret(DIGEST_KEY_SECRET).await? {
+        return read(secret);
     }
-}
-
-impl DigestKey {
-    /// A new random key.
-    pub fn random() -> Self {
-        Self(crate::random_bytes::<32>().to_vec().into())
-    }
-
-    /// `hmac-sha256:` and the hex HMAC of what `update` feeds in.
-    pub(crate) fn sign(&self, update: impl FnOnce(&mut ring::hmac::Context)) -> String {
-        let mut context =
-            ring::hmac::Context::with_key(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0));
-        update(&mut context);
-        let hex: String = context.sign().as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("hmac-sha256:{hex}")
-    }
-
-    /// The key kept in [`DIGEST_KEY_SECRET`] in `namespace`, created on the first start.
-    pub async fn load_or_create(client: &Client, namespace: &str) -> Result<Self, Error> {
-        let reader = Reader::new(client, namespace);
-        let unusable = || {
-            Error::InvalidSpec(format!(
-                "Secret {namespace}/{DIGEST_KEY_SECRET}, the key of the status digests, has no key of 32 \
-                 bytes or more; delete it to have a new one made (each symmetric-key enrollment is then \
-                 written to DPS once)"
-            ))
-        };
-        let read = |secret: Secret| {
-            let key = secret.data.and_then(|mut data| data.remove("key")).filter(|key| key.0.len() >= 32);
-            key.map(|key| Self(key.0.into())).ok_or_else(unusable)
-        };
-        if let Some(secret) = reader.secret(DIGEST_KEY_SECRET).await? {
-            return read(secret);
-        }
-        let key = Self::random();
-        let data = BTreeMap::from([("key".into(), ByteString(key.0.to_vec()))]);
-        match reader.create_secret(DIGEST_KEY_SECRET, None, data).await? {
-            Some(_) => Ok(key),
-            // Another replica was first: use its key.
-            None => read(reader.existing_secret(DIGEST_KEY_SECRET).await?),
-        }
+    let key = DigestKey::random();
+    let data = BTreeMap::from([("key".into(), ByteString(key.bytes().to_vec()))]);
+    match reader.create_secret(DIGEST_KEY_SECRET, None, data).await? {
+        Some(_) => Ok(key),
+        // Another replica was first: use its key.
+        None => read(reader.existing_secret(DIGEST_KEY_SECRET).await?),
     }
 }

@@ -8,7 +8,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
 use super::{ControlPlane, Error, Tools, device, run};
 use crate::{
-    controller::{self, context::Config},
+    controller::{self, config::Config},
     pki::CertificateAuthority,
 };
 use dps_emulator::{EmulatorConfig, RunningEmulator};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dps_emulator::{EmulatorConfig, RunningEmulator};
 use dps_operator::{
-    controller::{self, context::Config},
+    controller::{self, config::Config},
     dps,
 };
 use serde_json::Value;
@@ -139,9 +139,7 @@ impl Operator {
         let health = std::sync::Arc::new(dps_operator::http::Health::default());
         let mut ctx = controller::context::Context::new(client.clone(), self.config.clone(), health);
         ctx.digest_key =
-            controller::secrets::DigestKey::load_or_create(&client, &self.config.operator_namespace)
-                .await
-                .unwrap();
+            controller::secrets::load_digest_key(&client, &self.config.operator_namespace).await.unwrap();
         std::sync::Arc::new(ctx)
     }
 

@@ -3,14 +3,15 @@
 //! the read and the write (409, 412). Its I/O goes through [`Edges`], so each decision path has a
 //! table test below.
 
-use super::{
-    Error,
-    desired::{DpsRecord, Facts, Plan, Resolved, decide, desired_comparable, drift},
-    ownership::Ownership,
-    secrets::DigestKey,
-};
+use super::inputs::Material;
 use crate::{
     api::EnrollmentStatus,
+    controller::{
+        Error,
+        desired::{DpsRecord, Facts, Plan, Resolved, decide, desired_comparable, drift},
+        digest_key::DigestKey,
+        ownership::{Ownership, drop_claim},
+    },
     dps::{self, IfMatch, models::Secret},
 };
 
@@ -58,15 +59,12 @@ pub struct Pass<'a, R> {
     pub namespace: &'a str,
     pub may_write: bool,
     pub adopt: bool,
-    /// The key Secret the spec names, for a symmetric-key enrollment.
-    pub key_secret: Option<&'a str>,
     /// Whether the spec or a referenced Secret changed since the last pass.
     pub inputs_changed: bool,
     pub ownership: Ownership,
-    pub resolved: Resolved,
-    pub desired: R,
-    pub digest: Option<String>,
-    /// The key `digest` is made with.
+    /// What the pass writes from, as it changes: a key Secret made, or given up.
+    pub material: Material<'a, R>,
+    /// The key `material.digest` is made with.
     pub digest_key: &'a DigestKey,
     /// What the connection's query snapshot says, read instead of a GET.
     pub known: Known<R>,
@@ -120,150 +118,190 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
     pass: &mut Pass<'_, R>,
     recorded: &mut EnrollmentStatus,
 ) -> Result<(Done, Option<R>), Error> {
-    let dps_error = |source| edges.failed(source);
-    let mut attempts = 0;
     // Whether the keys in the key Secret are new ones this pass made for its create.
     let mut new_keys = false;
-    loop {
-        attempts += 1;
+    for attempt in 1..=ATTEMPTS {
         let observed = match std::mem::replace(&mut pass.known, Known::Unknown) {
             Known::Record(record) => Some(record),
             Known::Absent => None,
-            Known::Unknown => edges.get().await.map_err(dps_error)?,
+            Known::Unknown => edges.get().await.map_err(|e| edges.failed(e))?,
         };
-
-        // A create of ours that DPS never confirmed (its answer lost, or the operator stopped):
-        // the enrollment now at the id is ours only if it holds exactly what was sent.
         if pass.ownership == Ownership::CreatePending
             && let Some(found) = &observed
         {
-            let same_keys = match &pass.resolved.keys {
-                None => pass.key_secret.is_none(),
-                Some(keys) => edges.keys_in_dps().await.map_err(dps_error)?.is_some_and(|held| {
-                    held.0.expose() == keys.0.expose() && held.1.expose() == keys.1.expose()
-                }),
-            };
-            let desired = desired_comparable(&pass.desired, &pass.resolved);
-            let found = found.comparable();
-            // What was sent: the spec now, or, when it changed since, the digest of the create.
-            let sent = drift(&desired, &found).is_empty()
-                || recorded.written_digest == Some(found.content_digest(pass.digest_key));
-            if same_keys && sent {
-                pass.ownership = Ownership::Owned;
-                // It holds the keys resolved now: they are the ones written.
-                recorded.secrets_digest = pass.digest.clone();
-            } else {
-                pass.ownership = Ownership::None;
-                drop_claim(recorded);
-            }
+            settle_pending_create(edges, pass, recorded, found).await?;
         }
-
         new_keys |= fill_key_secret(edges, pass, observed.is_some()).await?;
-
-        let owned = pass.ownership == Ownership::Owned;
-        let desired = desired_comparable(&pass.desired, &pass.resolved);
-        let observed_comparable = observed.as_ref().map(DpsRecord::comparable);
-        let plan = decide(Facts {
-            may_write: pass.may_write,
-            adopt: pass.adopt,
-            claimed: owned,
-            desired: &desired,
-            observed: observed_comparable.as_ref().zip(observed.as_ref().and_then(|r| r.etag())),
-            secrets_changed: owned && pass.digest != recorded.secrets_digest,
-            what: pass.what,
-            id: pass.id,
-        });
-        let plan = match plan {
-            Ok(plan) => plan,
-            Err(error) => {
-                // Not ours (a create still pending was settled above): leave the id to others.
-                if !owned {
-                    edges.release();
-                }
-                return Err(error);
-            }
-        };
+        let plan = plan(edges, pass, recorded, observed.as_ref())?;
         // Whether DPS holds what this operator last sent, even if its answer was lost.
-        let ours = observed_comparable
-            .as_ref()
-            .is_some_and(|c| recorded.written_digest == Some(c.content_digest(pass.digest_key)));
+        let ours = observed.as_ref().is_some_and(|observed| {
+            recorded.written_digest == Some(observed.comparable().content_digest(pass.digest_key))
+        });
         if matches!(plan, Plan::Create { .. } | Plan::Update { .. }) {
+            let desired = desired_comparable(&pass.material.desired, &pass.material.resolved);
             recorded.written_digest = Some(desired.content_digest(pass.digest_key));
         }
         let written = match plan {
             Plan::InSync => return Ok((Done::InSync, observed)),
             Plan::Report { drift, missing } => return Ok((Done::Reported { drift, missing }, observed)),
-            Plan::Create { recreate } => {
-                if !owned {
-                    // Record the create before sending it, with the keys it writes: should its
-                    // answer be lost, the enrollment then found is recognised as ours, and is
-                    // not written again.
-                    let pending = EnrollmentStatus {
-                        claimed: None,
-                        create_pending: Some(true),
-                        claimed_host: Some(pass.host.to_owned()),
-                        secrets_digest: pass.digest.clone(),
-                        ..recorded.clone()
-                    };
-                    edges.record_claim(pass.host).await?;
-                    *recorded = pending;
-                    pass.ownership = Ownership::CreatePending;
-                }
-                // A create never overwrites: an enrollment that appeared meanwhile is answered
-                // 409, and read again.
-                let created = edges.create(&pass.desired).await;
-                if let (Err(dps::Error::Conflict { .. }), true, Some(secret)) =
-                    (&created, new_keys, pass.key_secret)
-                    && edges.discard_key_secret(secret).await?
-                {
-                    // The keys were made for an enrollment that turned out to exist: it keeps
-                    // its own, and the read below decides from them (restored, or refused).
-                    new_keys = false;
-                    pass.resolved.keys = None;
-                    pass.desired = edges.build(&pass.resolved)?;
-                    pass.digest = pass.resolved.secrets_digest(pass.digest_key);
-                }
-                created.map(|(created, in_bulk)| {
-                    pass.ownership = Ownership::Owned;
-                    (if recreate { Done::Recreated } else { Done::Created { in_bulk } }, Some(created))
-                })
-            }
+            Plan::Create { recreate } => create(edges, pass, recorded, recreate, &mut new_keys).await?,
             Plan::Update { etag, drift, adopt } => {
-                if adopt {
-                    // An explicit adoption: the enrollment is ours from here on.
-                    let adopted = EnrollmentStatus {
-                        claimed: Some(true),
-                        create_pending: None,
-                        claimed_host: Some(pass.host.to_owned()),
-                        ..recorded.clone()
-                    };
-                    edges.record_claim(pass.host).await?;
-                    *recorded = adopted;
-                    pass.ownership = Ownership::Owned;
-                }
-                pass.desired.set_etag(Some(etag.clone()));
-                let done = if adopt {
-                    Done::Adopted
-                } else {
-                    // Without an etag seen (created in bulk), a change of the spec explains it;
-                    // a record this operator sent (its answer lost) is never someone else's.
-                    let outside = !ours
-                        && match recorded.etag.as_deref() {
-                            Some(seen) => seen != etag,
-                            None => !pass.inputs_changed,
-                        };
-                    Done::Updated { drift, inputs_changed: pass.inputs_changed, outside }
-                };
-                edges.put(&pass.desired, IfMatch::Etag(&etag)).await.map(|updated| (done, Some(updated)))
+                update(edges, pass, recorded, &etag, drift, adopt, ours).await?
             }
         };
         match written {
             Ok(outcome) => return Ok(outcome),
+            // DPS changed between the read and the write: read again.
             Err(dps::Error::PreconditionFailed { .. } | dps::Error::Conflict { .. })
-                if attempts < ATTEMPTS => {}
-            Err(source) => return Err(dps_error(source)),
+                if attempt < ATTEMPTS => {}
+            Err(source) => return Err(edges.failed(source)),
         }
     }
+    unreachable!("the last attempt returns")
+}
+
+/// A create of ours that DPS never confirmed (its answer lost, or the operator stopped): the
+/// enrollment `found` at the id is ours only if it holds exactly what was sent.
+async fn settle_pending_create<R: DpsRecord, E: Edges<R>>(
+    edges: &E,
+    pass: &mut Pass<'_, R>,
+    recorded: &mut EnrollmentStatus,
+    found: &R,
+) -> Result<(), Error> {
+    let material = &pass.material;
+    let same_keys = match &material.resolved.keys {
+        None => material.key_secret.is_none(),
+        Some(keys) => edges
+            .keys_in_dps()
+            .await
+            .map_err(|e| edges.failed(e))?
+            .is_some_and(|held| held.0.expose() == keys.0.expose() && held.1.expose() == keys.1.expose()),
+    };
+    let desired = desired_comparable(&material.desired, &material.resolved);
+    let found = found.comparable();
+    // What was sent: the spec now, or, when it changed since, the digest of the create.
+    let sent = drift(&desired, &found).is_empty()
+        || recorded.written_digest == Some(found.content_digest(pass.digest_key));
+    if same_keys && sent {
+        pass.ownership = Ownership::Owned;
+        // It holds the keys resolved now: they are the ones written.
+        recorded.secrets_digest = material.digest.clone();
+    } else {
+        pass.ownership = Ownership::None;
+        drop_claim(recorded);
+    }
+    Ok(())
+}
+
+/// What to do about `observed`. An enrollment refused (not ours, not to adopt) is left to
+/// others: this resource gives up its place in the register.
+fn plan<R: DpsRecord, E: Edges<R>>(
+    edges: &E,
+    pass: &Pass<'_, R>,
+    recorded: &EnrollmentStatus,
+    observed: Option<&R>,
+) -> Result<Plan, Error> {
+    let owned = pass.ownership == Ownership::Owned;
+    let desired = desired_comparable(&pass.material.desired, &pass.material.resolved);
+    let observed_comparable = observed.map(DpsRecord::comparable);
+    let plan = decide(Facts {
+        may_write: pass.may_write,
+        adopt: pass.adopt,
+        claimed: owned,
+        desired: &desired,
+        observed: observed_comparable.as_ref().zip(observed.and_then(|r| r.etag())),
+        secrets_changed: owned && pass.material.digest != recorded.secrets_digest,
+        what: pass.what,
+        id: pass.id,
+    });
+    // A create still pending was settled before: one not ours now is someone else's.
+    if plan.is_err() && !owned {
+        edges.release();
+    }
+    plan
+}
+
+/// The outcome of a write: what was done and the record DPS answered, or DPS's refusal.
+type Written<R> = Result<(Done, Option<R>), dps::Error>;
+
+/// Creates the enrollment. A resource that does not own it yet records the create (a claim
+/// still pending, with the keys it writes) before sending it: should the answer be lost, the
+/// enrollment then found is recognised as its own, and not written again.
+async fn create<R: DpsRecord, E: Edges<R>>(
+    edges: &E,
+    pass: &mut Pass<'_, R>,
+    recorded: &mut EnrollmentStatus,
+    recreate: bool,
+    new_keys: &mut bool,
+) -> Result<Written<R>, Error> {
+    if pass.ownership != Ownership::Owned {
+        let pending = EnrollmentStatus {
+            claimed: None,
+            create_pending: Some(true),
+            claimed_host: Some(pass.host.to_owned()),
+            secrets_digest: pass.material.digest.clone(),
+            ..recorded.clone()
+        };
+        edges.record_claim(pass.host).await?;
+        *recorded = pending;
+        pass.ownership = Ownership::CreatePending;
+    }
+    // A create never overwrites: an enrollment that appeared meanwhile is answered 409, and read
+    // again.
+    let created = edges.create(&pass.material.desired).await;
+    if let (Err(dps::Error::Conflict { .. }), true, Some(secret)) =
+        (&created, *new_keys, pass.material.key_secret)
+        && edges.discard_key_secret(secret).await?
+    {
+        // The keys were made for an enrollment that turned out to exist: it keeps its own, and
+        // the read that follows decides from them (restored, or refused).
+        *new_keys = false;
+        let material = &mut pass.material;
+        material.resolved.keys = None;
+        material.desired = edges.build(&material.resolved)?;
+        material.digest = material.resolved.secrets_digest(pass.digest_key);
+    }
+    Ok(created.map(|(created, in_bulk)| {
+        pass.ownership = Ownership::Owned;
+        (if recreate { Done::Recreated } else { Done::Created { in_bulk } }, Some(created))
+    }))
+}
+
+/// Writes the spec over the enrollment DPS holds at `etag`; with `adopt`, making it this
+/// resource's first. `ours`: DPS holds what this operator last sent, even if the answer was lost.
+async fn update<R: DpsRecord, E: Edges<R>>(
+    edges: &E,
+    pass: &mut Pass<'_, R>,
+    recorded: &mut EnrollmentStatus,
+    etag: &str,
+    drift: Vec<&'static str>,
+    adopt: bool,
+    ours: bool,
+) -> Result<Written<R>, Error> {
+    let done = if adopt {
+        // An explicit adoption: the enrollment is ours from here on.
+        let adopted = EnrollmentStatus {
+            claimed: Some(true),
+            create_pending: None,
+            claimed_host: Some(pass.host.to_owned()),
+            ..recorded.clone()
+        };
+        edges.record_claim(pass.host).await?;
+        *recorded = adopted;
+        pass.ownership = Ownership::Owned;
+        Done::Adopted
+    } else {
+        // Without an etag seen (created in bulk), a change of the spec explains it; a record
+        // this operator sent (its answer lost) is never someone else's.
+        let outside = !ours
+            && match recorded.etag.as_deref() {
+                Some(seen) => seen != etag,
+                None => !pass.inputs_changed,
+            };
+        Done::Updated { drift, inputs_changed: pass.inputs_changed, outside }
+    };
+    pass.material.desired.set_etag(Some(etag.to_owned()));
+    Ok(edges.put(&pass.material.desired, IfMatch::Etag(etag)).await.map(|updated| (done, Some(updated))))
 }
 
 /// Keys for a key Secret that does not exist: new ones for an enrollment about to be created;
@@ -275,7 +313,8 @@ async fn fill_key_secret<R, E: Edges<R>>(
     pass: &mut Pass<'_, R>,
     exists: bool,
 ) -> Result<bool, Error> {
-    let (None, Some(secret), true) = (&pass.resolved.keys, pass.key_secret, pass.may_write) else {
+    let (None, Some(secret), true) = (&pass.material.resolved.keys, pass.material.key_secret, pass.may_write)
+    else {
         return Ok(false);
     };
     let keys = if !exists {
@@ -293,19 +332,13 @@ async fn fill_key_secret<R, E: Edges<R>>(
         None
     };
     if let Some(keys) = keys {
-        pass.resolved.keys = Some(edges.create_key_secret(secret, keys, exists).await?);
-        pass.desired = edges.build(&pass.resolved)?;
-        pass.digest = pass.resolved.secrets_digest(pass.digest_key);
+        let material = &mut pass.material;
+        material.resolved.keys = Some(edges.create_key_secret(secret, keys, exists).await?);
+        material.desired = edges.build(&material.resolved)?;
+        material.digest = material.resolved.secrets_digest(pass.digest_key);
         return Ok(!exists);
     }
     Ok(false)
-}
-
-/// Forgets a claim `recorded` holds, in the status this pass writes.
-pub fn drop_claim(recorded: &mut EnrollmentStatus) {
-    recorded.claimed = None;
-    recorded.create_pending = None;
-    recorded.claimed_host = None;
 }
 
 /// A random 64-byte symmetric key, base64, as DPS generates them.
@@ -533,13 +566,15 @@ mod tests {
             namespace: "factory",
             may_write: true,
             adopt: false,
-            key_secret: Some("device-1-keys"),
             inputs_changed: false,
             ownership: ownership(recorded, HOST),
-            desired: record(resolved.keys.as_ref(), "thermostat"),
-            digest: resolved.secrets_digest(&DIGEST_KEY),
+            material: Material {
+                key_secret: Some("device-1-keys"),
+                desired: record(resolved.keys.as_ref(), "thermostat"),
+                digest: resolved.secrets_digest(&DIGEST_KEY),
+                resolved,
+            },
             digest_key: &DIGEST_KEY,
-            resolved,
             known: Known::Unknown,
         }
     }
@@ -565,7 +600,10 @@ mod tests {
         assert_eq!(dps.dps_keys(), Some((secret.0.expose().into(), secret.1.expose().into())));
         assert_eq!(*dps.claims.borrow(), [HOST]);
         assert_eq!((recorded.create_pending, recorded.claimed_host.as_deref()), (Some(true), Some(HOST)));
-        assert_eq!(recorded.secrets_digest, pass.digest, "the claim names the keys the create sends");
+        assert_eq!(
+            recorded.secrets_digest, pass.material.digest,
+            "the claim names the keys the create sends"
+        );
     }
 
     #[test]
@@ -764,7 +802,7 @@ mod tests {
         let dps = Fake::holding(record(None, "old-name"), keys("ours")).with_puts([PutAnswer::Lost]);
         let mut recorded = EnrollmentStatus { etag: Some("etag-1".into()), ..owned() };
         let mut first = pass(Some(keys("ours")), &recorded);
-        recorded.secrets_digest = first.digest.clone();
+        recorded.secrets_digest = first.material.digest.clone();
         first.inputs_changed = true;
         run(converge(&dps, &mut first, &mut recorded)).expect_err("the answer is lost");
         assert_eq!(recorded.etag.as_deref(), Some("etag-1"), "the etag it knows is stale now");
@@ -772,14 +810,14 @@ mod tests {
         // The spec changed again; its pass failed before writing, so the status already shows
         // the new generation: this pass sees no change of its inputs.
         let mut next = pass(Some(keys("ours")), &recorded);
-        next.desired = record(Some(&keys("ours")), "boiler");
+        next.material.desired = record(Some(&keys("ours")), "boiler");
         let (done, _) = run(converge(&dps, &mut next, &mut recorded)).expect("updated");
         assert_eq!(done, Done::Updated { drift: vec!["deviceId"], inputs_changed: false, outside: false });
 
         // Someone else changes it: that is outside.
         dps.store(record(None, "intruder"), Some(keys("ours")));
         let mut outside = pass(Some(keys("ours")), &recorded);
-        outside.desired = record(Some(&keys("ours")), "boiler");
+        outside.material.desired = record(Some(&keys("ours")), "boiler");
         let (done, _) = run(converge(&dps, &mut outside, &mut recorded)).expect("restored");
         assert_eq!(done, Done::Updated { drift: vec!["deviceId"], inputs_changed: false, outside: true });
     }
@@ -792,7 +830,7 @@ mod tests {
         run(converge(&dps, &mut first, &mut recorded)).expect_err("the answer is lost");
 
         let mut next = pass(Some(keys("ours")), &recorded);
-        next.desired = record(Some(&keys("ours")), "boiler");
+        next.material.desired = record(Some(&keys("ours")), "boiler");
         next.inputs_changed = true;
         let (done, _) = run(converge(&dps, &mut next, &mut recorded)).expect("updated");
         assert_eq!(next.ownership, Ownership::Owned);

@@ -1,0 +1,243 @@
+//! The enrollment reconciler, for both kinds. A pass over a live resource reads top-down
+//! ([`apply`], then [`sync`]):
+//!
+//! 1. resolve: the connection, and the Secrets' material with the record the spec describes
+//!    ([`inputs`]);
+//! 2. claim: the resource's place in the register of owners ([`claim`]);
+//! 3. check: whether DPS is due a look, and what the query snapshot already says ([`check`]);
+//! 4. converge: read, decide and write in DPS ([`converge`], its I/O in [`edges`]);
+//! 5. observe: the registrations and a group's device keys ([`observe`]);
+//! 6. status: made from the outcome ([`status`], pure), written with the finalizer and claim;
+//! 7. events: what changed, once ([`events`], pure).
+//!
+//! A resource being deleted takes the other pass, [`cleanup`].
+
+mod check;
+mod claim;
+mod cleanup;
+mod converge;
+mod edges;
+mod events;
+mod inputs;
+mod mode;
+mod observe;
+mod outcome;
+mod status;
+
+use std::sync::{Arc, Mutex};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::{Api, ResourceExt, runtime::controller::Action};
+
+use self::{
+    converge::{Done, Pass, converge},
+    edges::LiveEdges,
+    mode::WriteMode,
+    outcome::Synced,
+};
+use super::{
+    Error,
+    context::Context,
+    finalizer::{MetadataChange, claim_of, has_finalizer, write_metadata},
+    kinds::{EnrollmentKind, Registrations},
+    names::{object_key, resource_name},
+    ownership::{Ownership, annotation_change, recorded_claim},
+    retry::{jitter, retry_delay},
+    secrets::Reader,
+};
+use crate::api::{Adoption, EnrollmentStatus};
+
+pub async fn reconcile<K: EnrollmentKind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let key = object_key(&*object);
+    let started = std::time::Instant::now();
+    // The next check is what this pass decides.
+    ctx.memory.check_after(&key, None);
+    let result = match ctx.memory.latest(&api, object.clone()).await {
+        Ok(Some(object)) if object.meta().deletion_timestamp.is_none() => apply(&*object, &ctx).await,
+        Ok(Some(object)) if has_finalizer(object.meta()) => cleanup::cleanup(&*object, &ctx).await,
+        // Gone, or being deleted without the finalizer (it never claimed anything in DPS): nothing
+        // about it is worth remembering.
+        Ok(_) => {
+            ctx.memory.forget(&*object);
+            Ok(Action::await_change())
+        }
+        Err(error) => Err(Error::kube(format!("reading {}", resource_name(&*object)), error)),
+    };
+    if result.is_ok() {
+        ctx.memory.record_success(&key);
+    }
+    let reason = result.as_ref().err().map(Error::reason);
+    ctx.health.metrics.reconciled(K::kind(&()).as_ref(), started.elapsed(), reason);
+    result
+}
+
+/// When to try again after a failed reconcile: as the error asks, with exponential backoff and
+/// jitter for transient failures, capped at five minutes.
+pub fn error_policy<K: EnrollmentKind>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.memory.record_failure(&object_key(&*object));
+    let tracking_id = error.tracking_id();
+    tracing::warn!(object = %object_key(&*object), %error, failures, tracking_id, "reconcile failed");
+    Action::requeue(retry_delay(error.retry(), failures))
+}
+
+/// A pass over a live resource: [`sync`] with DPS, then the status, the metadata and the events
+/// that follow from what it did.
+async fn apply<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<Action, Error> {
+    let id = object.dps_id();
+    let old = object.current_status();
+    let old_enrollment = old.map(K::enrollment_status).cloned().unwrap_or_default();
+    let uid = object.uid().unwrap_or_default();
+    let mut recorded = recorded_claim(old_enrollment.clone(), claim_of(object.meta()), &uid);
+    let mode = WriteMode::of(object);
+    // An annotation that cannot be read stops all writes, as pausing does.
+    let shown_mode = *mode.as_ref().unwrap_or(&WriteMode::Paused);
+    // The object's metadata as this pass has written it.
+    let meta = Mutex::new(object.meta().clone());
+    let result = match mode {
+        Ok(mode) => sync(object, ctx, mode, &old_enrollment, &mut recorded, &meta).await,
+        Err(error) => Err(error),
+    };
+
+    let now = Time(jiff::Timestamp::now());
+    let facts = status::Facts {
+        id: &id,
+        generation: object.meta().generation,
+        attestation: object.attestation_input().map(|input| input.kind()).ok(),
+        mode: shown_mode,
+        now: &now,
+        expiry_warning: ctx.config.certificate_expiry_warning,
+    };
+    let enrollment = status::enrollment_status::<K>(&recorded, &facts, &result);
+    ctx.memory.set_ready(object, status::is_ready(&enrollment));
+    let spec_changed = old_enrollment.observed_generation != facts.generation;
+    let notes = events::of_pass(K::WHAT, &id, &old_enrollment, &enrollment, spec_changed, &result);
+    // Every resource gets the finalizer (a new one with its first claim, in the same write), the
+    // claim annotation its status backs, and none that it does not.
+    let meta = meta.into_inner().unwrap_or_else(|e| e.into_inner());
+    let claim = annotation_change(claim_of(&meta), &enrollment, &uid);
+    let change = MetadataChange { add_finalizer: true, claim: claim.as_ref().map(Option::as_deref) };
+    if let Err(error) = write_metadata(&ctx.client, &ctx.memory, object, &meta, change).await {
+        return gone_meanwhile(ctx, object, error).await;
+    }
+    let (status, worth_writing) = status::resource_status::<K>(old, enrollment, &id, &result);
+    if worth_writing {
+        let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+        ctx.memory.write_status(&api, object, &status).await?;
+    }
+    for note in notes {
+        ctx.events.publish(object, note.warning, note.reason, note.message).await;
+    }
+    ctx.memory.check_after(&object_key(object), Some(result?.next_check));
+    Ok(Action::await_change())
+}
+
+/// Brings DPS in line with `object`. `recorded`: the claim as this pass has recorded it so far
+/// (`old`, with a claim annotation it did not catch up with), then the claim.
+async fn sync<K: EnrollmentKind>(
+    object: &K,
+    ctx: &Context,
+    mode: WriteMode,
+    old: &EnrollmentStatus,
+    recorded: &mut EnrollmentStatus,
+    meta: &Mutex<ObjectMeta>,
+) -> Result<Synced<K::Record>, Error> {
+    let (id, namespace, settings) =
+        (object.dps_id(), object.namespace().unwrap_or_default(), object.settings());
+    let connection =
+        ctx.connections.for_enrollment(&ctx.client, &ctx.caches, &settings.service_ref, &namespace).await?;
+    let owner_reference = inputs::owner_reference(object)?;
+    let reader = Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets);
+    let material = inputs::resolve(object, &reader, &ctx.digest_key, recorded).await?;
+    let interval = inputs::drift_interval(object, &connection, ctx.config.drift_check_interval);
+    let host = connection.host.clone();
+    let ownership = claim::take(object, &host, mode.may_write(), recorded, &ctx.owners, &ctx.events).await?;
+
+    let inputs_changed = check::inputs_changed(object.meta().generation, old, recorded, &material);
+    let settled = check::settled(old, mode, ownership, inputs_changed);
+    let key = object_key(object);
+    if let Some(next_check) = check::not_due(settled, ctx.memory.since_check(&key), interval) {
+        return Ok(not_due(material, host, next_check));
+    }
+    ctx.memory.checked(&key);
+    let reading = check::reading(settled, ownership, mode.may_write(), interval);
+    let etag = old.etag.as_deref();
+    let known = check::known(&ctx.snapshots, &connection, reading, &id, etag, &material).await?;
+
+    let edges = LiveEdges::new(ctx, object, &connection, &reader, &owner_reference, &id, meta);
+    let mut pass = Pass {
+        what: K::WHAT,
+        id: &id,
+        host: &host,
+        connection: &connection.name,
+        namespace: &namespace,
+        may_write: mode.may_write(),
+        adopt: settings.adoption == Some(Adoption::Adopt),
+        inputs_changed,
+        ownership,
+        material,
+        digest_key: &ctx.digest_key,
+        known,
+    };
+    let (done, record) = converge(&edges, &mut pass, recorded).await?;
+    let Pass { ownership, material, .. } = pass;
+
+    let registrations = observe::registrations::<K>(&connection, &id, record.as_ref()).await;
+    // A group's device keys follow its key once the group is ours and written as specified.
+    let device_keys = match mode.may_write() && ownership == Ownership::Owned {
+        true => {
+            Some(observe::device_keys(object, &reader, &owner_reference, &material, &ctx.digest_key).await?)
+        }
+        false => None,
+    };
+    Ok(Synced {
+        done,
+        record,
+        digest: material.digest,
+        certificates: material.resolved.certificates,
+        registrations,
+        device_keys,
+        host,
+        owned: ownership == Ownership::Owned,
+        next_check: jitter(interval, 0.2),
+    })
+}
+
+/// A settled resource whose drift check is not due: DPS is not consulted.
+fn not_due<R>(material: inputs::Material<'_, R>, host: String, next_check: std::time::Duration) -> Synced<R> {
+    Synced {
+        done: Done::NotDue,
+        record: None,
+        digest: material.digest,
+        certificates: material.resolved.certificates,
+        registrations: Registrations::Unknown,
+        device_keys: None,
+        host,
+        owned: true,
+        next_check,
+    }
+}
+
+/// The end of a pass whose last metadata write failed: when the resource was deleted meanwhile
+/// (gone, or being deleted and so refusing a new finalizer), it never claimed anything, and its
+/// place in the register of owners is given up; otherwise the error.
+async fn gone_meanwhile<K: EnrollmentKind>(
+    ctx: &Context,
+    object: &K,
+    error: kube::Error,
+) -> Result<Action, Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let failed = |error| Error::kube(format!("adding the finalizer to {}", resource_name(object)), error);
+    let latest = match &error {
+        kube::Error::Api(status) if [404, 422].contains(&status.code) => {
+            api.get_opt(&object.name_any()).await.map_err(failed)?
+        }
+        _ => return Err(failed(error)),
+    };
+    if latest.is_some_and(|latest| latest.meta().deletion_timestamp.is_none()) {
+        return Err(failed(error));
+    }
+    ctx.owners.release(object.meta().uid.as_deref().unwrap_or_default());
+    ctx.memory.forget(object);
+    Ok(Action::await_change())
+}

@@ -1,0 +1,209 @@
+//! The status a pass leaves: a pure function of the status before, the spec's generation and what
+//! the pass did.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::{converge::Done, mode::WriteMode, outcome::Synced};
+use crate::{
+    api::{self, AttestationKind, CertificateInfo, CertificatesStatus, EnrollmentStatus},
+    controller::{
+        Error,
+        conditions::{self, CERTIFICATE_EXPIRING_SOON, Observation, READY, RECONCILING, STALLED},
+        desired::{DpsRecord, ResolvedCertificate},
+        error::describe,
+        kinds::{EnrollmentKind, Registrations},
+    },
+    dps,
+};
+
+/// What a pass's status is made from besides its outcome.
+pub struct Facts<'a> {
+    pub id: &'a str,
+    pub generation: Option<i64>,
+    pub attestation: Option<AttestationKind>,
+    /// The write mode shown (paused when the annotation cannot be read).
+    pub mode: WriteMode,
+    pub now: &'a Time,
+    /// How long before a certificate expires it is reported.
+    pub expiry_warning: Duration,
+}
+
+/// The enrollment status after a pass with `result`, from `old` (the status as the pass recorded
+/// it, claims included).
+pub fn enrollment_status<K: EnrollmentKind>(
+    old: &EnrollmentStatus,
+    facts: &Facts<'_>,
+    result: &Result<Synced<K::Record>, Error>,
+) -> EnrollmentStatus {
+    let mut status = EnrollmentStatus {
+        observed_generation: facts.generation,
+        attestation: facts.attestation,
+        ..old.clone()
+    };
+    let mut observations = match result {
+        Err(error) => conditions::outcome(Err((error.reason(), error.is_stalled())), &describe(error)),
+        Ok(synced) => {
+            record_outcome(&mut status, synced);
+            observations::<K>(synced, facts)
+        }
+    };
+    observations.extend(expiry(status.certificates.as_deref(), facts.now, facts.expiry_warning));
+    status.conditions = conditions::update(&old.conditions, &observations, facts.generation, facts.now);
+    status
+}
+
+/// Whether `status` says DPS holds the enrollment as it should.
+pub fn is_ready(status: &EnrollmentStatus) -> bool {
+    status.conditions.iter().any(|c| c.type_ == READY && c.status == "True")
+}
+
+/// What `synced` found, in the status: the record's etag and times, the Secrets' digest, the
+/// certificates, the drift reported and the claim.
+fn record_outcome<R: DpsRecord>(status: &mut EnrollmentStatus, synced: &Synced<R>) {
+    if let Some(record) = &synced.record {
+        status.etag = record.etag().map(str::to_owned);
+        status.provisioning_status = Some(match record.comparable().provisioning_status {
+            dps::models::ProvisioningStatus::Enabled => api::ProvisioningStatus::Enabled,
+            dps::models::ProvisioningStatus::Disabled => api::ProvisioningStatus::Disabled,
+        });
+        status.created_time = record.created().map(|t| Time(t.0));
+        status.last_updated_time = record.updated().map(|t| Time(t.0));
+    }
+    if matches!(synced.done, Done::Reported { missing: true, .. }) {
+        status.etag = None;
+    }
+    if !matches!(synced.done, Done::Reported { .. }) {
+        status.secrets_digest = synced.digest.clone();
+    }
+    status.certificates = synced.certificates.as_ref().map(|(primary, secondary)| {
+        Box::new(CertificatesStatus {
+            primary: Some(certificate_info(primary)),
+            secondary: secondary.as_ref().map(certificate_info),
+        })
+    });
+    status.drift = match &synced.done {
+        Done::Reported { drift, .. } => drift.iter().map(|d| d.to_string()).collect(),
+        _ => Vec::new(),
+    };
+    if synced.owned {
+        status.claimed = Some(true);
+        status.create_pending = None;
+        status.claimed_host = Some(synced.host.clone());
+    }
+}
+
+/// The conditions of a pass that did what its mode allows.
+fn observations<K: EnrollmentKind>(synced: &Synced<K::Record>, facts: &Facts<'_>) -> Vec<Observation> {
+    let (host, what, id) = (&synced.host, K::WHAT, facts.id);
+    let held = format!("DPS at {host} holds {what} {id} as specified.");
+    let reason = facts.mode.in_sync_reason();
+    let why = facts.mode.why_not_written();
+    let (ready, message) = match &synced.done {
+        Done::Reported { missing: true, .. } => {
+            (false, format!("DPS at {host} has no {what} {id}; not created because {why}."))
+        }
+        Done::Reported { drift, .. } if !drift.is_empty() => (
+            false,
+            format!("DPS differs from the spec in {}; not corrected because {why}.", drift.join(", ")),
+        ),
+        Done::Reported { .. } => (true, format!("{held} Nothing is written because {why}.")),
+        _ if facts.mode != WriteMode::Manage => (true, format!("{held} Nothing is written because {why}.")),
+        _ => return conditions::outcome(Ok(reason), &held),
+    };
+    if !matches!(synced.done, Done::Reported { .. }) {
+        return conditions::outcome(Ok(reason), &message);
+    }
+    vec![
+        Observation::new(READY, ready, reason, message.clone()),
+        Observation::new(RECONCILING, false, reason, message.clone()),
+        Observation::new(STALLED, false, reason, message),
+    ]
+}
+
+/// `CertificateExpiringSoon`, when the status lists certificates: true while one of them expires
+/// within `warning` of `now`.
+fn expiry(certificates: Option<&CertificatesStatus>, now: &Time, warning: Duration) -> Option<Observation> {
+    let certificates = certificates?;
+    let soon: Vec<String> =
+        [("primary", certificates.primary.as_ref()), ("secondary", certificates.secondary.as_ref())]
+            .into_iter()
+            .filter_map(|(slot, info)| {
+                let info = info?;
+                let remaining = info.not_after.0.duration_since(now.0);
+                (remaining.as_secs() < warning.as_secs() as i64).then(|| {
+                    format!("the {slot} certificate {} expires on {}", info.subject, info.not_after.0)
+                })
+            })
+            .collect();
+    Some(if soon.is_empty() {
+        Observation::new(
+            CERTIFICATE_EXPIRING_SOON,
+            false,
+            "CertificatesValid",
+            "No certificate expires soon.",
+        )
+    } else {
+        Observation::new(
+            CERTIFICATE_EXPIRING_SOON,
+            true,
+            CERTIFICATE_EXPIRING_SOON,
+            format!("{}.", soon.join("; ")),
+        )
+    })
+}
+
+fn certificate_info(certificate: &ResolvedCertificate) -> CertificateInfo {
+    let facts = &certificate.facts;
+    CertificateInfo {
+        subject: facts.subject.clone(),
+        issuer: facts.issuer.clone(),
+        serial_number: facts.serial_number.clone(),
+        sha1_thumbprint: facts.sha1_thumbprint.clone(),
+        sha256_thumbprint: facts.sha256_thumbprint.clone(),
+        not_before: Time(facts.not_before),
+        not_after: Time(facts.not_after),
+    }
+}
+
+/// The resource's status after a pass that left `enrollment`, and whether it is worth a write:
+/// registrations and device keys the pass did not look at stay as they were.
+pub fn resource_status<K: EnrollmentKind>(
+    old: Option<&K::Status>,
+    enrollment: EnrollmentStatus,
+    id: &str,
+    result: &Result<Synced<K::Record>, Error>,
+) -> (K::Status, bool) {
+    let synced = result.as_ref().ok();
+    let registrations = match synced {
+        Some(synced) if synced.registrations != Registrations::Unknown => synced.registrations.clone(),
+        _ => old.map_or(Registrations::Unknown, K::registrations),
+    };
+    let device_keys = synced
+        .and_then(|synced| synced.device_keys.clone())
+        .unwrap_or_else(|| old.and_then(K::device_keys_status).cloned());
+    let make_status = |enrollment, registrations| {
+        let mut status = K::make_status(enrollment, id.to_owned(), registrations);
+        K::set_device_keys(&mut status, device_keys.clone());
+        status
+    };
+    let old_enrollment = old.map(K::enrollment_status);
+    // A status without an etag (created in bulk, whose answers carry none) gets it, and DPS's
+    // times, with its next write for another reason: filling them in alone would cost a write
+    // per enrollment at the first check, and at every restart.
+    let only_filled_in = old_enrollment.is_some_and(|old_enrollment| {
+        old_enrollment.etag.is_none() && {
+            let bare = EnrollmentStatus {
+                etag: None,
+                created_time: old_enrollment.created_time.clone(),
+                last_updated_time: old_enrollment.last_updated_time.clone(),
+                ..enrollment.clone()
+            };
+            old == Some(&make_status(bare, registrations.clone()))
+        }
+    });
+    let status = make_status(enrollment, registrations);
+    let worth_writing = old != Some(&status) && !only_filled_in;
+    (status, worth_writing)
+}
