@@ -39,7 +39,7 @@ use super::{
     Error,
     context::Context,
     finalizer::{MetadataChange, claim_of, has_finalizer, write_metadata},
-    kinds::{EnrollmentKind, Registrations},
+    kinds::EnrollmentKind,
     names::{object_key, resource_name},
     ownership::{Ownership, annotation_change, recorded_claim},
     retry::{jitter, retry_delay},
@@ -150,25 +150,26 @@ async fn sync<K: EnrollmentKind>(
     let reader = Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets);
     let material = inputs::resolve(object, &reader, &ctx.digest_key, recorded).await?;
     let interval = inputs::drift_interval(object, &connection, ctx.config.drift_check_interval);
-    let host = connection.host.clone();
-    let ownership = claim::take(object, &host, mode.may_write(), recorded, &ctx.owners, &ctx.events).await?;
+    let ownership =
+        claim::take(object, &connection.host, mode.may_write(), recorded, &ctx.owners, &ctx.events).await?;
 
     let inputs_changed = check::inputs_changed(object.meta().generation, old, recorded, &material);
     let settled = check::settled(old, mode, ownership, inputs_changed);
     let key = object_key(object);
+    // A settled resource whose drift check is not due: DPS is not consulted.
     if let Some(next_check) = check::not_due(settled, ctx.memory.since_check(&key), interval) {
-        return Ok(not_due(material, host, next_check));
+        return Ok(Synced::new(Done::NotDue, None, material, connection.host.clone(), true, next_check));
     }
     ctx.memory.checked(&key);
     let reading = check::reading(settled, ownership, mode.may_write(), interval);
-    let etag = old.etag.as_deref();
-    let known = check::known(&ctx.snapshots, &connection, reading, &id, etag, &material).await?;
+    let known =
+        check::known(&ctx.snapshots, &connection, reading, &id, old.etag.as_deref(), &material).await?;
 
     let edges = LiveEdges::new(ctx, object, &connection, &reader, &owner_reference, &id, meta);
     let mut pass = Pass {
         what: K::WHAT,
         id: &id,
-        host: &host,
+        host: &connection.host,
         connection: &connection.name,
         namespace: &namespace,
         may_write: mode.may_write(),
@@ -183,39 +184,16 @@ async fn sync<K: EnrollmentKind>(
     let Pass { ownership, material, .. } = pass;
 
     let registrations = observe::registrations::<K>(&connection, &id, record.as_ref()).await;
+    let owned = ownership == Ownership::Owned;
     // A group's device keys follow its key once the group is ours and written as specified.
-    let device_keys = match mode.may_write() && ownership == Ownership::Owned {
+    let device_keys = match mode.may_write() && owned {
         true => {
             Some(observe::device_keys(object, &reader, &owner_reference, &material, &ctx.digest_key).await?)
         }
         false => None,
     };
-    Ok(Synced {
-        done,
-        record,
-        digest: material.digest,
-        certificates: material.resolved.certificates,
-        registrations,
-        device_keys,
-        host,
-        owned: ownership == Ownership::Owned,
-        next_check: jitter(interval, 0.2),
-    })
-}
-
-/// A settled resource whose drift check is not due: DPS is not consulted.
-fn not_due<R>(material: inputs::Material<'_, R>, host: String, next_check: std::time::Duration) -> Synced<R> {
-    Synced {
-        done: Done::NotDue,
-        record: None,
-        digest: material.digest,
-        certificates: material.resolved.certificates,
-        registrations: Registrations::Unknown,
-        device_keys: None,
-        host,
-        owned: true,
-        next_check,
-    }
+    let synced = Synced::new(done, record, material, connection.host.clone(), owned, jitter(interval, 0.2));
+    Ok(Synced { registrations, device_keys, ..synced })
 }
 
 /// The end of a pass whose last metadata write failed: when the resource was deleted meanwhile

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::converge::Done;
+use super::{converge::Done, inputs::Material};
 use crate::{
     api::DeviceKeysStatus,
     controller::{desired::ResolvedCertificate, kinds::Registrations},
@@ -25,4 +25,29 @@ pub struct Synced<R> {
     pub owned: bool,
     /// When to look at DPS again.
     pub next_check: Duration,
+}
+
+impl<R> Synced<R> {
+    /// What a pass that did `done` on `host` leaves, its registrations and device keys not looked
+    /// at (yet).
+    pub fn new(
+        done: Done,
+        record: Option<R>,
+        material: Material<'_, R>,
+        host: String,
+        owned: bool,
+        next_check: Duration,
+    ) -> Self {
+        Self {
+            done,
+            record,
+            digest: material.digest,
+            certificates: material.resolved.certificates,
+            registrations: Registrations::Unknown,
+            device_keys: None,
+            host,
+            owned,
+            next_check,
+        }
+    }
 }
