@@ -835,54 +835,14 @@ async fn device_api(
     match operation {
         DeviceOperation::Register { .. } => {
             take_quota(shared)?;
-            // The swagger's DeviceRegistration: the id, and a TPM's keys or a payload this
-            // emulator does not use.
-            let request = if body.is_empty() { json!({}) } else { parse_json(body)? };
-            if !request.is_object()
-                || !(request["registrationId"].is_string() || request["registrationId"].is_null())
-            {
-                return Err(ApiError::bad_request(
-                    400004,
-                    "The body must be a DeviceRegistration: {\"registrationId\": \"...\"}.",
-                ));
-            }
-            if let Some(id) = request["registrationId"].as_str()
-                && !id.eq_ignore_ascii_case(&registration_id)
-            {
-                return Err(ApiError::bad_request(
-                    400004,
-                    format!(
-                        "The registrationId '{id}' in the body does not match '{registration_id}' in the path."
-                    ),
-                ));
-            }
+            let request = registration_request(body, &registration_id)?;
             let (enrolled, current) = {
                 let store = lock(&shared.store);
                 let current =
                     store.registrations.get(&registration_id.to_lowercase()).map(|r| r.state.clone());
                 (enrolled(&store)?, current)
             };
-            let hubs = device::hubs_of(&enrolled.item, shared.linked_hubs.as_deref().unwrap_or_default());
-            let policy = enrolled.item.get("allocationPolicy").and_then(Value::as_str);
-            let assignment = if policy == Some("custom") {
-                let call = device::webhook_request(
-                    &enrolled,
-                    &registration_id,
-                    current.as_ref(),
-                    &request["payload"],
-                    &hubs,
-                );
-                let url =
-                    enrolled.item["customAllocationDefinition"]["webhookUrl"].as_str().unwrap_or_default();
-                custom_allocation(shared, url, &call)
-                    .await
-                    .and_then(|answer| device::webhook_assignment(&answer, &hubs))
-            } else {
-                device::allocate(policy, &hubs, &registration_id).map(device::Assignment::from).ok_or_else(|| {
-                    "No IoT hub to assign: the enrollment names none and no hub is linked to this DPS (--linked-hub)."
-                        .to_owned()
-                })
-            };
+            let assignment = assign(shared, &enrolled, &registration_id, current.as_ref(), &request).await;
             let mut store = lock(&shared.store);
             let state =
                 device::register(&mut store, &enrolled, &registration_id, assignment, jiff::Timestamp::now());
@@ -921,6 +881,53 @@ async fn device_api(
             Ok(Json(device::device_view(record.state.clone(), &enrolled)).into_response())
         }
     }
+}
+
+/// The body of a registration: the swagger's DeviceRegistration, with the id (if any) of the
+/// path, and a TPM's keys or a payload this emulator does not use.
+fn registration_request(body: &Bytes, registration_id: &str) -> Result<Value, ApiError> {
+    let request = if body.is_empty() { json!({}) } else { parse_json(body)? };
+    if !request.is_object() || !(request["registrationId"].is_string() || request["registrationId"].is_null())
+    {
+        return Err(ApiError::bad_request(
+            400004,
+            "The body must be a DeviceRegistration: {\"registrationId\": \"...\"}.",
+        ));
+    }
+    if let Some(id) = request["registrationId"].as_str()
+        && !id.eq_ignore_ascii_case(registration_id)
+    {
+        return Err(ApiError::bad_request(
+            400004,
+            format!("The registrationId '{id}' in the body does not match '{registration_id}' in the path."),
+        ));
+    }
+    Ok(request)
+}
+
+/// The hub a registration is assigned to, by the enrollment's allocation policy: its custom
+/// allocation webhook (sent the registration `current`ly held and the request's payload), or the
+/// hubs it names or this DPS links.
+async fn assign(
+    shared: &Shared,
+    enrolled: &device::Enrolled,
+    registration_id: &str,
+    current: Option<&Value>,
+    request: &Value,
+) -> Result<device::Assignment, String> {
+    let hubs = device::hubs_of(&enrolled.item, shared.linked_hubs.as_deref().unwrap_or_default());
+    let policy = enrolled.item.get("allocationPolicy").and_then(Value::as_str);
+    if policy == Some("custom") {
+        let call = device::webhook_request(enrolled, registration_id, current, &request["payload"], &hubs);
+        let url = enrolled.item["customAllocationDefinition"]["webhookUrl"].as_str().unwrap_or_default();
+        return custom_allocation(shared, url, &call)
+            .await
+            .and_then(|answer| device::webhook_assignment(&answer, &hubs));
+    }
+    device::allocate(policy, &hubs, registration_id).map(device::Assignment::from).ok_or_else(|| {
+        "No IoT hub to assign: the enrollment names none and no hub is linked to this DPS (--linked-hub)."
+            .to_owned()
+    })
 }
 
 /// How long a custom allocation webhook may take to answer.
