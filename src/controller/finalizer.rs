@@ -4,14 +4,14 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
-    Api, ResourceExt,
+    ResourceExt,
     api::{Patch, PatchParams},
 };
 use serde_json::{Value, json};
 
 use super::{
     Error,
-    kinds::EnrollmentKind,
+    kinds::{EnrollmentKind, api_of},
     memory::Memories,
     names::{object_key, resource_name},
 };
@@ -129,7 +129,7 @@ pub async fn write_metadata<K>(
 where
     K: EnrollmentKind,
 {
-    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let api = api_of(client, object);
     let key = object_key(object);
     let mut meta = std::borrow::Cow::Borrowed(meta);
     let mut attempt = 0;
@@ -181,7 +181,7 @@ where
         {"op": "remove", "path": path},
     ]))
     .expect("a JSON patch");
-    let api: Api<K> = Api::namespaced(client.clone(), &object.namespace().unwrap_or_default());
+    let api = api_of(client, object);
     match api.patch(&object.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await {
         Ok(_) => Ok(()),
         // Gone already: another pass removed the last finalizer.

@@ -65,6 +65,11 @@ pub trait EnrollmentKind:
     fn set_device_keys(_status: &mut Self::Status, _written: Option<api::DeviceKeysStatus>) {}
 }
 
+/// The API of the enrollments of `object`'s kind in its namespace.
+pub fn api_of<K: EnrollmentKind>(client: &kube::Client, object: &K) -> kube::Api<K> {
+    kube::Api::namespaced(client.clone(), &object.namespace().unwrap_or_default())
+}
+
 impl EnrollmentKind for EnrollmentGroup {
     type Record = dps::models::EnrollmentGroup;
     type Status = EnrollmentGroupStatus;

@@ -15,7 +15,7 @@ use crate::{
         desired::{AttestationInput, attestation_type},
         error::describe,
         finalizer::{claim_of, remove_finalizer},
-        kinds::{EnrollmentKind, Registrations},
+        kinds::{EnrollmentKind, Registrations, api_of},
         names::resource_name,
         ownership::{Ownership, holds_claim, ownership, recorded_claim},
         secrets::Reader,
@@ -37,7 +37,7 @@ enum Outcome {
 pub async fn cleanup<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<Action, Error> {
     // The deletion policy that applies is the one on the latest object: the watch cache may still
     // hold a copy from before the user set `Orphan` just ahead of the delete.
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let api = api_of(&ctx.client, object);
     let latest = api.get_opt(&object.name_any()).await;
     let Some(object) = latest.map_err(|e| Error::kube(format!("reading {}", resource_name(object)), e))?
     else {
@@ -88,7 +88,7 @@ async fn report_blocked<K: EnrollmentKind>(object: &K, ctx: &Context, error: Err
     let mut status = K::make_status(enrollment, object.dps_id(), registrations);
     K::set_device_keys(&mut status, old.and_then(K::device_keys_status).cloned());
     if old != Some(&status) {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+        let api = api_of(&ctx.client, object);
         if let Err(write_failed) = ctx.memory.write_status(&api, object, &status).await {
             return write_failed;
         }

@@ -27,7 +27,7 @@ mod status;
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::{Api, ResourceExt, runtime::controller::Action};
+use kube::{ResourceExt, runtime::controller::Action};
 
 use self::{
     converge::{Done, Pass, converge},
@@ -39,7 +39,7 @@ use super::{
     Error,
     context::Context,
     finalizer::{MetadataChange, claim_of, has_finalizer, write_metadata},
-    kinds::EnrollmentKind,
+    kinds::{EnrollmentKind, api_of},
     names::{object_key, resource_name},
     ownership::{Ownership, annotation_change, recorded_claim},
     retry::{jitter, retry_delay},
@@ -48,7 +48,7 @@ use super::{
 use crate::api::{Adoption, EnrollmentStatus};
 
 pub async fn reconcile<K: EnrollmentKind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let api = api_of(&ctx.client, &*object);
     let key = object_key(&*object);
     let started = std::time::Instant::now();
     // The next check is what this pass decides.
@@ -122,7 +122,7 @@ async fn apply<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<Action, E
     }
     let (status, worth_writing) = status::resource_status::<K>(old, enrollment, &id, &result);
     if worth_writing {
-        let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+        let api = api_of(&ctx.client, object);
         ctx.memory.write_status(&api, object, &status).await?;
     }
     for note in notes {
@@ -204,7 +204,7 @@ async fn gone_meanwhile<K: EnrollmentKind>(
     object: &K,
     error: kube::Error,
 ) -> Result<Action, Error> {
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+    let api = api_of(&ctx.client, object);
     let failed = |error| Error::kube(format!("adding the finalizer to {}", resource_name(object)), error);
     let latest = match &error {
         kube::Error::Api(status) if [404, 422].contains(&status.code) => {
