@@ -9,7 +9,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use axum::{Json, Router, routing::post};
 use kube::core::{
     DynamicObject,
-    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
+    admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde_json::Value;
@@ -42,6 +42,24 @@ pub fn check(object: &Value) -> Result<(), String> {
     desired::check_initial_twin(Some(&twin)).map_err(|e| e.to_string())
 }
 
+/// What the webhook refuses of a `DELETE` of `old`, the `kind` `namespace`/`name` as stored: one
+/// protected from deletion, by its spec or (as its status records) its connection's default. The
+/// message says how to lift the protection.
+pub fn check_deletion(kind: &str, namespace: &str, name: &str, old: &Value) -> Result<(), String> {
+    let spec = old.pointer("/spec/deletionProtection").and_then(Value::as_bool);
+    let by_default = old.pointer("/status/deletionProtected").and_then(Value::as_bool);
+    let why = match (spec, by_default) {
+        (Some(true), _) => "its spec.deletionProtection is true",
+        (None, Some(true)) => "its connection's enrollmentDefaults.deletionProtection is true",
+        _ => return Ok(()),
+    };
+    Err(format!(
+        "{kind} {namespace}/{name} is protected from deletion: {why}. To delete it, first lift the protection: \
+         kubectl patch {} {name} -n {namespace} --type merge -p '{{\"spec\":{{\"deletionProtection\":false}}}}'",
+        kind.to_lowercase()
+    ))
+}
+
 fn answer(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObject> {
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(request) => request,
@@ -50,26 +68,31 @@ fn answer(review: AdmissionReview<DynamicObject>) -> AdmissionReview<DynamicObje
     let response = AdmissionResponse::from(&request);
     let json = |object: &Option<DynamicObject>| object.as_ref().and_then(|o| serde_json::to_value(o).ok());
     let (object, old) = (json(&request.object), json(&request.old_object));
-    let twin = |object: &Option<Value>| object.as_ref().and_then(|o| o.pointer("/spec/initialTwin")).cloned();
+    let namespace = request.namespace.as_deref().unwrap_or_default();
+    let verdict = match (&request.operation, &old) {
+        (Operation::Delete, Some(old)) => check_deletion(&request.kind.kind, namespace, &request.name, old),
+        (Operation::Delete, None) => Ok(()),
+        _ => check_change(object.as_ref(), old.as_ref()),
+    };
+    match verdict {
+        Err(message) => {
+            tracing::info!(kind = %request.kind.kind, namespace, name = %request.name, %message, "admission refused");
+            response.deny(message).into_review()
+        }
+        Ok(()) => response.into_review(),
+    }
+}
+
+/// What the webhook refuses of a create or an update from `old` to `object`.
+fn check_change(object: Option<&Value>, old: Option<&Value>) -> Result<(), String> {
+    let twin = |object: Option<&Value>| object.and_then(|o| o.pointer("/spec/initialTwin")).cloned();
     // An update that leaves the twin as it was (the operator's own finalizer and status writes,
     // a label) is never refused: a resource admitted before the webhook existed must still be
     // able to change, and to go.
-    if old.is_some() && twin(&old) == twin(&object) {
-        return response.into_review();
+    if old.is_some() && twin(old) == twin(object) {
+        return Ok(());
     }
-    match object.as_ref().map(check) {
-        Some(Err(message)) => {
-            tracing::info!(
-                kind = %request.kind.kind,
-                namespace = request.namespace.as_deref().unwrap_or_default(),
-                name = %request.name,
-                %message,
-                "admission refused"
-            );
-            response.deny(message).into_review()
-        }
-        _ => response.into_review(),
-    }
+    object.map_or(Ok(()), check)
 }
 
 pub fn router() -> Router {
@@ -207,5 +230,31 @@ mod tests {
         );
         let without_twin = json!({"apiVersion": "dps.iot.dev/v1alpha1", "kind": "EnrollmentGroup", "metadata": {"name": "g"}, "spec": {}});
         assert_eq!(response(&answer(review(without_twin)))["allowed"], json!(true));
+    }
+
+    #[test]
+    fn a_delete_is_refused_only_while_the_protection_is_in_force() {
+        let stored = |spec: Value, status: Value| json!({"spec": spec, "status": status});
+        let check = |object: &Value| check_deletion("IndividualEnrollment", "iot", "boiler", object);
+        let by_spec = check(&stored(json!({"deletionProtection": true}), json!({}))).unwrap_err();
+        assert!(by_spec.contains("IndividualEnrollment iot/boiler is protected from deletion"), "{by_spec}");
+        assert!(by_spec.contains("its spec.deletionProtection is true"), "{by_spec}");
+        assert!(
+            by_spec.contains(
+                r#"kubectl patch individualenrollment boiler -n iot --type merge -p '{"spec":{"deletionProtection":false}}'"#
+            ),
+            "{by_spec}"
+        );
+        let by_default = check(&stored(json!({}), json!({"deletionProtected": true}))).unwrap_err();
+        assert!(
+            by_default.contains("its connection's enrollmentDefaults.deletionProtection"),
+            "{by_default}"
+        );
+        // The spec's own `false` wins over a default the status still records.
+        assert!(
+            check(&stored(json!({"deletionProtection": false}), json!({"deletionProtected": true}))).is_ok()
+        );
+        assert!(check(&stored(json!({}), json!({}))).is_ok());
+        assert!(check(&json!({"spec": {}})).is_ok(), "no status yet");
     }
 }

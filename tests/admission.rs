@@ -273,6 +273,7 @@ fn printer_columns_show_ready_reason_id_and_attestation_from_status() {
             "enrollmentGroupId": "thermostats-2026",
             "attestation": "symmetricKey",
             "provisioningStatus": "disabled",
+            "deletionProtected": true,
         },
     });
     let patched = kubectl(
@@ -297,7 +298,8 @@ fn printer_columns_show_ready_reason_id_and_attestation_from_status() {
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(&row[..5], ["thermostats", "True", "Synced", "thermostats-2026", "symmetricKey"]);
 
-    // `-o wide` adds whether DPS lets devices in, the connection and the Ready message.
+    // `-o wide` adds whether DPS lets devices in, the connection, whether deleting it is refused
+    // and the Ready message.
     let wide = kubectl_ok(&["get", "enrollmentgroup", "thermostats", "-n", &namespace, "-o", "wide"]);
     let mut lines = wide.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
@@ -312,18 +314,19 @@ fn printer_columns_show_ready_reason_id_and_attestation_from_status() {
             "ATTESTATION",
             "PROVISIONING",
             "CONNECTION",
+            "PROTECTED",
             "MESSAGE",
             "AGE"
         ]
     );
     let row = lines.next().unwrap();
     let connection = yaml_to_json(&yaml)["spec"]["serviceRef"]["name"].as_str().unwrap().to_owned();
-    let expected = format!("symmetricKey   disabled       {connection}");
+    let expected = format!("symmetricKey   disabled       {connection}   true");
     assert!(
         row.split_whitespace()
             .collect::<Vec<_>>()
-            .windows(3)
-            .any(|w| w == ["symmetricKey", "disabled", connection.as_str()]),
+            .windows(4)
+            .any(|w| w == ["symmetricKey", "disabled", connection.as_str(), "true"]),
         "{row} (expected {expected})"
     );
     assert!(row.contains("DPS holds the enrollment group as specified."), "{row}");
@@ -380,6 +383,7 @@ async fn a_complete_status_survives_the_status_subresource() {
         create_pending: Some(true),
         secrets_digest: Some("0f".repeat(32)),
         written_digest: Some(format!("hmac-sha256:{}", "1e".repeat(16))),
+        deletion_protected: Some(true),
         etag: Some("\"IjA2MDA4ZTYyIg==\"".into()),
         created_time: Some(time("2026-11-26T07:00:00Z")),
         last_updated_time: Some(time("2026-11-26T08:00:00Z")),

@@ -78,6 +78,14 @@ pub struct EnrollmentSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
 
+    /// When true, deleting this resource is refused (by the operator's admission webhook) until
+    /// this is set to false, an ordinary edit that RBAC governs: neither `kubectl delete`, nor
+    /// deleting its namespace, nor `helm uninstall` removes the enrollment from Kubernetes or DPS
+    /// by accident. Defaults to the connection's `enrollmentDefaults.deletionProtection`, else
+    /// false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_protection: Option<bool>,
+
     /// With deletion policy `Delete`, also delete the DPS registration records of the devices
     /// that provisioned through this enrollment (not the devices in IoT Hub). Defaults to false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -180,6 +188,14 @@ pub struct InitialTwin {
 /// JSON values takes several times the memory (a one-entry map about 600 bytes).
 #[derive(Clone, Debug, PartialEq)]
 pub struct JsonObject(Box<str>);
+
+impl EnrollmentSettings {
+    /// Whether deleting the resource is refused: as the spec says, else as `default` (the
+    /// connection's) says.
+    pub fn deletion_protected(&self, default: Option<bool>) -> bool {
+        self.deletion_protection.or(default).unwrap_or(false)
+    }
+}
 
 impl JsonObject {
     pub fn to_map(&self) -> Map<String, Value> {
@@ -313,6 +329,11 @@ pub struct EnrollmentStatus {
     /// was lost: only a record it did not write is reported as changed outside Kubernetes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_digest: Option<String>,
+
+    /// True while deleting this resource is refused: `spec.deletionProtection`, or, when the spec
+    /// does not say, its connection's `enrollmentDefaults.deletionProtection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_protected: Option<bool>,
 
     /// Whether DPS lets devices provision through the enrollment, as DPS holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

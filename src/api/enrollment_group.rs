@@ -30,6 +30,7 @@ use super::{
     printcolumn(name = "Attestation", type_ = "string", json_path = ".status.attestation"),
     printcolumn(name = "Provisioning", type_ = "string", description = "enabled or disabled, as DPS holds it", json_path = ".status.provisioningStatus", priority = "1"),
     printcolumn(name = "Connection", type_ = "string", description = "The ProvisioningService or ClusterProvisioningService used", json_path = ".spec.serviceRef.name", priority = "1"),
+    printcolumn(name = "Protected", type_ = "boolean", description = "Whether deleting the resource is refused", json_path = ".status.deletionProtected", priority = "1"),
     printcolumn(name = "Message", type_ = "string", json_path = r#".status.conditions[?(@.type=="Ready")].message"#, priority = "1"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("(has(self.spec.enrollmentGroupId) ? self.spec.enrollmentGroupId : self.metadata.name) == (has(oldSelf.spec.enrollmentGroupId) ? oldSelf.spec.enrollmentGroupId : oldSelf.metadata.name)")

@@ -243,6 +243,11 @@ pub struct EnrollmentDefaults {
     /// What happens in DPS when an enrollment resource is deleted. Defaults to `Delete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+
+    /// Whether deleting an enrollment resource that uses this connection is refused until its
+    /// `spec.deletionProtection` is set to false. Defaults to false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_protection: Option<bool>,
 }
 
 /// What the operator observed of a DPS connection.

@@ -140,6 +140,11 @@ async fn left_by_policy<K: EnrollmentKind>(
         Err(error) => return left(true, &format!("nothing is deleted because the {error}")),
     }
     let settings = object.settings();
+    // The webhook refuses the delete of a protected resource; without it (not installed), the
+    // enrollment at least stays in DPS.
+    if settings.deletion_protected(status.deletion_protected) {
+        return left(true, "it is protected from deletion (deletionProtection)");
+    }
     if settings.deletion_policy == Some(DeletionPolicy::Orphan) {
         return left(true, "its deletionPolicy is Orphan");
     }

@@ -135,6 +135,7 @@ mod tests {
             device_keys: None,
             host: "dps.example".into(),
             owned: true,
+            protected: false,
             next_check: Duration::from_secs(600),
         }
     }

@@ -150,6 +150,8 @@ async fn sync<K: EnrollmentKind>(
     let reader = Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets);
     let material = inputs::resolve(object, &reader, &ctx.digest_key, recorded).await?;
     let interval = inputs::drift_interval(object, &connection, ctx.config.drift_check_interval);
+    let protected =
+        settings.deletion_protected(connection.defaults.as_ref().and_then(|d| d.deletion_protection));
     let ownership =
         claim::take(object, &connection.host, mode.may_write(), recorded, &ctx.owners, &ctx.events).await?;
 
@@ -158,7 +160,8 @@ async fn sync<K: EnrollmentKind>(
     let key = object_key(object);
     // A settled resource whose drift check is not due: DPS is not consulted.
     if let Some(next_check) = check::not_due(settled, ctx.memory.since_check(&key), interval) {
-        return Ok(Synced::new(Done::NotDue, None, material, connection.host.clone(), true, next_check));
+        let synced = Synced::new(Done::NotDue, None, material, connection.host.clone(), true, next_check);
+        return Ok(Synced { protected, ..synced });
     }
     ctx.memory.checked(&key);
     let reading = check::reading(settled, ownership, mode.may_write(), interval);
@@ -193,7 +196,7 @@ async fn sync<K: EnrollmentKind>(
         false => None,
     };
     let synced = Synced::new(done, record, material, connection.host.clone(), owned, jitter(interval, 0.2));
-    Ok(Synced { registrations, device_keys, ..synced })
+    Ok(Synced { registrations, device_keys, protected, ..synced })
 }
 
 /// The end of a pass whose last metadata write failed: when the resource was deleted meanwhile

@@ -23,6 +23,8 @@ pub struct Synced<R> {
     pub host: String,
     /// Whether the enrollment is now this resource's on `host`, confirmed by DPS.
     pub owned: bool,
+    /// Whether deleting the resource is refused (`spec.deletionProtection`, else the connection's).
+    pub protected: bool,
     /// When to look at DPS again.
     pub next_check: Duration,
 }
@@ -47,6 +49,7 @@ impl<R> Synced<R> {
             device_keys: None,
             host,
             owned,
+            protected: false,
             next_check,
         }
     }

@@ -87,6 +87,7 @@ fn record_outcome<R: DpsRecord>(status: &mut EnrollmentStatus, synced: &Synced<R
         Done::Reported { drift, .. } => drift.iter().map(|d| d.to_string()).collect(),
         _ => Vec::new(),
     };
+    status.deletion_protected = synced.protected.then_some(true);
     if synced.owned {
         status.claimed = Some(true);
         status.create_pending = None;
