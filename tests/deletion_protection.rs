@@ -275,6 +275,25 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
     for name in ["guarded", "inherited", "charted", "housed"] {
         assert!(!in_dps(&operator, name).await, "{name} left DPS");
     }
+
+    // Without the webhook (not installed), a protected enrollment's delete goes through in
+    // Kubernetes, and the operator leaves the enrollment in DPS.
+    operator.apply(&enrollment("unwatched", service, "dps", "  deletionProtection: true\n")).await;
+    operator.eventually("individualenrollment/unwatched", "Ready", is_ready).await;
+    support::kubectl_ok(&["delete", "validatingwebhookconfiguration", "dps-operator-deletion-protection"]);
+    eventually("the webhook is no longer called", Duration::from_secs(30), async || {
+        let dry_run =
+            operator.kubectl(&["delete", "individualenrollment/unwatched", "--dry-run=server"], None).await;
+        dry_run.success.then_some(())
+    })
+    .await;
+    let deleted =
+        operator.kubectl(&["delete", "individualenrollment/unwatched", "--timeout=60s"], None).await;
+    assert!(deleted.success, "{}", deleted.stderr);
+    assert!(in_dps(&operator, "unwatched").await, "a protected enrollment stays in DPS");
+    let (orphaned, _) =
+        operator.eventually_event("unwatched", "Orphaned", |(_, reason, _)| reason == "Orphaned").await;
+    assert!(orphaned.2.contains("protected from deletion"), "{orphaned:?}");
     let _ = std::fs::remove_dir_all(chart);
     operator.stop();
 }
