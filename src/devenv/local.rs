@@ -48,6 +48,41 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
     kubectl(&["label", "--overwrite", "namespace", namespace, "iot.contoso.com/dps-access=factory"], None)?;
     kubectl(&["apply", "-f", "-"], Some(&example_inputs(&emulator, namespace)?))?;
 
+    let operator = start_operator(&control_plane, &emulator, emulator_ca, &token_file).await?;
+
+    let examples = examples.display().to_string();
+    kubectl(&["apply", "-n", namespace, "-f", &examples], None)?;
+    let wait = |resources: &[&str]| {
+        let mut args = vec!["wait", "--for=condition=Ready", "--all", "--timeout=120s"];
+        args.extend_from_slice(resources);
+        tokio::task::block_in_place(|| kubectl(&args, None))
+    };
+    wait(&["-n", namespace, "provisioningservices,enrollmentgroups,individualenrollments"])?;
+    wait(&["clusterprovisioningservices"])?;
+
+    let registration = provision_sample(&control_plane, &emulator, namespace, &ca_pem).await?;
+    let resources = kubectl(&["get", "dps", "--all-namespaces"], None)?;
+    println!(
+        "{}",
+        summary(&control_plane, &emulator, &examples, &resources, &registration, namespace, &ca_file)
+    );
+    crate::signals::shutdown()
+        .await
+        .map_err(|source| Error::io("wait for a stop signal in", Path::new("this process"), source))?;
+    operator.abort();
+    emulator.stop().await;
+    control_plane.stop();
+    Ok(())
+}
+
+/// Starts the operator on `control_plane`, trusting the emulator's CA and reaching it for the
+/// examples' DPS host; workload identity reads `token_file`.
+async fn start_operator(
+    control_plane: &ControlPlane,
+    emulator: &RunningEmulator,
+    emulator_ca: String,
+    token_file: &Path,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
     let config = Config {
         operator_namespace: OPERATOR_NAMESPACE.into(),
         extra_ca_certificates: Some(emulator_ca),
@@ -60,33 +95,31 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
         ..Config::default()
     };
     let client = control_plane.client().await?;
-    let operator = tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let health = Arc::new(crate::http::Health::default());
         if let Err(error) = controller::run(client, config, Vec::new(), None, health).await {
             eprintln!("the operator stopped: {error}");
         }
-    });
+    }))
+}
 
-    let examples = examples.display().to_string();
-    kubectl(&["apply", "-n", namespace, "-f", &examples], None)?;
-    let wait = |resources: &[&str]| {
-        let mut args = vec!["wait", "--for=condition=Ready", "--all", "--timeout=120s"];
-        args.extend_from_slice(resources);
-        tokio::task::block_in_place(|| kubectl(&args, None))
-    };
-    wait(&["-n", namespace, "provisioningservices,enrollmentgroups,individualenrollments"])?;
-    wait(&["clusterprovisioningservices"])?;
-
-    // A sample device provisions with the key the operator derived for it (the thermostats
-    // example's `deviceKeys`), and the group's status shows it: a shorter drift check interval
-    // makes the operator look at once, and every minute after.
+/// A sample device provisions with the key the operator derived for it (the thermostats
+/// example's `deviceKeys`), and the group's status shows it: a shorter drift check interval makes
+/// the operator look at once, and every minute after. Answers the device's registration state.
+async fn provision_sample(
+    control_plane: &ControlPlane,
+    emulator: &RunningEmulator,
+    namespace: &str,
+    ca_pem: &str,
+) -> Result<serde_json::Value, Error> {
+    let kubectl = |args: &[&str], stdin: Option<&str>| run(control_plane.kubectl().args(args), stdin);
     let selector = format!("jsonpath={{.data.{SAMPLE_DEVICE}}}");
     let key = kubectl(&["get", "secret", DEVICE_KEYS_SECRET, "-n", namespace, "-o", &selector], None)?;
     let key = BASE64.decode(key.trim()).ok().and_then(|key| String::from_utf8(key).ok()).unwrap_or_default();
     let endpoint = device::Endpoint {
         host: EXAMPLE_HOST,
         address: emulator.address(),
-        ca_pem: &ca_pem,
+        ca_pem,
         id_scope: emulator.id_scope(),
     };
     let registration = device::provision(&endpoint, SAMPLE_DEVICE, &key).await?;
@@ -99,8 +132,20 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
         let assigned = "--for=jsonpath={.status.registrations.assigned}=1";
         kubectl(&["wait", assigned, "enrollmentgroup/thermostats", "-n", namespace, "--timeout=120s"], None)
     })?;
-    let resources = kubectl(&["get", "dps", "--all-namespaces"], None)?;
-    println!(
+    Ok(registration)
+}
+
+/// What `dps-operator local` tells its user once everything is up.
+fn summary(
+    control_plane: &ControlPlane,
+    emulator: &RunningEmulator,
+    examples: &str,
+    resources: &str,
+    registration: &serde_json::Value,
+    namespace: &str,
+    ca_file: &Path,
+) -> String {
+    format!(
         "Everything runs on this machine: a Kubernetes API server at {server} with \
          kube-controller-manager, a DPS emulator standing in \
          for {EXAMPLE_HOST} at {emulator}, and the operator. The manifests from {examples} are applied and \
@@ -125,14 +170,7 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
         hub = registration["assignedHub"].as_str().unwrap_or_default(),
         device_id = registration["deviceId"].as_str().unwrap_or_default(),
         id_scope = emulator.id_scope(),
-    );
-    crate::signals::shutdown()
-        .await
-        .map_err(|source| Error::io("wait for a stop signal in", Path::new("this process"), source))?;
-    operator.abort();
-    emulator.stop().await;
-    control_plane.stop();
-    Ok(())
+    )
 }
 
 /// The Secrets and ConfigMaps the examples in `examples/` reference, pointing at the emulator
