@@ -47,26 +47,69 @@ async fn main() {
     let operator_args = args.get(1..).unwrap_or_default().to_vec();
     let control_plane = Tools::locate().and_then(ControlPlane::start).expect("the control plane starts");
     control_plane.install_crds().expect("the CRDs install");
+    let setup = Setup::from_environment();
+    let emulator =
+        RunningEmulator::start(EmulatorConfig { operations_per_minute: setup.rate, ..Default::default() })
+            .await
+            .expect("the emulator starts");
+    let (watched, applied) = apply_all(&control_plane, &emulator, &setup, count).await;
+    let setup = Setup { applied, ..setup };
+    let bench =
+        Bench { control_plane: &control_plane, emulator: &emulator, watched: &watched, operator_args, count };
+
+    let (operator, converged) = bench.converge(&setup.faults).await;
+    let steady = bench.steady(&operator).await;
+    let (mut operator, restarted) = bench.restart(operator).await;
+    let deleted = bench.delete_all().await;
+    operator.stop();
+    emulator.stop().await;
+    control_plane.stop();
+
+    println!("| | {count} |\n|---|---|");
+    for (what, value) in rows(count, &setup, &converged, &steady, &restarted, deleted) {
+        println!("| {what} | {value} |");
+    }
+}
+
+/// What a run is set up with: the emulator's faults while converging (`BENCH_FAULTS`), its rate
+/// (`BENCH_RATE`), and how long applying the manifests took.
+struct Setup {
+    faults: Faults,
+    rate: Option<u32>,
+    applied: Duration,
+}
+
+impl Setup {
+    fn from_environment() -> Self {
+        let faults = std::env::var("BENCH_FAULTS")
+            .map(|json| serde_json::from_str(&json).expect("BENCH_FAULTS is the JSON of emulator faults"))
+            .unwrap_or_default();
+        let rate =
+            std::env::var("BENCH_RATE").ok().map(|r| r.parse().expect("BENCH_RATE is operations a minute"));
+        Self { faults, rate, applied: Duration::ZERO }
+    }
+}
+
+/// The connection, unrelated Secrets and `count` enrollments, applied before the operator starts
+/// (this times the operator, not the API server taking in the manifests): a watch of them, and
+/// how long the apply took.
+async fn apply_all(
+    control_plane: &ControlPlane,
+    emulator: &RunningEmulator,
+    setup: &Setup,
+    count: usize,
+) -> (Watched, Duration) {
     let kubectl = |args: &[&str], stdin: Option<&str>| {
         run(control_plane.kubectl().args(args), stdin).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
     };
-    let faults: Faults = std::env::var("BENCH_FAULTS")
-        .map(|json| serde_json::from_str(&json).expect("BENCH_FAULTS is the JSON of emulator faults"))
-        .unwrap_or_default();
-    let rate: Option<u32> =
-        std::env::var("BENCH_RATE").ok().map(|r| r.parse().expect("BENCH_RATE is operations a minute"));
-    let emulator =
-        RunningEmulator::start(EmulatorConfig { operations_per_minute: rate, ..Default::default() })
-            .await
-            .expect("the emulator starts");
     kubectl(&["create", "namespace", NAMESPACE], None);
-    kubectl(&["apply", "--server-side", "-f", "-"], Some(&connection(&emulator, rate.unwrap_or(100_000))));
+    kubectl(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&connection(emulator, setup.rate.unwrap_or(100_000))),
+    );
     for i in 0..UNRELATED_SECRETS {
         kubectl(&["apply", "--server-side", "-f", "-"], Some(&unrelated_secret(i)));
     }
-
-    // The enrollments are applied first, then the operator starts: this times the operator, not
-    // the API server taking in the manifests.
     let api: Api<IndividualEnrollment> =
         Api::namespaced(control_plane.client().await.expect("a client"), NAMESPACE);
     let manifests: String = (0..count).map(enrollment).collect();
@@ -75,90 +118,165 @@ async fn main() {
     let applied = started.elapsed();
     let watched = Watched::start(api);
     until(started, "the bench's watch listed all", async || watched.existing() == count).await;
+    (watched, applied)
+}
 
-    emulator.reset_calls();
-    emulator.set_faults(faults.clone());
-    let metrics_before = kubectl(&["get", "--raw", "/metrics"], None);
-    let (writes_before, reads_before) =
-        (api_requests(&metrics_before, WRITES), api_requests(&metrics_before, READS));
-    let started = Instant::now();
-    let mut operator = Operator::start(&control_plane, &operator_args);
-    until(started, "90% Ready", async || watched.ready() * 10 >= count * 9).await;
-    let most_ready = started.elapsed();
-    until(started, "all Ready", async || watched.ready() == count).await;
-    let all_ready = started.elapsed();
-    let converge_calls = total_calls(&emulator);
-    let converge_throttled = emulator.calls_answered(429);
-    let converged = operator.sample();
-    emulator.set_faults(Faults::default());
-    let metrics_converged = kubectl(&["get", "--raw", "/metrics"], None);
-    let converge_writes = requests_since(&writes_before, &metrics_converged, WRITES);
-    let converge_reads = requests_since(&reads_before, &metrics_converged, READS);
+/// What the phases of a run share.
+struct Bench<'a> {
+    control_plane: &'a ControlPlane,
+    emulator: &'a RunningEmulator,
+    watched: &'a Watched,
+    operator_args: Vec<String>,
+    count: usize,
+}
 
-    emulator.reset_calls();
-    tokio::time::sleep(STEADY).await;
-    let steady_calls = total_calls(&emulator);
-    let steady = operator.sample();
+/// From the operator's start until every enrollment is Ready.
+struct Converged {
+    most_ready: Duration,
+    all_ready: Duration,
+    calls: u64,
+    throttled: u64,
+    sample: Sample,
+    writes: BTreeMap<String, u64>,
+    reads: BTreeMap<String, u64>,
+}
 
-    // A restart: every enrollment is looked at again, from the drift snapshot, not a GET each.
-    operator.stop();
-    emulator.reset_calls();
-    let restart_baseline = api_requests(&kubectl(&["get", "--raw", "/metrics"], None), WRITES);
-    let started = Instant::now();
-    let mut operator = Operator::start(&control_plane, &operator_args);
-    until(started, "every enrollment checked after the restart", async || {
-        operator.resources_ready().await == Some(count)
-    })
-    .await;
-    let rechecked = started.elapsed();
-    let restart_calls = total_calls(&emulator);
-    let restarted = operator.sample();
-    // Writes that follow the last check (status, events) land within moments of it.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let restart_writes =
-        requests_since(&restart_baseline, &kubectl(&["get", "--raw", "/metrics"], None), WRITES);
+/// [`STEADY`] with nothing to do.
+struct Steady {
+    calls: u64,
+    sample: Sample,
+}
 
-    emulator.reset_calls();
-    let started = Instant::now();
-    kubectl(&["delete", "individualenrollments", "--all", "-n", NAMESPACE, "--wait=false"], None);
-    until(started, "all deleted", async || watched.existing() == 0).await;
-    let deleted = started.elapsed();
-    let delete_calls = total_calls(&emulator);
+/// A restart, until every enrollment is checked again.
+struct Restarted {
+    rechecked: Duration,
+    calls: u64,
+    sample: Sample,
+    writes: BTreeMap<String, u64>,
+}
 
-    operator.stop();
-    emulator.stop().await;
-    control_plane.stop();
+impl Bench<'_> {
+    fn kubectl(&self, args: &[&str]) -> String {
+        run(self.control_plane.kubectl().args(args), None).unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
+    }
 
+    fn api_server_metrics(&self) -> String {
+        self.kubectl(&["get", "--raw", "/metrics"])
+    }
+
+    async fn converge(&self, faults: &Faults) -> (Operator, Converged) {
+        let (emulator, watched, count) = (self.emulator, self.watched, self.count);
+        emulator.reset_calls();
+        emulator.set_faults(faults.clone());
+        let metrics_before = self.api_server_metrics();
+        let (writes_before, reads_before) =
+            (api_requests(&metrics_before, WRITES), api_requests(&metrics_before, READS));
+        let started = Instant::now();
+        let operator = Operator::start(self.control_plane, &self.operator_args);
+        until(started, "90% Ready", async || watched.ready() * 10 >= count * 9).await;
+        let most_ready = started.elapsed();
+        until(started, "all Ready", async || watched.ready() == count).await;
+        let all_ready = started.elapsed();
+        let (calls, throttled, sample) =
+            (total_calls(emulator), emulator.calls_answered(429), operator.sample());
+        emulator.set_faults(Faults::default());
+        let metrics = self.api_server_metrics();
+        let writes = requests_since(&writes_before, &metrics, WRITES);
+        let reads = requests_since(&reads_before, &metrics, READS);
+        (operator, Converged { most_ready, all_ready, calls, throttled, sample, writes, reads })
+    }
+
+    async fn steady(&self, operator: &Operator) -> Steady {
+        self.emulator.reset_calls();
+        tokio::time::sleep(STEADY).await;
+        Steady { calls: total_calls(self.emulator), sample: operator.sample() }
+    }
+
+    /// A restart: every enrollment is looked at again, from the drift snapshot, not a GET each.
+    async fn restart(&self, mut operator: Operator) -> (Operator, Restarted) {
+        operator.stop();
+        self.emulator.reset_calls();
+        let baseline = api_requests(&self.api_server_metrics(), WRITES);
+        let started = Instant::now();
+        let operator = Operator::start(self.control_plane, &self.operator_args);
+        until(started, "every enrollment checked after the restart", async || {
+            operator.resources_ready().await == Some(self.count)
+        })
+        .await;
+        let rechecked = started.elapsed();
+        let (calls, sample) = (total_calls(self.emulator), operator.sample());
+        // Writes that follow the last check (status, events) land within moments of it.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let writes = requests_since(&baseline, &self.api_server_metrics(), WRITES);
+        (operator, Restarted { rechecked, calls, sample, writes })
+    }
+
+    /// Deletes every enrollment: how long until all are gone, and the DPS calls it took.
+    async fn delete_all(&self) -> (Duration, u64) {
+        self.emulator.reset_calls();
+        let started = Instant::now();
+        self.kubectl(&["delete", "individualenrollments", "--all", "-n", NAMESPACE, "--wait=false"]);
+        until(started, "all deleted", async || self.watched.existing() == 0).await;
+        (started.elapsed(), total_calls(self.emulator))
+    }
+}
+
+/// The results table's rows: the run's setup and its convergence, then what came after.
+fn rows(
+    count: usize,
+    setup: &Setup,
+    converged: &Converged,
+    steady: &Steady,
+    restarted: &Restarted,
+    deleted: (Duration, u64),
+) -> Vec<(String, String)> {
+    let mut rows = convergence_rows(count, setup, converged);
+    rows.extend(after_rows(converged, steady, restarted, deleted));
+    rows
+}
+
+fn convergence_rows(count: usize, setup: &Setup, converged: &Converged) -> Vec<(String, String)> {
     let per = |calls: u64| calls as f64 / count as f64;
-    let rows = [
+    vec![
         ("enrollments".to_owned(), count.to_string()),
-        ("emulator faults while converging".into(), format!("`{}`", serde_json::to_string(&faults).unwrap())),
+        (
+            "emulator faults while converging".into(),
+            format!("`{}`", serde_json::to_string(&setup.faults).unwrap()),
+        ),
         (
             "`kubectl apply` of all, before the operator starts".into(),
-            format!("{:.1} s", applied.as_secs_f64()),
+            format!("{:.1} s", setup.applied.as_secs_f64()),
         ),
-        ("from the operator's start to 90% Ready".into(), format!("{:.1} s", most_ready.as_secs_f64())),
+        (
+            "from the operator's start to 90% Ready".into(),
+            format!("{:.1} s", converged.most_ready.as_secs_f64()),
+        ),
         (
             "from the operator's start to all created in DPS and Ready".into(),
             format!(
                 "{:.1} s ({:.0} per second)",
-                all_ready.as_secs_f64(),
-                count as f64 / all_ready.as_secs_f64()
+                converged.all_ready.as_secs_f64(),
+                count as f64 / converged.all_ready.as_secs_f64()
             ),
         ),
         (
             "DPS calls to converge / answered 429".into(),
-            format!("{converge_calls} ({:.2} per enrollment) / {converge_throttled}", per(converge_calls)),
+            format!(
+                "{} ({:.2} per enrollment) / {}",
+                converged.calls,
+                per(converged.calls),
+                converged.throttled
+            ),
         ),
         (
             "DPS rate enforced: converge time against the quota-optimal time".into(),
-            match rate {
+            match setup.rate {
                 Some(rate) => {
                     let optimal = count.div_ceil(10) as f64 * 60.0 / f64::from(rate);
                     format!(
                         "{rate}/min: {:.1} s against {optimal:.1} s ({:.2}×)",
-                        all_ready.as_secs_f64(),
-                        all_ready.as_secs_f64() / optimal
+                        converged.all_ready.as_secs_f64(),
+                        converged.all_ready.as_secs_f64() / optimal
                     )
                 }
                 None => "none".into(),
@@ -166,49 +284,58 @@ async fn main() {
         ),
         (
             "API server writes to converge, per enrollment".into(),
-            format!("{:.2} ({})", per(converge_writes.values().sum()), breakdown(&converge_writes)),
+            format!("{:.2} ({})", per(converged.writes.values().sum()), breakdown(&converged.writes)),
         ),
         (
             "API server reads (GET) to converge, per enrollment".into(),
-            format!("{:.2} ({})", per(converge_reads.values().sum()), breakdown(&converge_reads)),
+            format!("{:.2} ({})", per(converged.reads.values().sum()), breakdown(&converged.reads)),
         ),
         (
             "operator CPU to converge / per 1,000 enrollments".into(),
             format!(
                 "{:.1} s / {:.2} s",
-                converged.cpu_seconds,
-                converged.cpu_seconds * 1000.0 / count as f64
+                converged.sample.cpu_seconds,
+                converged.sample.cpu_seconds * 1000.0 / count as f64
             ),
         ),
         (
             "operator memory: converged / peak".into(),
-            format!("{} / {} MiB", converged.rss_mib, converged.peak_mib),
+            format!("{} / {} MiB", converged.sample.rss_mib, converged.sample.peak_mib),
         ),
+    ]
+}
+
+fn after_rows(
+    converged: &Converged,
+    steady: &Steady,
+    restarted: &Restarted,
+    deleted: (Duration, u64),
+) -> Vec<(String, String)> {
+    vec![
         (
             format!("steady state for {} s: DPS calls / operator CPU", STEADY.as_secs()),
-            format!("{steady_calls} / {:.2} s", steady.cpu_seconds - converged.cpu_seconds),
+            format!("{} / {:.2} s", steady.calls, steady.sample.cpu_seconds - converged.sample.cpu_seconds),
         ),
         (
             "restart: until every enrollment is checked / DPS calls".into(),
-            format!("{:.1} s / {restart_calls}", rechecked.as_secs_f64()),
+            format!("{:.1} s / {}", restarted.rechecked.as_secs_f64(), restarted.calls),
         ),
         (
             "restart: API server writes".into(),
-            format!("{} ({})", restart_writes.values().sum::<u64>(), breakdown(&restart_writes)),
+            format!("{} ({})", restarted.writes.values().sum::<u64>(), breakdown(&restarted.writes)),
         ),
         (
             "restart: operator CPU / memory / peak".into(),
-            format!("{:.1} s / {} / {} MiB", restarted.cpu_seconds, restarted.rss_mib, restarted.peak_mib),
+            format!(
+                "{:.1} s / {} / {} MiB",
+                restarted.sample.cpu_seconds, restarted.sample.rss_mib, restarted.sample.peak_mib
+            ),
         ),
         (
             "delete all: until gone from DPS and Kubernetes / DPS calls".into(),
-            format!("{:.1} s / {delete_calls}", deleted.as_secs_f64()),
+            format!("{:.1} s / {}", deleted.0.as_secs_f64(), deleted.1),
         ),
-    ];
-    println!("| | {count} |\n|---|---|");
-    for (what, value) in rows {
-        println!("| {what} | {value} |");
-    }
+    ]
 }
 
 /// The requests that write.
