@@ -104,21 +104,63 @@ impl Cluster {
         self.dir.join("containerd/containerd.sock")
     }
 
+    /// Writes `contents` to `name` in the node's directory.
+    fn write(&self, name: &str, contents: String) -> Result<PathBuf, Error> {
+        let path = self.dir.join(name);
+        fs::write(&path, contents).map_err(|source| Error::io("write", &path, source))?;
+        Ok(path)
+    }
+
     fn start_node(&self) -> Result<(), Error> {
         let dir = &self.dir;
         for sub in ["containerd", "cni", "kubelet", "pod-logs", "cni-ipam"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(|source| Error::io("create", &path, source))?;
         }
-        let write = |name: &str, contents: String| -> Result<PathBuf, Error> {
-            let path = dir.join(name);
-            fs::write(&path, contents).map_err(|source| Error::io("write", &path, source))?;
-            Ok(path)
-        };
         let control_plane = &self.control_plane;
-        let ca_file = control_plane.ca_file();
-        let tools = control_plane.tools();
+        let socket = self.containerd_socket();
+        let (containerd, kubelet, scheduler, proxy) = (
+            self.containerd_command()?,
+            self.kubelet_command()?,
+            self.scheduler_command()?,
+            self.proxy_command()?,
+        );
+        let (coredns, dns_ready_port) = self.coredns_command()?;
+        let logs = ["containerd", "kube-scheduler", "kube-proxy", "kubelet", "coredns"]
+            .map(|name| dir.join(format!("{name}.log")));
+        let mut started = spawn_tied_to_process(vec![
+            (scheduler, logs[1].clone()),
+            (containerd, logs[0].clone()),
+            (proxy, logs[2].clone()),
+            (coredns, logs[4].clone()),
+        ])?;
+        *self.scheduler.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.remove(0));
+        self.processes.lock().unwrap_or_else(|e| e.into_inner()).extend(started);
+        self.wait_for(&logs[0], "containerd", || {
+            socket.exists() && run(self.ctr().arg("version"), None).is_ok()
+        })?;
+        self.wait_for(&logs[4], "CoreDNS", || http_ok(dns_ready_port, "/ready"))?;
+        let started = spawn_tied_to_process(vec![(kubelet, logs[3].clone())])?;
+        self.processes.lock().unwrap_or_else(|e| e.into_inner()).extend(started);
+        self.wait_for(&logs[3], "the node", || {
+            run(
+                control_plane.kubectl().args([
+                    "get",
+                    "node",
+                    NODE_NAME,
+                    "-o",
+                    r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+                ]),
+                None,
+            )
+            .is_ok_and(|status| status.trim() == "True")
+        })
+    }
 
+    /// containerd, with its configuration and the Pods' network.
+    fn containerd_command(&self) -> Result<Command, Error> {
+        let dir = &self.dir;
+        let write = |name: &str, contents: String| self.write(name, contents);
         // containerd with its own root, state and socket; runc cannot set oom_score_adj here.
         let socket = self.containerd_socket();
         let containerd_config = write(
@@ -165,7 +207,16 @@ state = "{dir}/containerd/state"
         )?;
         let mut containerd = Command::new("containerd");
         containerd.arg("--config").arg(&containerd_config);
+        Ok(containerd)
+    }
 
+    /// The kubelet, with its credentials and configuration.
+    fn kubelet_command(&self) -> Result<Command, Error> {
+        let dir = &self.dir;
+        let write = |name: &str, contents: String| self.write(name, contents);
+        let control_plane = &self.control_plane;
+        let (ca_file, tools, socket) =
+            (control_plane.ca_file(), control_plane.tools(), self.containerd_socket());
         // The kubelet's credentials: a node client certificate, and a serving certificate the API
         // server verifies (`--kubelet-certificate-authority`).
         let ca = control_plane.ca();
@@ -236,7 +287,13 @@ serializeImagePulls: false
             .arg(format!("--root-dir={}", dir.join("kubelet").display()))
             .arg(format!("--hostname-override={NODE_NAME}"))
             .arg(format!("--node-ip={GATEWAY}"));
+        Ok(kubelet)
+    }
 
+    /// kube-scheduler, with the admin credential.
+    fn scheduler_command(&self) -> Result<Command, Error> {
+        let control_plane = &self.control_plane;
+        let tools = control_plane.tools();
         let admin = control_plane.kubeconfig();
         let mut scheduler = Command::new(tools.binary("kube-scheduler"));
         scheduler
@@ -246,7 +303,14 @@ serializeImagePulls: false
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--secure-port={}", free_port()?))
             .arg("--leader-elect=false");
+        Ok(scheduler)
+    }
 
+    /// kube-proxy in iptables mode.
+    fn proxy_command(&self) -> Result<Command, Error> {
+        let write = |name: &str, contents: String| self.write(name, contents);
+        let control_plane = &self.control_plane;
+        let (tools, admin) = (control_plane.tools(), control_plane.kubeconfig());
         let proxy_config = write(
             "kube-proxy.yaml",
             format!(
@@ -271,7 +335,14 @@ conntrack: {{maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}}
         )?;
         let mut proxy = Command::new(tools.binary("kube-proxy"));
         proxy.arg(format!("--config={}", proxy_config.display()));
+        Ok(proxy)
+    }
 
+    /// CoreDNS for the cluster's Service names, and the port of its readiness endpoint.
+    fn coredns_command(&self) -> Result<(Command, u16), Error> {
+        let write = |name: &str, contents: String| self.write(name, contents);
+        let control_plane = &self.control_plane;
+        let (tools, admin) = (control_plane.tools(), control_plane.kubeconfig());
         // Cluster DNS on the node's address: Service names only, no forwarding anywhere.
         let dns_ready_port = free_port()?;
         let corefile = write(
@@ -291,36 +362,7 @@ conntrack: {{maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}}
         )?;
         let mut coredns = Command::new(tools.binary("coredns"));
         coredns.arg("-conf").arg(&corefile);
-
-        let logs = ["containerd", "kube-scheduler", "kube-proxy", "kubelet", "coredns"]
-            .map(|name| dir.join(format!("{name}.log")));
-        let mut started = spawn_tied_to_process(vec![
-            (scheduler, logs[1].clone()),
-            (containerd, logs[0].clone()),
-            (proxy, logs[2].clone()),
-            (coredns, logs[4].clone()),
-        ])?;
-        *self.scheduler.lock().unwrap_or_else(|e| e.into_inner()) = Some(started.remove(0));
-        self.processes.lock().unwrap_or_else(|e| e.into_inner()).extend(started);
-        self.wait_for(&logs[0], "containerd", || {
-            socket.exists() && run(self.ctr().arg("version"), None).is_ok()
-        })?;
-        self.wait_for(&logs[4], "CoreDNS", || http_ok(dns_ready_port, "/ready"))?;
-        let started = spawn_tied_to_process(vec![(kubelet, logs[3].clone())])?;
-        self.processes.lock().unwrap_or_else(|e| e.into_inner()).extend(started);
-        self.wait_for(&logs[3], "the node", || {
-            run(
-                control_plane.kubectl().args([
-                    "get",
-                    "node",
-                    NODE_NAME,
-                    "-o",
-                    r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
-                ]),
-                None,
-            )
-            .is_ok_and(|status| status.trim() == "True")
-        })
+        Ok((coredns, dns_ready_port))
     }
 
     /// Waits until `ready` holds, failing with the log's tail if a process exits or time runs out.
