@@ -502,7 +502,7 @@ fn connection(emulator: &RunningEmulator, operations_per_minute: u32) -> String 
         secret("dps-connection", "connectionString", &emulator.connection_string()),
         secret("dps-ca", "ca.crt", emulator.ca_certificate().unwrap_or_default()),
         format!(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: ProvisioningService\nmetadata: {{name: dps, namespace: {NAMESPACE}}}\n\
+            "apiVersion: dps.iot.dev/v1beta1\nkind: ProvisioningService\nmetadata: {{name: dps, namespace: {NAMESPACE}}}\n\
              spec:\n  credentials:\n    connectionStringSecretRef: {{name: dps-connection, key: connectionString}}\n  \
              caBundle:\n    secretRef: {{name: dps-ca, key: ca.crt}}\n  rateLimit: {{operationsPerMinute: {operations_per_minute}}}\n"
         ),
@@ -523,7 +523,7 @@ fn unrelated_secret(i: usize) -> String {
 /// A symmetric-key enrollment whose keys the operator generates into a Secret.
 fn enrollment(i: usize) -> String {
     format!(
-        "---\napiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: device-{i:05}, namespace: {NAMESPACE}}}\n\
+        "---\napiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: device-{i:05}, namespace: {NAMESPACE}}}\n\
          spec:\n  serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: device-{i:05}-keys}}\n  \
          iotHubs: [contoso-west.azure-devices.net]\n  allocationPolicy: static\n  initialTwin:\n    tags: {{batch: bench}}\n"
     )

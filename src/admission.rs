@@ -180,8 +180,8 @@ mod tests {
             "kind": "AdmissionReview",
             "request": {
                 "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-                "kind": {"group": "dps.iot.dev", "version": "v1alpha1", "kind": "EnrollmentGroup"},
-                "resource": {"group": "dps.iot.dev", "version": "v1alpha1", "resource": "enrollmentgroups"},
+                "kind": {"group": "dps.iot.dev", "version": "v1beta1", "kind": "EnrollmentGroup"},
+                "resource": {"group": "dps.iot.dev", "version": "v1beta1", "resource": "enrollmentgroups"},
                 "name": "thermostats",
                 "namespace": "default",
                 "operation": "CREATE",
@@ -195,7 +195,7 @@ mod tests {
 
     fn group(tags: Value) -> Value {
         json!({
-            "apiVersion": "dps.iot.dev/v1alpha1",
+            "apiVersion": "dps.iot.dev/v1beta1",
             "kind": "EnrollmentGroup",
             "metadata": {"name": "thermostats", "namespace": "default"},
             "spec": {"initialTwin": {"tags": tags}},
@@ -228,7 +228,7 @@ mod tests {
             json!(true),
             "an update that leaves a twin as it was, e.g. the operator removing its finalizer"
         );
-        let without_twin = json!({"apiVersion": "dps.iot.dev/v1alpha1", "kind": "EnrollmentGroup", "metadata": {"name": "g"}, "spec": {}});
+        let without_twin = json!({"apiVersion": "dps.iot.dev/v1beta1", "kind": "EnrollmentGroup", "metadata": {"name": "g"}, "spec": {}});
         assert_eq!(response(&answer(review(without_twin)))["allowed"], json!(true));
     }
 

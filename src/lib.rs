@@ -4,6 +4,7 @@ pub mod admission;
 pub mod api;
 pub mod certificates;
 pub mod controller;
+pub mod convert;
 #[cfg(feature = "local")]
 pub mod devenv;
 pub mod dps;

@@ -22,6 +22,20 @@ enum Command {
         #[arg(long = "dir")]
         dirs: Vec<PathBuf>,
     },
+    /// Print the API reference (docs/api.md) as Markdown: every kind and field, its
+    /// documentation, validation and default.
+    ApiReference,
+    /// Rewrite manifests of a deprecated API version (dps.iot.dev/v1alpha1) to the current one
+    /// (v1beta1), keeping comments and layout. Prints the converted FILE (`-`: standard input),
+    /// or with --write rewrites every .yaml, .yml and .json file under each PATH in place.
+    Convert {
+        /// Files or directories of manifests.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Rewrite the files in place (nothing is written if any of them cannot be converted).
+        #[arg(long)]
+        write: bool,
+    },
     /// Run everything on this machine: a local Kubernetes control plane with the CRDs installed
     /// and the examples applied, until Ctrl-C.
     #[cfg(feature = "local")]
@@ -95,6 +109,34 @@ struct RunArgs {
     log_filter: String,
 }
 
+/// `dps-operator convert`: one file to stdout, or files and directories in place.
+fn convert(paths: &[PathBuf], write: bool) -> anyhow::Result<()> {
+    use dps_operator::convert;
+    if write {
+        for (file, changed) in convert::convert_in_place(paths)? {
+            eprintln!(
+                "{}: {changed} converted to dps.iot.dev/{}",
+                file.display(),
+                dps_operator::api::STORAGE_VERSION
+            );
+        }
+        return Ok(());
+    }
+    let [path] = paths else {
+        anyhow::bail!("convert prints one file: pass --write to rewrite several in place")
+    };
+    if path.is_dir() {
+        Err(convert::Error::DirectoryNeedsWrite { path: path.clone() })?;
+    }
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    print!("{}", convert::convert(&text, &path.display().to_string())?.text);
+    Ok(())
+}
+
 fn parse_resolve(text: &str) -> Result<(String, std::net::SocketAddr), String> {
     let (host, address) = text.split_once('=').ok_or("expected HOST=IP:PORT")?;
     let address = address.parse().map_err(|_| format!("{address} is not an IP:PORT address"))?;
@@ -136,6 +178,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::ApiReference => print!("{}", dps_operator::api::reference::markdown()),
+        Command::Convert { paths, write } => convert(&paths, write)?,
         Command::Run(args) => {
             dps_operator::telemetry::init(args.log_format, &args.log_filter);
             tracing::info!(

@@ -260,7 +260,7 @@ fn printer_columns_show_ready_reason_id_and_attestation_from_status() {
     assert!(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
 
     let status = json!({
-        "apiVersion": "dps.iot.dev/v1alpha1",
+        "apiVersion": "dps.iot.dev/v1beta1",
         "kind": "EnrollmentGroup",
         "metadata": {"name": "thermostats"},
         "status": {
@@ -402,7 +402,7 @@ async fn a_complete_status_survives_the_status_subresource() {
         registration: Some(Box::new(registration.clone())),
     };
     let api: Api<IndividualEnrollment> = Api::namespaced(client.clone(), &namespace);
-    let patch = json!({"apiVersion": "dps.iot.dev/v1alpha1", "kind": "IndividualEnrollment", "status": individual_status});
+    let patch = json!({"apiVersion": "dps.iot.dev/v1beta1", "kind": "IndividualEnrollment", "status": individual_status});
     let written = api.patch_status("sensor-7", &params, &Patch::Apply(&patch)).await.expect("status written");
     assert_eq!(written.status, Some(individual_status));
 
@@ -426,7 +426,7 @@ async fn a_complete_status_survives_the_status_subresource() {
     };
     let api: Api<EnrollmentGroup> = Api::namespaced(client, &namespace);
     let patch =
-        json!({"apiVersion": "dps.iot.dev/v1alpha1", "kind": "EnrollmentGroup", "status": group_status});
+        json!({"apiVersion": "dps.iot.dev/v1beta1", "kind": "EnrollmentGroup", "status": group_status});
     let written =
         api.patch_status("thermostats", &params, &Patch::Apply(&patch)).await.expect("status written");
     assert_eq!(written.status, Some(group_status));
@@ -438,7 +438,7 @@ async fn a_complete_status_survives_the_status_subresource() {
 #[test]
 fn static_allocation_without_hubs_is_admitted() {
     let namespace = namespace("static");
-    let yaml = "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {name: one-hub}\nspec:\n  \
+    let yaml = "apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\nmetadata: {name: one-hub}\nspec:\n  \
                 serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: one-hub-keys}\n  \
                 allocationPolicy: static\n";
     let applied = kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(yaml));
@@ -473,7 +473,7 @@ async fn the_webhook_refuses_at_apply_time_twins_iot_hub_would_refuse() {
                 "caBundle": BASE64.encode(&ca.certificate_pem),
             },
             "rules": [{
-                "apiGroups": ["dps.iot.dev"], "apiVersions": ["v1alpha1"], "operations": ["CREATE", "UPDATE"],
+                "apiGroups": ["dps.iot.dev"], "apiVersions": ["v1beta1"], "operations": ["CREATE", "UPDATE"],
                 "resources": ["individualenrollments", "enrollmentgroups"],
             }],
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
@@ -487,7 +487,7 @@ async fn the_webhook_refuses_at_apply_time_twins_iot_hub_would_refuse() {
 
     let group = |tags: &str| {
         format!(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {{name: thermostats}}\nspec:\n  \
+            "apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\nmetadata: {{name: thermostats}}\nspec:\n  \
              serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: keys}}\n  \
              initialTwin:\n    tags: {tags}\n"
         )

@@ -24,7 +24,7 @@ const LIFT: &str = r#"{"spec":{"deletionProtection":false}}"#;
 /// lines in its spec.
 fn enrollment(name: &str, kind: &str, connection: &str, extra: &str) -> String {
     format!(
-        "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
+        "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
          serviceRef: {{kind: {kind}, name: {connection}}}\n  attestation:\n    symmetricKey:\n      \
          secretRef: {{name: {name}-keys}}\n{extra}"
     )
@@ -198,7 +198,7 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
     // enrollment intact in Kubernetes and DPS.
     let other = operator.add_namespace().await;
     let cluster = format!(
-        "apiVersion: dps.iot.dev/v1alpha1\nkind: ClusterProvisioningService\nmetadata: {{name: dps-{other}}}\nspec:\n  \
+        "apiVersion: dps.iot.dev/v1beta1\nkind: ClusterProvisioningService\nmetadata: {{name: dps-{other}}}\nspec:\n  \
          credentials:\n    connectionStringSecretRef: {{name: dps-connection, key: connectionString}}\n  \
          caBundle:\n    secretRef: {{name: dps-ca, key: ca.crt}}\n  allowedNamespaces:\n    \
          matchLabels: {{kubernetes.io/metadata.name: {other}}}\n"

@@ -87,7 +87,7 @@ async fn primary_key(operator: &Operator, name: &str) -> String {
 
 fn enrollment(name: &str, extra: &str) -> String {
     format!(
-        "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
+        "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
          serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: {name}-keys}}\n{extra}"
     )
 }
@@ -128,7 +128,7 @@ async fn a_device_provisions_with_the_keys_the_operator_generated() {
 
 fn group(device_ids: &[String]) -> String {
     format!(
-        "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {{name: thermostats}}\nspec:\n  \
+        "apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\nmetadata: {{name: thermostats}}\nspec:\n  \
          serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: thermostats-keys}}\n  \
          allocationPolicy: hashed\n  iotHubs: [{HUB_A}, {HUB_B}]\n  deviceKeys:\n    secretName: thermostat-device-keys\n    \
          registrationIds: [{}]\n",
@@ -280,13 +280,13 @@ async fn x509_devices_provision_with_their_certificates_individually_and_through
     operator.create_secret("devices-ca", &[("tls.crt", &ca.certificate_pem)]).await;
     operator
         .apply(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: camera-1}\nspec:\n  \
+            "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {name: camera-1}\nspec:\n  \
              serviceRef: {name: dps}\n  attestation:\n    x509:\n      clientCertificates:\n        primary: {name: camera-1-cert}\n",
         )
         .await;
     operator
         .apply(&format!(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {{name: cameras}}\nspec:\n  \
+            "apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\nmetadata: {{name: cameras}}\nspec:\n  \
              serviceRef: {{name: dps}}\n  attestation:\n    x509:\n      signingCertificates:\n        primary: {{name: devices-ca}}\n  \
              allocationPolicy: static\n  iotHubs: [{HUB_A}]\n"
         ))

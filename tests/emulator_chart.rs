@@ -51,7 +51,10 @@ fn the_chart_lints_and_renders_a_restricted_emulator_behind_a_service() {
     let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert!(args.contains(&"--host-name=dps-emulator.dps-lab.svc"), "{args:?}");
     assert!(args.contains(&"--tls-cert-file=/etc/dps-emulator/tls/tls.crt"), "{args:?}");
-    assert_eq!(container["image"], "ghcr.io/dps-operator/dps-emulator:0.1.0");
+    assert_eq!(
+        container["image"],
+        format!("ghcr.io/dps-operator/dps-emulator:{}", env!("CARGO_PKG_VERSION"))
+    );
     // Pod Security `restricted`, and no API access it does not need.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
@@ -86,7 +89,7 @@ fn the_chart_lints_and_renders_a_restricted_emulator_behind_a_service() {
     );
 
     // A connection for a namespace: its Secret, and a ProvisioningService using it.
-    let api = "dps.iot.dev/v1alpha1/ProvisioningService";
+    let api = "dps.iot.dev/v1beta1/ProvisioningService";
     let connected = render(&["--set", "connection.namespaces={factory,lab}", "--api-versions", api]);
     let connections: Vec<&Value> = find(&connected, "Secret")
         .into_iter()

@@ -39,3 +39,13 @@ fn crds_directory_is_current() {
 fn helm_chart_crds_are_current() {
     assert_crds_current("charts/dps-operator/crds");
 }
+
+#[test]
+fn the_api_reference_is_current() {
+    let committed =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/api.md")).unwrap_or_default();
+    assert!(
+        committed == dps_operator::api::reference::markdown(),
+        "docs/api.md is stale; regenerate with `cargo run -- api-reference > docs/api.md`"
+    );
+}

@@ -353,7 +353,7 @@ async fn the_charts_rbac_is_enough_for_the_operator_and_no_more() {
     let mut operator = Operator::start("rbac").await;
     operator.stop();
     let mut process = run_as_service_account("dps-everywhere", "everywhere", &[]);
-    operator.apply("apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {name: thermostats}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: thermostats-keys}\n").await;
+    operator.apply("apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\nmetadata: {name: thermostats}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: thermostats-keys}\n").await;
     operator.wait("provisioningservice/dps", "condition=Ready").await;
     operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
     operator

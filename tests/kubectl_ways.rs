@@ -20,16 +20,16 @@ const CLAIM: &str = "dps.iot.dev/claim";
 fn manifests(way: &str, namespace: &str, annotations: &str) -> String {
     let metadata = |name: &str| format!("metadata:\n  name: {name}-{way}\n{annotations}");
     format!(
-        "apiVersion: dps.iot.dev/v1alpha1\nkind: ProvisioningService\n{}spec:\n  credentials:\n    \
+        "apiVersion: dps.iot.dev/v1beta1\nkind: ProvisioningService\n{}spec:\n  credentials:\n    \
          connectionStringSecretRef: {{name: dps-connection, key: connectionString}}\n  caBundle:\n    \
          secretRef: {{name: dps-ca, key: ca.crt}}\n---\n\
-         apiVersion: dps.iot.dev/v1alpha1\nkind: ClusterProvisioningService\n{}spec:\n  credentials:\n    \
+         apiVersion: dps.iot.dev/v1beta1\nkind: ClusterProvisioningService\n{}spec:\n  credentials:\n    \
          connectionStringSecretRef: {{name: dps-connection, key: connectionString}}\n  caBundle:\n    \
          secretRef: {{name: dps-ca, key: ca.crt}}\n  allowedNamespaces:\n    matchLabels: \
          {{kubernetes.io/metadata.name: {namespace}}}\n---\n\
-         apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\n{}spec:\n  serviceRef: {{name: dps-{way}}}\n  \
+         apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\n{}spec:\n  serviceRef: {{name: dps-{way}}}\n  \
          attestation:\n    symmetricKey:\n      secretRef: {{name: group-{way}-keys}}\n  provisioningStatus: enabled\n---\n\
-         apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\n{}spec:\n  serviceRef: \
+         apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\n{}spec:\n  serviceRef: \
          {{kind: ClusterProvisioningService, name: dps-{way}}}\n  attestation:\n    symmetricKey:\n      \
          secretRef: {{name: device-{way}-keys}}\n  provisioningStatus: enabled\n",
         metadata("dps"),

@@ -11,7 +11,7 @@ use serde_json::json;
 use support::operator::{Operator, condition, is_ready};
 
 const GROUP: &str = r#"
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: EnrollmentGroup
 metadata: {name: thermostats}
 spec:
@@ -126,7 +126,7 @@ fn certificate_chain(common_name: &str, days: i64) -> (String, String) {
 }
 
 const INDIVIDUAL_SYMMETRIC_KEY: &str = r#"
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: IndividualEnrollment
 metadata: {name: boiler-0042}
 spec:
@@ -169,7 +169,7 @@ async fn every_field_of_every_attestation_kind_reaches_dps() {
     operator
         .apply(
             r#"
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: IndividualEnrollment
 metadata: {name: sensor-7}
 spec:
@@ -180,7 +180,7 @@ spec:
         primary: {name: sensor-7-cert}
   reprovisionPolicy: {updateHubAssignment: false}
 ---
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: IndividualEnrollment
 metadata: {name: kiosk-3}
 spec:
@@ -190,7 +190,7 @@ spec:
     tpm:
       endorsementKey: AToAAQALAAMAsgAgg3GXZ0SEs/gakMyNRqXXJP1S124GUgtk8qHaGzMUaao=
 ---
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: EnrollmentGroup
 metadata: {name: gateways}
 spec:
@@ -203,7 +203,7 @@ spec:
   allocationPolicy: geoLatency
   iotHubs: [contoso-west.azure-devices.net]
 ---
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: EnrollmentGroup
 metadata: {name: cameras}
 spec:
@@ -357,7 +357,7 @@ async fn edits_rotations_and_drift_reach_dps() {
     operator.create_secret("sensor-9-cert", &[("tls.crt", &leaf)]).await;
     operator.apply(GROUP).await;
     operator
-        .apply("apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: sensor-9}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    x509:\n      clientCertificates:\n        primary: {name: sensor-9-cert}\n")
+        .apply("apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {name: sensor-9}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    x509:\n      clientCertificates:\n        primary: {name: sensor-9-cert}\n")
         .await;
     operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
     operator.wait("individualenrollment/sensor-9", "condition=Ready").await;
@@ -601,7 +601,7 @@ async fn a_reconcile_handed_a_copy_from_before_its_own_write_reads_the_latest() 
     operator.create_secret("boiler-keys", &[("primaryKey", &key), ("secondaryKey", &key)]).await;
     operator
         .apply(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: boiler}\n\
+            "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {name: boiler}\n\
              spec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: boiler-keys}\n",
         )
         .await;
@@ -657,7 +657,7 @@ async fn the_argo_cd_health_check_follows_the_conditions() {
     operator.dps.put(&existing, IfMatch::None).await.unwrap();
     let enrollment = |name: &str, extra: &str| {
         format!(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
+            "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
              serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: {name}-keys}}\n{extra}"
         )
     };
@@ -666,7 +666,7 @@ async fn the_argo_cd_health_check_follows_the_conditions() {
     operator.apply(&enrollment("observed", "  managementPolicy: ObserveOnly\n")).await;
     operator
         .apply(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: waiting}\nspec:\n  \
+            "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {name: waiting}\nspec:\n  \
              serviceRef: {name: dps}\n  attestation:\n    x509:\n      clientCertificates:\n        primary: {name: waiting-cert}\n",
         )
         .await;
@@ -727,7 +727,7 @@ async fn the_secrets_digest_confirms_no_guess_and_older_statuses_are_taken_over_
     operator.create_secret("boiler-keys", &[("primaryKey", &keys.0), ("secondaryKey", &keys.1)]).await;
     operator
         .apply(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: boiler}\n\
+            "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {name: boiler}\n\
              spec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: boiler-keys}\n",
         )
         .await;
@@ -778,7 +778,7 @@ async fn a_spec_changed_while_paused_is_reported_as_an_update_not_as_drift() {
     let operator = Operator::start("unpause").await;
     let key = BASE64.encode([9u8; 32]);
     operator.create_secret("pump-keys", &[("primaryKey", &key), ("secondaryKey", &key)]).await;
-    let pump = "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {name: pump}\n\
+    let pump = "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {name: pump}\n\
                 spec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: pump-keys}\n";
     operator.apply(pump).await;
     operator.wait("individualenrollment/pump", "condition=Ready").await;
@@ -829,7 +829,7 @@ async fn deletions_are_gathered_into_bulk_calls() {
     let operator = Operator::start("bulk-delete").await;
     let manifest = |i: usize| {
         format!(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: sensor-{i}, labels: {{wave: one}}}}\n\
+            "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: sensor-{i}, labels: {{wave: one}}}}\n\
              spec:\n  serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: sensor-{i}-keys}}\n"
         )
     };

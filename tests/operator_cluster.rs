@@ -13,7 +13,7 @@ async fn only_admitted_namespaces_may_use_a_cluster_connection() {
     operator
         .apply(
             r#"
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: ClusterProvisioningService
 metadata: {name: factory}
 spec:
@@ -24,7 +24,7 @@ spec:
   allowedNamespaces:
     matchLabels: {team: factory}
 ---
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: ClusterProvisioningService
 metadata: {name: closed}
 spec:
@@ -41,7 +41,7 @@ spec:
 
     let enrollment = |name: &str, service: &str| {
         format!(
-            "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  serviceRef: {{kind: ClusterProvisioningService, name: {service}}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: {name}-keys}}\n"
+            "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  serviceRef: {{kind: ClusterProvisioningService, name: {service}}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: {name}-keys}}\n"
         )
     };
     operator.apply(&enrollment("line-1", "factory")).await;

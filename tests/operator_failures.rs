@@ -12,7 +12,7 @@ use serde_json::json;
 use support::operator::{Operator, condition};
 
 const SENSOR: &str = r#"
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: IndividualEnrollment
 metadata: {name: sensor-1}
 spec:
@@ -24,7 +24,7 @@ spec:
 "#;
 
 const BOILER: &str = r#"
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: IndividualEnrollment
 metadata: {name: boiler}
 spec:
@@ -368,7 +368,7 @@ async fn a_slow_dps_does_not_hold_up_another() {
     operator.create_secret("slow-connection", &[("connectionString", &slow.connection_string())]).await;
     operator.create_secret("slow-ca", &[("ca.crt", slow.ca_certificate().unwrap())]).await;
     operator
-        .apply("apiVersion: dps.iot.dev/v1alpha1\nkind: ProvisioningService\nmetadata: {name: slow}\nspec:\n  credentials:\n    connectionStringSecretRef: {name: slow-connection, key: connectionString}\n  caBundle:\n    secretRef: {name: slow-ca, key: ca.crt}\n")
+        .apply("apiVersion: dps.iot.dev/v1beta1\nkind: ProvisioningService\nmetadata: {name: slow}\nspec:\n  credentials:\n    connectionStringSecretRef: {name: slow-connection, key: connectionString}\n  caBundle:\n    secretRef: {name: slow-ca, key: ca.crt}\n")
         .await;
     for i in 0..4 {
         let yaml = BOILER

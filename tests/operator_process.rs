@@ -11,7 +11,7 @@ use std::{
 
 use support::operator::Operator;
 
-const GROUP: &str = "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {name: thermostats}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: thermostats-keys}\n";
+const GROUP: &str = "apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\nmetadata: {name: thermostats}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: thermostats-keys}\n";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -19,7 +19,7 @@ use support::operator::{Operator, condition, connection, is_ready};
 
 fn enrollment(name: &str, namespace_extra: &str) -> String {
     format!(
-        "apiVersion: dps.iot.dev/v1alpha1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
+        "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: {name}}}\nspec:\n  \
          serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: {name}-keys}}\n{namespace_extra}"
     )
 }

@@ -6,7 +6,7 @@ mod support;
 use dps_operator::dps::models;
 use support::operator::Operator;
 
-const GROUP: &str = "apiVersion: dps.iot.dev/v1alpha1\nkind: EnrollmentGroup\nmetadata: {name: thermostats}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: thermostats-keys}\n";
+const GROUP: &str = "apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\nmetadata: {name: thermostats}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: thermostats-keys}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removing_the_operator_or_the_crds_leaves_dps_alone() {

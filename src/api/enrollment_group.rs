@@ -14,7 +14,7 @@ use super::{
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "dps.iot.dev",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "EnrollmentGroup",
     namespaced,
     status = "EnrollmentGroupStatus",

@@ -1,4 +1,5 @@
-//! The operator's API: custom resource types of the group `dps.iot.dev`, version `v1alpha1`.
+//! The operator's API: custom resource types of the group `dps.iot.dev`, version `v1beta1`
+//! (the storage version; `v1alpha1` is served too, deprecated, with the same schema).
 //! Types only; what they mean to DPS lives in the controller.
 
 // Clippy reads the repeated `type_ = "string"` of separate `printcolumn(...)` groups in a
@@ -9,10 +10,13 @@ mod enrollment;
 mod enrollment_group;
 mod individual_enrollment;
 mod provisioning_service;
+pub mod reference;
 mod references;
 pub mod schema;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, CustomResourceDefinitionVersion,
+};
 use kube::CustomResourceExt;
 
 pub use enrollment::*;
@@ -23,6 +27,13 @@ pub use references::*;
 
 /// The API group of every kind here.
 pub const GROUP: &str = "dps.iot.dev";
+
+/// The version every kind is stored in, and the one the operator reads and writes.
+pub const STORAGE_VERSION: &str = "v1beta1";
+
+/// Versions still served, deprecated: the same schema as [`STORAGE_VERSION`] (so the API server
+/// converts between them by changing `apiVersion` alone). See the README's versioning policy.
+pub const DEPRECATED_VERSIONS: &[&str] = &["v1alpha1"];
 
 /// Annotation that stops all writes to DPS for one object while it is `"true"`.
 pub const PAUSED_ANNOTATION: &str = "dps.iot.dev/paused";
@@ -41,6 +52,9 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         EnrollmentGroup::crd(),
         IndividualEnrollment::crd(),
     ];
+    for crd in &mut crds {
+        serve_deprecated_versions(crd);
+    }
     for version in crds.iter_mut().flat_map(|crd| crd.spec.versions.iter_mut()) {
         if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
             let mut json = serde_json::to_value(&*schema).expect("a CRD schema serializes to JSON");
@@ -50,6 +64,26 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         }
     }
     crds
+}
+
+/// Adds each of [`DEPRECATED_VERSIONS`] to `crd` (generated with the storage version only): served,
+/// not stored, with a warning on every request that names the storage version.
+fn serve_deprecated_versions(crd: &mut CustomResourceDefinition) {
+    let current = crd.spec.versions[0].clone();
+    debug_assert_eq!(current.name, STORAGE_VERSION);
+    for version in DEPRECATED_VERSIONS {
+        let kind = &crd.spec.names.kind;
+        crd.spec.versions.push(CustomResourceDefinitionVersion {
+            name: (*version).to_owned(),
+            storage: false,
+            deprecated: Some(true),
+            deprecation_warning: Some(format!(
+                "{GROUP}/{version} {kind} is deprecated: use {GROUP}/{STORAGE_VERSION} (the same fields; \
+                 `dps-operator convert --write <files>` rewrites manifests)"
+            )),
+            ..current.clone()
+        });
+    }
 }
 
 /// Each CRD as a file name (`<plural>.<group>.yaml`) and its YAML: the contents of `crds/`.

@@ -14,7 +14,7 @@ use super::{
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "dps.iot.dev",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "ProvisioningService",
     namespaced,
     status = "ProvisioningServiceStatus",
@@ -72,7 +72,7 @@ pub struct ProvisioningServiceSpec {
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "dps.iot.dev",
-    version = "v1alpha1",
+    version = "v1beta1",
     kind = "ClusterProvisioningService",
     status = "ProvisioningServiceStatus",
     shortname = "cdpssvc",

@@ -312,7 +312,7 @@ impl Drop for Operator {
 /// `connectionString`) and the emulator's CA from Secret `dps-ca`.
 pub fn connection(name: &str, secret: &str) -> String {
     format!(
-        "apiVersion: dps.iot.dev/v1alpha1\nkind: ProvisioningService\nmetadata: {{name: {name}}}\nspec:\n  \
+        "apiVersion: dps.iot.dev/v1beta1\nkind: ProvisioningService\nmetadata: {{name: {name}}}\nspec:\n  \
          credentials:\n    connectionStringSecretRef: {{name: {secret}, key: connectionString}}\n  caBundle:\n    \
          secretRef: {{name: dps-ca, key: ca.crt}}\n"
     )
