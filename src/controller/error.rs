@@ -98,6 +98,12 @@ pub enum Error {
     #[error("leader election failed: {0}")]
     LeaderElection(String),
 
+    #[error(
+        "CRD {crd} does not store {storage_version}: apply the CRDs of this release (kubectl apply \
+         --server-side --force-conflicts -f charts/dps-operator/crds/)"
+    )]
+    CrdsOutdated { crd: String, storage_version: &'static str },
+
     /// `action` is what was asked of the API server, e.g. "writing the status of
     /// IndividualEnrollment iot/boiler".
     #[error("{action} {}", kube_failure(.error))]
@@ -199,6 +205,7 @@ impl Error {
             Self::Dps { source, .. } => source.reason(),
             Self::Kube { .. } => "KubernetesApiError",
             Self::LeaderElection(_) => "LeaderElectionFailed",
+            Self::CrdsOutdated { .. } => "CrdsOutdated",
         }
     }
 
@@ -226,7 +233,7 @@ impl Error {
                 RetryClass::After(Some(wait)) => Retry::After(wait),
                 RetryClass::After(None) | RetryClass::Backoff => Retry::Backoff,
             },
-            Self::Kube { .. } | Self::LeaderElection(_) => Retry::Backoff,
+            Self::Kube { .. } | Self::LeaderElection(_) | Self::CrdsOutdated { .. } => Retry::Backoff,
             Self::KeysUnreadable { source, .. } => match source.retry_class() {
                 RetryClass::Backoff | RetryClass::After(_) => Retry::Backoff,
                 _ => Retry::WhenInputsChange,

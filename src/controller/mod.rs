@@ -30,6 +30,7 @@ mod retry;
 mod run;
 pub mod secrets;
 pub mod snapshots;
+pub mod storage_versions;
 pub mod watches;
 
 pub use error::{Error, Retry};

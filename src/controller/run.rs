@@ -25,6 +25,7 @@ use super::{
     ownership::{ClaimKey, Owner, Owners, holds_claim, recorded_claim},
     provisioning,
     secrets::{load_digest_key, referenced_secrets},
+    storage_versions,
     watches::{Caches, Changes, NamespaceMetadata, SecretMetadata, SecretVersions, Shared, keep, prune},
 };
 use crate::api::{
@@ -67,6 +68,7 @@ pub async fn run(
     }
 
     let (controllers, ready) = start(&client, ctx, &scopes);
+    let controllers = with_storage_migration(controllers, &client, &scopes);
     let readiness = health.clone();
     tokio::spawn(async move {
         join_all(ready).await;
@@ -79,6 +81,24 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// Beside the controllers, the leader of an operator that watches every namespace migrates the
+/// stored objects to the storage version, once (a namespace-scoped one cannot see them all).
+fn with_storage_migration(controllers: Running, client: &Client, scopes: &[Option<String>]) -> Running {
+    if scopes != [None] {
+        return controllers;
+    }
+    let client = client.clone();
+    let migration = async move {
+        if let Err(error) = storage_versions::migrate(&client).await {
+            tracing::warn!(%error, "stored objects were not all migrated; the next leader tries again");
+        }
+    };
+    async move {
+        futures::join!(controllers, migration);
+    }
+    .boxed()
 }
 
 /// Starts the controllers and the shared watches they are triggered by. Answers them, running
@@ -269,9 +289,10 @@ fn list_failure_hint(error: &kube::Error) -> Option<&'static str> {
         kube::Error::Api(status) if status.code == 403 => {
             Some("the operator may not list them: check its RBAC, the chart's ClusterRole")
         }
-        kube::Error::Api(status) if status.code == 404 => {
-            Some("are the CRDs installed? `dps-operator crds | kubectl apply --server-side -f -`")
-        }
+        kube::Error::Api(status) if status.code == 404 => Some(
+            "are the CRDs of this release installed? `kubectl apply --server-side --force-conflicts -f \
+                 charts/dps-operator/crds/` (or `dps-operator crds | kubectl apply --server-side --force-conflicts -f -`)",
+        ),
         _ => None,
     }
 }
@@ -575,7 +596,7 @@ mod tests {
         let hint = |code| list_failure_hint(&answered(code)).unwrap_or("none");
         assert!(hint(401).contains("credentials"));
         assert!(hint(403).contains("RBAC"));
-        assert!(hint(404).contains("CRDs installed"));
+        assert!(hint(404).contains("CRDs of this release installed"));
         assert_eq!(hint(500), "none");
     }
 }

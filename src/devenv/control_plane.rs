@@ -81,6 +81,7 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     server: String,
     address: IpAddr,
+    etcd_url: String,
     ca: CertificateAuthority,
     processes: Mutex<Vec<Child>>,
 }
@@ -173,8 +174,9 @@ impl ControlPlane {
 
         let logs = [dir.join("etcd.log"), dir.join("kube-apiserver.log")];
         let processes = spawn_tied_to_process(vec![(etcd, logs[0].clone()), (apiserver, logs[1].clone())])?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let control_plane =
-            Self { tools, dir, kubeconfig, server, address, ca, processes: Mutex::new(processes) };
+            Self { tools, dir, kubeconfig, server, address, etcd_url, ca, processes: Mutex::new(processes) };
         control_plane.wait_until_ready(&logs)?;
         Ok(control_plane)
     }
@@ -182,6 +184,11 @@ impl ControlPlane {
     /// The API server's URL.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// etcd's client URL (plain HTTP on loopback), to look at what the API server stored.
+    pub fn etcd_url(&self) -> &str {
+        &self.etcd_url
     }
 
     /// The address the API server listens on.

@@ -21,17 +21,29 @@ pub use dps_operator::devenv::{ControlPlane, Tools};
 
 static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
 
-/// The control plane of this test binary. Panics, with the reason, when it cannot start: a test
-/// that needs a control plane fails rather than skips.
+/// The control plane of this test binary, with this build's CRDs installed. Panics, with the
+/// reason, when it cannot start: a test that needs a control plane fails rather than skips.
 pub fn control_plane() -> &'static ControlPlane {
+    started(true)
+}
+
+/// The control plane of this test binary, without CRDs when this is the first use (for tests
+/// that install CRDs of their own, such as those of an earlier release).
+pub fn bare_control_plane() -> &'static ControlPlane {
+    started(false)
+}
+
+fn started(install_crds: bool) -> &'static ControlPlane {
     CONTROL_PLANE.get_or_init(|| {
         let control_plane = Tools::locate().and_then(ControlPlane::start).unwrap_or_else(|e| {
             panic!("the test control plane could not start: {:#}", anyhow::Error::from(e))
         });
         stop_at_exit();
-        control_plane
-            .install_crds()
-            .unwrap_or_else(|e| panic!("the CRDs could not be installed: {:#}", anyhow::Error::from(e)));
+        if install_crds {
+            control_plane
+                .install_crds()
+                .unwrap_or_else(|e| panic!("the CRDs could not be installed: {:#}", anyhow::Error::from(e)));
+        }
         control_plane
     })
 }
