@@ -7,83 +7,27 @@
 
 use std::{
     net::IpAddr,
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
 use dps_emulator::{EmulatorConfig, RunningEmulator};
-use dps_operator::{
-    devenv::{Cluster, Tools, example_inputs, run},
-    dps::{
-        Client,
-        auth::ConnectionString,
-        models::{EnrollmentGroup, IndividualEnrollment},
-    },
+use dps_operator::{devenv::run, dps::auth::ConnectionString};
+use support::node::{
+    apply_examples, block, cluster, dps_deletes, eventually_async, group_in_dps, helm, image_name,
+    individual_in_dps, install_chart, jsonpath, kubectl, kubectl_result, wait_enrollments_ready, wait_ready,
 };
-use support::node::{image_name, images_dir};
 
 mod support;
-
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-
-fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| {
-        let cluster = Tools::locate_node().and_then(Cluster::start).unwrap_or_else(|e| {
-            panic!("the single-node cluster could not start: {:#}", anyhow::Error::from(e))
-        });
-        stop_at_exit();
-        for image in ["pause", "dps-operator", "dps-emulator"] {
-            cluster
-                .import_image(&images_dir().join(format!("{image}.tar")))
-                .unwrap_or_else(|e| panic!("importing {image}: {:#}", anyhow::Error::from(e)));
-        }
-        cluster
-    })
-}
-
-fn stop_at_exit() {
-    extern "C" fn stop() {
-        if let Some(cluster) = CLUSTER.get() {
-            cluster.stop();
-        }
-    }
-    support::at_exit(stop);
-}
-
-fn kubectl(args: &[&str], stdin: Option<&str>) -> String {
-    run(cluster().control_plane().kubectl().args(args), stdin)
-        .unwrap_or_else(|e| panic!("kubectl {}: {:#}", args.join(" "), anyhow::Error::from(e)))
-}
-
-fn helm(args: &[&str]) -> String {
-    run(cluster().control_plane().helm().args(args), None)
-        .unwrap_or_else(|e| panic!("helm {}: {:#}", args.join(" "), anyhow::Error::from(e)))
-}
-
-fn jsonpath(resource: &str, namespace: &str, path: &str) -> String {
-    kubectl(&["get", resource, "-n", namespace, "-o", &format!("jsonpath={path}")], None)
-}
 
 /// Where the chart is installed: the namespace the README uses, where `example_inputs` puts the
 /// cluster-wide connection's Secret.
 use dps_operator::devenv::OPERATOR_NAMESPACE;
+
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dps-operator");
 const EMULATOR_CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/dps-emulator");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
-/// The examples that use the namespaced connection `contoso-dps` (the cluster-wide one and its
-/// group are applied on their own; only the workload-identity connection is left out: it needs
-/// Azure's workload identity webhook).
-const EXAMPLE_FILES: [&str; 7] = [
-    "provisioningservice.yaml",
-    "individualenrollment-symmetric-key.yaml",
-    "individualenrollment-x509.yaml",
-    "individualenrollment-tpm.yaml",
-    "enrollmentgroup-symmetric-key.yaml",
-    "enrollmentgroup-x509-signing-certificate.yaml",
-    "enrollmentgroup-custom-allocation.yaml",
-];
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_chart_runs_the_operator_image_on_a_real_node() {
@@ -94,7 +38,16 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     })
     .await
     .expect("the emulator starts on the node's address");
-    let namespace = tokio::task::block_in_place(|| install_and_apply_examples(&emulator));
+    let image = image_name("OPERATOR_IMAGE");
+    assert_eq!(
+        image.rsplit_once(':').unwrap().1,
+        env!("CARGO_PKG_VERSION"),
+        "the image carries the release's version"
+    );
+    let namespace = block(|| {
+        install_chart(CHART, &image);
+        apply_examples(&emulator, EXAMPLES)
+    });
     let dps = support::dps::client(&emulator);
     let ns = namespace.as_str();
 
@@ -215,7 +168,7 @@ async fn the_emulator_chart_serves_the_operator_in_the_cluster() {
     });
     eprintln!("helm install --wait of the emulator took {:?}", started.elapsed());
     let device = r#"
-apiVersion: dps.iot.dev/v1alpha1
+apiVersion: dps.iot.dev/v1beta1
 kind: IndividualEnrollment
 metadata: {name: lab-device-01}
 spec:
@@ -248,27 +201,6 @@ spec:
     );
 }
 
-async fn individual_in_dps(dps: &Client, id: &str) -> bool {
-    match dps.get::<IndividualEnrollment>(id).await {
-        Ok(_) => true,
-        Err(dps_operator::dps::Error::NotFound { .. }) => false,
-        Err(e) => panic!("reading {id} from DPS: {e}"),
-    }
-}
-
-async fn group_in_dps(dps: &Client, id: &str) -> bool {
-    match dps.get::<EnrollmentGroup>(id).await {
-        Ok(_) => true,
-        Err(dps_operator::dps::Error::NotFound { .. }) => false,
-        Err(e) => panic!("reading {id} from DPS: {e}"),
-    }
-}
-
-/// DELETE calls on enrollments (single or bulk deletes count as writes) since the last reset.
-fn dps_deletes(emulator: &RunningEmulator) -> u64 {
-    emulator.calls().iter().filter(|(op, _)| op.ends_with("_Delete")).map(|(_, n)| n).sum()
-}
-
 fn helm_upgrade(set: &str) -> String {
     helm(&[
         "upgrade",
@@ -282,25 +214,6 @@ fn helm_upgrade(set: &str) -> String {
         "--wait",
         "--timeout=5m",
     ])
-}
-
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-/// Waits until every resource of `kinds` (in `namespace`, or cluster-wide) is Ready.
-fn wait_ready(namespace: Option<&str>, kinds: &str) -> Result<String, String> {
-    let mut args = vec!["wait", "--for=condition=Ready", "--all", "--timeout=180s", kinds];
-    if let Some(namespace) = namespace {
-        args.extend(["-n", namespace]);
-    }
-    kubectl_result(&args)
-}
-
-fn wait_enrollments_ready(namespace: &str) {
-    if let Err(error) = wait_ready(Some(namespace), "individualenrollments,enrollmentgroups") {
-        panic!("{error}");
-    }
 }
 
 /// The lease's holder once it is held, and by someone other than `not` when given.
@@ -322,115 +235,4 @@ fn wait_for_holder(lease: &str, not: Option<&str>) -> String {
         assert!(Instant::now() < deadline, "{lease} was not taken over (holder {holder:?})");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-async fn eventually_async<F: std::future::Future<Output = bool>>(what: &str, check: impl Fn() -> F) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within 120 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Installs the chart as a user would and applies the examples; returns their namespace.
-fn install_and_apply_examples(emulator: &RunningEmulator) -> String {
-    let operator_namespace = OPERATOR_NAMESPACE;
-    kubectl(&["create", "namespace", operator_namespace], None);
-    kubectl(
-        &["wait", "--for=create", "serviceaccount/default", "-n", operator_namespace, "--timeout=60s"],
-        None,
-    );
-    kubectl(
-        &["label", "namespace", operator_namespace, "pod-security.kubernetes.io/enforce=restricted"],
-        None,
-    );
-    let image = image_name("OPERATOR_IMAGE");
-    let (repository, tag) = image.rsplit_once(':').expect("the image has a tag");
-    let started = Instant::now();
-    let install = run(
-        cluster().control_plane().helm().args([
-            "install",
-            "dps-operator",
-            CHART,
-            "--namespace",
-            operator_namespace,
-            "--set",
-            &format!("image.repository={repository}"),
-            "--set",
-            &format!("image.tag={tag}"),
-            "--wait",
-            "--timeout=3m",
-        ]),
-        None,
-    );
-    if let Err(error) = install {
-        panic!("helm install failed: {:#}\n{}", anyhow::Error::from(error), diagnose(operator_namespace));
-    }
-    eprintln!("helm install --wait took {:?}", started.elapsed());
-    let ready = jsonpath("deployment/dps-operator", operator_namespace, "{.status.readyReplicas}");
-    assert_eq!(ready, "1", "the operator Pod is Ready through its probes");
-
-    let namespace = "factory";
-    kubectl(&["create", "namespace", namespace], None);
-    kubectl(&["wait", "--for=create", "serviceaccount/default", "-n", namespace, "--timeout=60s"], None);
-    kubectl(&["apply", "-f", "-"], Some(&example_inputs(emulator, namespace).unwrap()));
-    for file in EXAMPLE_FILES {
-        kubectl(&["apply", "-n", namespace, "-f", &format!("{EXAMPLES}/{file}")], None);
-    }
-    // The cluster-wide connection admits namespaces by label and reads its references from the
-    // operator's namespace.
-    kubectl(&["label", "namespace", namespace, "iot.contoso.com/dps-access=factory"], None);
-    let ca = emulator.ca_certificate().expect("the emulator serves HTTPS");
-    kubectl(
-        &[
-            "create",
-            "configmap",
-            "corporate-proxy-ca",
-            "-n",
-            operator_namespace,
-            &format!("--from-literal=ca.crt={ca}"),
-        ],
-        None,
-    );
-    kubectl(&["apply", "-f", &format!("{EXAMPLES}/clusterprovisioningservice.yaml")], None);
-    kubectl(
-        &["apply", "-n", namespace, "-f", &format!("{EXAMPLES}/enrollmentgroup-x509-ca-reference.yaml")],
-        None,
-    );
-    // The emulator's CA, as a user trusts a TLS-inspecting proxy.
-    let trust = r#"{"spec":{"caBundle":{"configMapRef":{"name":"corporate-proxy-ca","key":"ca.crt"}}}}"#;
-    kubectl(
-        &["patch", "provisioningservice", "contoso-dps", "-n", namespace, "--type=merge", "-p", trust],
-        None,
-    );
-    kubectl(
-        &["patch", "clusterprovisioningservice", "contoso-factory-dps", "--type=merge", "-p", trust],
-        None,
-    );
-    let wait = wait_ready(Some(namespace), "provisioningservices,individualenrollments,enrollmentgroups")
-        .and_then(|_| wait_ready(None, "clusterprovisioningservices"));
-    if let Err(error) = wait {
-        let resources = kubectl_result(&["get", "dps", "-A", "-o", "wide"]);
-        panic!("the examples did not become Ready: {error}\n{resources:?}\n{}", diagnose(operator_namespace));
-    }
-    namespace.to_owned()
-}
-
-/// The operator Pods' description and log, for a failure message.
-fn diagnose(namespace: &str) -> String {
-    let describe = kubectl_result(&["describe", "pods", "-n", namespace]);
-    let logs =
-        kubectl_result(&["logs", "-n", namespace, "-l", "app.kubernetes.io/name=dps-operator", "--tail=40"]);
-    let events = kubectl_result(&["get", "events", "-n", namespace]);
-    format!(
-        "Pods:\n{}\nLog:\n{}\nEvents:\n{}",
-        describe.unwrap_or_else(|e| e),
-        logs.unwrap_or_else(|e| e),
-        events.unwrap_or_else(|e| e)
-    )
-}
-
-fn kubectl_result(args: &[&str]) -> Result<String, String> {
-    run(cluster().control_plane().kubectl().args(args), None)
-        .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
 }
