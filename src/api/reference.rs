@@ -33,9 +33,10 @@ pub fn markdown() -> String {
             crd.spec.scope.to_lowercase(),
             one_line(&schema["description"])
         );
-        let rules = rules(&schema);
-        if !rules.is_empty() {
-            let _ = writeln!(out, "\nWhole-object rules: {rules}.");
+        let rules = schema["x-kubernetes-validations"].as_array().into_iter().flatten();
+        for (index, rule) in rules.enumerate() {
+            let heading = if index == 0 { "\nRules on the whole object:\n" } else { "" };
+            let _ = writeln!(out, "{heading}- {}", rule["message"].as_str().unwrap_or_default());
         }
         for (part, title) in [("spec", "Spec"), ("status", "Status (written by the operator)")] {
             let _ = writeln!(
