@@ -27,13 +27,17 @@ impl std::fmt::Debug for CertificateAuthority {
 
 impl CertificateAuthority {
     pub fn new(common_name: &str) -> Result<Self, rcgen::Error> {
-        let mut params = CertificateParams::new(Vec::new())?;
-        params.distinguished_name = name(common_name, None);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages =
-            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let params = ca_params(common_name)?;
         let key = KeyPair::generate()?;
         let certificate_pem = params.self_signed(&key)?.pem();
+        Ok(Self { issuer: Issuer::new(params, key), certificate_pem })
+    }
+
+    /// An intermediate CA this one signs.
+    pub fn issue_intermediate(&self, common_name: &str) -> Result<Self, rcgen::Error> {
+        let params = ca_params(common_name)?;
+        let key = KeyPair::generate()?;
+        let certificate_pem = params.signed_by(&key, &self.issuer)?.pem();
         Ok(Self { issuer: Issuer::new(params, key), certificate_pem })
     }
 
@@ -63,12 +67,31 @@ impl CertificateAuthority {
         self.issue(params)
     }
 
+    /// A client certificate that expired in 2021.
+    pub fn issue_expired_client(&self, common_name: &str) -> Result<CertifiedKey, rcgen::Error> {
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.distinguished_name = name(common_name, None);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        self.issue(params)
+    }
+
     fn issue(&self, mut params: CertificateParams) -> Result<CertifiedKey, rcgen::Error> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         let key = KeyPair::generate()?;
         let certificate = params.signed_by(&key, &self.issuer)?;
         Ok(CertifiedKey { certificate_pem: certificate.pem(), key_pem: key.serialize_pem() })
     }
+}
+
+fn ca_params(common_name: &str) -> Result<CertificateParams, rcgen::Error> {
+    let mut params = CertificateParams::new(Vec::new())?;
+    params.distinguished_name = name(common_name, None);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    Ok(params)
 }
 
 fn name(common_name: &str, organization: Option<&str>) -> DistinguishedName {

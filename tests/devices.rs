@@ -317,3 +317,91 @@ async fn x509_devices_provision_with_their_certificates_individually_and_through
     let misnamed = register_x509(&operator, "camera-9", &chain, &member.key_pem).await;
     assert_eq!(misnamed["status"], 401, "{misnamed}");
 }
+
+/// An X.509 enrollment group's YAML; `x509` is its `attestation.x509` in flow style.
+fn x509_group(name: &str, x509: &str) -> String {
+    format!(
+        "apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\nmetadata: {{name: {name}}}\nspec:\n  \
+         serviceRef: {{name: dps}}\n  attestation:\n    x509: {x509}\n  allocationPolicy: static\n  iotHubs: [{HUB_A}]\n"
+    )
+}
+
+/// Verifies a CA certificate on the emulator through its admin endpoint, as a proof of possession
+/// does on DPS.
+async fn verify_on_dps(operator: &Operator, name: &str, pem: &str) {
+    dps_operator::install_crypto_provider();
+    let ca = reqwest::Certificate::from_pem(operator.emulator.ca_certificate().unwrap().as_bytes()).unwrap();
+    let http = reqwest::Client::builder().tls_certs_merge([ca]).build().unwrap();
+    let url = format!("{}/admin/certificates/{name}", operator.emulator.url());
+    let answer = http.put(url).json(&json!({"certificate": pem})).send().await.unwrap();
+    assert_eq!(answer.status(), 204, "{}", answer.text().await.unwrap());
+}
+
+/// DPS builds the chain from what a device presents up to a certificate the group trusts, root or
+/// intermediate, as devices are made: a leaf alone, or a leaf and its intermediates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn x509_devices_chain_up_to_a_certificate_their_group_trusts() {
+    use dps_operator::pki::CertificateAuthority;
+    let operator = start("device-chains").await;
+    let root = CertificateAuthority::new("Contoso Root").unwrap();
+    let line = root.issue_intermediate("Contoso Line 1").unwrap();
+    let spare_root = CertificateAuthority::new("Contoso Spare Root").unwrap();
+    let plant =
+        CertificateAuthority::new("Fabrikam Root").unwrap().issue_intermediate("Fabrikam Plant").unwrap();
+    let verified = CertificateAuthority::new("Northwind Root").unwrap();
+    operator.create_secret("contoso-root", &[("tls.crt", &root.certificate_pem)]).await;
+    operator.create_secret("contoso-spare", &[("tls.crt", &spare_root.certificate_pem)]).await;
+    operator.create_secret("fabrikam-plant", &[("tls.crt", &plant.certificate_pem)]).await;
+    verify_on_dps(&operator, "northwind-root", &verified.certificate_pem).await;
+    let groups = [
+        (
+            "contoso",
+            "{signingCertificates: {primary: {name: contoso-root}, secondary: {name: contoso-spare}}}",
+        ),
+        ("fabrikam", "{signingCertificates: {primary: {name: fabrikam-plant}}}"),
+        ("northwind", "{caReferences: {primary: northwind-root}}"),
+    ];
+    for (name, x509) in groups {
+        operator.apply(&x509_group(name, x509)).await;
+    }
+    for (name, _) in groups {
+        operator.wait(&format!("enrollmentgroup/{name}"), "condition=Ready").await;
+    }
+
+    let registers = async |id: &str, by: &CertificateAuthority, chain: &[&CertificateAuthority]| {
+        let leaf = by.issue_client(id, None).unwrap();
+        let pem: String = std::iter::once(leaf.certificate_pem.as_str())
+            .chain(chain.iter().map(|ca| ca.certificate_pem.as_str()))
+            .collect();
+        register_x509(&operator, id, &pem, &leaf.key_pem).await
+    };
+    let cases: [(&str, &CertificateAuthority, &[&CertificateAuthority], &str); 6] = [
+        ("root-leaf-alone", &root, &[], "contoso"),
+        ("line-leaf-and-intermediate", &line, &[&line], "contoso"),
+        ("line-whole-chain", &line, &[&line, &root], "contoso"),
+        ("spare-secondary-slot", &spare_root, &[], "contoso"),
+        ("plant-leaf-alone", &plant, &[], "fabrikam"),
+        ("northwind-verified-ca", &verified, &[], "northwind"),
+    ];
+    for (id, by, chain, group) in cases {
+        let outcome = registers(id, by, chain).await;
+        assert_eq!(outcome["ok"], true, "{id}: {outcome}");
+        assert_eq!(outcome["result"]["x509"]["enrollmentGroupId"], group, "{id}: {outcome}");
+    }
+
+    // Refused, each with DPS's 401: an intermediate left out, a root no group trusts, an expired leaf.
+    let stranger = CertificateAuthority::new("Contoso Root").unwrap();
+    let expired = root.issue_expired_client("expired-leaf").unwrap();
+    let refused = [
+        registers("line-leaf-alone", &line, &[]).await,
+        registers("stranger-root", &stranger, &[&stranger]).await,
+        register_x509(&operator, "expired-leaf", &expired.certificate_pem, &expired.key_pem).await,
+    ];
+    for outcome in refused {
+        assert_eq!(
+            (outcome["ok"].as_bool(), outcome["status"].as_u64()),
+            (Some(false), Some(401)),
+            "{outcome}"
+        );
+    }
+}

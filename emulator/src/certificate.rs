@@ -47,7 +47,8 @@ fn upper_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
-fn der(text: &str) -> Option<Vec<u8>> {
+/// The DER of the first certificate of `text` (PEM, base64 of DER, or base64 of PEM).
+pub fn der(text: &str) -> Option<Vec<u8>> {
     let first_pem = |bytes: &[u8]| {
         Pem::iter_from_buffer(bytes)
             .find_map(|pem| pem.ok().filter(|p| p.label == "CERTIFICATE"))

@@ -175,42 +175,38 @@ pub fn enrollment_of(
 }
 
 /// Finds the enrollment of an X.509 device: its registration id is its certificate's common
-/// name; an individual enrollment holds the leaf's thumbprint, a group a signing certificate the
-/// presented chain reaches through valid signatures. The emulator keeps only the thumbprints of
-/// uploaded certificates, as DPS reports them, so the signing certificate must be in the chain
-/// the device presents.
+/// name; an individual enrollment holds the leaf's thumbprint; a group trusts its signing
+/// certificates, or the verified CA certificates it references, and the device's leaf must chain
+/// up to one of them through the intermediates it presents ([`crate::chain`]).
 fn by_certificate(
     store: &Store,
     registration_id: &str,
     chain: &[Vec<u8>],
     now: u64,
 ) -> Result<Enrolled, ApiError> {
-    use x509_parser::{prelude::FromDer, time::ASN1Time};
     let unauthorized = |message: String| ApiError::unauthorized(message);
-    let certificates = chain
-        .iter()
-        .map(|der| x509_parser::certificate::X509Certificate::from_der(der).map(|(_, c)| c))
-        .collect::<Result<Vec<_>, _>>()
+    let presented = crate::chain::parse(chain)
         .map_err(|_| unauthorized("The client certificate is not a well-formed X.509 certificate.".into()))?;
     let leaf =
-        certificates.first().ok_or_else(|| unauthorized("The client presented no certificate.".into()))?;
-    let common_name =
-        leaf.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).unwrap_or_default();
+        presented.first().ok_or_else(|| unauthorized("The client presented no certificate.".into()))?;
+    let common_name = leaf
+        .certificate
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default();
     if !common_name.eq_ignore_ascii_case(registration_id) {
         return Err(unauthorized(format!(
             "The client certificate is for '{common_name}', not '{registration_id}': an X.509 device registers \
              under its certificate's common name."
         )));
     }
-    let at =
-        ASN1Time::from_timestamp(now as i64).map_err(|_| unauthorized("The time is out of range.".into()))?;
-    if !certificates.iter().all(|c| c.validity().is_valid_at(at)) {
-        return Err(unauthorized("A certificate of the chain is expired or not valid yet.".into()));
+    let at = x509_parser::time::ASN1Time::from_timestamp(now as i64)
+        .map_err(|_| unauthorized("The time is out of range.".into()))?;
+    if !leaf.certificate.validity().is_valid_at(at) {
+        return Err(unauthorized("The client certificate is expired or not valid yet.".into()));
     }
-    let thumbprint = |der: &[u8]| crate::certificate::thumbprint(&ring::digest::SHA256, der);
-    let holds = |certificates: &Value, wanted: &str| {
-        ["primary", "secondary"].iter().any(|slot| certificates[*slot]["info"]["sha256Thumbprint"] == wanted)
-    };
     let refused = || {
         unauthorized(format!(
             "No enrollment for registration id '{registration_id}' accepts this client certificate."
@@ -218,33 +214,60 @@ fn by_certificate(
     };
     if let Some(item) = store.enrollments.get(&registration_id.to_lowercase()) {
         let client = &item["attestation"]["x509"]["clientCertificates"];
-        return if item["attestation"]["type"] == "x509" && holds(client, &thumbprint(&chain[0])) {
+        let leaf_thumbprint = thumbprint(leaf.der);
+        let holds =
+            SLOTS.iter().any(|slot| client[*slot]["info"]["sha256Thumbprint"] == leaf_thumbprint.as_str());
+        return if item["attestation"]["type"] == "x509" && holds {
             Ok(Enrolled { group_id: None, item: item.clone() })
         } else {
             Err(refused())
         };
     }
-    // How far up the chain signatures hold: each certificate issued and signed by the next.
-    let linked = certificates
-        .windows(2)
-        .take_while(|pair| {
-            pair[0].issuer().as_raw() == pair[1].subject().as_raw()
-                && pair[0].verify_signature(Some(pair[1].public_key())).is_ok()
-        })
-        .count();
     store
         .enrollment_groups
         .values()
         .find(|group| {
-            let signing = &group["attestation"]["x509"]["signingCertificates"];
             group["attestation"]["type"] == "x509"
-                && chain.iter().take(linked + 1).skip(1).any(|der| holds(signing, &thumbprint(der)))
+                && trusted_by(store, group, &presented).iter().any(|trusted| {
+                    crate::chain::parse(std::slice::from_ref(trusted))
+                        .is_ok_and(|trusted| crate::chain::reaches(&presented, &trusted[0], at))
+                })
         })
         .map(|group| Enrolled {
             group_id: group.get("enrollmentGroupId").and_then(Value::as_str).map(str::to_owned),
             item: group.clone(),
         })
         .ok_or_else(refused)
+}
+
+const SLOTS: [&str; 2] = ["primary", "secondary"];
+
+fn thumbprint(der: &[u8]) -> String {
+    crate::certificate::thumbprint(&ring::digest::SHA256, der)
+}
+
+/// The certificates (DER) a group's devices must chain up to: its signing certificates as
+/// uploaded, or the verified CA certificates its `caReferences` name. A signing certificate the
+/// emulator does not hold (a state file from before it kept them) is taken from the presented
+/// chain when the device presents it.
+fn trusted_by(
+    store: &Store,
+    group: &Map<String, Value>,
+    presented: &[crate::chain::Parsed<'_>],
+) -> Vec<Vec<u8>> {
+    let x509 = &group["attestation"]["x509"];
+    let mut trusted = Vec::new();
+    for slot in SLOTS {
+        if let Some(wanted) = x509["signingCertificates"][slot]["info"]["sha256Thumbprint"].as_str() {
+            let uploaded = store.certificates.get(wanted).and_then(|der| BASE64.decode(der).ok());
+            let presented = || presented.iter().find(|p| thumbprint(p.der) == wanted).map(|p| p.der.to_vec());
+            trusted.extend(uploaded.or_else(presented));
+        }
+        if let Some(name) = x509["caReferences"][slot].as_str() {
+            trusted.extend(store.verified_certificates.get(name).and_then(|der| BASE64.decode(der).ok()));
+        }
+    }
+    trusted
 }
 
 /// The hubs an enrollment may assign devices to: its `iotHubs`, else its `iotHubHostName`, else
@@ -523,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn an_x509_device_is_found_by_its_thumbprint_or_by_a_chain_to_its_group_s_signing_certificate() {
+    fn an_x509_device_is_found_by_its_thumbprint_or_by_a_chain_to_a_certificate_its_group_trusts() {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
@@ -545,6 +568,7 @@ mod tests {
         let group = json!({"enrollmentGroupId": "cameras", "attestation": {"type": "x509",
             "x509": {"signingCertificates": {"primary": info(&ca.pem())}}}});
         store.enrollment_groups.insert("cameras".into(), group.as_object().unwrap().clone());
+        store.certificates.insert(thumbprint(ca.der()), BASE64.encode(ca.der()));
         let now = jiff::Timestamp::now().as_second() as u64;
         let found = |id: &str, chain: Vec<Vec<u8>>| {
             enrollment_of(&store, SCOPE, id, &Credentials::Certificate(&chain), now)
@@ -553,7 +577,8 @@ mod tests {
         assert_eq!(found("camera-1", vec![camera.der().to_vec()]).unwrap().group_id, None);
         let through_group = found("camera-2", vec![member.der().to_vec(), ca.der().to_vec()]).unwrap();
         assert_eq!(through_group.group_id.as_deref(), Some("cameras"));
-        assert_eq!(found("camera-2", vec![member.der().to_vec()]).unwrap_err().status, 401, "no chain");
+        let alone = found("camera-2", vec![member.der().to_vec()]).unwrap();
+        assert_eq!(alone.group_id.as_deref(), Some("cameras"), "the leaf alone chains to the group's root");
         assert_eq!(
             found("camera-9", vec![member.der().to_vec(), ca.der().to_vec()]).unwrap_err().status,
             401,

@@ -10,6 +10,7 @@
 
 mod auth;
 mod certificate;
+mod chain;
 mod device;
 mod error;
 mod kind;

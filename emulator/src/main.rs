@@ -50,6 +50,10 @@ struct Args {
     /// PEM certificates to trust for custom allocation webhooks besides the system's roots.
     #[arg(long)]
     webhook_ca_file: Option<PathBuf>,
+    /// A CA certificate verified on this DPS, as NAME=PEM_FILE (repeatable): enrollment groups
+    /// whose caReferences name it accept devices chaining up to it.
+    #[arg(long = "verified-certificate", value_parser = parse_named_file)]
+    verified_certificates: Vec<(String, PathBuf)>,
     /// Keep the state in this JSON file so it survives a restart.
     #[arg(long)]
     state_file: Option<PathBuf>,
@@ -160,6 +164,13 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     let emulator = RunningEmulator::start(config).await.context("the emulator could not start")?;
+    for (name, path) in &args.verified_certificates {
+        let pem =
+            std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))?;
+        emulator
+            .verify_certificate(name, &pem)
+            .map_err(|error| anyhow::anyhow!("{}: {}", path.display(), error.message))?;
+    }
     if let Some(ca) = emulator.ca_certificate() {
         std::fs::write(&args.ca_out, ca)
             .with_context(|| format!("could not write {}", args.ca_out.display()))?;
@@ -180,6 +191,13 @@ async fn main() -> anyhow::Result<()> {
     shutdown().await?;
     emulator.stop().await;
     Ok(())
+}
+
+fn parse_named_file(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => Ok((name.to_owned(), path.into())),
+        _ => Err(format!("expected NAME=FILE, got '{text}'")),
+    }
 }
 
 /// Waits for Ctrl-C (SIGINT) or SIGTERM.

@@ -15,7 +15,7 @@ use axum::{
     extract::{Path, State},
     http::{HeaderMap, Method, StatusCode, Uri, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{self, get, post},
 };
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde::{Deserialize, Serialize};
@@ -387,6 +387,13 @@ impl RunningEmulator {
         add_registration(&self.shared, state, enrollment_group_id);
     }
 
+    /// Verifies a CA certificate (PEM) on this "DPS" under `name`, as a proof of possession
+    /// does on DPS's certificates page: groups whose `caReferences` name it trust devices
+    /// chaining up to it.
+    pub fn verify_certificate(&self, name: &str, pem: &str) -> Result<(), ApiError> {
+        verify_certificate(&self.shared, name, pem)
+    }
+
     /// Stops accepting connections, closes the open ones and waits until the server is gone.
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
@@ -508,6 +515,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/faults", get(admin_faults).put(admin_set_faults))
         .route("/admin/throttling", get(admin_throttling).put(admin_set_throttling))
         .route("/admin/registrations", post(admin_add_registration))
+        .route("/admin/certificates/{name}", routing::put(admin_verify_certificate))
         .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
         // Not DPS's: for liveness and readiness probes.
         .route("/healthz", get(|| async { "ok" }))
@@ -1111,6 +1119,33 @@ fn add_registration(shared: &Shared, mut state: Value, enrollment_group_id: Opti
     let mut store = lock(&shared.store);
     store.registrations.insert(key, Registration { state, enrollment_group_id });
     save(shared, &store);
+}
+
+fn verify_certificate(shared: &Shared, name: &str, pem: &str) -> Result<(), ApiError> {
+    let der = crate::certificate::der(pem)
+        .filter(|der| crate::certificate::info(&BASE64.encode(der)).is_ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(400006, format!("The certificate '{name}' is not a certificate."))
+        })?;
+    let mut store = lock(&shared.store);
+    store.verified_certificates.insert(name.to_owned(), BASE64.encode(der));
+    save(shared, &store);
+    Ok(())
+}
+
+/// `PUT /admin/certificates/{name}` with `{"certificate": PEM}`.
+async fn admin_verify_certificate(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    let Some(pem) = body["certificate"].as_str() else {
+        return ApiError::bad_request(400002, "certificate (PEM) is required.").into_response();
+    };
+    match verify_certificate(&shared, &name, pem) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::{error::ApiError, kind::Kind, validation};
+use super::{certificate, error::ApiError, kind::Kind, validation};
 use crate::{dps_time, random_bytes};
 
 /// Limits on what the emulator holds, as DPS has them.
@@ -44,6 +44,23 @@ pub struct Store {
     pub enrollments: BTreeMap<String, Map<String, Value>>,
     pub enrollment_groups: BTreeMap<String, Map<String, Value>>,
     pub registrations: BTreeMap<String, Registration>,
+    /// Every signing certificate uploaded to a group, base64 DER by SHA-256 thumbprint: DPS
+    /// verifies devices against the certificates themselves though reads show only their info.
+    #[serde(default)]
+    pub certificates: BTreeMap<String, String>,
+    /// The CA certificates verified on the DPS resource, base64 DER by name: what a group's
+    /// `caReferences` name.
+    #[serde(default)]
+    pub verified_certificates: BTreeMap<String, String>,
+}
+
+/// The signing certificates (DER) an attestation sends.
+fn signing_certificates(attestation: Option<&Value>) -> Vec<Vec<u8>> {
+    let Some(signing) = attestation.map(|a| &a["x509"]["signingCertificates"]) else { return Vec::new() };
+    ["primary", "secondary"]
+        .iter()
+        .filter_map(|slot| signing[*slot]["certificate"].as_str().and_then(certificate::der))
+        .collect()
 }
 
 /// A bulk operation's mode (the swagger's `BulkEnrollmentOperation.mode`).
@@ -190,7 +207,9 @@ impl Store {
         let now = jiff::Timestamp::now();
         let kept = existing.and_then(|e| e.get("attestation"));
         let created = existing.and_then(|e| e.get("createdDateTimeUtc")).cloned();
-        let attestation = validation::normalize_attestation(kind, item.remove("attestation"), kept, now)?;
+        let sent = item.remove("attestation");
+        let signing = signing_certificates(sent.as_ref());
+        let attestation = validation::normalize_attestation(kind, sent, kept, now)?;
         if kind == Kind::Individual
             && let Some(device_id) = item.get("deviceId").and_then(Value::as_str)
         {
@@ -206,6 +225,10 @@ impl Store {
         item.insert("lastUpdatedDateTimeUtc".into(), json!(dps_time(now)));
         let answered = answer(&item);
         self.table_mut(kind).insert(key, item);
+        for der in signing {
+            self.certificates
+                .insert(certificate::thumbprint(&ring::digest::SHA256, &der), BASE64.encode(der));
+        }
         Ok(answered)
     }
 
