@@ -23,11 +23,15 @@ pub struct Health {
 
 impl Default for Health {
     fn default() -> Self {
-        Self { metrics: Metrics::default(), ready: AtomicBool::new(false), stopping: watch::channel(false).0 }
+        Self::new(Metrics::default())
     }
 }
 
 impl Health {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics, ready: AtomicBool::new(false), stopping: watch::channel(false).0 }
+    }
+
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }

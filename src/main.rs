@@ -78,6 +78,10 @@ struct RunArgs {
     /// (repeatable); for a local emulator with a real-looking host name.
     #[arg(long = "resolve", value_parser = parse_resolve)]
     resolve: Vec<(String, std::net::SocketAddr)>,
+    /// Export the series labelled by enrollment (certificate expiry, generated key age): one or
+    /// two per enrollment. Turn off for fleets too large to keep a series each.
+    #[arg(long, env = "PER_ENROLLMENT_METRICS", default_value_t = true, action = clap::ArgAction::Set)]
+    per_enrollment_metrics: bool,
     /// Address of the /livez, /readyz and /metrics endpoints.
     #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
     metrics_address: std::net::SocketAddr,
@@ -214,7 +218,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .clone()
                     .unwrap_or_else(|| format!("dps-operator-{}", std::process::id())),
             });
-            let health = std::sync::Arc::new(dps_operator::http::Health::default());
+            let metrics = dps_operator::metrics::Metrics::new(args.per_enrollment_metrics);
+            let health = std::sync::Arc::new(dps_operator::http::Health::new(metrics));
             let health_for_server = health.clone();
             let listener = dps_operator::http::bind(args.metrics_address).await.map_err(|e| {
                 anyhow::anyhow!("cannot serve metrics and health probes on {}: {e}", args.metrics_address)

@@ -387,6 +387,17 @@ async fn a_complete_status_survives_the_status_subresource() {
         etag: Some("\"IjA2MDA4ZTYyIg==\"".into()),
         created_time: Some(time("2026-11-26T07:00:00Z")),
         last_updated_time: Some(time("2026-11-26T08:00:00Z")),
+        keys: Some(Box::new(KeysStatus {
+            active_slot: KeySlot::Secondary,
+            generated: Some(true),
+            rotating_to: Some(KeySlot::Primary),
+            active_key_time: Some(time("2026-11-26T06:00:00Z")),
+            last_rotation_time: Some(time("2026-11-26T06:00:00Z")),
+            next_rotation_time: Some(time("2027-02-24T06:00:00Z")),
+            last_trigger: Some("1764741600".into()),
+            primary_digest: Some(format!("hmac-sha256:{}", "2d".repeat(32))),
+            secondary_digest: Some(format!("hmac-sha256:{}", "3c".repeat(32))),
+        })),
         certificates: Some(Box::new(CertificatesStatus {
             primary: Some(certificate.clone()),
             secondary: Some(certificate),

@@ -810,6 +810,7 @@ fn resolved_for(certificate: &str) -> dps_operator::controller::desired::Resolve
         keys: Some((Secret::new(key(1)), Secret::new(key(2)))),
         certificates: Some((certificate.clone(), Some(certificate))),
         webhook_url: Some(Secret::new("https://allocate.example.com/api/allocate".to_owned())),
+        key_secret: None,
     }
 }
 

@@ -136,7 +136,11 @@ async fn endpoints_metrics_and_a_graceful_shutdown() {
         text.contains("dps_operator_reconcile_duration_seconds_bucket")
             && text.contains("dps_operator_rate_limiter_wait_seconds")
     );
-    assert!(!text.contains("thermostats"), "no object names in labels");
+    // Only the per-enrollment series name objects: here the age of the generated group key.
+    let per_enrollment = ["dps_operator_key_age_seconds", "dps_operator_certificate_expiry_seconds"];
+    let named: Vec<&str> = text.lines().filter(|l| l.contains("thermostats")).collect();
+    assert!(named.iter().all(|l| per_enrollment.iter().any(|p| l.starts_with(p))), "{named:?}");
+    assert!(named.iter().any(|l| l.starts_with("dps_operator_key_age_seconds{")), "{named:?}");
 
     process.signal("TERM");
     assert!(process.exited(Duration::from_secs(10)).await, "a clean exit after SIGTERM");

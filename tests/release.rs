@@ -26,8 +26,12 @@ fn the_crates_the_charts_and_the_changelog_carry_one_version() {
         assert_eq!(values["image"]["tag"], "", "{chart}: the image tag defaults to appVersion");
     }
     let changelog = read("CHANGELOG.md");
-    let newest = changelog.lines().find(|line| line.starts_with("## ")).expect("CHANGELOG.md has releases");
-    assert_eq!(newest, format!("## {VERSION}"), "the newest CHANGELOG.md entry is this release");
+    // Changes not released yet gather under "## Unreleased", above the newest release.
+    let newest = changelog
+        .lines()
+        .find(|line| line.starts_with("## ") && *line != "## Unreleased")
+        .expect("CHANGELOG.md has releases");
+    assert_eq!(newest, format!("## {VERSION}"), "the newest CHANGELOG.md release is this version");
 }
 
 /// The `version` of a Cargo manifest's `[package]`, its first `version = ` line.

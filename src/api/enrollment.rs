@@ -123,7 +123,93 @@ pub struct SymmetricKeyAttestation {
     /// random 64-byte keys for a new enrollment, or with the keys DPS holds for one it already has
     /// (never new keys for devices already in the field). When the enrollment stays in DPS after
     /// this resource is deleted, the Secret stays too.
+    ///
+    /// The Secret's `activeKey` names the key devices should use (`primaryKey` when absent); an
+    /// enrollment group's `deviceKeys` are derived from it.
     pub secret_ref: SecretReference,
+
+    /// Rotates keys the operator created (a Secret this resource owns) on a schedule, one slot at
+    /// a time: the slot devices are not using gets a new key in DPS, then becomes `activeKey`.
+    /// The other slot keeps its key until the next rotation, so devices still using it keep
+    /// working. The annotation `dps.iot.dev/rotate-keys` (any new value, e.g. a timestamp)
+    /// starts a rotation at once, with or without a schedule. Keys you supply are never rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<KeyRotation>,
+}
+
+/// When generated keys rotate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRotation {
+    /// Time between rotations, e.g. `2160h` (90 days). At least `1s`. Give devices longer than
+    /// this between reading their key and registering, and a device may hold a key that has
+    /// been replaced twice.
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = schema::duration())]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')")
+        .message("rotation.every must be at least 1s"))]
+    pub every: String,
+}
+
+/// A symmetric key slot.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum KeySlot {
+    #[default]
+    Primary,
+    Secondary,
+}
+
+impl KeySlot {
+    /// The other slot.
+    pub fn other(self) -> Self {
+        match self {
+            Self::Primary => Self::Secondary,
+            Self::Secondary => Self::Primary,
+        }
+    }
+
+    /// The slot's entry in a key Secret: `primaryKey` or `secondaryKey`.
+    pub fn secret_key(self) -> &'static str {
+        match self {
+            Self::Primary => "primaryKey",
+            Self::Secondary => "secondaryKey",
+        }
+    }
+}
+
+/// The symmetric keys: which slot devices use, and their rotation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeysStatus {
+    /// The slot devices are given (the key Secret's `activeKey`).
+    pub active_slot: KeySlot,
+    /// True when the operator created the keys and so may rotate them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated: Option<bool>,
+    /// A slot that has a new key, to become active once DPS holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotating_to: Option<KeySlot>,
+    /// When the active key was made, for generated keys: its rotation, else when the operator
+    /// created the Secret. The metric `dps_operator_key_age_seconds` counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_time: Option<Time>,
+    /// When a rotation last made a new key active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<Time>,
+    /// When the next scheduled rotation is due (with `rotation.every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<Time>,
+    /// The value of the `dps.iot.dev/rotate-keys` annotation last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_trigger: Option<String>,
+    /// Keyed digests (like `secretsDigest`) of the primary and secondary key last written to
+    /// DPS, to tell which slot a change of the Secret replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_digest: Option<String>,
+    /// The keyed digest of the secondary key last written to DPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secondary_digest: Option<String>,
 }
 
 /// A primary and an optional secondary X.509 certificate, each from a Secret. Two let you roll
@@ -350,6 +436,10 @@ pub struct EnrollmentStatus {
     /// When DPS last changed the enrollment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated_time: Option<Time>,
+
+    /// The symmetric keys: the active slot and their rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Box<KeysStatus>>,
 
     /// The X.509 certificates in use, as DPS reports them.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -38,6 +38,9 @@ pub const DEPRECATED_VERSIONS: &[&str] = &["v1alpha1"];
 /// Annotation that stops all writes to DPS for one object while it is `"true"`.
 pub const PAUSED_ANNOTATION: &str = "dps.iot.dev/paused";
 
+/// Set to a new value (e.g. a timestamp) to rotate an enrollment's generated keys now.
+pub const ROTATE_KEYS_ANNOTATION: &str = "dps.iot.dev/rotate-keys";
+
 /// Annotation the operator writes (with its finalizer) just before it creates or adopts an
 /// enrollment: `<resource uid>@<DPS host>`. It lets a restarted operator recognise a create it
 /// sent but never saw answered. Set by the operator only.

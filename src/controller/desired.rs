@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Error, digest_key::DigestKey};
+use super::{Error, digest_key::DigestKey, key_rotation::KeySecretState};
 use crate::{
     api::{self, EnrollmentSettings},
     certificates::CertificateFacts,
@@ -52,6 +52,8 @@ pub struct ResolvedCertificate {
 pub struct Resolved {
     /// Primary and secondary symmetric key (base64).
     pub keys: Option<(Secret, Secret)>,
+    /// What the key Secret says besides the keys: the active slot and its rotation.
+    pub key_secret: Option<KeySecretState>,
     /// Primary and optional secondary certificate.
     pub certificates: Option<(ResolvedCertificate, Option<ResolvedCertificate>)>,
     pub webhook_url: Option<Secret>,

@@ -15,7 +15,7 @@ use super::{
     memory::Memories,
     names::{object_key, resource_name},
 };
-use crate::api::{CLAIM_ANNOTATION, PAUSED_ANNOTATION};
+use crate::api::{CLAIM_ANNOTATION, PAUSED_ANNOTATION, ROTATE_KEYS_ANNOTATION};
 
 /// The finalizer that holds a resource until its enrollment is removed from DPS.
 pub const FINALIZER: &str = "dps.iot.dev/cleanup";
@@ -96,7 +96,7 @@ pub fn changed(meta: &ObjectMeta, change: MetadataChange) -> ObjectMeta {
 
 /// What of an object's metadata calls for a reconcile when it changes: a resource deleted and
 /// created again under its name is another resource; its spec (generation); its deletion; the
-/// paused annotation; and the operator's own finalizers and claim, so that a write dropping them
+/// paused and rotate-keys annotations; and the operator's own finalizers and claim, so that a write dropping them
 /// (`kubectl replace`, an edit) has them restored at once.
 pub fn trigger(meta: &ObjectMeta) -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
@@ -106,6 +106,7 @@ pub fn trigger(meta: &ObjectMeta) -> u64 {
     meta.deletion_timestamp.as_ref().map(|t| t.0.as_second()).hash(&mut hasher);
     let annotation = |name| meta.annotations.as_ref().and_then(|a| a.get(name));
     annotation(PAUSED_ANNOTATION).hash(&mut hasher);
+    annotation(ROTATE_KEYS_ANNOTATION).hash(&mut hasher);
     annotation(CLAIM_ANNOTATION).hash(&mut hasher);
     for finalizer in meta.finalizers.iter().flatten().filter(|f| f.starts_with("dps.iot.dev/")) {
         finalizer.hash(&mut hasher);

@@ -54,6 +54,8 @@ pub trait EnrollmentKind:
     fn enrollment_status(status: &Self::Status) -> &EnrollmentStatus;
     fn registrations(status: &Self::Status) -> Registrations;
     fn make_status(enrollment: EnrollmentStatus, id: String, registrations: Registrations) -> Self::Status;
+    /// The rotation of generated keys the spec asks for.
+    fn key_rotation(&self) -> Option<&api::KeyRotation>;
     /// The device keys the spec asks for: only a group's.
     fn device_keys(&self) -> Option<&api::DeviceKeys> {
         None
@@ -81,6 +83,9 @@ impl EnrollmentKind for EnrollmentGroup {
     }
     fn settings(&self) -> &EnrollmentSettings {
         &self.spec.settings
+    }
+    fn key_rotation(&self) -> Option<&api::KeyRotation> {
+        self.spec.attestation.symmetric_key.as_ref()?.rotation.as_ref()
     }
     fn attestation_input(&self) -> Result<AttestationInput<'_>, Error> {
         let attestation = &self.spec.attestation;
@@ -148,6 +153,9 @@ impl EnrollmentKind for IndividualEnrollment {
     }
     fn settings(&self) -> &EnrollmentSettings {
         &self.spec.settings
+    }
+    fn key_rotation(&self) -> Option<&api::KeyRotation> {
+        self.spec.attestation.symmetric_key.as_ref()?.rotation.as_ref()
     }
     fn attestation_input(&self) -> Result<AttestationInput<'_>, Error> {
         let attestation = &self.spec.attestation;

@@ -20,7 +20,10 @@ use super::{
     Error,
     names::{FIELD_MANAGER, object_key, resource_name},
 };
-use crate::http::Health;
+use crate::{
+    http::Health,
+    metrics::{CredentialTimes, EnrollmentLabels},
+};
 
 /// What is remembered of every object, by [`object_key`]: one entry per resource.
 pub struct Memories {
@@ -166,8 +169,14 @@ impl Memories {
         self.health.metrics.ready_changed(&K::kind(&()), previous, Some(ready));
     }
 
+    /// Records the lifetimes of an object's credentials for the per-enrollment metrics.
+    pub fn set_credentials<K: Resource<DynamicType = ()>>(&self, object: &K, times: CredentialTimes) {
+        self.health.metrics.credentials().set(enrollment_labels(object), Some(times));
+    }
+
     /// Drops what is remembered about an object that is gone.
     pub fn forget<K: Resource<DynamicType = ()>>(&self, object: &K) {
+        self.health.metrics.credentials().set(enrollment_labels(object), None);
         let memory = self.memories().remove(object_key(object).as_str());
         if let Some(previous) = memory.and_then(|memory| memory.ready) {
             self.health.metrics.ready_changed(&K::kind(&()), Some(previous), None);
@@ -199,6 +208,14 @@ fn take_due(
         }
     }
     due
+}
+
+fn enrollment_labels<K: Resource<DynamicType = ()>>(object: &K) -> EnrollmentLabels {
+    EnrollmentLabels {
+        kind: K::kind(&()).into_owned(),
+        namespace: object.meta().namespace.clone().unwrap_or_default(),
+        name: object.meta().name.clone().unwrap_or_default(),
+    }
 }
 
 #[cfg(test)]

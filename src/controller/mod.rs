@@ -20,6 +20,7 @@ pub mod enrollment;
 mod error;
 mod events;
 pub mod finalizer;
+pub mod key_rotation;
 pub mod kinds;
 mod leadership;
 pub mod memory;

@@ -18,10 +18,15 @@ use super::{
     Error,
     desired::{AttestationInput, Resolved, ResolvedCertificate},
     digest_key::DigestKey,
+    key_rotation::{self, KeySecretState},
     names::FIELD_MANAGER,
     watches::SecretVersions,
 };
-use crate::{api, certificates, dps::models::Secret as SecretValue};
+use crate::{
+    api::{self, KeySlot},
+    certificates,
+    dps::models::Secret as SecretValue,
+};
 
 /// The keys of a symmetric key Secret.
 pub const PRIMARY_KEY: &str = "primaryKey";
@@ -99,8 +104,13 @@ impl<'a> Reader<'a> {
         config_map.data.and_then(|mut data| data.remove(key)).ok_or_else(missing)
     }
 
-    /// The symmetric keys in Secret `name`; `None` when the Secret does not exist.
-    async fn symmetric_keys(&self, name: &str) -> Result<Option<(SecretValue, SecretValue)>, Error> {
+    /// The symmetric keys in Secret `name` and what it says of them (`owner_uid`: the resource
+    /// whose generated keys it would hold); `None` when the Secret does not exist.
+    async fn symmetric_keys(
+        &self,
+        name: &str,
+        owner_uid: &str,
+    ) -> Result<Option<((SecretValue, SecretValue), KeySecretState)>, Error> {
         // A key Secret found missing is created, and a create of one that exists after all is
         // answered 409 and read: a watch that lags behind costs a read, never an overwrite.
         if self.known.is_some_and(|known| known.known_absent(self.namespace, name)) {
@@ -119,7 +129,90 @@ impl<'a> Reader<'a> {
                 Err(_) => Err(self.invalid(name, key, "is not base64")),
             }
         };
-        Ok(Some((key(PRIMARY_KEY)?, key(SECONDARY_KEY)?)))
+        let keys = (key(PRIMARY_KEY)?, key(SECONDARY_KEY)?);
+        Ok(Some((keys, self.key_secret_state(&secret, name, owner_uid)?)))
+    }
+
+    /// The active slot and the rotation a key Secret records.
+    fn key_secret_state(
+        &self,
+        secret: &Secret,
+        name: &str,
+        owner_uid: &str,
+    ) -> Result<KeySecretState, Error> {
+        let active = match secret_bytes(secret, key_rotation::ACTIVE_KEY) {
+            None => KeySlot::Primary,
+            Some(bytes) => {
+                String::from_utf8(bytes).ok().as_deref().and_then(key_rotation::parse_slot).ok_or_else(
+                    || self.invalid(name, key_rotation::ACTIVE_KEY, "is neither primaryKey nor secondaryKey"),
+                )?
+            }
+        };
+        let annotation = |key: &str| secret.metadata.annotations.as_ref().and_then(|a| a.get(key));
+        let owners = secret.metadata.owner_references.iter().flatten();
+        Ok(KeySecretState {
+            active,
+            generated: owners.clone().any(|owner| owner.uid == owner_uid),
+            rotating_to: annotation(key_rotation::ROTATING_TO_ANNOTATION)
+                .and_then(|a| key_rotation::parse_slot(a)),
+            rotated_at: annotation(key_rotation::ROTATED_AT_ANNOTATION).and_then(|a| a.parse().ok()),
+            trigger: annotation(key_rotation::TRIGGER_ANNOTATION).cloned(),
+            created: secret.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            resource_version: secret.metadata.resource_version.clone(),
+        })
+    }
+
+    /// Gives `slot` of key Secret `name` a new key and records the rotation on it, if the
+    /// Secret is still at `version`; answers the Secret's new resourceVersion.
+    pub async fn start_key_rotation(
+        &self,
+        name: &str,
+        version: &str,
+        slot: KeySlot,
+        key: &SecretValue,
+        trigger: Option<&str>,
+    ) -> Result<Option<String>, Error> {
+        let mut annotations = serde_json::json!({key_rotation::ROTATING_TO_ANNOTATION: slot.secret_key()});
+        if let Some(trigger) = trigger {
+            annotations[key_rotation::TRIGGER_ANNOTATION] = trigger.into();
+        }
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": version, "annotations": annotations},
+            "data": {slot.secret_key(): BASE64.encode(key.expose())},
+        });
+        self.patch_key_secret(name, &patch, "starting a key rotation of").await
+    }
+
+    /// Makes `slot` the active one of key Secret `name` (at `version`), ending its rotation.
+    pub async fn publish_rotated_key(
+        &self,
+        name: &str,
+        version: &str,
+        slot: KeySlot,
+        at: jiff::Timestamp,
+    ) -> Result<Option<String>, Error> {
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": version, "annotations": {
+                key_rotation::ROTATING_TO_ANNOTATION: null,
+                key_rotation::ROTATED_AT_ANNOTATION: at.to_string(),
+            }},
+            "data": {key_rotation::ACTIVE_KEY: BASE64.encode(slot.secret_key())},
+        });
+        self.patch_key_secret(name, &patch, "publishing the rotated key of").await
+    }
+
+    async fn patch_key_secret(
+        &self,
+        name: &str,
+        patch: &serde_json::Value,
+        doing: &str,
+    ) -> Result<Option<String>, Error> {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        Api::<Secret>::namespaced(self.client.clone(), self.namespace)
+            .patch(name, &params, &Patch::Merge(patch))
+            .await
+            .map(|secret| secret.metadata.resource_version)
+            .map_err(|e| Error::kube(format!("{doing} Secret {}/{name}", self.namespace), e))
     }
 
     /// Creates Secret `name` holding `data`, labelled as the operator's and owned by `owner` when
@@ -169,10 +262,10 @@ impl<'a> Reader<'a> {
         match self.create_secret(name, Some(owner), data).await? {
             Some(created) => Ok((keys, created.metadata.resource_version)),
             None => {
-                let keys = self.symmetric_keys(name).await?.ok_or_else(|| Error::SecretNotFound {
-                    namespace: self.namespace.into(),
-                    name: name.into(),
-                })?;
+                let keys =
+                    self.symmetric_keys(name, &owner.uid).await?.map(|(keys, _)| keys).ok_or_else(|| {
+                        Error::SecretNotFound { namespace: self.namespace.into(), name: name.into() }
+                    })?;
                 Ok((keys, None))
             }
         }
@@ -279,15 +372,20 @@ impl<'a> Reader<'a> {
     /// Everything secret an enrollment needs: keys or certificates, and the webhook URL. A
     /// symmetric key Secret that does not exist leaves `keys` empty: whether to generate keys or
     /// take DPS's is decided once DPS has been read.
+    /// `owner_uid`: the resource's, whose generated keys a key Secret it owns holds.
     pub async fn resolve(
         &self,
         input: AttestationInput<'_>,
         webhook: Option<&api::SecretKeySelector>,
+        owner_uid: &str,
     ) -> Result<Resolved, Error> {
         let mut resolved = Resolved::default();
         match input {
             AttestationInput::SymmetricKey(secret) => {
-                resolved.keys = self.symmetric_keys(&secret.name).await?
+                if let Some((keys, state)) = self.symmetric_keys(&secret.name, owner_uid).await? {
+                    resolved.keys = Some(keys);
+                    resolved.key_secret = Some(state);
+                }
             }
             AttestationInput::ClientCertificates(pair) | AttestationInput::SigningCertificates(pair) => {
                 let secondary = match &pair.secondary {

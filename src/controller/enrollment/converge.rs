@@ -10,6 +10,7 @@ use crate::{
         Error,
         desired::{DpsRecord, Facts, Plan, Resolved, decide, desired_comparable, drift},
         digest_key::DigestKey,
+        key_rotation::KeySecretState,
         ownership::{Ownership, drop_claim},
     },
     dps::{self, IfMatch, models::Secret},
@@ -334,6 +335,9 @@ async fn fill_key_secret<R, E: Edges<R>>(
     if let Some(keys) = keys {
         let material = &mut pass.material;
         material.resolved.keys = Some(edges.create_key_secret(secret, keys, exists).await?);
+        let created = Some(jiff::Timestamp::now());
+        material.resolved.key_secret =
+            Some(KeySecretState { generated: true, created, ..Default::default() });
         material.desired = edges.build(&material.resolved)?;
         material.digest = material.resolved.secrets_digest(pass.digest_key);
         return Ok(!exists);
@@ -342,7 +346,7 @@ async fn fill_key_secret<R, E: Edges<R>>(
 }
 
 /// A random 64-byte symmetric key, base64, as DPS generates them.
-fn random_key() -> Secret {
+pub(super) fn random_key() -> Secret {
     use base64::Engine;
     Secret::new(base64::engine::general_purpose::STANDARD.encode(crate::random_bytes::<64>()))
 }

@@ -39,11 +39,65 @@ pub fn of_pass<R>(
     spec_changed: bool,
     result: &Result<Synced<R>, Error>,
 ) -> Vec<Note> {
-    let outcome = match result {
-        Ok(synced) => of_outcome(what, id, old, spec_changed, synced),
-        Err(error) => of_failure(old, error),
+    let (outcome, keys) = match result {
+        Ok(synced) => (
+            of_outcome(what, id, old, spec_changed, synced),
+            of_keys(what, id, old, new, spec_changed, synced),
+        ),
+        Err(error) => (of_failure(old, error), Vec::new()),
     };
-    outcome.into_iter().chain(newly_expiring(old, new)).collect()
+    outcome.into_iter().chain(keys).chain(newly_expiring(old, new)).collect()
+}
+
+/// A rotation published; a rotation asked of keys the operator did not create; both keys
+/// replaced at once, which locks out every device.
+fn of_keys<R>(
+    what: &str,
+    id: &str,
+    old: &EnrollmentStatus,
+    new: &EnrollmentStatus,
+    spec_changed: bool,
+    synced: &Synced<R>,
+) -> Vec<Note> {
+    let (old, new) = (old.keys.as_deref(), new.keys.as_deref());
+    let mut notes = Vec::new();
+    if let (Some(old), Some(new)) = (old, new)
+        && old.active_slot != new.active_slot
+    {
+        notes.extend(Note::normal(
+            "KeyRotated",
+            format!(
+                "Rotated the keys of {what} {id}: the new {} key is active in DPS and in its Secret; the {} key stays until the next rotation.",
+                new.active_slot.secret_key(),
+                old.active_slot.secret_key()
+            ),
+        ));
+    }
+    let trigger_changed =
+        old.and_then(|o| o.last_trigger.as_ref()) != new.and_then(|n| n.last_trigger.as_ref());
+    if synced.rotation_refused && (spec_changed || trigger_changed) {
+        notes.extend(Note::warning(
+            "KeysNotRotated",
+            format!(
+                "The keys of {what} {id} were supplied, not created by the operator, so they are never rotated: \
+                 replace one key of its Secret at a time, and devices using the other keep working."
+            ),
+        ));
+    }
+    let replaced = |old: &Option<String>, new: &Option<String>| old.is_some() && new.is_some() && old != new;
+    if let (Some(old), Some(new)) = (old, new)
+        && replaced(&old.primary_digest, &new.primary_digest)
+        && replaced(&old.secondary_digest, &new.secondary_digest)
+    {
+        notes.extend(Note::warning(
+            "BothKeysReplaced",
+            format!(
+                "Both keys of {what} {id} were replaced at once: DPS now refuses every device still using either \
+                 old key or a key derived from it. Replace one key at a time to keep devices working."
+            ),
+        ));
+    }
+    notes
 }
 
 fn of_outcome<R>(
@@ -123,7 +177,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::controller::kinds::Registrations;
+    use crate::{
+        api::{KeySlot, KeysStatus},
+        controller::kinds::Registrations,
+    };
 
     fn synced(done: Done) -> Synced<()> {
         Synced {
@@ -133,6 +190,8 @@ mod tests {
             certificates: None,
             registrations: Registrations::Unknown,
             device_keys: None,
+            keys: None,
+            rotation_refused: false,
             host: "dps.example".into(),
             owned: true,
             protected: false,
@@ -202,5 +261,48 @@ mod tests {
             ..Default::default()
         };
         assert!(of_pass::<()>("enrollment", "boiler", &old, &old, false, &Err(error)).is_empty());
+    }
+
+    fn keys(active: KeySlot, primary: &str, secondary: &str, trigger: Option<&str>) -> EnrollmentStatus {
+        let keys = KeysStatus {
+            active_slot: active,
+            primary_digest: Some(primary.into()),
+            secondary_digest: Some(secondary.into()),
+            last_trigger: trigger.map(str::to_owned),
+            ..Default::default()
+        };
+        EnrollmentStatus { keys: Some(Box::new(keys)), ..Default::default() }
+    }
+
+    fn key_notes(old: &EnrollmentStatus, new: &EnrollmentStatus, refused: bool) -> Vec<&'static str> {
+        let pass = Synced { rotation_refused: refused, ..synced(Done::InSync) };
+        of_pass("enrollment", "boiler", old, new, false, &Ok(pass)).iter().map(|n| n.reason).collect()
+    }
+
+    #[test]
+    fn replacing_both_keys_at_once_is_a_warning_and_one_at_a_time_is_not() {
+        let before = keys(KeySlot::Primary, "p1", "s1", None);
+        assert_eq!(
+            key_notes(&before, &keys(KeySlot::Primary, "p2", "s2", None), false),
+            ["BothKeysReplaced"]
+        );
+        assert!(key_notes(&before, &keys(KeySlot::Primary, "p2", "s1", None), false).is_empty());
+        assert!(key_notes(&EnrollmentStatus::default(), &before, false).is_empty(), "first written");
+    }
+
+    #[test]
+    fn a_published_rotation_is_announced() {
+        let before = keys(KeySlot::Primary, "p1", "s1", None);
+        assert_eq!(key_notes(&before, &keys(KeySlot::Secondary, "p1", "s2", None), false), ["KeyRotated"]);
+    }
+
+    #[test]
+    fn a_rotation_refused_is_reported_once_per_trigger() {
+        let before = keys(KeySlot::Primary, "p1", "s1", Some("1"));
+        assert_eq!(
+            key_notes(&before, &keys(KeySlot::Primary, "p1", "s1", Some("2")), true),
+            ["KeysNotRotated"]
+        );
+        assert!(key_notes(&before, &before, true).is_empty(), "the same trigger again");
     }
 }

@@ -39,7 +39,7 @@ pub async fn resolve<'a, K: EnrollmentKind>(
 ) -> Result<Material<'a, K::Record>, Error> {
     let input = object.attestation_input()?;
     let webhook = object.settings().custom_allocation.as_ref().map(|c| &c.webhook_url_secret_ref);
-    let resolved = reader.resolve(input, webhook).await?;
+    let resolved = reader.resolve(input, webhook, object.meta().uid.as_deref().unwrap_or_default()).await?;
     let desired = object.build(&object.dps_id(), &resolved)?;
     let digest = resolved.secrets_digest(digest_key);
     // A status from before digests were keyed holds the plain SHA-256: for the same secrets it

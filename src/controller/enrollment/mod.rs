@@ -3,10 +3,12 @@
 //!
 //! 1. resolve: the connection, and the Secrets' material with the record the spec describes
 //!    ([`inputs`]);
-//! 2. claim: the resource's place in the register of owners ([`claim`]);
+//! 2. claim: the resource's place in the register of owners ([`claim`]), and a key rotation
+//!    started when one is due ([`rotation`]);
 //! 3. check: whether DPS is due a look, and what the query snapshot already says ([`check`]);
 //! 4. converge: read, decide and write in DPS ([`converge`], its I/O in [`edges`]);
-//! 5. observe: the registrations and a group's device keys ([`observe`]);
+//! 5. observe: a rotated key published once DPS holds it ([`rotation`]), the registrations and a
+//!    group's device keys ([`observe`]);
 //! 6. status: made from the outcome ([`status`], pure), written with the finalizer and claim;
 //! 7. events: what changed, once ([`events`], pure).
 //!
@@ -22,6 +24,7 @@ mod inputs;
 mod mode;
 mod observe;
 mod outcome;
+mod rotation;
 mod status;
 
 use std::sync::{Arc, Mutex};
@@ -39,6 +42,7 @@ use super::{
     Error,
     context::Context,
     finalizer::{MetadataChange, claim_of, has_finalizer, write_metadata},
+    key_rotation,
     kinds::{EnrollmentKind, api_of},
     names::{object_key, resource_name},
     ownership::{Ownership, annotation_change, recorded_claim},
@@ -110,6 +114,7 @@ async fn apply<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<Action, E
     };
     let enrollment = status::enrollment_status::<K>(&recorded, &facts, &result);
     ctx.memory.set_ready(object, status::is_ready(&enrollment));
+    ctx.memory.set_credentials(object, status::credential_times(&enrollment));
     let spec_changed = old_enrollment.observed_generation != facts.generation;
     let notes = events::of_pass(K::WHAT, &id, &old_enrollment, &enrollment, spec_changed, &result);
     // Every resource gets the finalizer (a new one with its first claim, in the same write), the
@@ -154,14 +159,24 @@ async fn sync<K: EnrollmentKind>(
         settings.deletion_protected(connection.defaults.as_ref().and_then(|d| d.deletion_protection));
     let ownership =
         claim::take(object, &connection.host, mode.may_write(), recorded, &ctx.owners, &ctx.events).await?;
+    let may_rotate = mode.may_write() && ownership == Ownership::Owned;
+    let (material, rotation) =
+        rotation::start(object, &reader, material, may_rotate, &ctx.digest_key, recorded).await?;
+    let rotation_refused = rotation == key_rotation::Start::NotGenerated;
+    // A rotation in progress has DPS read, so that its key is published once DPS holds it.
+    let rotating =
+        may_rotate && material.resolved.key_secret.as_ref().is_some_and(|s| s.rotating_to.is_some());
 
-    let inputs_changed = check::inputs_changed(object.meta().generation, old, recorded, &material);
+    let inputs_changed =
+        check::inputs_changed(object.meta().generation, old, recorded, &material) || rotating;
     let settled = check::settled(old, mode, ownership, inputs_changed);
     let key = object_key(object);
     // A settled resource whose drift check is not due: DPS is not consulted.
     if let Some(next_check) = check::not_due(settled, ctx.memory.since_check(&key), interval) {
+        let keys = rotation::status(object, &material, mode.may_write(), &ctx.digest_key);
+        let next_check = rotation::sooner(next_check, keys.as_ref());
         let synced = Synced::new(Done::NotDue, None, material, connection.host.clone(), true, next_check);
-        return Ok(Synced { protected, ..synced });
+        return Ok(Synced { protected, keys, rotation_refused, ..synced });
     }
     ctx.memory.checked(&key);
     let reading = check::reading(settled, ownership, mode.may_write(), interval);
@@ -184,10 +199,13 @@ async fn sync<K: EnrollmentKind>(
         known,
     };
     let (done, record) = converge(&edges, &mut pass, recorded).await?;
-    let Pass { ownership, material, .. } = pass;
+    let Pass { ownership, mut material, .. } = pass;
+    let owned = ownership == Ownership::Owned;
+    let in_sync = owned && mode.may_write() && !matches!(done, Done::Reported { .. });
+    rotation::publish::<K>(&reader, &mut material, in_sync).await?;
+    let keys = rotation::status(object, &material, in_sync, &ctx.digest_key);
 
     let registrations = observe::registrations::<K>(&connection, &id, record.as_ref()).await;
-    let owned = ownership == Ownership::Owned;
     // A group's device keys follow its key once the group is ours and written as specified.
     let device_keys = match mode.may_write() && owned {
         true => {
@@ -195,8 +213,9 @@ async fn sync<K: EnrollmentKind>(
         }
         false => None,
     };
-    let synced = Synced::new(done, record, material, connection.host.clone(), owned, jitter(interval, 0.2));
-    Ok(Synced { registrations, device_keys, protected, ..synced })
+    let next_check = rotation::sooner(jitter(interval, 0.2), keys.as_ref());
+    let synced = Synced::new(done, record, material, connection.host.clone(), owned, next_check);
+    Ok(Synced { registrations, device_keys, protected, keys, rotation_refused, ..synced })
 }
 
 /// The end of a pass whose last metadata write failed: when the resource was deleted meanwhile

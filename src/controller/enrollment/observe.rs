@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::inputs::Material;
 use crate::{
-    api::DeviceKeysStatus,
+    api::{DeviceKeysStatus, KeySlot},
     controller::{
         Error,
         connection::Connection,
@@ -44,7 +44,7 @@ pub async fn registrations<K: EnrollmentKind>(
     }
 }
 
-/// Writes a group's device keys Secret as its spec asks, from its primary key (when `material`
+/// Writes a group's device keys Secret as its spec asks, from its active key (when `material`
 /// holds it); the group key's own Secret is never overwritten.
 pub async fn device_keys<K: EnrollmentKind>(
     object: &K,
@@ -61,7 +61,11 @@ pub async fn device_keys<K: EnrollmentKind>(
         )));
     }
     let written = object.current_status().and_then(K::device_keys_status);
-    let group_key = material.resolved.keys.as_ref().map(|keys| &keys.0);
+    let active = material.resolved.key_secret.as_ref().map(|state| state.active).unwrap_or_default();
+    let group_key = material.resolved.keys.as_ref().map(|keys| match active {
+        KeySlot::Primary => &keys.0,
+        KeySlot::Secondary => &keys.1,
+    });
     let plan = device_keys::plan(object.device_keys(), group_key, written, digest_key);
     device_keys::apply(reader, owner_reference, plan).await
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{converge::Done, inputs::Material};
 use crate::{
-    api::DeviceKeysStatus,
+    api::{DeviceKeysStatus, KeysStatus},
     controller::{desired::ResolvedCertificate, kinds::Registrations},
 };
 
@@ -23,6 +23,10 @@ pub struct Synced<R> {
     pub host: String,
     /// Whether the enrollment is now this resource's on `host`, confirmed by DPS.
     pub owned: bool,
+    /// The symmetric keys, as the key Secret and this pass left them.
+    pub keys: Option<KeysStatus>,
+    /// A rotation was asked for keys the operator did not create.
+    pub rotation_refused: bool,
     /// Whether deleting the resource is refused (`spec.deletionProtection`, else the connection's).
     pub protected: bool,
     /// When to look at DPS again.
@@ -47,6 +51,8 @@ impl<R> Synced<R> {
             certificates: material.resolved.certificates,
             registrations: Registrations::Unknown,
             device_keys: None,
+            keys: None,
+            rotation_refused: false,
             host,
             owned,
             protected: false,

@@ -16,6 +16,7 @@ use crate::{
         kinds::{EnrollmentKind, Registrations},
     },
     dps,
+    metrics::CredentialTimes,
 };
 
 /// What a pass's status is made from besides its outcome.
@@ -77,6 +78,7 @@ fn record_outcome<R: DpsRecord>(status: &mut EnrollmentStatus, synced: &Synced<R
     if !matches!(synced.done, Done::Reported { .. }) {
         status.secrets_digest = synced.digest.clone();
     }
+    status.keys = synced.keys.clone().map(Box::new);
     status.certificates = synced.certificates.as_ref().map(|(primary, secondary)| {
         Box::new(CertificatesStatus {
             primary: Some(certificate_info(primary)),
@@ -207,4 +209,17 @@ pub fn resource_status<K: EnrollmentKind>(
     let status = make_status(enrollment, registrations);
     let worth_writing = old != Some(&status) && !only_filled_in;
     (status, worth_writing)
+}
+
+/// The lifetimes of the credentials `status` shows, for the per-enrollment metrics.
+pub fn credential_times(status: &EnrollmentStatus) -> CredentialTimes {
+    let certificates = status.certificates.as_deref();
+    let slots = [
+        ("primary", certificates.and_then(|c| c.primary.as_ref())),
+        ("secondary", certificates.and_then(|c| c.secondary.as_ref())),
+    ];
+    CredentialTimes {
+        certificates: slots.into_iter().filter_map(|(slot, info)| Some((slot, info?.not_after.0))).collect(),
+        key_made: status.keys.as_ref().and_then(|keys| keys.active_key_time.as_ref()).map(|t| t.0),
+    }
 }

@@ -1,4 +1,9 @@
-//! Prometheus metrics, never labelled by object name (bounded cardinality).
+//! Prometheus metrics. Only [`credentials`] labels series by enrollment (and can be turned off);
+//! every other metric has bounded labels.
+
+mod credentials;
+
+pub use credentials::{CredentialTimes, Credentials, EnrollmentLabels};
 
 use std::time::Duration;
 
@@ -58,6 +63,7 @@ pub struct Metrics {
     dps_throttled: Counter,
     rate_limiter_wait: Histogram,
     resources: Family<ReadyLabels, Gauge>,
+    credentials: std::sync::Arc<Credentials>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -66,6 +72,13 @@ fn seconds_buckets() -> impl Iterator<Item = f64> {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl Metrics {
+    /// `per_enrollment`: whether to export the series labelled by enrollment ([`credentials`]).
+    pub fn new(per_enrollment: bool) -> Self {
         let mut registry = Registry::with_prefix("dps_operator");
         let metrics = Self {
             reconciles: Family::default(),
@@ -76,6 +89,7 @@ impl Default for Metrics {
             dps_throttled: Counter::default(),
             rate_limiter_wait: Histogram::new(seconds_buckets()),
             resources: Family::default(),
+            credentials: std::sync::Arc::new(Credentials::new(per_enrollment)),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles by kind and result", metrics.reconciles.clone());
@@ -110,11 +124,15 @@ impl Default for Metrics {
             metrics.rate_limiter_wait.clone(),
         );
         registry.register("resources", "Resources by kind and Ready state", metrics.resources.clone());
+        registry.register_collector(Box::new(metrics.credentials.clone()));
         Self { registry, ..metrics }
     }
-}
 
-impl Metrics {
+    /// The per-enrollment credential series.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     pub fn reconciled(&self, kind: &str, duration: Duration, error_reason: Option<&str>) {
         let result = if error_reason.is_some() { "error" } else { "success" };
         self.reconciles.get_or_create(&ReconcileLabels { kind: kind.into(), result: result.into() }).inc();
