@@ -355,6 +355,8 @@ async fn a_complete_status_survives_the_status_subresource() {
         sha256_thumbprint: "B".repeat(64),
         not_before: time("2026-01-01T00:00:00Z"),
         not_after: time("2027-01-01T00:00:00Z"),
+        current: Some(true),
+        pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
     };
     let registration = RegistrationRecord {
         registration_id: "sensor-7".into(),
@@ -400,7 +402,9 @@ async fn a_complete_status_survives_the_status_subresource() {
         })),
         certificates: Some(Box::new(CertificatesStatus {
             primary: Some(certificate.clone()),
-            secondary: Some(certificate),
+            secondary: Some(CertificateInfo { current: Some(false), ..certificate }),
+            rolled_over_time: Some(time("2026-11-26T07:30:00Z")),
+            previous_until: Some(time("2026-12-26T07:30:00Z")),
         })),
         drift: vec!["allocationPolicy".into()],
     };

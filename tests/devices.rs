@@ -519,3 +519,202 @@ async fn devices_using_the_published_key_are_never_refused_across_two_rotations(
         operator.eventually_event("sensors", "KeyRotated", |(_, reason, _)| reason == "KeyRotated").await;
     assert!(!events.iter().any(|(_, reason, _)| reason == "BothKeysReplaced"), "{events:?}");
 }
+
+/// Replaces the certificate in Secret `name`, as a renewal does.
+async fn renew(operator: &Operator, name: &str, pem: &str) {
+    let patch = json!({"stringData": {"tls.crt": pem}}).to_string();
+    let output = operator.kubectl(&["patch", "secret", name, "--type", "merge", "-p", &patch], None).await;
+    assert!(output.success, "{}", output.stderr);
+}
+
+/// X.509 rollover: when the certificate in a Secret changes, the previous one stays in DPS's
+/// secondary slot, so devices chaining to the old and to the new certificate both register
+/// during the overlap; once it ends, the old chain is refused. A group's intermediate and an
+/// individual enrollment's leaf alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewed_certificate_rolls_over_and_both_chains_register_during_the_overlap() {
+    use dps_operator::pki::CertificateAuthority;
+    let operator = start("device-rollover").await;
+    let root = CertificateAuthority::new("Contoso Root").unwrap();
+    let (old_line, new_line) = (
+        root.issue_intermediate("Contoso Line 2026").unwrap(),
+        root.issue_intermediate("Contoso Line 2027").unwrap(),
+    );
+    let (old_camera, new_camera) =
+        (root.issue_client("camera-7", None).unwrap(), root.issue_client("camera-7", None).unwrap());
+    operator.create_secret("line-ca", &[("tls.crt", &old_line.certificate_pem)]).await;
+    operator.create_secret("camera-7-cert", &[("tls.crt", &old_camera.certificate_pem)]).await;
+    let camera = |overlap: &str| {
+        format!(
+            "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: camera-7}}\nspec:\n  \
+             serviceRef: {{name: dps}}\n  attestation:\n    x509:\n      clientCertificates: \
+             {{primary: {{name: camera-7-cert}}, rolloverOverlap: {overlap}}}\n"
+        )
+    };
+    let line = |overlap: &str| {
+        x509_group(
+            "line",
+            &format!("{{signingCertificates: {{primary: {{name: line-ca}}, rolloverOverlap: {overlap}}}}}"),
+        )
+    };
+    operator.apply(&line("1h")).await;
+    operator.apply(&camera("1h")).await;
+    let resources = ["enrollmentgroup/line", "individualenrollment/camera-7"];
+    for resource in resources {
+        operator.wait(resource, "condition=Ready").await;
+    }
+    let line_device = async |id: &str, ca: &CertificateAuthority| {
+        let leaf = ca.issue_client(id, None).unwrap();
+        register_x509(
+            &operator,
+            id,
+            &format!("{}{}", leaf.certificate_pem, ca.certificate_pem),
+            &leaf.key_pem,
+        )
+        .await
+    };
+    let camera_device = async |leaf: &dps_operator::pki::CertifiedKey| {
+        register_x509(&operator, "camera-7", &leaf.certificate_pem, &leaf.key_pem).await
+    };
+    assert_eq!(line_device("sensor-old-1", &old_line).await["ok"], true);
+
+    renew(&operator, "line-ca", &new_line.certificate_pem).await;
+    renew(&operator, "camera-7-cert", &new_camera.certificate_pem).await;
+    for resource in resources {
+        let rolled = operator
+            .eventually(resource, "the previous certificate in the secondary slot", |r| {
+                let certificates = &r["status"]["certificates"];
+                certificates["secondary"]["current"] == false
+                    && certificates["previousUntil"].is_string()
+                    && support::operator::is_ready(r)
+            })
+            .await;
+        assert_eq!(rolled["status"]["certificates"]["primary"]["current"], true, "{}", rolled["status"]);
+    }
+    // During the overlap, both chains and both leaves.
+    for (id, ca) in [("sensor-old-2", &old_line), ("sensor-new-1", &new_line)] {
+        let outcome = line_device(id, ca).await;
+        assert_eq!(outcome["ok"], true, "{id}: {outcome}");
+    }
+    for leaf in [&old_camera, &new_camera] {
+        let outcome = camera_device(leaf).await;
+        assert_eq!(outcome["ok"], true, "{outcome}");
+    }
+    let (_, events) = operator
+        .eventually_event("line", "CertificateRolledOver", |(_, reason, _)| reason == "CertificateRolledOver")
+        .await;
+    assert!(!events.iter().any(|(kind, ..)| kind == "Warning"), "{events:?}");
+
+    // The overlap ends: the previous certificate leaves DPS, and with it the old chain.
+    operator.apply(&line("0s")).await;
+    operator.apply(&camera("0s")).await;
+    for resource in resources {
+        operator
+            .eventually(resource, "no previous certificate", |r| {
+                r["status"]["certificates"]["secondary"].is_null() && support::operator::is_ready(r)
+            })
+            .await;
+    }
+    let refused = [line_device("sensor-old-3", &old_line).await, camera_device(&old_camera).await];
+    for outcome in refused {
+        assert_eq!(
+            (outcome["ok"].as_bool(), outcome["status"].as_u64()),
+            (Some(false), Some(401)),
+            "{outcome}"
+        );
+    }
+    assert_eq!(line_device("sensor-new-2", &new_line).await["ok"], true);
+    assert_eq!(camera_device(&new_camera).await["ok"], true);
+}
+
+/// A cert-manager Certificate: a CA (`isCA`) or a device's leaf, from `issuer`.
+fn cert_manager_certificate(
+    name: &str,
+    common_name: &str,
+    issuer: &str,
+    is_ca: bool,
+    organization: &str,
+) -> String {
+    format!(
+        "apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {{name: {name}}}\nspec:\n  \
+         secretName: {name}-tls\n  commonName: {common_name}\n  isCA: {is_ca}\n  \
+         subject: {{organizations: [{organization}]}}\n  privateKey: {{algorithm: ECDSA, size: 256, rotationPolicy: Always}}\n  \
+         usages: [{}]\n  issuerRef: {{name: {issuer}, kind: Issuer}}\n",
+        if is_ca { "cert sign, crl sign, digital signature" } else { "client auth, digital signature" }
+    )
+}
+
+/// cert-manager as the source of a group's signing certificate, with the real cert-manager
+/// controller: a CA Issuer signs an intermediate (`isCA`) the group names; the intermediate is
+/// renewed during the test (re-keyed), the operator rolls over, and devices with leaves from the
+/// old and from the new intermediate register throughout the overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cert_manager_intermediate_renewed_mid_test_keeps_devices_of_both_registering() {
+    support::cert_manager();
+    let operator = start("device-cert-manager").await;
+    let issuers = "apiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: bootstrap}\nspec: {selfSigned: {}}\n\
+         ---\napiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: root}\nspec: {ca: {secretName: root-ca-tls}}\n\
+         ---\napiVersion: cert-manager.io/v1\nkind: Issuer\nmetadata: {name: line}\nspec: {ca: {secretName: line-ca-tls}}\n";
+    operator.apply(issuers).await;
+    operator.apply(&cert_manager_certificate("root-ca", "Contoso Root", "bootstrap", true, "Contoso")).await;
+    operator.apply(&cert_manager_certificate("line-ca", "Contoso Line", "root", true, "Contoso 2026")).await;
+    operator.wait("certificate/line-ca", "condition=Ready").await;
+    operator
+        .apply(&x509_group(
+            "line",
+            "{signingCertificates: {certificateRef: {name: line-ca}, rolloverOverlap: 1h}}",
+        ))
+        .await;
+    operator.wait("enrollmentgroup/line", "condition=Ready").await;
+
+    // A device's leaf, issued by the line CA as it is now: tls.crt holds the leaf and the intermediate.
+    let issue_device = async |id: &str| {
+        operator.apply(&cert_manager_certificate(id, id, "line", false, "Contoso")).await;
+        operator.wait(&format!("certificate/{id}"), "condition=Ready").await;
+        let data = operator.get(&format!("secret/{id}-tls")).await["data"].clone();
+        let text =
+            |key: &str| String::from_utf8(BASE64.decode(data[key].as_str().unwrap()).unwrap()).unwrap();
+        (text("tls.crt"), text("tls.key"))
+    };
+    let old_device = issue_device("sensor-2026").await;
+    let outcome = register_x509(&operator, "sensor-2026", &old_device.0, &old_device.1).await;
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    let before =
+        operator.get("enrollmentgroup/line").await["status"]["certificates"]["primary"]["sha256Thumbprint"]
+            .clone();
+
+    // cert-manager renews the intermediate with a new key (its spec changed).
+    operator.apply(&cert_manager_certificate("line-ca", "Contoso Line", "root", true, "Contoso 2027")).await;
+    let rolled = operator
+        .eventually("enrollmentgroup/line", "the renewed intermediate rolled over", |r| {
+            let certificates = &r["status"]["certificates"];
+            certificates["primary"]["sha256Thumbprint"] != before
+                && certificates["secondary"]["sha256Thumbprint"] == before
+                && support::operator::is_ready(r)
+        })
+        .await;
+    assert!(
+        rolled["status"]["certificates"]["primary"]["subject"].as_str().unwrap().contains("Contoso 2027")
+    );
+    let new_device = issue_device("sensor-2027").await;
+    for (id, (chain, key)) in [("sensor-2026", &old_device), ("sensor-2027", &new_device)] {
+        let outcome = register_x509(&operator, id, chain, key).await;
+        assert_eq!(outcome["ok"], true, "{id}: {outcome}");
+    }
+
+    // The overlap ends: only the renewed intermediate's devices register.
+    operator
+        .apply(&x509_group(
+            "line",
+            "{signingCertificates: {certificateRef: {name: line-ca}, rolloverOverlap: 0s}}",
+        ))
+        .await;
+    operator
+        .eventually("enrollmentgroup/line", "no previous certificate", |r| {
+            r["status"]["certificates"]["secondary"].is_null() && support::operator::is_ready(r)
+        })
+        .await;
+    let refused = register_x509(&operator, "sensor-2026", &old_device.0, &old_device.1).await;
+    assert_eq!((refused["ok"].as_bool(), refused["status"].as_u64()), (Some(false), Some(401)), "{refused}");
+    assert_eq!(register_x509(&operator, "sensor-2027", &new_device.0, &new_device.1).await["ok"], true);
+}

@@ -811,6 +811,7 @@ fn resolved_for(certificate: &str) -> dps_operator::controller::desired::Resolve
         certificates: Some((certificate.clone(), Some(certificate))),
         webhook_url: Some(Secret::new("https://allocate.example.com/api/allocate".to_owned())),
         key_secret: None,
+        rollover: None,
     }
 }
 

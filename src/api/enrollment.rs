@@ -212,16 +212,46 @@ pub struct KeysStatus {
     pub secondary_digest: Option<String>,
 }
 
-/// A primary and an optional secondary X.509 certificate, each from a Secret. Two let you roll
-/// a certificate over without downtime.
+/// A primary and an optional secondary X.509 certificate, each from a Secret. With a primary
+/// alone, a change of its certificate (renewed or re-keyed, e.g. by cert-manager) rolls over: the
+/// new one goes into DPS's primary slot and the previous one into the secondary slot, so devices
+/// chaining to either keep registering, until the previous one expires or `rolloverOverlap` ends.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.secondary) || !has(self.rolloverOverlap)")
+    .message("rolloverOverlap applies only without a secondary certificate: the previous certificate takes the secondary slot"))]
+#[x_kube(validation = Rule::new("has(self.primary) != has(self.certificateRef)")
+    .message("set exactly one of primary (a Secret) or certificateRef (a cert-manager Certificate)"))]
+#[x_kube(validation = Rule::new("!has(self.certificateRef) || !has(self.secondary)")
+    .message("certificateRef rolls over by itself: the previous certificate takes the secondary slot, so secondary cannot be set"))]
 pub struct CertificatePair {
-    /// The primary certificate.
-    pub primary: CertificateSecretRef,
-    /// The secondary certificate.
+    /// The primary certificate, from a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<CertificateSecretRef>,
+    /// A cert-manager Certificate in the same namespace, instead of `primary`: the certificate
+    /// in the Secret it issues (`tls.crt`) is used, and each renewal rolls over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_ref: Option<CertManagerCertificateRef>,
+    /// The secondary certificate. When set, both slots hold what their Secrets hold and nothing
+    /// rolls over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary: Option<CertificateSecretRef>,
+    /// How long the previous certificate stays in the secondary slot after the primary changes,
+    /// e.g. `720h`; `0s` keeps none. Default: until the previous certificate expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = schema::duration())]
+    pub rollover_overlap: Option<String>,
+}
+
+/// A cert-manager `Certificate` (`cert-manager.io/v1`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct CertManagerCertificateRef {
+    /// Name of the Certificate, in the resource's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = schema::object_name())]
+    pub name: String,
 }
 
 /// How DPS chooses the IoT hub for a device.
@@ -463,9 +493,17 @@ pub struct CertificatesStatus {
     /// The secondary certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secondary: Option<CertificateInfo>,
+    /// When the primary certificate last changed with no secondary in the spec: the previous
+    /// one has held the secondary slot since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_over_time: Option<Time>,
+    /// Until when the secondary slot keeps the previous certificate: its expiry, or the end of
+    /// `rolloverOverlap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_until: Option<Time>,
 }
 
-/// Facts about an X.509 certificate (never the certificate itself).
+/// Facts about an X.509 certificate.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateInfo {
@@ -483,6 +521,14 @@ pub struct CertificateInfo {
     pub not_before: Time,
     /// End of the validity period; the `CertificateExpiringSoon` condition warns ahead of it.
     pub not_after: Time,
+    /// True for the certificate the spec's Secret holds now, false for the previous one kept
+    /// in the secondary slot after a rollover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<bool>,
+    /// The certificate itself (PEM; certificates are public), kept for a primary that may roll
+    /// over: DPS never returns a certificate, so the previous one is taken from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pem: Option<String>,
 }
 
 /// One device's registration record in DPS.

@@ -47,6 +47,41 @@ pub struct ResolvedCertificate {
     pub facts: CertificateFacts,
 }
 
+impl ResolvedCertificate {
+    /// What the status shows of it.
+    pub fn info(&self) -> api::CertificateInfo {
+        let facts = &self.facts;
+        api::CertificateInfo {
+            subject: facts.subject.clone(),
+            issuer: facts.issuer.clone(),
+            serial_number: facts.serial_number.clone(),
+            sha1_thumbprint: facts.sha1_thumbprint.clone(),
+            sha256_thumbprint: facts.sha256_thumbprint.clone(),
+            not_before: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(facts.not_before),
+            not_after: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(facts.not_after),
+            current: None,
+            pem: None,
+        }
+    }
+}
+
+/// A certificate pair that rolls over (the spec names a primary alone), and the previous
+/// certificate it keeps, if any.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rollover {
+    pub previous: Option<Previous>,
+}
+
+/// The previous certificate, kept in the secondary slot ([`super::rollover`] decides).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Previous {
+    pub certificate: ResolvedCertificate,
+    /// When it stopped being the current one.
+    pub since: jiff::Timestamp,
+    /// When it leaves the secondary slot.
+    pub until: jiff::Timestamp,
+}
+
 /// What the Secrets an enrollment references hold.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Resolved {
@@ -54,6 +89,8 @@ pub struct Resolved {
     pub keys: Option<(Secret, Secret)>,
     /// What the key Secret says besides the keys: the active slot and its rotation.
     pub key_secret: Option<KeySecretState>,
+    /// Set when the certificates roll over (a primary alone in the spec).
+    pub rollover: Option<Rollover>,
     /// Primary and optional secondary certificate.
     pub certificates: Option<(ResolvedCertificate, Option<ResolvedCertificate>)>,
     pub webhook_url: Option<Secret>,
@@ -744,8 +781,10 @@ mod tests {
             ..Default::default()
         };
         let pair = api::CertificatePair {
-            primary: api::CertificateSecretRef { name: "ca".into(), key: None },
+            primary: Some(api::CertificateSecretRef { name: "ca".into(), key: None }),
+            certificate_ref: None,
             secondary: None,
+            rollover_overlap: None,
         };
         let desired =
             enrollment_group("g", AttestationInput::SigningCertificates(&pair), &settings(), &resolved)

@@ -21,6 +21,9 @@ pub enum Error {
     #[error("the certificate in key {key} of Secret {namespace}/{name} {problem}")]
     CertificateInvalid { namespace: String, name: String, key: String, problem: String },
 
+    #[error("cert-manager Certificate {namespace}/{name} {problem}")]
+    CertManagerCertificate { namespace: String, name: String, problem: String },
+
     #[error("{kind} {name} does not exist")]
     ConnectionNotFound { kind: &'static str, name: String },
 
@@ -189,6 +192,7 @@ impl Error {
             Self::SecretKeyMissing { .. } | Self::ConfigMapKeyMissing { .. } => "SecretKeyMissing",
             Self::SecretValueInvalid { .. } => "SecretInvalid",
             Self::CertificateInvalid { .. } => "CertificateInvalid",
+            Self::CertManagerCertificate { .. } => "CertificateNotIssued",
             Self::ConnectionNotFound { kind: "ClusterProvisioningService", .. } => {
                 "ClusterProvisioningServiceNotFound"
             }

@@ -28,6 +28,7 @@ pub mod names;
 pub mod ownership;
 pub mod provisioning;
 mod retry;
+pub mod rollover;
 mod run;
 pub mod secrets;
 pub mod snapshots;

@@ -24,7 +24,9 @@ use super::{
     names::resource_name,
     ownership::{ClaimKey, Owner, Owners, holds_claim, recorded_claim},
     provisioning,
-    secrets::{load_digest_key, referenced_secrets},
+    secrets::{
+        CERT_MANAGER_CERTIFICATE_ANNOTATION, load_digest_key, referenced_certificates, referenced_secrets,
+    },
     storage_versions,
     watches::{Caches, Changes, NamespaceMetadata, SecretMetadata, SecretVersions, Shared, keep, prune},
 };
@@ -451,10 +453,13 @@ fn users_of_secret<K: EnrollmentKind>(
     if own_writes.is_own_write(namespace.as_deref().unwrap_or_default(), &name, version) {
         return Vec::new();
     }
+    let issued_for = secret.annotations().get(CERT_MANAGER_CERTIFICATE_ANNOTATION);
     matching(store, |e| {
         e.namespace() == namespace
-            && e.attestation_input()
-                .is_ok_and(|input| referenced_secrets(input, e.settings()).contains(&name))
+            && e.attestation_input().is_ok_and(|input| {
+                referenced_secrets(input, e.settings()).contains(&name)
+                    || issued_for.is_some_and(|c| referenced_certificates(input).contains(&c.as_str()))
+            })
     })
 }
 

@@ -349,6 +349,44 @@ impl<'a> Reader<'a> {
         self.delete_key_secret(name, &version).await
     }
 
+    /// The certificate in the Secret cert-manager Certificate `name` issues.
+    async fn issued_certificate(&self, name: &str) -> Result<ResolvedCertificate, Error> {
+        let failed = |problem: String| Error::CertManagerCertificate {
+            namespace: self.namespace.into(),
+            name: name.into(),
+            problem,
+        };
+        let resource = kube::discovery::ApiResource {
+            group: "cert-manager.io".into(),
+            version: "v1".into(),
+            api_version: "cert-manager.io/v1".into(),
+            kind: "Certificate".into(),
+            plural: "certificates".into(),
+        };
+        let api =
+            Api::<kube::api::DynamicObject>::namespaced_with(self.client.clone(), self.namespace, &resource);
+        let certificate = match api.get_opt(name).await {
+            Ok(Some(certificate)) => certificate,
+            Ok(None) => return Err(failed("does not exist (or cert-manager is not installed)".into())),
+            Err(e) => {
+                return Err(Error::kube(
+                    format!("reading cert-manager Certificate {}/{name}", self.namespace),
+                    e,
+                ));
+            }
+        };
+        let secret = certificate.data["spec"]["secretName"]
+            .as_str()
+            .ok_or_else(|| failed("has no spec.secretName".into()))?;
+        let reference = api::CertificateSecretRef { name: secret.to_owned(), key: None };
+        self.certificate(&reference).await.map_err(|error| match error {
+            Error::SecretNotFound { .. } => {
+                failed(format!("has not been issued yet: its Secret {secret} does not exist"))
+            }
+            other => other,
+        })
+    }
+
     async fn certificate(&self, reference: &api::CertificateSecretRef) -> Result<ResolvedCertificate, Error> {
         let key = reference.key();
         let text = self.secret_text(&reference.name, key).await?;
@@ -392,7 +430,14 @@ impl<'a> Reader<'a> {
                     Some(secondary) => Some(self.certificate(secondary).await?),
                     None => None,
                 };
-                resolved.certificates = Some((self.certificate(&pair.primary).await?, secondary));
+                let primary = match (&pair.primary, &pair.certificate_ref) {
+                    (Some(primary), _) => self.certificate(primary).await?,
+                    (None, Some(certificate)) => self.issued_certificate(&certificate.name).await?,
+                    (None, None) => {
+                        return Err(Error::InvalidSpec("the certificates name no primary".into()));
+                    }
+                };
+                resolved.certificates = Some((primary, secondary));
             }
             AttestationInput::CaReferences(_) | AttestationInput::Tpm(_) => {}
         }
@@ -420,13 +465,26 @@ pub fn referenced_secrets(input: AttestationInput<'_>, settings: &api::Enrollmen
     match input {
         AttestationInput::SymmetricKey(secret) => names.push(secret.name.clone()),
         AttestationInput::ClientCertificates(pair) | AttestationInput::SigningCertificates(pair) => {
-            names.push(pair.primary.name.clone());
-            names.extend(pair.secondary.iter().map(|s| s.name.clone()));
+            names.extend(pair.primary.iter().chain(&pair.secondary).map(|s| s.name.clone()));
         }
         AttestationInput::CaReferences(_) | AttestationInput::Tpm(_) => {}
     }
     names.extend(settings.custom_allocation.iter().map(|c| c.webhook_url_secret_ref.name.clone()));
     names
+}
+
+/// The annotation cert-manager puts on the Secrets it issues, naming their Certificate.
+pub const CERT_MANAGER_CERTIFICATE_ANNOTATION: &str = "cert-manager.io/certificate-name";
+
+/// The cert-manager Certificates an enrollment takes its certificate from: a change of a Secret
+/// annotated as issued for one of them concerns it.
+pub fn referenced_certificates(input: AttestationInput<'_>) -> Vec<&str> {
+    match input {
+        AttestationInput::ClientCertificates(pair) | AttestationInput::SigningCertificates(pair) => {
+            pair.certificate_ref.iter().map(|c| c.name.as_str()).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// The Secret, in the operator's namespace, that holds the key of every `status.secretsDigest`.

@@ -234,6 +234,35 @@ impl ControlPlane {
         self.spawn(command, "kube-controller-manager")
     }
 
+    /// Installs cert-manager's CRDs and starts its controller (built by
+    /// `scripts/install-test-tools` from its Go module) with the admin credential, its
+    /// cluster-resource namespace `cert-manager`; it stops with the control plane.
+    pub fn start_cert_manager(&self) -> Result<(), Error> {
+        let binary = self.tools.binary("cert-manager-controller");
+        let crds = self.tools.dir().join("cert-manager-crds");
+        if !binary.is_file() || !crds.is_dir() {
+            return Err(Error::ToolMissing {
+                name: "cert-manager-controller",
+                dir: self.tools.dir().to_owned(),
+            });
+        }
+        run(self.kubectl().args(["apply", "--server-side", "-f"]).arg(&crds), None)?;
+        run(
+            self.kubectl().args(["wait", "--for=condition=Established", "--timeout=60s", "-f"]).arg(&crds),
+            None,
+        )?;
+        let namespace = run(
+            self.kubectl().args(["create", "namespace", "cert-manager", "--dry-run=client", "-o", "yaml"]),
+            None,
+        )?;
+        run(self.kubectl().args(["apply", "-f", "-"]), Some(&namespace))?;
+        let mut command = Command::new(binary);
+        command
+            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--cluster-resource-namespace=cert-manager");
+        self.spawn(command, "cert-manager-controller")
+    }
+
     /// Spawns a component that stops with the control plane (before the ones started earlier),
     /// logging to `<name>.log` in its directory.
     pub(super) fn spawn(&self, command: Command, name: &str) -> Result<(), Error> {

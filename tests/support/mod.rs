@@ -69,6 +69,19 @@ pub fn at_exit(handler: extern "C" fn()) {
     }
 }
 
+/// The control plane with cert-manager's CRDs and controller running, started once per test
+/// binary (see `ControlPlane::start_cert_manager`).
+pub fn cert_manager() -> &'static ControlPlane {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    let control_plane = control_plane();
+    STARTED.get_or_init(|| {
+        control_plane
+            .start_cert_manager()
+            .unwrap_or_else(|e| panic!("cert-manager could not start: {:#}", anyhow::Error::from(e)))
+    });
+    control_plane
+}
+
 /// A new namespace whose name starts with `prefix`.
 pub fn namespace(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -44,6 +44,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["get"]
+# Find the Secret a cert-manager Certificate named as a certificate source issues.
+- apiGroups: ["cert-manager.io"]
+  resources: ["certificates"]
+  verbs: ["get"]
 # Record events about the resources.
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

@@ -59,8 +59,8 @@ fn of_keys<R>(
     spec_changed: bool,
     synced: &Synced<R>,
 ) -> Vec<Note> {
+    let mut notes: Vec<Note> = rolled_over(what, id, old, new).into_iter().collect();
     let (old, new) = (old.keys.as_deref(), new.keys.as_deref());
-    let mut notes = Vec::new();
     if let (Some(old), Some(new)) = (old, new)
         && old.active_slot != new.active_slot
     {
@@ -153,6 +153,27 @@ fn of_outcome<R>(
     }
 }
 
+/// A certificate rollover that started in this pass.
+fn rolled_over(what: &str, id: &str, old: &EnrollmentStatus, new: &EnrollmentStatus) -> Option<Note> {
+    let (old, new) = (old.certificates.as_deref(), new.certificates.as_deref()?);
+    let since = new.rolled_over_time.as_ref()?;
+    if old.and_then(|o| o.rolled_over_time.as_ref()) == Some(since) {
+        return None;
+    }
+    let thumbprint = |info: Option<&crate::api::CertificateInfo>| {
+        info.map(|i| i.sha256_thumbprint.clone()).unwrap_or_default()
+    };
+    let until = new.previous_until.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+    Note::normal(
+        "CertificateRolledOver",
+        format!(
+            "The certificate of {what} {id} changed: DPS holds the new one ({}) as primary and keeps the previous one ({}) as secondary until {until}.",
+            thumbprint(new.primary.as_ref()),
+            thumbprint(new.secondary.as_ref()),
+        ),
+    )
+}
+
 /// A failure, unless the status already says the same.
 fn of_failure(old: &EnrollmentStatus, error: &Error) -> Option<Note> {
     let message = describe(error);
@@ -188,6 +209,7 @@ mod tests {
             record: None,
             digest: None,
             certificates: None,
+            rollover: None,
             registrations: Registrations::Unknown,
             device_keys: None,
             keys: None,

@@ -10,9 +10,10 @@ use crate::{
     controller::{
         Error,
         connection::Connection,
-        desired::{AttestationInput, Resolved},
+        desired::{AttestationInput, Resolved, Rollover},
         digest_key::DigestKey,
         kinds::EnrollmentKind,
+        rollover,
         secrets::Reader,
     },
 };
@@ -39,7 +40,9 @@ pub async fn resolve<'a, K: EnrollmentKind>(
 ) -> Result<Material<'a, K::Record>, Error> {
     let input = object.attestation_input()?;
     let webhook = object.settings().custom_allocation.as_ref().map(|c| &c.webhook_url_secret_ref);
-    let resolved = reader.resolve(input, webhook, object.meta().uid.as_deref().unwrap_or_default()).await?;
+    let mut resolved =
+        reader.resolve(input, webhook, object.meta().uid.as_deref().unwrap_or_default()).await?;
+    roll_over(object, input, &mut resolved);
     let desired = object.build(&object.dps_id(), &resolved)?;
     let digest = resolved.secrets_digest(digest_key);
     // A status from before digests were keyed holds the plain SHA-256: for the same secrets it
@@ -52,6 +55,21 @@ pub async fn resolve<'a, K: EnrollmentKind>(
         _ => None,
     };
     Ok(Material { key_secret, resolved, desired, digest })
+}
+
+/// With a primary certificate alone in the spec, the previous certificate (as the status recorded
+/// it) takes the secondary slot for as long as [`rollover::previous`] keeps it.
+fn roll_over<K: EnrollmentKind>(object: &K, input: AttestationInput<'_>, resolved: &mut Resolved) {
+    let (AttestationInput::ClientCertificates(pair) | AttestationInput::SigningCertificates(pair)) = input
+    else {
+        return;
+    };
+    let Some((current, None)) = &resolved.certificates else { return };
+    let old = object.current_status().and_then(|s| K::enrollment_status(s).certificates.as_deref());
+    let overlap = pair.rollover_overlap.as_ref().and_then(|o| o.parse::<kube::core::Duration>().ok());
+    let previous = rollover::previous(current, old, overlap.map(Duration::from), jiff::Timestamp::now());
+    resolved.certificates = Some((current.clone(), previous.as_ref().map(|p| p.certificate.clone())));
+    resolved.rollover = Some(Rollover { previous });
 }
 
 /// The reference that makes `object` the owner of what the operator creates for it.

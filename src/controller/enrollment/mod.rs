@@ -174,7 +174,7 @@ async fn sync<K: EnrollmentKind>(
     // A settled resource whose drift check is not due: DPS is not consulted.
     if let Some(next_check) = check::not_due(settled, ctx.memory.since_check(&key), interval) {
         let keys = rotation::status(object, &material, mode.may_write(), &ctx.digest_key);
-        let next_check = rotation::sooner(next_check, keys.as_ref());
+        let next_check = rotation::sooner(next_check, keys.as_ref(), &material);
         let synced = Synced::new(Done::NotDue, None, material, connection.host.clone(), true, next_check);
         return Ok(Synced { protected, keys, rotation_refused, ..synced });
     }
@@ -213,7 +213,7 @@ async fn sync<K: EnrollmentKind>(
         }
         false => None,
     };
-    let next_check = rotation::sooner(jitter(interval, 0.2), keys.as_ref());
+    let next_check = rotation::sooner(jitter(interval, 0.2), keys.as_ref(), &material);
     let synced = Synced::new(done, record, material, connection.host.clone(), owned, next_check);
     Ok(Synced { registrations, device_keys, protected, keys, rotation_refused, ..synced })
 }

@@ -5,7 +5,10 @@ use std::time::Duration;
 use super::{converge::Done, inputs::Material};
 use crate::{
     api::{DeviceKeysStatus, KeysStatus},
-    controller::{desired::ResolvedCertificate, kinds::Registrations},
+    controller::{
+        desired::{ResolvedCertificate, Rollover},
+        kinds::Registrations,
+    },
 };
 
 /// What a successful pass did and found.
@@ -17,6 +20,8 @@ pub struct Synced<R> {
     /// The digest of the referenced Secrets this pass resolved.
     pub digest: Option<String>,
     pub certificates: Option<(ResolvedCertificate, Option<ResolvedCertificate>)>,
+    /// Set when the certificates roll over: the previous one kept, if any.
+    pub rollover: Option<Rollover>,
     pub registrations: Registrations,
     /// The group's device keys Secret as this pass left it; `None` when it was not looked at.
     pub device_keys: Option<Option<DeviceKeysStatus>>,
@@ -49,6 +54,7 @@ impl<R> Synced<R> {
             record,
             digest: material.digest,
             certificates: material.resolved.certificates,
+            rollover: material.resolved.rollover,
             registrations: Registrations::Unknown,
             device_keys: None,
             keys: None,

@@ -98,10 +98,15 @@ pub fn status<K: EnrollmentKind>(
     })
 }
 
-/// `next_check`, or sooner when the next scheduled rotation is due before it.
-pub fn sooner(next_check: Duration, keys: Option<&KeysStatus>) -> Duration {
-    let due = keys.and_then(|keys| keys.next_rotation_time.as_ref()).map(|t| t.0);
-    key_rotation::until(due, Timestamp::now()).map_or(next_check, |until| until.min(next_check))
+/// `next_check`, or sooner when the next scheduled rotation, or the end of a certificate
+/// rollover, comes before it.
+pub fn sooner<R>(next_check: Duration, keys: Option<&KeysStatus>, material: &Material<'_, R>) -> Duration {
+    let rotation = keys.and_then(|keys| keys.next_rotation_time.as_ref()).map(|t| t.0);
+    let rollover = material.resolved.rollover.as_ref().and_then(|r| r.previous.as_ref()).map(|p| p.until);
+    [rotation, rollover]
+        .into_iter()
+        .filter_map(|due| key_rotation::until(due, Timestamp::now()))
+        .fold(next_check, Duration::min)
 }
 
 fn every<K: EnrollmentKind>(object: &K) -> Option<Duration> {

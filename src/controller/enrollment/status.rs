@@ -11,7 +11,7 @@ use crate::{
     controller::{
         Error,
         conditions::{self, CERTIFICATE_EXPIRING_SOON, Observation, READY, RECONCILING, STALLED},
-        desired::{DpsRecord, ResolvedCertificate},
+        desired::{DpsRecord, ResolvedCertificate, Rollover},
         error::describe,
         kinds::{EnrollmentKind, Registrations},
     },
@@ -79,12 +79,8 @@ fn record_outcome<R: DpsRecord>(status: &mut EnrollmentStatus, synced: &Synced<R
         status.secrets_digest = synced.digest.clone();
     }
     status.keys = synced.keys.clone().map(Box::new);
-    status.certificates = synced.certificates.as_ref().map(|(primary, secondary)| {
-        Box::new(CertificatesStatus {
-            primary: Some(certificate_info(primary)),
-            secondary: secondary.as_ref().map(certificate_info),
-        })
-    });
+    status.certificates =
+        synced.certificates.as_ref().map(|pair| Box::new(certificates(pair, synced.rollover.as_ref())));
     status.drift = match &synced.done {
         Done::Reported { drift, .. } => drift.iter().map(|d| d.to_string()).collect(),
         _ => Vec::new(),
@@ -128,18 +124,14 @@ fn observations<K: EnrollmentKind>(synced: &Synced<K::Record>, facts: &Facts<'_>
 /// `CertificateExpiringSoon`, when the status lists certificates: true while one of them expires
 /// within `warning` of `now`.
 fn expiry(certificates: Option<&CertificatesStatus>, now: &Time, warning: Duration) -> Option<Observation> {
-    let certificates = certificates?;
-    let soon: Vec<String> =
-        [("primary", certificates.primary.as_ref()), ("secondary", certificates.secondary.as_ref())]
-            .into_iter()
-            .filter_map(|(slot, info)| {
-                let info = info?;
-                let remaining = info.not_after.0.duration_since(now.0);
-                (remaining.as_secs() < warning.as_secs() as i64).then(|| {
-                    format!("the {slot} certificate {} expires on {}", info.subject, info.not_after.0)
-                })
-            })
-            .collect();
+    let soon: Vec<String> = in_use(certificates?)
+        .filter_map(|(slot, info)| {
+            let info = info?;
+            let remaining = info.not_after.0.duration_since(now.0);
+            (remaining.as_secs() < warning.as_secs() as i64)
+                .then(|| format!("the {slot} certificate {} expires on {}", info.subject, info.not_after.0))
+        })
+        .collect();
     Some(if soon.is_empty() {
         Observation::new(
             CERTIFICATE_EXPIRING_SOON,
@@ -157,16 +149,30 @@ fn expiry(certificates: Option<&CertificatesStatus>, now: &Time, warning: Durati
     })
 }
 
-fn certificate_info(certificate: &ResolvedCertificate) -> CertificateInfo {
-    let facts = &certificate.facts;
-    CertificateInfo {
-        subject: facts.subject.clone(),
-        issuer: facts.issuer.clone(),
-        serial_number: facts.serial_number.clone(),
-        sha1_thumbprint: facts.sha1_thumbprint.clone(),
-        sha256_thumbprint: facts.sha256_thumbprint.clone(),
-        not_before: Time(facts.not_before),
-        not_after: Time(facts.not_after),
+/// The certificates in the status; when they roll over, which is current, the PEM of each (the
+/// next rollover's previous certificate is taken from it), and how long the previous one stays.
+fn certificates(
+    (primary, secondary): &(ResolvedCertificate, Option<ResolvedCertificate>),
+    rollover: Option<&Rollover>,
+) -> CertificatesStatus {
+    let Some(rollover) = rollover else {
+        return CertificatesStatus {
+            primary: Some(primary.info()),
+            secondary: secondary.as_ref().map(ResolvedCertificate::info),
+            ..Default::default()
+        };
+    };
+    let kept = |certificate: &ResolvedCertificate, current: bool| CertificateInfo {
+        current: Some(current),
+        pem: Some(certificate.pem.clone()),
+        ..certificate.info()
+    };
+    let previous = rollover.previous.as_ref();
+    CertificatesStatus {
+        primary: Some(kept(primary, true)),
+        secondary: previous.map(|p| kept(&p.certificate, false)),
+        rolled_over_time: previous.map(|p| Time(p.since)),
+        previous_until: previous.map(|p| Time(p.until)),
     }
 }
 
@@ -211,15 +217,20 @@ pub fn resource_status<K: EnrollmentKind>(
     (status, worth_writing)
 }
 
+/// The certificates devices are meant to use, by slot: not a previous one kept after a rollover,
+/// which is on its way out (its expiry is no news).
+fn in_use(
+    certificates: &CertificatesStatus,
+) -> impl Iterator<Item = (&'static str, Option<&CertificateInfo>)> {
+    let slots = [("primary", certificates.primary.as_ref()), ("secondary", certificates.secondary.as_ref())];
+    slots.into_iter().filter(|(_, info)| info.is_none_or(|info| info.current != Some(false)))
+}
+
 /// The lifetimes of the credentials `status` shows, for the per-enrollment metrics.
 pub fn credential_times(status: &EnrollmentStatus) -> CredentialTimes {
-    let certificates = status.certificates.as_deref();
-    let slots = [
-        ("primary", certificates.and_then(|c| c.primary.as_ref())),
-        ("secondary", certificates.and_then(|c| c.secondary.as_ref())),
-    ];
+    let slots = status.certificates.as_deref().into_iter().flat_map(in_use);
     CredentialTimes {
-        certificates: slots.into_iter().filter_map(|(slot, info)| Some((slot, info?.not_after.0))).collect(),
+        certificates: slots.filter_map(|(slot, info)| Some((slot, info?.not_after.0))).collect(),
         key_made: status.keys.as_ref().and_then(|keys| keys.active_key_time.as_ref()).map(|t| t.0),
     }
 }
