@@ -86,12 +86,20 @@ pub async fn serve(listener: tokio::net::TcpListener, health: Arc<Health>) -> st
 }
 
 impl crate::dps::RequestObserver for Health {
-    fn request(&self, operation: &str, status: Option<u16>, duration: std::time::Duration) {
-        self.metrics.request(operation, status, duration);
+    fn request(&self, host: &str, operation: &str, status: Option<u16>, duration: std::time::Duration) {
+        self.metrics.request(host, operation, status, duration);
     }
 
     fn waited(&self, duration: std::time::Duration) {
         self.metrics.waited(duration);
+    }
+
+    fn bulk_sent(&self, items: usize) {
+        self.metrics.bulk_sent(items);
+    }
+
+    fn rate_limit(&self, host: &str, per_minute: u32) {
+        self.metrics.rate_limit(host, per_minute);
     }
 }
 

@@ -214,6 +214,19 @@ fn kubectl_explain_shows_the_field_docs() {
 
     let credentials = explain("provisioningservice.spec.credentials");
     assert!(credentials.contains("shared access policy connection string"), "{credentials}");
+
+    // Rotation and rollover, where users look for them.
+    let rotation = explain("enrollmentgroup.spec.attestation.symmetricKey.rotation");
+    assert!(
+        rotation.contains("one slot at a time") && rotation.contains("dps.iot.dev/rotate-keys"),
+        "{rotation}"
+    );
+    let overlap = explain("individualenrollment.spec.attestation.x509.clientCertificates.rolloverOverlap");
+    assert!(overlap.contains("previous certificate stays in the secondary slot"), "{overlap}");
+    let certificate_ref = explain("enrollmentgroup.spec.attestation.x509.signingCertificates.certificateRef");
+    assert!(certificate_ref.contains("cert-manager Certificate"), "{certificate_ref}");
+    let keys = explain("enrollmentgroup.status.keys.activeSlot");
+    assert!(keys.contains("activeKey"), "{keys}");
 }
 
 #[test]

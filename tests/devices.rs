@@ -123,7 +123,7 @@ async fn a_device_provisions_with_the_keys_the_operator_generated() {
     assert_eq!(shown["status"]["registration"]["status"], "assigned");
 
     let wrong = register(&operator, "boiler", &BASE64.encode([7u8; 32])).await;
-    assert_eq!((wrong["ok"].as_bool(), wrong["status"].as_u64()), (Some(false), Some(401)), "{wrong}");
+    assert_refused(&wrong);
 }
 
 fn group(device_ids: &[String]) -> String {
@@ -312,7 +312,7 @@ async fn x509_devices_provision_with_their_certificates_individually_and_through
     let stranger = stranger_ca.issue_client("camera-3", None).unwrap();
     let chain = format!("{}{}", stranger.certificate_pem, stranger_ca.certificate_pem);
     let refused = register_x509(&operator, "camera-3", &chain, &stranger.key_pem).await;
-    assert_eq!((refused["ok"].as_bool(), refused["status"].as_u64()), (Some(false), Some(401)), "{refused}");
+    assert_refused(&refused);
     let chain = format!("{}{}", member.certificate_pem, ca.certificate_pem);
     let misnamed = register_x509(&operator, "camera-9", &chain, &member.key_pem).await;
     assert_eq!(misnamed["status"], 401, "{misnamed}");
@@ -406,11 +406,7 @@ async fn x509_devices_chain_up_to_a_certificate_their_group_trusts() {
         register_x509(&operator, "expired-leaf", &expired.certificate_pem, &expired.key_pem).await,
     ];
     for outcome in refused {
-        assert_eq!(
-            (outcome["ok"].as_bool(), outcome["status"].as_u64()),
-            (Some(false), Some(401)),
-            "{outcome}"
-        );
+        assert_refused(&outcome);
     }
 }
 
@@ -425,6 +421,40 @@ async fn published_key(operator: &Operator, secret: &str, entry: Option<&str>) -
         None => "primaryKey".to_owned(),
     };
     text(&entry)
+}
+
+/// Rotates the keys of `resources` twice with the trigger annotation, each time waiting until the
+/// new key is active and `rounds` of device registrations went by twice more.
+async fn rotate_twice(operator: &Operator, resources: &[&str], rounds: &std::sync::atomic::AtomicUsize) {
+    use std::sync::atomic::Ordering;
+    // Two rounds that began after a rotation was published, before the next starts.
+    let registered_twice_more = async || {
+        let seen = rounds.load(Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + support::operator::PATIENCE;
+        while rounds.load(Ordering::SeqCst) < seen + 2 {
+            assert!(tokio::time::Instant::now() < deadline, "the devices stopped registering");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    registered_twice_more().await;
+    for (trigger, active) in [("first", "secondary"), ("second", "primary")] {
+        for resource in resources {
+            let annotation = format!("dps.iot.dev/rotate-keys={trigger}");
+            let annotated = operator.kubectl(&["annotate", resource, &annotation, "--overwrite"], None).await;
+            assert!(annotated.success, "{}", annotated.stderr);
+        }
+        for resource in resources {
+            operator
+                .eventually(resource, &format!("the {active} key is active"), |r| {
+                    let keys = &r["status"]["keys"];
+                    keys["activeSlot"] == active
+                        && keys["rotatingTo"].is_null()
+                        && support::operator::is_ready(r)
+                })
+                .await;
+        }
+        registered_twice_more().await;
+    }
 }
 
 /// Staged rotation: devices that register with the key the operator currently publishes are never
@@ -467,35 +497,7 @@ async fn devices_using_the_published_key_are_never_refused_across_two_rotations(
         outcomes
     };
     let rotating = async {
-        // Two rounds that began after a rotation was published, before the next starts.
-        let registered_twice_more = async || {
-            let seen = rounds.load(Ordering::SeqCst);
-            let deadline = tokio::time::Instant::now() + support::operator::PATIENCE;
-            while rounds.load(Ordering::SeqCst) < seen + 2 {
-                assert!(tokio::time::Instant::now() < deadline, "the devices stopped registering");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        };
-        registered_twice_more().await;
-        for (trigger, active) in [("first", "secondary"), ("second", "primary")] {
-            for resource in resources {
-                let annotation = format!("dps.iot.dev/rotate-keys={trigger}");
-                let annotated =
-                    operator.kubectl(&["annotate", resource, &annotation, "--overwrite"], None).await;
-                assert!(annotated.success, "{}", annotated.stderr);
-            }
-            for resource in resources {
-                operator
-                    .eventually(resource, &format!("the {active} key is active"), |r| {
-                        let keys = &r["status"]["keys"];
-                        keys["activeSlot"] == active
-                            && keys["rotatingTo"].is_null()
-                            && support::operator::is_ready(r)
-                    })
-                    .await;
-            }
-            registered_twice_more().await;
-        }
+        rotate_twice(&operator, &resources, &rounds).await;
         stop.store(true, Ordering::SeqCst);
     };
     let (outcomes, ()) = tokio::join!(registering, rotating);
@@ -507,17 +509,30 @@ async fn devices_using_the_published_key_are_never_refused_across_two_rotations(
     // Both slots have been replaced since: the key published before the first rotation is refused.
     for ((id, ..), key) in devices.iter().zip(&first_keys) {
         let outcome = register(&operator, id, key).await;
-        assert_eq!(
-            (outcome["ok"].as_bool(), outcome["status"].as_u64()),
-            (Some(false), Some(401)),
-            "{id}: {outcome}"
-        );
+        assert_refused(&outcome);
     }
     let group = operator.get(resources[0]).await;
     assert!(group["status"]["keys"]["lastRotationTime"].is_string(), "{}", group["status"]["keys"]);
     let (_, events) =
         operator.eventually_event("sensors", "KeyRotated", |(_, reason, _)| reason == "KeyRotated").await;
     assert!(!events.iter().any(|(_, reason, _)| reason == "BothKeysReplaced"), "{events:?}");
+}
+
+/// The group `line` and the individual enrollment `camera-7`, each with a primary certificate
+/// alone (from Secrets `line-ca` and `camera-7-cert`) that rolls over with `overlap`.
+fn rollover_manifests(overlap: &str) -> [String; 2] {
+    let line = format!("{{signingCertificates: {{primary: {{name: line-ca}}, rolloverOverlap: {overlap}}}}}");
+    let camera = format!(
+        "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: camera-7}}\nspec:\n  \
+         serviceRef: {{name: dps}}\n  attestation:\n    x509:\n      clientCertificates: \
+         {{primary: {{name: camera-7-cert}}, rolloverOverlap: {overlap}}}\n"
+    );
+    [x509_group("line", &line), camera]
+}
+
+/// Asserts that DPS refused a device with 401.
+fn assert_refused(outcome: &Value) {
+    assert_eq!((outcome["ok"].as_bool(), outcome["status"].as_u64()), (Some(false), Some(401)), "{outcome}");
 }
 
 /// Replaces the certificate in Secret `name`, as a renewal does.
@@ -544,21 +559,9 @@ async fn a_renewed_certificate_rolls_over_and_both_chains_register_during_the_ov
         (root.issue_client("camera-7", None).unwrap(), root.issue_client("camera-7", None).unwrap());
     operator.create_secret("line-ca", &[("tls.crt", &old_line.certificate_pem)]).await;
     operator.create_secret("camera-7-cert", &[("tls.crt", &old_camera.certificate_pem)]).await;
-    let camera = |overlap: &str| {
-        format!(
-            "apiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: camera-7}}\nspec:\n  \
-             serviceRef: {{name: dps}}\n  attestation:\n    x509:\n      clientCertificates: \
-             {{primary: {{name: camera-7-cert}}, rolloverOverlap: {overlap}}}\n"
-        )
-    };
-    let line = |overlap: &str| {
-        x509_group(
-            "line",
-            &format!("{{signingCertificates: {{primary: {{name: line-ca}}, rolloverOverlap: {overlap}}}}}"),
-        )
-    };
-    operator.apply(&line("1h")).await;
-    operator.apply(&camera("1h")).await;
+    for manifest in rollover_manifests("1h") {
+        operator.apply(&manifest).await;
+    }
     let resources = ["enrollmentgroup/line", "individualenrollment/camera-7"];
     for resource in resources {
         operator.wait(resource, "condition=Ready").await;
@@ -606,8 +609,9 @@ async fn a_renewed_certificate_rolls_over_and_both_chains_register_during_the_ov
     assert!(!events.iter().any(|(kind, ..)| kind == "Warning"), "{events:?}");
 
     // The overlap ends: the previous certificate leaves DPS, and with it the old chain.
-    operator.apply(&line("0s")).await;
-    operator.apply(&camera("0s")).await;
+    for manifest in rollover_manifests("0s") {
+        operator.apply(&manifest).await;
+    }
     for resource in resources {
         operator
             .eventually(resource, "no previous certificate", |r| {
@@ -615,14 +619,8 @@ async fn a_renewed_certificate_rolls_over_and_both_chains_register_during_the_ov
             })
             .await;
     }
-    let refused = [line_device("sensor-old-3", &old_line).await, camera_device(&old_camera).await];
-    for outcome in refused {
-        assert_eq!(
-            (outcome["ok"].as_bool(), outcome["status"].as_u64()),
-            (Some(false), Some(401)),
-            "{outcome}"
-        );
-    }
+    assert_refused(&line_device("sensor-old-3", &old_line).await);
+    assert_refused(&camera_device(&old_camera).await);
     assert_eq!(line_device("sensor-new-2", &new_line).await["ok"], true);
     assert_eq!(camera_device(&new_camera).await["ok"], true);
 }
@@ -715,6 +713,6 @@ async fn a_cert_manager_intermediate_renewed_mid_test_keeps_devices_of_both_regi
         })
         .await;
     let refused = register_x509(&operator, "sensor-2026", &old_device.0, &old_device.1).await;
-    assert_eq!((refused["ok"].as_bool(), refused["status"].as_u64()), (Some(false), Some(401)), "{refused}");
+    assert_refused(&refused);
     assert_eq!(register_x509(&operator, "sensor-2027", &new_device.0, &new_device.1).await["ok"], true);
 }

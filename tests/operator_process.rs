@@ -115,11 +115,10 @@ async fn endpoints_metrics_and_a_graceful_shutdown() {
             >= 1.0
     );
     // A new group is created by a bulk call, after a query found it missing.
+    let host = operator.emulator.host_name();
     let requests = |operation: &str| {
-        metric(
-            &text,
-            &format!(r#"dps_operator_dps_requests_total{{operation="{operation}",status_class="2xx"}}"#),
-        )
+        let labels = format!(r#"host="{host}",operation="{operation}",status_class="2xx""#);
+        metric(&text, &format!("dps_operator_dps_requests_total{{{labels}}}"))
     };
     let dps_lines: Vec<&str> =
         text.lines().filter(|l| l.starts_with("dps_operator_dps_requests_total")).collect();
@@ -132,12 +131,25 @@ async fn endpoints_metrics_and_a_graceful_shutdown() {
         )
         .is_some()
     );
+    assert_eq!(metric(&text, "dps_operator_bulk_batch_size_count"), Some(1.0), "one bulk call");
+    let limit = format!(r#"dps_operator_connection_rate_limit{{host="{host}"}}"#);
+    assert!(metric(&text, &limit).is_some_and(|per_minute| per_minute >= 1.0), "{limit}");
+    let reason = r#"dps_operator_resources_by_reason{kind="EnrollmentGroup",ready="true",reason="Synced"}"#;
+    assert_eq!(metric(&text, reason), Some(1.0), "{reason}");
+    let connection =
+        r#"dps_operator_resources_by_reason{kind="ProvisioningService",ready="true",reason="Connected"}"#;
+    assert_eq!(metric(&text, connection), Some(1.0), "{connection}");
     assert!(
         text.contains("dps_operator_reconcile_duration_seconds_bucket")
             && text.contains("dps_operator_rate_limiter_wait_seconds")
     );
     // Only the per-enrollment series name objects: here the age of the generated group key.
-    let per_enrollment = ["dps_operator_key_age_seconds", "dps_operator_certificate_expiry_seconds"];
+    let per_enrollment = [
+        "dps_operator_key_age_seconds",
+        "dps_operator_key_rotation_due_seconds",
+        "dps_operator_certificate_expiry_seconds",
+        "dps_operator_registrations",
+    ];
     let named: Vec<&str> = text.lines().filter(|l| l.contains("thermostats")).collect();
     assert!(named.iter().all(|l| per_enrollment.iter().any(|p| l.starts_with(p))), "{named:?}");
     assert!(named.iter().any(|l| l.starts_with("dps_operator_key_age_seconds{")), "{named:?}");

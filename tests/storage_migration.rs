@@ -96,7 +96,11 @@ fn assert_carried_over(namespace: &str) {
         assert_eq!(object["metadata"]["finalizers"], old["metadata"]["finalizers"], "{name}");
         let uid = object["metadata"]["uid"].as_str().unwrap();
         assert_eq!(object["metadata"]["annotations"]["dps.iot.dev/claim"], format!("{uid}@{HOST}"), "{name}");
-        assert_eq!(object["status"]["etag"], old["status"]["etag"], "{name}: DPS was not written");
+        // An enrollment created in a bulk call never learned its etag; the status written now may
+        // fill in the one DPS holds. DPS writes are counted by the caller.
+        if !old["status"]["etag"].is_null() {
+            assert_eq!(object["status"]["etag"], old["status"]["etag"], "{name}: DPS was not written");
+        }
         assert_eq!(object["status"]["claimed"], true, "{name}");
     }
 }

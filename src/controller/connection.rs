@@ -404,6 +404,7 @@ impl Connections {
             .as_ref()
             .map_or(DEFAULT_OPERATIONS_PER_MINUTE, |r| r.operations_per_minute.max(1) as u32);
         let kind = authenticator.kind();
+        self.observer.rate_limit(&host, rate);
         let client = dps::Client::new(ClientConfig {
             host: host.clone(),
             authenticator: Arc::new(authenticator),

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     http::Health,
-    metrics::{CredentialTimes, EnrollmentLabels},
+    metrics::{EnrollmentFacts, EnrollmentLabels},
 };
 
 /// What is remembered of every object, by [`object_key`]: one entry per resource.
@@ -46,8 +46,8 @@ struct Memory {
     trigger: Option<u64>,
     /// The resourceVersion this process's last write of it produced.
     written: Option<Box<str>>,
-    /// Whether its last pass found it Ready, as the `resources` metric counts it.
-    ready: Option<bool>,
+    /// Whether its last pass found it Ready, and the reason, as the `resources` metrics count it.
+    ready: Option<(bool, Box<str>)>,
 }
 
 impl Memories {
@@ -163,23 +163,26 @@ impl Memories {
         }
     }
 
-    /// Records whether `object`'s last pass found it Ready, for the `resources` metric.
-    pub fn set_ready<K: Resource<DynamicType = ()>>(&self, object: &K, ready: bool) {
-        let previous = self.remember(&object_key(object), |memory| memory.ready.replace(ready));
-        self.health.metrics.ready_changed(&K::kind(&()), previous, Some(ready));
+    /// Records whether `object`'s last pass found it Ready, and the reason, for the `resources`
+    /// metrics.
+    pub fn set_ready<K: Resource<DynamicType = ()>>(&self, object: &K, ready: bool, reason: &str) {
+        let now = (ready, Box::<str>::from(reason));
+        let previous = self.remember(&object_key(object), |memory| memory.ready.replace(now.clone()));
+        let previous = previous.as_ref().map(|(ready, reason)| (*ready, &**reason));
+        self.health.metrics.ready_changed(&K::kind(&()), previous, Some((ready, reason)));
     }
 
-    /// Records the lifetimes of an object's credentials for the per-enrollment metrics.
-    pub fn set_credentials<K: Resource<DynamicType = ()>>(&self, object: &K, times: CredentialTimes) {
-        self.health.metrics.credentials().set(enrollment_labels(object), Some(times));
+    /// Records what an object's per-enrollment metrics show.
+    pub fn set_facts<K: Resource<DynamicType = ()>>(&self, object: &K, facts: EnrollmentFacts) {
+        self.health.metrics.per_enrollment().set(enrollment_labels(object), Some(facts));
     }
 
     /// Drops what is remembered about an object that is gone.
     pub fn forget<K: Resource<DynamicType = ()>>(&self, object: &K) {
-        self.health.metrics.credentials().set(enrollment_labels(object), None);
+        self.health.metrics.per_enrollment().set(enrollment_labels(object), None);
         let memory = self.memories().remove(object_key(object).as_str());
-        if let Some(previous) = memory.and_then(|memory| memory.ready) {
-            self.health.metrics.ready_changed(&K::kind(&()), Some(previous), None);
+        if let Some((ready, reason)) = memory.and_then(|memory| memory.ready) {
+            self.health.metrics.ready_changed(&K::kind(&()), Some((ready, &reason)), None);
         }
     }
 }

@@ -105,6 +105,7 @@ where
         set_finalizers(api, service, |finalizers| finalizers.retain(|f| f != IN_USE_FINALIZER))
             .await
             .map_err(|e| Error::kube(format!("removing the finalizer from {name}"), e))?;
+        ctx.memory.forget(service);
         return Ok(Some(Action::await_change()));
     }
     let old = service.connection_status();
@@ -294,6 +295,8 @@ where
                 .or_else(|| old.and_then(|s| s.credentials.clone())),
         ),
     };
+    let reason = result.as_ref().map_or_else(|error| error.reason(), |_| "Connected");
+    ctx.memory.set_ready(service, result.is_ok(), reason);
     let status = ProvisioningServiceStatus {
         observed_generation: service.meta().generation,
         conditions: conditions::update(old_conditions, &observations, service.meta().generation, &now),

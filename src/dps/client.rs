@@ -86,11 +86,15 @@ pub struct ClientConfig {
 
 /// Hears about the client's requests.
 pub trait RequestObserver: Send + Sync {
-    /// A request finished: its operation (ids removed), status (`None` without an answer) and
-    /// duration.
-    fn request(&self, operation: &str, status: Option<u16>, duration: Duration);
+    /// A request to DPS at `host` finished: its operation (ids removed), status (`None` without
+    /// an answer) and duration.
+    fn request(&self, host: &str, operation: &str, status: Option<u16>, duration: Duration);
     /// A request waited this long for the rate limiter.
     fn waited(&self, duration: Duration);
+    /// A bulk call carried this many items.
+    fn bulk_sent(&self, _items: usize) {}
+    /// The rate the client of `host` is configured to keep to, operations a minute.
+    fn rate_limit(&self, _host: &str, _per_minute: u32) {}
 }
 
 /// The operation of a request with the ids taken out, for metrics: `PUT enrollmentGroups/{id}`.
@@ -124,6 +128,7 @@ pub enum BuildError {
 /// A client of one DPS instance.
 pub struct Client {
     http: reqwest::Client,
+    host: String,
     base_url: String,
     authenticator: Arc<Authenticator>,
     rate_limiter: Arc<RateLimiter>,
@@ -149,6 +154,7 @@ impl Client {
         Ok(Self {
             http: builder.build().map_err(BuildError::Tls)?,
             base_url: format!("https://{}", config.host),
+            host: config.host,
             authenticator: config.authenticator,
             rate_limiter: config.rate_limiter,
             timeout: config.timeout,
@@ -194,6 +200,9 @@ impl Client {
     ) -> Result<BulkOperationResult<E::BulkError>, Error> {
         let mut result = BulkOperationResult { is_successful: true, errors: Vec::new() };
         for chunk in items.chunks(MAX_BULK_ITEMS) {
+            if let Some(observer) = &self.observer {
+                observer.bulk_sent(chunk.len());
+            }
             let body = E::bulk_body(chunk, mode);
             let part: BulkOperationResult<E::BulkError> =
                 self.call(Method::POST, E::COLLECTION, &[], Some(&body)).await?.json()?;
@@ -294,7 +303,7 @@ impl Client {
         let started = std::time::Instant::now();
         let observe = |status: Option<u16>| {
             if let Some(observer) = &self.observer {
-                observer.request(&label, status, started.elapsed());
+                observer.request(&self.host, &label, status, started.elapsed());
             }
         };
         let authorization = self

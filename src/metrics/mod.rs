@@ -1,9 +1,9 @@
-//! Prometheus metrics. Only [`credentials`] labels series by enrollment (and can be turned off);
-//! every other metric has bounded labels.
+//! Prometheus metrics. Only [`per_enrollment`] labels series by enrollment (and can be turned
+//! off); every other metric has bounded labels.
 
-mod credentials;
+mod per_enrollment;
 
-pub use credentials::{CredentialTimes, Credentials, EnrollmentLabels};
+pub use per_enrollment::{EnrollmentFacts, EnrollmentLabels, PerEnrollment};
 
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
+    /// The DPS host.
+    pub host: String,
     /// Method and path with ids removed, e.g. `PUT enrollmentGroups/{id}`.
     pub operation: String,
     /// `2xx`, `4xx`, `5xx`, or `error` when no answer came.
@@ -43,6 +45,20 @@ pub struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabels {
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub kind: String,
+    /// `true` or `false`.
+    pub ready: String,
+    /// The Ready condition's reason, e.g. `Synced` or `SecretNotFound`.
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,7 +79,10 @@ pub struct Metrics {
     dps_throttled: Counter,
     rate_limiter_wait: Histogram,
     resources: Family<ReadyLabels, Gauge>,
-    credentials: std::sync::Arc<Credentials>,
+    resources_by_reason: Family<ReasonLabels, Gauge>,
+    rate_limits: Family<HostLabels, Gauge>,
+    bulk_batch_size: Histogram,
+    per_enrollment: std::sync::Arc<PerEnrollment>,
 }
 
 fn seconds_buckets() -> impl Iterator<Item = f64> {
@@ -77,7 +96,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// `per_enrollment`: whether to export the series labelled by enrollment ([`credentials`]).
+    /// `per_enrollment`: whether to export the series labelled by enrollment ([`per_enrollment`]).
     pub fn new(per_enrollment: bool) -> Self {
         let mut registry = Registry::with_prefix("dps_operator");
         let metrics = Self {
@@ -89,7 +108,10 @@ impl Metrics {
             dps_throttled: Counter::default(),
             rate_limiter_wait: Histogram::new(seconds_buckets()),
             resources: Family::default(),
-            credentials: std::sync::Arc::new(Credentials::new(per_enrollment)),
+            resources_by_reason: Family::default(),
+            rate_limits: Family::default(),
+            bulk_batch_size: Histogram::new([1.0, 2.0, 3.0, 5.0, 8.0, 10.0]),
+            per_enrollment: std::sync::Arc::new(PerEnrollment::new(per_enrollment)),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciles by kind and result", metrics.reconciles.clone());
@@ -124,13 +146,28 @@ impl Metrics {
             metrics.rate_limiter_wait.clone(),
         );
         registry.register("resources", "Resources by kind and Ready state", metrics.resources.clone());
-        registry.register_collector(Box::new(metrics.credentials.clone()));
+        registry.register(
+            "resources_by_reason",
+            "Resources by kind, Ready state and the Ready condition's reason",
+            metrics.resources_by_reason.clone(),
+        );
+        registry.register(
+            "connection_rate_limit",
+            "Operations a minute the operator keeps to for each DPS host (its connections' rateLimit)",
+            metrics.rate_limits.clone(),
+        );
+        registry.register(
+            "bulk_batch_size",
+            "Items carried by each DPS bulk call",
+            metrics.bulk_batch_size.clone(),
+        );
+        registry.register_collector(Box::new(metrics.per_enrollment.clone()));
         Self { registry, ..metrics }
     }
 
-    /// The per-enrollment credential series.
-    pub fn credentials(&self) -> &Credentials {
-        &self.credentials
+    /// The series labelled by enrollment.
+    pub fn per_enrollment(&self) -> &PerEnrollment {
+        &self.per_enrollment
     }
 
     pub fn reconciled(&self, kind: &str, duration: Duration, error_reason: Option<&str>) {
@@ -146,9 +183,22 @@ impl Metrics {
             .observe(duration.as_secs_f64());
     }
 
-    /// Records that an object's Ready state went from `previous` to `ready` (`None`: not seen,
-    /// or gone). Whoever calls remembers each object's last state.
-    pub fn ready_changed(&self, kind: &str, previous: Option<bool>, ready: Option<bool>) {
+    /// Records that an object's Ready state and reason went from `previous` to `now` (`None`:
+    /// not seen, or gone). Whoever calls remembers each object's last state.
+    pub fn ready_changed(&self, kind: &str, previous: Option<(bool, &str)>, now: Option<(bool, &str)>) {
+        if previous != now {
+            let gauge = |(ready, reason): (bool, &str)| {
+                let labels =
+                    ReasonLabels { kind: kind.into(), ready: ready.to_string(), reason: reason.into() };
+                self.resources_by_reason.get_or_create(&labels).clone()
+            };
+            previous.map(|p| gauge(p).dec());
+            now.map(|n| gauge(n).inc());
+        }
+        self.ready_count_changed(kind, previous.map(|p| p.0), now.map(|n| n.0));
+    }
+
+    fn ready_count_changed(&self, kind: &str, previous: Option<bool>, ready: Option<bool>) {
         // Both series exist as soon as the kind is seen, so a count of 0 shows as 0.
         for series in [true, false] {
             let gauge =
@@ -171,9 +221,10 @@ impl Metrics {
 }
 
 impl crate::dps::RequestObserver for Metrics {
-    fn request(&self, operation: &str, status: Option<u16>, duration: Duration) {
+    fn request(&self, host: &str, operation: &str, status: Option<u16>, duration: Duration) {
         let status_class = status.map_or_else(|| "error".to_owned(), |s| format!("{}xx", s / 100));
-        self.dps_requests.get_or_create(&RequestLabels { operation: operation.into(), status_class }).inc();
+        let labels = RequestLabels { host: host.into(), operation: operation.into(), status_class };
+        self.dps_requests.get_or_create(&labels).inc();
         self.dps_request_duration
             .get_or_create(&OperationLabels { operation: operation.into() })
             .observe(duration.as_secs_f64());
@@ -184,6 +235,14 @@ impl crate::dps::RequestObserver for Metrics {
 
     fn waited(&self, duration: Duration) {
         self.rate_limiter_wait.observe(duration.as_secs_f64());
+    }
+
+    fn bulk_sent(&self, items: usize) {
+        self.bulk_batch_size.observe(items as f64);
+    }
+
+    fn rate_limit(&self, host: &str, per_minute: u32) {
+        self.rate_limits.get_or_create(&HostLabels { host: host.into() }).set(per_minute.into());
     }
 }
 
@@ -197,19 +256,26 @@ mod tests {
         let metrics = Metrics::default();
         metrics.reconciled("EnrollmentGroup", Duration::from_millis(30), None);
         metrics.reconciled("EnrollmentGroup", Duration::from_millis(30), Some("SecretNotFound"));
-        metrics.request("PUT enrollmentGroups/{id}", Some(200), Duration::from_millis(12));
-        metrics.request("GET enrollmentGroups/{id}", Some(429), Duration::from_millis(12));
-        metrics.request("GET enrollmentGroups/{id}", None, Duration::from_secs(30));
+        let host = "dps.example";
+        metrics.request(host, "PUT enrollmentGroups/{id}", Some(200), Duration::from_millis(12));
+        metrics.request(host, "GET enrollmentGroups/{id}", Some(429), Duration::from_millis(12));
+        metrics.request(host, "GET enrollmentGroups/{id}", None, Duration::from_secs(30));
         metrics.waited(Duration::from_millis(250));
-        metrics.ready_changed("EnrollmentGroup", None, Some(true));
-        metrics.ready_changed("EnrollmentGroup", None, Some(false));
-        metrics.ready_changed("EnrollmentGroup", Some(false), None);
+        metrics.bulk_sent(7);
+        metrics.rate_limit(host, 1000);
+        metrics.ready_changed("EnrollmentGroup", None, Some((true, "Synced")));
+        metrics.ready_changed("EnrollmentGroup", None, Some((false, "SecretNotFound")));
+        metrics.ready_changed("EnrollmentGroup", Some((false, "SecretNotFound")), None);
         let text = metrics.encode();
         for line in [
             r#"dps_operator_reconciles_total{kind="EnrollmentGroup",result="error"} 1"#,
             r#"dps_operator_reconcile_errors_total{kind="EnrollmentGroup",reason="SecretNotFound"} 1"#,
-            r#"dps_operator_dps_requests_total{operation="PUT enrollmentGroups/{id}",status_class="2xx"} 1"#,
-            r#"dps_operator_dps_requests_total{operation="GET enrollmentGroups/{id}",status_class="error"} 1"#,
+            r#"dps_operator_dps_requests_total{host="dps.example",operation="PUT enrollmentGroups/{id}",status_class="2xx"} 1"#,
+            r#"dps_operator_dps_requests_total{host="dps.example",operation="GET enrollmentGroups/{id}",status_class="error"} 1"#,
+            r#"dps_operator_resources_by_reason{kind="EnrollmentGroup",ready="true",reason="Synced"} 1"#,
+            r#"dps_operator_resources_by_reason{kind="EnrollmentGroup",ready="false",reason="SecretNotFound"} 0"#,
+            r#"dps_operator_connection_rate_limit{host="dps.example"} 1000"#,
+            "dps_operator_bulk_batch_size_count 1",
             "dps_operator_dps_throttled_total 1",
             "dps_operator_rate_limiter_wait_seconds_count 1",
             r#"dps_operator_resources{kind="EnrollmentGroup",ready="true"} 1"#,

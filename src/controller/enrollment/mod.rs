@@ -113,8 +113,9 @@ async fn apply<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<Action, E
         expiry_warning: ctx.config.certificate_expiry_warning,
     };
     let enrollment = status::enrollment_status::<K>(&recorded, &facts, &result);
-    ctx.memory.set_ready(object, status::is_ready(&enrollment));
-    ctx.memory.set_credentials(object, status::credential_times(&enrollment));
+    let (ready, reason) = status::readiness(&enrollment);
+    ctx.memory.set_ready(object, ready, reason);
+    ctx.memory.set_facts(object, status::metric_facts::<K>(&enrollment, object.current_status(), &result));
     let spec_changed = old_enrollment.observed_generation != facts.generation;
     let notes = events::of_pass(K::WHAT, &id, &old_enrollment, &enrollment, spec_changed, &result);
     // Every resource gets the finalizer (a new one with its first claim, in the same write), the

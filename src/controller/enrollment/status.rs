@@ -16,7 +16,7 @@ use crate::{
         kinds::{EnrollmentKind, Registrations},
     },
     dps,
-    metrics::CredentialTimes,
+    metrics::EnrollmentFacts,
 };
 
 /// What a pass's status is made from besides its outcome.
@@ -55,9 +55,10 @@ pub fn enrollment_status<K: EnrollmentKind>(
     status
 }
 
-/// Whether `status` says DPS holds the enrollment as it should.
-pub fn is_ready(status: &EnrollmentStatus) -> bool {
-    status.conditions.iter().any(|c| c.type_ == READY && c.status == "True")
+/// Whether `status` says DPS holds the enrollment as it should, and its Ready reason.
+pub fn readiness(status: &EnrollmentStatus) -> (bool, &str) {
+    let ready = status.conditions.iter().find(|c| c.type_ == READY);
+    (ready.is_some_and(|c| c.status == "True"), ready.map_or("Unknown", |c| c.reason.as_str()))
 }
 
 /// What `synced` found, in the status: the record's etag and times, the Secrets' digest, the
@@ -226,11 +227,36 @@ fn in_use(
     slots.into_iter().filter(|(_, info)| info.is_none_or(|info| info.current != Some(false)))
 }
 
-/// The lifetimes of the credentials `status` shows, for the per-enrollment metrics.
-pub fn credential_times(status: &EnrollmentStatus) -> CredentialTimes {
+/// What the per-enrollment metrics show of a pass that left `status`: the certificates in use,
+/// the generated key's age and next rotation, and a group's registrations (this pass's, else the
+/// status's before it).
+pub fn metric_facts<K: EnrollmentKind>(
+    status: &EnrollmentStatus,
+    old: Option<&K::Status>,
+    result: &Result<Synced<K::Record>, Error>,
+) -> EnrollmentFacts {
     let slots = status.certificates.as_deref().into_iter().flat_map(in_use);
-    CredentialTimes {
+    let keys = status.keys.as_deref();
+    let registrations = match result {
+        Ok(Synced { registrations: Registrations::Group(summary), .. }) => Some(summary.clone()),
+        _ => match old.map(K::registrations) {
+            Some(Registrations::Group(summary)) => Some(summary),
+            _ => None,
+        },
+    };
+    let by_status = |s: api::RegistrationSummary| {
+        vec![
+            ("assigned", s.assigned),
+            ("assigning", s.assigning),
+            ("unassigned", s.unassigned),
+            ("failed", s.failed),
+            ("disabled", s.disabled),
+        ]
+    };
+    EnrollmentFacts {
         certificates: slots.filter_map(|(slot, info)| Some((slot, info?.not_after.0))).collect(),
-        key_made: status.keys.as_ref().and_then(|keys| keys.active_key_time.as_ref()).map(|t| t.0),
+        key_made: keys.and_then(|keys| keys.active_key_time.as_ref()).map(|t| t.0),
+        rotation_due: keys.and_then(|keys| keys.next_rotation_time.as_ref()).map(|t| t.0),
+        registrations: registrations.map(by_status).unwrap_or_default(),
     }
 }

@@ -1,6 +1,7 @@
-//! Per-enrollment metrics of credentials, computed at each scrape: seconds until each certificate
-//! expires and the age of each generated key. One series per enrollment (and slot), so they can
-//! be turned off (`--per-enrollment-metrics=false`) for very large fleets.
+//! Per-enrollment metrics, the times computed at each scrape: seconds until each certificate
+//! expires, the age of each generated key and how long until its next scheduled rotation, and a
+//! group's registrations by status. A series or a few per enrollment, so they can be turned off
+//! (`--per-enrollment-metrics=false`) for very large fleets.
 
 use std::{collections::BTreeMap, sync::Mutex};
 
@@ -28,41 +29,54 @@ struct SlotLabels {
     slot: String,
 }
 
-/// An enrollment's credentials with a lifetime.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    kind: String,
+    namespace: String,
+    name: String,
+    /// A registration status: `assigned`, `assigning`, `unassigned`, `failed`, `disabled`.
+    status: String,
+}
+
+/// What an enrollment's series show.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct CredentialTimes {
+pub struct EnrollmentFacts {
     /// Each certificate's slot and end of validity.
     pub certificates: Vec<(&'static str, Timestamp)>,
     /// When the active generated key was made (its last rotation, else its Secret's creation).
     pub key_made: Option<Timestamp>,
+    /// When the next scheduled key rotation is due.
+    pub rotation_due: Option<Timestamp>,
+    /// A group's registration records by status.
+    pub registrations: Vec<(&'static str, i64)>,
 }
 
-/// The credentials of every enrollment the operator reconciled, exported at each scrape.
+/// The facts of every enrollment the operator reconciled, exported at each scrape.
 #[derive(Debug)]
-pub struct Credentials {
+pub struct PerEnrollment {
     enabled: bool,
-    by_enrollment: Mutex<BTreeMap<EnrollmentLabels, CredentialTimes>>,
+    by_enrollment: Mutex<BTreeMap<EnrollmentLabels, EnrollmentFacts>>,
 }
 
-impl Credentials {
+impl PerEnrollment {
     pub fn new(enabled: bool) -> Self {
         Self { enabled, by_enrollment: Mutex::default() }
     }
 
-    /// Records an enrollment's credentials; `None` or nothing with a lifetime removes its series.
-    pub fn set(&self, enrollment: EnrollmentLabels, times: Option<CredentialTimes>) {
+    /// Records an enrollment's facts; `None` or no facts removes its series.
+    pub fn set(&self, enrollment: EnrollmentLabels, facts: Option<EnrollmentFacts>) {
         if !self.enabled {
             return;
         }
         let mut by_enrollment = self.by_enrollment.lock().unwrap_or_else(|e| e.into_inner());
-        match times.filter(|t| *t != CredentialTimes::default()) {
-            Some(times) => by_enrollment.insert(enrollment, times),
+        match facts.filter(|f| *f != EnrollmentFacts::default()) {
+            Some(facts) => by_enrollment.insert(enrollment, facts),
             None => by_enrollment.remove(&enrollment),
         };
     }
 }
 
-impl Collector for Credentials {
+impl Collector for PerEnrollment {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let now = Timestamp::now();
         let by_enrollment = self.by_enrollment.lock().unwrap_or_else(|e| e.into_inner());
@@ -73,8 +87,8 @@ impl Collector for Credentials {
             None,
             MetricType::Gauge,
         )?;
-        for (labels, times) in by_enrollment.iter() {
-            for (slot, not_after) in &times.certificates {
+        for (labels, facts) in by_enrollment.iter() {
+            for (slot, not_after) in &facts.certificates {
                 let labels = SlotLabels {
                     kind: labels.kind.clone(),
                     namespace: labels.namespace.clone(),
@@ -90,9 +104,37 @@ impl Collector for Credentials {
             None,
             MetricType::Gauge,
         )?;
-        for (labels, times) in by_enrollment.iter() {
-            if let Some(made) = times.key_made {
+        for (labels, facts) in by_enrollment.iter() {
+            if let Some(made) = facts.key_made {
                 age.encode_family(labels)?.encode_gauge(&seconds(made, now))?;
+            }
+        }
+        let mut due = encoder.encode_descriptor(
+            "key_rotation_due_seconds",
+            "Seconds until the next scheduled key rotation of an enrollment (negative when overdue)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, facts) in by_enrollment.iter() {
+            if let Some(at) = facts.rotation_due {
+                due.encode_family(labels)?.encode_gauge(&seconds(now, at))?;
+            }
+        }
+        let mut registrations = encoder.encode_descriptor(
+            "registrations",
+            "Registration records of an enrollment group by status",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (labels, facts) in by_enrollment.iter() {
+            for (status, count) in &facts.registrations {
+                let labels = StatusLabels {
+                    kind: labels.kind.clone(),
+                    namespace: labels.namespace.clone(),
+                    name: labels.name.clone(),
+                    status: (*status).to_owned(),
+                };
+                registrations.encode_family(&labels)?.encode_gauge(count)?;
             }
         }
         Ok(())
@@ -113,14 +155,18 @@ mod tests {
     }
 
     #[test]
-    fn certificate_expiry_and_key_age_are_computed_at_each_scrape_and_go_with_the_enrollment() {
+    fn expiry_key_age_and_registrations_are_exported_at_each_scrape_and_go_with_the_enrollment() {
         let metrics = Metrics::new(true);
         let now = Timestamp::now();
         let in_a_day = now.checked_add(jiff::SignedDuration::from_hours(24)).unwrap();
         let an_hour_ago = now.checked_sub(jiff::SignedDuration::from_hours(1)).unwrap();
-        let times =
-            CredentialTimes { certificates: vec![("secondary", in_a_day)], key_made: Some(an_hour_ago) };
-        metrics.credentials().set(labels("cameras"), Some(times));
+        let times = EnrollmentFacts {
+            certificates: vec![("secondary", in_a_day)],
+            key_made: Some(an_hour_ago),
+            rotation_due: Some(in_a_day),
+            registrations: vec![("assigned", 3)],
+        };
+        metrics.per_enrollment().set(labels("cameras"), Some(times));
         let text = metrics.encode();
         let expiry = sample(
             &text,
@@ -132,16 +178,21 @@ mod tests {
             r#"dps_operator_key_age_seconds{kind="EnrollmentGroup",namespace="plant",name="cameras"}"#,
         );
         assert!(age.is_some_and(|s| (3_600.0..3_700.0).contains(&s)), "{text}");
+        let assigned = sample(
+            &text,
+            r#"dps_operator_registrations{kind="EnrollmentGroup",namespace="plant",name="cameras",status="assigned"}"#,
+        );
+        assert_eq!(assigned, Some(3.0), "{text}");
 
-        metrics.credentials().set(labels("cameras"), None);
+        metrics.per_enrollment().set(labels("cameras"), None);
         assert!(!metrics.encode().contains("cameras"), "gone with the enrollment");
     }
 
     #[test]
     fn per_enrollment_series_can_be_turned_off() {
         let metrics = Metrics::new(false);
-        let times = CredentialTimes { certificates: Vec::new(), key_made: Some(Timestamp::now()) };
-        metrics.credentials().set(labels("cameras"), Some(times));
+        let times = EnrollmentFacts { key_made: Some(Timestamp::now()), ..Default::default() };
+        metrics.per_enrollment().set(labels("cameras"), Some(times));
         assert!(!metrics.encode().contains("cameras"));
     }
 }
