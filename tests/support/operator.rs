@@ -133,6 +133,11 @@ impl Operator {
         }));
     }
 
+    /// The health and metrics of the running operator, to serve them as the binary does.
+    pub fn health(&self) -> std::sync::Arc<dps_operator::http::Health> {
+        self.health.clone()
+    }
+
     /// A reconcile context like the running operator's, to drive reconciles by hand.
     pub async fn context(&self) -> std::sync::Arc<controller::context::Context> {
         let client = control_plane().client().await.expect("a client");
