@@ -65,6 +65,13 @@ async fn main() {
     emulator.stop().await;
     control_plane.stop();
 
+    // The run as a picture: `BENCH_SVG=docs/scale-10000.svg` to keep it with the results.
+    let svg_path = std::env::var_os("BENCH_SVG")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("dps-operator-scale-{count}.svg")));
+    std::fs::write(&svg_path, converged.timeline.svg(count)).expect("the SVG chart is written");
+    eprintln!("the run's chart: {}", svg_path.display());
+
     println!("| | {count} |\n|---|---|");
     for (what, value) in rows(count, &setup, &converged, &steady, &restarted, deleted) {
         println!("| {what} | {value} |");
@@ -139,6 +146,43 @@ struct Converged {
     sample: Sample,
     writes: BTreeMap<String, u64>,
     reads: BTreeMap<String, u64>,
+    timeline: Timeline,
+}
+
+/// Ready enrollments and DPS calls over a run, as polled.
+#[derive(Default)]
+struct Timeline {
+    ready: Vec<(f64, f64)>,
+    calls: Vec<(f64, f64)>,
+}
+
+impl Timeline {
+    fn record(&mut self, at: Duration, ready: usize, calls: u64) {
+        self.ready.push((at.as_secs_f64(), ready as f64));
+        self.calls.push((at.as_secs_f64(), calls as f64));
+    }
+
+    /// The run as an SVG chart: Ready enrollments and DPS calls since the operator started.
+    fn svg(&self, count: usize) -> String {
+        use dps_operator::devenv::chart::{Chart, Series, grid};
+        let chart = |title: &str, y_label: &str, points: &[(f64, f64)]| Chart {
+            title: title.into(),
+            x_label: "s".into(),
+            y_label: y_label.into(),
+            series: vec![Series { name: y_label.into(), points: points.to_vec() }],
+        };
+        let charts = [
+            chart("Ready enrollments", "Ready", &self.ready),
+            chart("DPS calls since the operator started", "calls", &self.calls),
+        ];
+        grid(
+            &format!("Scale bench: {count} enrollments, from the operator's start until all are Ready"),
+            &charts,
+            2,
+            480,
+            260,
+        )
+    }
 }
 
 /// [`STEADY`] with nothing to do.
@@ -173,17 +217,25 @@ impl Bench<'_> {
             (api_requests(&metrics_before, WRITES), api_requests(&metrics_before, READS));
         let started = Instant::now();
         let operator = Operator::start(self.control_plane, &self.operator_args);
-        until(started, "90% Ready", async || watched.ready() * 10 >= count * 9).await;
-        let most_ready = started.elapsed();
-        until(started, "all Ready", async || watched.ready() == count).await;
-        let all_ready = started.elapsed();
+        let mut timeline = Timeline::default();
+        let mut most_ready = None;
+        until(started, "all Ready", async || {
+            let ready = watched.ready();
+            timeline.record(started.elapsed(), ready, total_calls(emulator));
+            if ready * 10 >= count * 9 {
+                most_ready.get_or_insert(started.elapsed());
+            }
+            ready == count
+        })
+        .await;
+        let (most_ready, all_ready) = (most_ready.unwrap_or_default(), started.elapsed());
         let (calls, throttled, sample) =
             (total_calls(emulator), emulator.calls_answered(429), operator.sample());
         emulator.set_faults(Faults::default());
         let metrics = self.api_server_metrics();
         let writes = requests_since(&writes_before, &metrics, WRITES);
         let reads = requests_since(&reads_before, &metrics, READS);
-        (operator, Converged { most_ready, all_ready, calls, throttled, sample, writes, reads })
+        (operator, Converged { most_ready, all_ready, calls, throttled, sample, writes, reads, timeline })
     }
 
     async fn steady(&self, operator: &Operator) -> Steady {

@@ -42,20 +42,66 @@ fn the_dashboard_matches_grafanas_dashboard_schema() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("legend"), "{refused:?}");
 }
 
-/// Every query of every panel, with its panel's title.
-fn panel_queries() -> Vec<(String, String)> {
+/// A panel's query: the panel's title, the PromQL and how its series are named.
+struct Query {
+    panel: String,
+    expr: String,
+    legend: String,
+}
+
+/// Every query of every panel.
+fn panel_queries() -> Vec<Query> {
     let dashboard = dashboard();
     let panels = dashboard["panels"].as_array().unwrap();
-    let queries: Vec<(String, String)> = panels
+    let queries: Vec<Query> = panels
         .iter()
         .flat_map(|panel| {
             let title = panel["title"].as_str().unwrap().to_owned();
             let targets = panel["targets"].as_array().cloned().unwrap_or_default();
-            targets.into_iter().map(move |t| (title.clone(), t["expr"].as_str().unwrap().to_owned()))
+            targets.into_iter().map(move |t| Query {
+                panel: title.clone(),
+                expr: t["expr"].as_str().unwrap().to_owned(),
+                legend: t["legendFormat"].as_str().unwrap_or_default().to_owned(),
+            })
         })
         .collect();
     assert!(queries.len() >= 15, "{} queries", queries.len());
     queries
+}
+
+/// The dashboard as charts, one per panel, from `prometheus` since `start` (Unix seconds).
+async fn render(prometheus: &Prometheus, start: i64) -> String {
+    use dps_operator::devenv::chart::{Chart, Series, grid};
+    let end = jiff::Timestamp::now().as_second();
+    let mut charts: Vec<Chart> = Vec::new();
+    for query in panel_queries() {
+        if charts.last().is_none_or(|c| c.title != query.panel) {
+            charts.push(Chart { title: query.panel.clone(), x_label: "s".into(), ..Default::default() });
+        }
+        let result = prometheus.query_range(&query.expr, start, end).await;
+        let chart = charts.last_mut().unwrap();
+        chart.series.extend(result.iter().map(|series| {
+            Series {
+                name: legend(&query.legend, &series["metric"]),
+                points: series["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|v| Some((v[0].as_f64()? - start as f64, v[1].as_str()?.parse().ok()?)))
+                    .collect(),
+            }
+        }));
+    }
+    grid("DPS operator: the dashboard after an end-to-end run", &charts, 3, 420, 230)
+}
+
+/// A series name as Grafana makes it from a legend format: `{{label}}` replaced by its value.
+fn legend(format: &str, metric: &Value) -> String {
+    let mut name = format.to_owned();
+    for (label, value) in metric.as_object().into_iter().flatten() {
+        name = name.replace(&format!("{{{{{label}}}}}"), value.as_str().unwrap_or_default());
+    }
+    name
 }
 
 /// Prometheus (Debian's, which `scripts/test` installs) scraping `target` every second.
@@ -96,12 +142,27 @@ impl Prometheus {
 
     /// The result of an instant query.
     async fn query(&self, expr: &str) -> Vec<Value> {
+        self.api("query", expr, "").await
+    }
+
+    /// The result of a range query from `start` to `end` (Unix seconds), a point a second.
+    async fn query_range(&self, expr: &str, start: i64, end: i64) -> Vec<Value> {
+        self.api("query_range", expr, &format!("&start={start}&end={end}&step=1")).await
+    }
+
+    async fn api(&self, endpoint: &str, expr: &str, parameters: &str) -> Vec<Value> {
         let expr_param = percent_encoding::utf8_percent_encode(expr, percent_encoding::NON_ALPHANUMERIC);
-        let url = format!("{}/api/v1/query?query={expr_param}", self.url);
+        let url = format!("{}/api/v1/{endpoint}?query={expr_param}{parameters}", self.url);
         let answer = reqwest::Client::new().get(url).send().await.unwrap();
         let body: Value = answer.json().await.unwrap();
         assert_eq!(body["status"], "success", "{expr}: {body}");
         body["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// How many times it has scraped the operator.
+    async fn scrapes(&self) -> u64 {
+        let result = self.query("sum(count_over_time(up[10m]))").await;
+        result.first().and_then(|s| s["value"][1].as_str()?.parse().ok()).unwrap_or(0)
     }
 
     async fn until(&self, what: &str, check: impl AsyncFn(&Self) -> bool) {
@@ -152,6 +213,26 @@ async fn fleet(operator: &Operator) {
     );
 }
 
+/// What happens next: devices register, the group's keys rotate, the missing Secret arrives.
+async fn day_two(operator: &Operator) {
+    for i in 2..6 {
+        let state = json!({"registrationId": format!("thermostat-{i}"), "status": "assigned",
+            "assignedHub": "hub-a.azure-devices.net"});
+        operator.emulator.add_registration(state, Some("thermostats".into()));
+    }
+    let annotated = operator
+        .kubectl(
+            &["annotate", "enrollmentgroup/thermostats", "dps.iot.dev/rotate-keys=now", "--overwrite"],
+            None,
+        )
+        .await;
+    assert!(annotated.success, "{}", annotated.stderr);
+    let ca = dps_operator::pki::CertificateAuthority::new("Contoso Devices CA").unwrap();
+    let orphan = ca.issue_client("orphan", None).unwrap();
+    operator.create_secret("no-such-secret", &[("tls.crt", &orphan.certificate_pem)]).await;
+    operator.wait("individualenrollment/orphan", "condition=Ready").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_panel_query_returns_data_from_a_prometheus_that_scraped_the_operator() {
     let linked =
@@ -163,10 +244,14 @@ async fn every_panel_query_returns_data_from_a_prometheus_that_scraped_the_opera
     tokio::spawn(dps_operator::http::serve(listener, operator.health()));
     let prometheus = Prometheus::start(target).await;
     // A scrape before the fleet arrives, so that counters and histograms have a first sample.
-    prometheus.until("the operator is scraped", async |p| !p.query("up == 1").await.is_empty()).await;
+    let since = jiff::Timestamp::now().as_second();
+    prometheus.until("the operator is scraped", async |p| p.scrapes().await >= 1).await;
     fleet(&operator).await;
+    prometheus.until("ten scrapes", async |p| p.scrapes().await >= 10).await;
+    day_two(&operator).await;
+    prometheus.until("twenty-five scrapes", async |p| p.scrapes().await >= 25).await;
 
-    for (panel, expr) in panel_queries() {
+    for Query { panel, expr, .. } in panel_queries() {
         prometheus
             .until(&format!("panel {panel:?} shows a number for {expr}"), async |p| {
                 let result = p.query(&expr).await;
@@ -178,5 +263,15 @@ async fn every_panel_query_returns_data_from_a_prometheus_that_scraped_the_opera
                 })
             })
             .await;
+    }
+
+    // The picture in docs/: `DPS_DASHBOARD_SVG=$PWD/docs/dashboard.svg cargo test --test dashboard`.
+    let svg = render(&prometheus, since).await;
+    for Query { panel, .. } in panel_queries() {
+        assert!(svg.contains(&panel.replace('&', "&amp;")), "the picture shows {panel:?}");
+    }
+    assert!(svg.matches("<polyline").count() >= 15, "a line for each query at least");
+    if let Some(path) = std::env::var_os("DPS_DASHBOARD_SVG") {
+        std::fs::write(path, svg).unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! A local environment for development and tests: a real Kubernetes control plane on loopback
 //! and the DPS emulator. `dps-operator local` and the integration tests use it.
 
+pub mod chart;
 mod control_plane;
 mod device;
 mod local;
