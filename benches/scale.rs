@@ -165,11 +165,11 @@ impl Timeline {
     /// The run as an SVG chart: Ready enrollments and DPS calls since the operator started.
     fn svg(&self, count: usize) -> String {
         use dps_operator::devenv::chart::{Chart, Series, grid};
-        let chart = |title: &str, y_label: &str, points: &[(f64, f64)]| Chart {
+        let chart = |title: &str, name: &str, points: &[(f64, f64)]| Chart {
             title: title.into(),
             x_label: "s".into(),
-            y_label: y_label.into(),
-            series: vec![Series { name: y_label.into(), points: points.to_vec() }],
+            series: vec![Series { name: name.into(), points: points.to_vec() }],
+            ..Default::default()
         };
         let charts = [
             chart("Ready enrollments", "Ready", &self.ready),

@@ -248,19 +248,22 @@ impl<'a> Reader<'a> {
     }
 
     /// Creates Secret `name` holding `keys` (primary, secondary), owned by `owner`, and returns
-    /// the keys it holds (these, or those of a Secret created meanwhile) and the resourceVersion
-    /// of our create.
+    /// the keys it holds (these, or those of a Secret created meanwhile) and, of our create, the
+    /// resourceVersion and the creation time.
     pub async fn create_key_secret(
         &self,
         name: &str,
         owner: &OwnerReference,
         keys: (SecretValue, SecretValue),
-    ) -> Result<((SecretValue, SecretValue), Option<String>), Error> {
+    ) -> Result<((SecretValue, SecretValue), Option<(String, jiff::Timestamp)>), Error> {
         let value = |key: &SecretValue| ByteString(key.expose().as_bytes().to_vec());
         let data =
             BTreeMap::from([(PRIMARY_KEY.into(), value(&keys.0)), (SECONDARY_KEY.into(), value(&keys.1))]);
         match self.create_secret(name, Some(owner), data).await? {
-            Some(created) => Ok((keys, created.metadata.resource_version)),
+            Some(created) => {
+                let created = created.metadata.resource_version.zip(created.metadata.creation_timestamp);
+                Ok((keys, created.map(|(version, time)| (version, time.0))))
+            }
             None => {
                 let keys =
                     self.symmetric_keys(name, &owner.uid).await?.map(|(keys, _)| keys).ok_or_else(|| {

@@ -85,7 +85,7 @@ fn plot(chart: &Chart, width: u32, height: u32) -> String {
     label(&mut svg, left - 4.0, top + h, "end", number(y_min));
     label(&mut svg, left, top + h + 13.0, "start", format!("{} {}", number(x_min), chart.x_label));
     label(&mut svg, left + w, top + h + 13.0, "end", format!("{} {}", number(x_max), chart.x_label));
-    label(&mut svg, left + 4.0, top - 4.0, "start", chart.y_label.clone());
+    label(&mut svg, left + w, top - 6.0, "end", chart.y_label.clone());
     for (index, series) in chart.series.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
         let path: Vec<String> = series

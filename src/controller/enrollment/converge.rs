@@ -35,7 +35,13 @@ pub trait Edges<R> {
     fn failed(&self, source: dps::Error) -> Error;
     /// Creates the missing key Secret `name` with `keys` (`from_dps`: the keys DPS holds) and
     /// answers the keys it then holds: another writer may have created it first.
-    async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<Keys, Error>;
+    /// Also answers when the Secret was created, when this call created it.
+    async fn create_key_secret(
+        &self,
+        name: &str,
+        keys: Keys,
+        from_dps: bool,
+    ) -> Result<(Keys, Option<jiff::Timestamp>), Error>;
     /// Deletes the key Secret `name` this pass created with new keys, when the create they were
     /// for found an enrollment at the id: those keys must never reach DPS. Answers false when
     /// the Secret is not (or no longer) the one this process created.
@@ -334,10 +340,11 @@ async fn fill_key_secret<R, E: Edges<R>>(
     };
     if let Some(keys) = keys {
         let material = &mut pass.material;
-        material.resolved.keys = Some(edges.create_key_secret(secret, keys, exists).await?);
-        let created = Some(jiff::Timestamp::now());
-        material.resolved.key_secret =
-            Some(KeySecretState { generated: true, created, ..Default::default() });
+        let (keys, created) = edges.create_key_secret(secret, keys, exists).await?;
+        material.resolved.keys = Some(keys);
+        // Another writer's Secret, created meanwhile, is read again by the next pass.
+        let generated = created.is_some();
+        material.resolved.key_secret = Some(KeySecretState { generated, created, ..Default::default() });
         material.desired = edges.build(&material.resolved)?;
         material.digest = material.resolved.secrets_digest(pass.digest_key);
         return Ok(!exists);
@@ -533,10 +540,15 @@ mod tests {
             Ok(self.keys.borrow().clone())
         }
 
-        async fn create_key_secret(&self, _name: &str, keys: Keys, _from_dps: bool) -> Result<Keys, Error> {
+        async fn create_key_secret(
+            &self,
+            _name: &str,
+            keys: Keys,
+            _from_dps: bool,
+        ) -> Result<(Keys, Option<jiff::Timestamp>), Error> {
             self.call("SECRET");
             *self.secret.borrow_mut() = Some(keys.clone());
-            Ok(keys)
+            Ok((keys, Some(jiff::Timestamp::from_second(1_800_000_000).unwrap())))
         }
 
         async fn record_claim(&self, host: &str) -> Result<(), Error> {

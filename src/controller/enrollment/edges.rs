@@ -100,16 +100,27 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
         self.connection.dps_error(source)
     }
 
-    async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<Keys, Error> {
+    async fn create_key_secret(
+        &self,
+        name: &str,
+        keys: Keys,
+        from_dps: bool,
+    ) -> Result<(Keys, Option<jiff::Timestamp>), Error> {
         let namespace = self.reader.namespace;
         // Its watch event can arrive before the create's answer: it is known to be ours already.
         self.secrets.creating_own(namespace, name);
         let created = self.reader.create_key_secret(name, self.owner_reference, keys).await;
-        let (keys, version) = created.inspect_err(|_| self.secrets.not_own(namespace, name))?;
-        match version {
-            Some(version) => self.secrets.created_own(namespace, name, &version),
-            None => self.secrets.not_own(namespace, name),
-        }
+        let (keys, created) = created.inspect_err(|_| self.secrets.not_own(namespace, name))?;
+        let created = match created {
+            Some((version, time)) => {
+                self.secrets.created_own(namespace, name, &version);
+                Some(time)
+            }
+            None => {
+                self.secrets.not_own(namespace, name);
+                None
+            }
+        };
         if from_dps {
             let note = format!(
                 "Created Secret {namespace}/{name} with the keys DPS holds for {} {}.",
@@ -118,7 +129,7 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
             );
             self.events.publish(self.object, false, "KeysRestored", note).await;
         }
-        Ok(keys)
+        Ok((keys, created))
     }
 
     async fn discard_key_secret(&self, name: &str) -> Result<bool, Error> {
