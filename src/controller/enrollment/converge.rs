@@ -19,6 +19,9 @@ use crate::{
 /// A primary and a secondary symmetric key.
 pub type Keys = (Secret, Secret);
 
+/// The keys a key Secret holds, and when it was created if this pass created it.
+pub type CreatedKeys = (Keys, Option<jiff::Timestamp>);
+
 /// What a pass does outside itself: the DPS calls about its enrollment, and the Kubernetes writes
 /// that go with them.
 pub trait Edges<R> {
@@ -36,12 +39,7 @@ pub trait Edges<R> {
     /// Creates the missing key Secret `name` with `keys` (`from_dps`: the keys DPS holds) and
     /// answers the keys it then holds: another writer may have created it first.
     /// Also answers when the Secret was created, when this call created it.
-    async fn create_key_secret(
-        &self,
-        name: &str,
-        keys: Keys,
-        from_dps: bool,
-    ) -> Result<(Keys, Option<jiff::Timestamp>), Error>;
+    async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<CreatedKeys, Error>;
     /// Deletes the key Secret `name` this pass created with new keys, when the create they were
     /// for found an enrollment at the id: those keys must never reach DPS. Answers false when
     /// the Secret is not (or no longer) the one this process created.
@@ -545,7 +543,7 @@ mod tests {
             _name: &str,
             keys: Keys,
             _from_dps: bool,
-        ) -> Result<(Keys, Option<jiff::Timestamp>), Error> {
+        ) -> Result<CreatedKeys, Error> {
             self.call("SECRET");
             *self.secret.borrow_mut() = Some(keys.clone());
             Ok((keys, Some(jiff::Timestamp::from_second(1_800_000_000).unwrap())))

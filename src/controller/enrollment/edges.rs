@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::converge::{Edges, Keys};
+use super::converge::{CreatedKeys, Edges, Keys};
 use crate::{
     controller::{
         Error,
@@ -100,12 +100,7 @@ impl<K: EnrollmentKind> Edges<K::Record> for LiveEdges<'_, K> {
         self.connection.dps_error(source)
     }
 
-    async fn create_key_secret(
-        &self,
-        name: &str,
-        keys: Keys,
-        from_dps: bool,
-    ) -> Result<(Keys, Option<jiff::Timestamp>), Error> {
+    async fn create_key_secret(&self, name: &str, keys: Keys, from_dps: bool) -> Result<CreatedKeys, Error> {
         let namespace = self.reader.namespace;
         // Its watch event can arrive before the create's answer: it is known to be ours already.
         self.secrets.creating_own(namespace, name);
