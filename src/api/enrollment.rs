@@ -93,7 +93,10 @@ pub struct EnrollmentSettings {
 
     /// What to do when DPS already has an enrollment with this id that this resource did not
     /// create: `Refuse` (the default) leaves it untouched and reports `AlreadyExists`; `Adopt`
-    /// takes it over and makes it match this resource.
+    /// takes it over and makes it match this resource, writing nothing when it already does.
+    /// An adoption never replaces the credentials devices use: certificates must have the
+    /// thumbprints DPS holds and keys in an existing Secret the keys DPS holds (reason
+    /// `CredentialsDiffer` until they do); change them after the adoption.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adoption: Option<Adoption>,
 
@@ -127,6 +130,13 @@ pub struct SymmetricKeyAttestation {
     /// The Secret's `activeKey` names the key devices should use (`primaryKey` when absent); an
     /// enrollment group's `deviceKeys` are derived from it.
     pub secret_ref: SecretReference,
+
+    /// Whether the operator creates the Secret when it does not exist (the default). `false`
+    /// waits for you to create it (reason `SecretNotFound` names it) and writes nothing to DPS
+    /// meanwhile; `kubectl dps import` sets it, so that the keys of an imported enrollment come
+    /// only from you.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_secret: Option<bool>,
 
     /// Rotates keys the operator created (a Secret this resource owns) on a schedule, one slot at
     /// a time: the slot devices are not using gets a new key in DPS, then becomes `activeKey`.

@@ -18,7 +18,7 @@ use crate::{
 /// An enrollment's attestation as its spec states it.
 #[derive(Clone, Copy, Debug)]
 pub enum AttestationInput<'a> {
-    SymmetricKey(&'a api::SecretReference),
+    SymmetricKey(&'a api::SymmetricKeyAttestation),
     /// Leaf certificates of an individual enrollment.
     ClientCertificates(&'a api::CertificatePair),
     /// Signing certificates of an enrollment group.
@@ -584,6 +584,8 @@ pub enum Plan {
     InSync,
     /// Create the enrollment (it is missing in DPS).
     Create { recreate: bool },
+    /// Take it over as it is: DPS already holds what the spec describes.
+    Adopt,
     /// Replace it, with its etag, because of these differences.
     Update { etag: String, drift: Vec<&'static str>, adopt: bool },
     /// Report, do not write: the differences, or that it is missing.
@@ -614,7 +616,9 @@ pub fn decide(facts: Facts<'_>) -> Result<Plan, Error> {
         differences.push("attestation.symmetricKey");
     }
     let adopting = !facts.claimed;
-    Ok(match (differences.is_empty() && !adopting, facts.may_write) {
+    Ok(match (differences.is_empty(), facts.may_write) {
+        (true, true) if adopting => Plan::Adopt,
+        (true, false) if adopting => Plan::Report { drift: differences, missing: false },
         (true, _) => Plan::InSync,
         (false, true) => Plan::Update { etag: etag.to_owned(), drift: differences, adopt: adopting },
         (false, false) => Plan::Report { drift: differences, missing: false },
@@ -641,8 +645,12 @@ mod tests {
         }
     }
 
-    fn secret() -> SecretReference {
-        SecretReference { name: "keys".into() }
+    fn secret() -> api::SymmetricKeyAttestation {
+        api::SymmetricKeyAttestation {
+            secret_ref: SecretReference { name: "keys".into() },
+            create_secret: None,
+            rotation: None,
+        }
     }
 
     #[test]
@@ -873,8 +881,8 @@ mod tests {
         assert!(matches!(refused, Error::AlreadyExists { .. }));
         assert_eq!(
             decide(Facts { claimed: false, adopt: true, ..facts(&desired, Some((&desired, "e"))) }).unwrap(),
-            Plan::Update { etag: "e".into(), drift: vec![], adopt: true },
-            "adoption writes once to claim"
+            Plan::Adopt,
+            "an adoption with nothing to change writes nothing"
         );
 
         let observe = |observed| decide(Facts { may_write: false, ..facts(&desired, observed) }).unwrap();

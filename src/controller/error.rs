@@ -63,6 +63,19 @@ pub enum Error {
     },
 
     #[error(
+        "Secret {namespace}/{secret} does not exist and spec.attestation.symmetricKey.createSecret is false: \
+         create it with the keys devices use under primaryKey and secondaryKey (kubectl dps import \
+         --with-keys writes it). Nothing is written to DPS until then"
+    )]
+    KeySecretAwaited { namespace: String, secret: String },
+
+    #[error(
+        "DPS holds {what} {id} with {held}, but {found}; an adoption never replaces the credentials devices \
+         use, so nothing was written. {remedy}"
+    )]
+    AdoptedCredentialDiffers { what: &'static str, id: String, held: String, found: String, remedy: String },
+
+    #[error(
         "annotation dps.iot.dev/paused is {value:?}; it must be \"true\" (no writes to DPS) or \"false\". \
          Until it is, nothing is written"
     )]
@@ -203,6 +216,8 @@ impl Error {
             Self::AttestationKindMismatch { .. } => "AttestationKindMismatch",
             Self::OwnedByAnother { .. } => "Conflict",
             Self::KeysUnreadable { .. } => "KeysUnreadable",
+            Self::KeySecretAwaited { .. } => "SecretNotFound",
+            Self::AdoptedCredentialDiffers { .. } => "CredentialsDiffer",
             Self::InvalidPausedAnnotation { .. } => "InvalidAnnotation",
             Self::InvalidSpec(_) => "InvalidSpec",
             Self::SecretNotOwned { .. } => "SecretNotOwned",

@@ -90,7 +90,7 @@ impl EnrollmentKind for EnrollmentGroup {
     fn attestation_input(&self) -> Result<AttestationInput<'_>, Error> {
         let attestation = &self.spec.attestation;
         Ok(match (&attestation.symmetric_key, &attestation.x509) {
-            (Some(key), None) => AttestationInput::SymmetricKey(&key.secret_ref),
+            (Some(key), None) => AttestationInput::SymmetricKey(key),
             (
                 None,
                 Some(api::GroupX509Attestation { signing_certificates: Some(pair), ca_references: None }),
@@ -160,7 +160,7 @@ impl EnrollmentKind for IndividualEnrollment {
     fn attestation_input(&self) -> Result<AttestationInput<'_>, Error> {
         let attestation = &self.spec.attestation;
         Ok(match (&attestation.symmetric_key, &attestation.x509, &attestation.tpm) {
-            (Some(key), None, None) => AttestationInput::SymmetricKey(&key.secret_ref),
+            (Some(key), None, None) => AttestationInput::SymmetricKey(key),
             (None, Some(x509), None) => AttestationInput::ClientCertificates(&x509.client_certificates),
             (None, None, Some(tpm)) => AttestationInput::Tpm(tpm),
             _ => return Err(attestation_not_one()),

@@ -35,6 +35,7 @@ pub mod snapshots;
 pub mod storage_versions;
 pub mod watches;
 
-pub use error::{Error, Retry};
+pub use device_keys::derive as derive_device_key;
+pub use error::{Error, Retry, describe, kube_failure};
 pub use leadership::LeaderElection;
 pub use run::run;

@@ -423,7 +423,7 @@ impl<'a> Reader<'a> {
         let mut resolved = Resolved::default();
         match input {
             AttestationInput::SymmetricKey(secret) => {
-                if let Some((keys, state)) = self.symmetric_keys(&secret.name, owner_uid).await? {
+                if let Some((keys, state)) = self.symmetric_keys(&secret.secret_ref.name, owner_uid).await? {
                     resolved.keys = Some(keys);
                     resolved.key_secret = Some(state);
                 }
@@ -466,7 +466,7 @@ fn secret_bytes(secret: &Secret, key: &str) -> Option<Vec<u8>> {
 pub fn referenced_secrets(input: AttestationInput<'_>, settings: &api::EnrollmentSettings) -> Vec<String> {
     let mut names = Vec::new();
     match input {
-        AttestationInput::SymmetricKey(secret) => names.push(secret.name.clone()),
+        AttestationInput::SymmetricKey(key) => names.push(key.secret_ref.name.clone()),
         AttestationInput::ClientCertificates(pair) | AttestationInput::SigningCertificates(pair) => {
             names.extend(pair.primary.iter().chain(&pair.secondary).map(|s| s.name.clone()));
         }

@@ -197,7 +197,8 @@ async fn crd_being_deleted<K: EnrollmentKind>(client: &kube::Client) -> Result<b
 /// The enrollment stays in DPS: its generated key Secret must outlive the resource, or the keys
 /// devices use would be lost with it.
 async fn keep_key_secret<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<(), Error> {
-    let Ok(AttestationInput::SymmetricKey(secret)) = object.attestation_input() else { return Ok(()) };
+    let Ok(AttestationInput::SymmetricKey(key)) = object.attestation_input() else { return Ok(()) };
+    let secret = &key.secret_ref;
     let namespace = object.namespace().unwrap_or_default();
     let reader = Reader::new(&ctx.client, &namespace);
     if reader.release_secret(&secret.name, &object.uid().unwrap_or_default()).await? {

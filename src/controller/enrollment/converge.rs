@@ -3,7 +3,10 @@
 //! the read and the write (409, 412). Its I/O goes through [`Edges`], so each decision path has a
 //! table test below.
 
-use super::inputs::Material;
+use super::{
+    adoption::{self, CertificateSources},
+    inputs::Material,
+};
 use crate::{
     api::EnrollmentStatus,
     controller::{
@@ -73,6 +76,8 @@ pub struct Pass<'a, R> {
     pub digest_key: &'a DigestKey,
     /// What the connection's query snapshot says, read instead of a GET.
     pub known: Known<R>,
+    /// Where the spec's certificates come from, to name them when an adoption finds others.
+    pub certificate_sources: CertificateSources,
 }
 
 /// What a pass knows of the enrollment in DPS before it reads.
@@ -105,7 +110,10 @@ pub enum Done {
         inputs_changed: bool,
         outside: bool,
     },
-    Adopted,
+    /// Taken over; `written` when DPS had to be made to match the spec.
+    Adopted {
+        written: bool,
+    },
     /// Not written (observe-only or paused): what differs, or that it is missing.
     Reported {
         drift: Vec<&'static str>,
@@ -136,7 +144,11 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
         {
             settle_pending_create(edges, pass, recorded, found).await?;
         }
-        new_keys |= fill_key_secret(edges, pass, observed.is_some()).await?;
+        let filled = fill_key_secret(edges, pass, observed.is_some()).await?;
+        new_keys |= filled == Filled::New;
+        if let Some(found) = observed.as_ref().filter(|_| pass.adopting()) {
+            check_credentials(edges, pass, found, filled == Filled::FromDps).await?;
+        }
         let plan = plan(edges, pass, recorded, observed.as_ref())?;
         // Whether DPS holds what this operator last sent, even if its answer was lost.
         let ours = observed.as_ref().is_some_and(|observed| {
@@ -148,6 +160,10 @@ pub async fn converge<R: DpsRecord, E: Edges<R>>(
         }
         let written = match plan {
             Plan::InSync => return Ok((Done::InSync, observed)),
+            Plan::Adopt => {
+                claim(edges, pass, recorded).await?;
+                return Ok((Done::Adopted { written: false }, observed));
+            }
             Plan::Report { drift, missing } => return Ok((Done::Reported { drift, missing }, observed)),
             Plan::Create { recreate } => create(edges, pass, recorded, recreate, &mut new_keys).await?,
             Plan::Update { etag, drift, adopt } => {
@@ -284,17 +300,8 @@ async fn update<R: DpsRecord, E: Edges<R>>(
     ours: bool,
 ) -> Result<Written<R>, Error> {
     let done = if adopt {
-        // An explicit adoption: the enrollment is ours from here on.
-        let adopted = EnrollmentStatus {
-            claimed: Some(true),
-            create_pending: None,
-            claimed_host: Some(pass.host.to_owned()),
-            ..recorded.clone()
-        };
-        edges.record_claim(pass.host).await?;
-        *recorded = adopted;
-        pass.ownership = Ownership::Owned;
-        Done::Adopted
+        claim(edges, pass, recorded).await?;
+        Done::Adopted { written: true }
     } else {
         // Without an etag seen (created in bulk), a change of the spec explains it; a record
         // this operator sent (its answer lost) is never someone else's.
@@ -309,18 +316,81 @@ async fn update<R: DpsRecord, E: Edges<R>>(
     Ok(edges.put(&pass.material.desired, IfMatch::Etag(etag)).await.map(|updated| (done, Some(updated))))
 }
 
+/// Refuses an adoption that would replace a credential devices use. `keys_from_dps`: the key
+/// Secret was just filled with the keys DPS holds, so they need no comparing.
+async fn check_credentials<R: DpsRecord, E: Edges<R>>(
+    edges: &E,
+    pass: &Pass<'_, R>,
+    observed: &R,
+    keys_from_dps: bool,
+) -> Result<(), Error> {
+    let desired = desired_comparable(&pass.material.desired, &pass.material.resolved);
+    let sources = &pass.certificate_sources;
+    if let Some(difference) = adoption::credential_difference(&desired, &observed.comparable(), sources) {
+        return Err(adoption::refusal(pass.what, pass.id, difference));
+    }
+    let (Some(keys), Some(secret), false) =
+        (&pass.material.resolved.keys, pass.material.key_secret, keys_from_dps)
+    else {
+        return Ok(());
+    };
+    let held = match edges.keys_in_dps().await {
+        Ok(held) => held,
+        // Credentials that may not read keys: the Secret the user made is taken at its word (the
+        // remedy `KeysUnreadable` names).
+        Err(error) if error.retry_class() == dps::RetryClass::Credentials => return Ok(()),
+        Err(error) => return Err(edges.failed(error)),
+    };
+    match held.is_some_and(|held| held.0.expose() == keys.0.expose() && held.1.expose() == keys.1.expose()) {
+        true => Ok(()),
+        false => Err(adoption::keys_differ(pass.what, pass.id, pass.namespace, secret)),
+    }
+}
+
+/// An explicit adoption: the enrollment is ours from here on.
+async fn claim<R, E: Edges<R>>(
+    edges: &E,
+    pass: &mut Pass<'_, R>,
+    recorded: &mut EnrollmentStatus,
+) -> Result<(), Error> {
+    edges.record_claim(pass.host).await?;
+    recorded.claimed = Some(true);
+    recorded.create_pending = None;
+    recorded.claimed_host = Some(pass.host.to_owned());
+    pass.ownership = Ownership::Owned;
+    Ok(())
+}
+
+/// What [`fill_key_secret`] put in a missing key Secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Filled {
+    /// Nothing: the Secret exists, or gets no keys.
+    Nothing,
+    /// New random keys, for an enrollment about to be created.
+    New,
+    /// The keys DPS holds.
+    FromDps,
+}
+
+impl<R> Pass<'_, R> {
+    /// Whether this pass takes over an enrollment it does not own yet.
+    fn adopting(&self) -> bool {
+        self.adopt && self.may_write && self.ownership != Ownership::Owned
+    }
+}
+
 /// Keys for a key Secret that does not exist: new ones for an enrollment about to be created;
 /// for one DPS already has (ours, or to adopt), the keys it holds, so devices keep working. An
 /// enrollment neither ours nor to adopt gets none: it is refused without a write. Answers
-/// whether it made new keys.
+/// what it filled the Secret with.
 async fn fill_key_secret<R, E: Edges<R>>(
     edges: &E,
     pass: &mut Pass<'_, R>,
     exists: bool,
-) -> Result<bool, Error> {
+) -> Result<Filled, Error> {
     let (None, Some(secret), true) = (&pass.material.resolved.keys, pass.material.key_secret, pass.may_write)
     else {
-        return Ok(false);
+        return Ok(Filled::Nothing);
     };
     let keys = if !exists {
         Some((random_key(), random_key()))
@@ -345,9 +415,9 @@ async fn fill_key_secret<R, E: Edges<R>>(
         material.resolved.key_secret = Some(KeySecretState { generated, created, ..Default::default() });
         material.desired = edges.build(&material.resolved)?;
         material.digest = material.resolved.secrets_digest(pass.digest_key);
-        return Ok(!exists);
+        return Ok(if exists { Filled::FromDps } else { Filled::New });
     }
-    Ok(false)
+    Ok(Filled::Nothing)
 }
 
 /// A random 64-byte symmetric key, base64, as DPS generates them.
@@ -590,6 +660,7 @@ mod tests {
             },
             digest_key: &DIGEST_KEY,
             known: Known::Unknown,
+            certificate_sources: [None, None],
         }
     }
 
@@ -645,10 +716,10 @@ mod tests {
                 "adopt: {adopt}"
             );
             if adopt {
-                assert_eq!(result.expect("adopted").0, Done::Adopted);
+                assert_eq!(result.expect("adopted").0, Done::Adopted { written: false });
                 assert_eq!(
                     dps.calls(),
-                    ["SECRET", "CLAIM", "CREATE", "DISCARD", "GET", "KEYS", "SECRET", "CLAIM", "PUT"]
+                    ["SECRET", "CLAIM", "CREATE", "DISCARD", "GET", "KEYS", "SECRET", "CLAIM"]
                 );
                 let secret = dps.secret.borrow().clone().expect("the keys DPS holds");
                 assert_eq!(secret.0.expose(), "field-primary");
@@ -749,12 +820,43 @@ mod tests {
         let mut recorded = EnrollmentStatus::default();
         let mut pass = Pass { adopt: true, ..pass(None, &recorded) };
         let (done, _) = run(converge(&dps, &mut pass, &mut recorded)).expect("adopted");
-        assert_eq!(done, Done::Adopted);
-        assert_eq!(dps.calls(), ["GET", "KEYS", "SECRET", "CLAIM", "PUT"]);
+        assert_eq!(done, Done::Adopted { written: false }, "it already matched: nothing to write");
+        assert_eq!(dps.calls(), ["GET", "KEYS", "SECRET", "CLAIM"]);
         let secret = dps.secret.borrow().clone().expect("a key Secret");
         assert_eq!(secret.0.expose(), "field-primary");
         assert_eq!(dps.dps_keys(), Some(("field-primary".into(), "field-secondary".into())));
         assert_eq!((recorded.claimed, recorded.claimed_host.as_deref()), (Some(true), Some(HOST)));
+    }
+
+    #[test]
+    fn adoption_checks_the_keys_of_an_existing_secret_and_never_replaces_them() {
+        let dps = Fake::holding(record(None, "thermostat"), keys("field"));
+        let mut recorded = EnrollmentStatus::default();
+        let mut same = Pass { adopt: true, ..pass(Some(keys("field")), &recorded) };
+        let (done, _) = run(converge(&dps, &mut same, &mut recorded)).expect("adopted");
+        assert_eq!(done, Done::Adopted { written: false });
+        assert_eq!(dps.calls(), ["GET", "KEYS", "CLAIM"]);
+        assert_eq!(recorded.claimed, Some(true));
+
+        let dps = Fake::holding(record(None, "thermostat"), keys("field"));
+        let mut recorded = EnrollmentStatus::default();
+        let mut other = Pass { adopt: true, ..pass(Some(keys("other")), &recorded) };
+        let error = run(converge(&dps, &mut other, &mut recorded)).expect_err("refused");
+        assert_eq!(error.reason(), "CredentialsDiffer");
+        assert!(error.to_string().contains("Secret factory/device-1-keys holds other keys"), "{error}");
+        assert_eq!(dps.calls(), ["GET", "KEYS"], "nothing written");
+        assert_eq!(recorded.claimed, None);
+    }
+
+    #[test]
+    fn adoption_with_other_settings_writes_them_once_keeping_the_keys() {
+        let dps = Fake::holding(record(None, "boiler"), keys("field"));
+        let mut recorded = EnrollmentStatus::default();
+        let mut pass = Pass { adopt: true, ..pass(Some(keys("field")), &recorded) };
+        let (done, _) = run(converge(&dps, &mut pass, &mut recorded)).expect("adopted");
+        assert_eq!(done, Done::Adopted { written: true });
+        assert_eq!(dps.calls(), ["GET", "KEYS", "CLAIM", "PUT"]);
+        assert_eq!(dps.dps_keys(), Some(("field-primary".into(), "field-secondary".into())));
     }
 
     #[test]

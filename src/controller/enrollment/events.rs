@@ -119,9 +119,13 @@ fn of_outcome<R>(
             "DriftCorrected",
             format!("Recreated {what} {id}, which had been deleted from DPS outside Kubernetes."),
         ),
-        Done::Adopted => Note::normal(
+        Done::Adopted { written: true } => Note::normal(
             "Adopted",
             format!("Adopted {what} {id}, which already existed in DPS, and made it match the spec."),
+        ),
+        Done::Adopted { written: false } => Note::normal(
+            "Adopted",
+            format!("Adopted {what} {id}, which already existed in DPS as specified; nothing was written."),
         ),
         Done::Updated { drift, inputs_changed: true, .. } if spec_changed => {
             Note::normal("Updated", format!("Updated {what} {id} in DPS ({}).", drift.join(", ")))

@@ -42,6 +42,13 @@ pub async fn resolve<'a, K: EnrollmentKind>(
     let webhook = object.settings().custom_allocation.as_ref().map(|c| &c.webhook_url_secret_ref);
     let mut resolved =
         reader.resolve(input, webhook, object.meta().uid.as_deref().unwrap_or_default()).await?;
+    if let AttestationInput::SymmetricKey(key) = input
+        && key.create_secret == Some(false)
+        && resolved.keys.is_none()
+    {
+        let namespace = object.meta().namespace.clone().unwrap_or_default();
+        return Err(Error::KeySecretAwaited { namespace, secret: key.secret_ref.name.clone() });
+    }
     roll_over(object, input, &mut resolved);
     let desired = object.build(&object.dps_id(), &resolved)?;
     let digest = resolved.secrets_digest(digest_key);
@@ -51,7 +58,7 @@ pub async fn resolve<'a, K: EnrollmentKind>(
         recorded.secrets_digest = digest.clone();
     }
     let key_secret = match input {
-        AttestationInput::SymmetricKey(secret) => Some(secret.name.as_str()),
+        AttestationInput::SymmetricKey(key) => Some(key.secret_ref.name.as_str()),
         _ => None,
     };
     Ok(Material { key_secret, resolved, desired, digest })

@@ -14,6 +14,7 @@
 //!
 //! A resource being deleted takes the other pass, [`cleanup`].
 
+mod adoption;
 mod check;
 mod claim;
 mod cleanup;
@@ -154,7 +155,8 @@ async fn sync<K: EnrollmentKind>(
         ctx.connections.for_enrollment(&ctx.client, &ctx.caches, &settings.service_ref, &namespace).await?;
     let owner_reference = inputs::owner_reference(object)?;
     let reader = Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets);
-    let material = inputs::resolve(object, &reader, &ctx.digest_key, recorded).await?;
+    let material =
+        adoption::resolve(object, &reader, &ctx.digest_key, recorded, &connection, mode.may_write()).await?;
     let interval = inputs::drift_interval(object, &connection, ctx.config.drift_check_interval);
     let protected =
         settings.deletion_protected(connection.defaults.as_ref().and_then(|d| d.deletion_protection));
@@ -198,6 +200,7 @@ async fn sync<K: EnrollmentKind>(
         material,
         digest_key: &ctx.digest_key,
         known,
+        certificate_sources: adoption::certificate_sources(object),
     };
     let (done, record) = converge(&edges, &mut pass, recorded).await?;
     let Pass { ownership, mut material, .. } = pass;
