@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 #[cfg(feature = "local")]
 pub mod pki;
+pub mod plugin;
 pub mod signals;
 pub mod telemetry;
 

@@ -41,3 +41,46 @@ fn package_version(manifest: &str) -> &str {
         package.lines().find_map(|line| line.strip_prefix("version = ")).expect("[package] has a version");
     line.trim_matches('"')
 }
+
+/// The krew manifest scripts/krew-manifest writes for the plugin archives of a release: every
+/// platform, each with its archive's sha256 and the binary krew links as `kubectl dps`.
+#[test]
+fn the_krew_manifest_names_every_platform_with_its_archives_checksum() {
+    let dist = std::env::temp_dir().join(format!("krew-dist-{}", std::process::id()));
+    std::fs::create_dir_all(&dist).unwrap();
+    let platforms = [("linux", "amd64"), ("linux", "arm64"), ("darwin", "amd64"), ("darwin", "arm64")];
+    for (os, arch) in platforms {
+        let archive = dist.join(format!("kubectl-dps_{VERSION}_{os}_{arch}.tar.gz"));
+        std::fs::write(archive, format!("{os}/{arch}")).unwrap();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/krew-manifest");
+    let output =
+        std::process::Command::new(&script).args([VERSION, dist.to_str().unwrap()]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let manifest: serde_json::Value = serde_yaml_ng::from_slice(&output.stdout).unwrap();
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(manifest["metadata"]["name"], "dps", "installed as `kubectl dps`");
+    assert_eq!(manifest["spec"]["version"], format!("v{VERSION}"));
+    let listed = manifest["spec"]["platforms"].as_array().unwrap();
+    assert_eq!(listed.len(), platforms.len());
+    for ((os, arch), platform) in platforms.iter().zip(listed) {
+        assert_eq!(platform["selector"]["matchLabels"], serde_json::json!({"os": os, "arch": arch}));
+        let sha = ring::digest::digest(&ring::digest::SHA256, format!("{os}/{arch}").as_bytes());
+        let hex: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(platform["sha256"], hex);
+        assert!(
+            platform["uri"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("/v{VERSION}/kubectl-dps_{VERSION}_{os}_{arch}.tar.gz"))
+        );
+        assert_eq!(platform["bin"], "kubectl-dps");
+    }
+    // A missing archive fails the release rather than publishing a manifest without it.
+    std::fs::remove_file(dist.join(format!("kubectl-dps_{VERSION}_darwin_arm64.tar.gz"))).unwrap();
+    let output =
+        std::process::Command::new(&script).args([VERSION, dist.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("darwin_arm64.tar.gz is missing"));
+    std::fs::remove_dir_all(dist).unwrap();
+}

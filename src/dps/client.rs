@@ -247,6 +247,37 @@ impl Client {
         self.paged(path, "SELECT *".to_owned(), page_size)
     }
 
+    /// One page of enrollments or enrollment groups matching `query`, and the continuation token
+    /// of the next page (`None` on the last page).
+    pub async fn query_page<E: Enrollment>(
+        &self,
+        query: &str,
+        page_size: Option<u32>,
+        continuation: Option<&str>,
+    ) -> Result<(Vec<E>, Option<String>), Error> {
+        self.page(&format!("{}/query", E::COLLECTION), query, page_size, continuation).await
+    }
+
+    async fn page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &str,
+        page_size: Option<u32>,
+        continuation: Option<&str>,
+    ) -> Result<(Vec<T>, Option<String>), Error> {
+        let mut headers = Vec::new();
+        if let Some(size) = page_size {
+            headers.push(("x-ms-max-item-count", size.to_string()));
+        }
+        if let Some(token) = continuation {
+            headers.push(("x-ms-continuation", token.to_owned()));
+        }
+        let body = QuerySpecification { query: query.to_owned() };
+        let response = self.call(Method::POST, path, &headers, Some(&body)).await?;
+        let next = response.headers.get("x-ms-continuation").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Ok((response.json()?, next))
+    }
+
     fn paged<T: DeserializeOwned + Send + 'static>(
         &self,
         path: String,
@@ -257,26 +288,12 @@ impl Client {
         stream::try_unfold(None::<Option<String>>, move |continuation| {
             let (path, query) = (path.clone(), query.clone());
             async move {
-                let continuation = match continuation {
+                let token = match continuation {
                     Some(None) => return Ok(None),
                     Some(Some(token)) => Some(token),
                     None => None,
                 };
-                let mut headers = Vec::new();
-                if let Some(size) = page_size {
-                    headers.push(("x-ms-max-item-count", size.to_string()));
-                }
-                if let Some(token) = continuation {
-                    headers.push(("x-ms-continuation", token));
-                }
-                let response =
-                    self.call(Method::POST, &path, &headers, Some(&QuerySpecification { query })).await?;
-                let next = response
-                    .headers
-                    .get("x-ms-continuation")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let page: Vec<T> = response.json()?;
+                let (page, next) = self.page::<T>(&path, &query, page_size, token.as_deref()).await?;
                 Ok(Some((page, Some(next))))
             }
         })

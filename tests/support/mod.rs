@@ -118,3 +118,21 @@ pub fn run(command: &mut Command, stdin: Option<&str>) -> Output {
         Err(e) => panic!("{:#}", anyhow::Error::from(e)),
     }
 }
+
+/// Runs the `kubectl dps` plugin this build made with `args`, as the user of `kubeconfig` (the
+/// control plane's admin when `None`), without a connection string in its environment.
+pub async fn kubectl_dps(args: Vec<String>, kubeconfig: Option<std::path::PathBuf>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let kubeconfig = kubeconfig.unwrap_or_else(|| control_plane().kubeconfig().to_owned());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-dps"));
+        command.env("KUBECONFIG", kubeconfig).env_remove("DPS_CONNECTION_STRING").args(&args);
+        let output = command.output().expect("kubectl-dps runs");
+        Output {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    })
+    .await
+    .unwrap()
+}
