@@ -241,3 +241,71 @@ async fn check_fields(operator: &Operator) {
     assert_eq!(tpm["spec"]["deviceId"], "tpm-01");
     assert!(tpm["spec"]["attestation"]["tpm"]["endorsementKey"].as_str().unwrap().starts_with("AToAAQ"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttled_dps_is_read_page_by_page_and_a_failed_import_leaves_no_file() {
+    // DPS's quota, enforced: a tenth of a minute's operations in a burst, then 10 a second.
+    let quota = EmulatorConfig { operations_per_minute: Some(600), ..Default::default() };
+    let operator = Operator::start_with("import-large", quota, |_| {}).await;
+    let enrollments: Vec<models::IndividualEnrollment> = (0..80)
+        .map(|i| {
+            let mut record = models::IndividualEnrollment {
+                registration_id: format!("device-{i:03}"),
+                ..Default::default()
+            };
+            record.attestation.type_ = models::AttestationType::Tpm;
+            record.attestation.tpm = Some(models::TpmAttestation {
+                endorsement_key: "AToAAQALAAMAsgAg".into(),
+                storage_root_key: None,
+            });
+            record
+        })
+        .collect();
+    let seeded = operator.dps.bulk(models::BulkMode::Create, &enrollments).await.unwrap();
+    assert!(seeded.is_successful);
+    let dir = std::env::temp_dir().join(format!("{}-large", operator.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (connection, ca) = (dir.join("connection-string"), dir.join("ca.pem"));
+    std::fs::write(&connection, operator.emulator.connection_string()).unwrap();
+    std::fs::write(&ca, operator.emulator.ca_certificate().unwrap()).unwrap();
+    let import = |output: &str, extra: &[&str]| {
+        let mut args = vec!["import", "--connection", "dps", "--page-size", "1", "--rate", "100000"];
+        args.extend([
+            "--connection-string-file",
+            connection.to_str().unwrap(),
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ]);
+        args.extend(extra);
+        let output = dir.join(output).to_str().unwrap().to_owned();
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).chain(["-o".into(), output]).collect();
+        support::kubectl_dps(args, None)
+    };
+
+    // Faster than the quota: some pages are refused with 429 and read again after Retry-After.
+    let imported = import("all.yaml", &[]).await;
+    assert!(imported.success, "{}", imported.stderr);
+    assert!(imported.stderr.contains("trying again in"), "{}", imported.stderr);
+    assert!(operator.emulator.calls_answered(429) > 0, "the quota was reached");
+    assert!(imported.stderr.contains("listing individual enrollments: 80 of 80"), "{}", imported.stderr);
+    let written = std::fs::read_to_string(dir.join("all.yaml")).unwrap();
+    assert_eq!(written.matches("kind: IndividualEnrollment").count(), 80);
+
+    // DPS refusing a page for good: the import fails in one line, and leaves no file behind.
+    operator.emulator.set_faults(dps_emulator::Faults {
+        error_rates: [(401, 1.0)].into(),
+        operations: ["IndividualEnrollment_Query".to_owned()].into(),
+        ..Default::default()
+    });
+    let failed = import("failed.yaml", &[]).await;
+    assert!(!failed.success);
+    let last = failed.stderr.lines().last().unwrap();
+    assert!(last.starts_with("error: listing individual enrollments from DPS"), "{last}");
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.iter().all(|name| !name.contains("failed")), "{left:?}");
+    let bad = import("bad.yaml", &["--label", "team"]).await;
+    assert!(!bad.success && bad.stderr.trim() == "error: --label team: expected KEY=VALUE", "{}", bad.stderr);
+}

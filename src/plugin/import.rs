@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
+    io::Write,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -85,8 +86,8 @@ pub async fn run(cluster_args: &ClusterArgs, args: ImportArgs) -> Result<(), Err
         true => (with_keys(&dps, groups).await?, with_keys(&dps, enrollments).await?),
         false => (without_keys(groups), without_keys(enrollments)),
     };
-    let written = manifests::manifests(&groups, &enrollments, &options);
-    let to = write(&written, args.output.as_deref(), args.output_dir.as_deref()).await?;
+    let manifests = manifests::manifests(&groups, &enrollments, &options);
+    let (written, to) = write(manifests, args.output.as_deref(), args.output_dir.as_deref())?;
     eprintln!("{}", summary(&written, groups.len(), enrollments.len(), &to));
     for (id, reason) in skipped {
         eprintln!("skipped {id}: {reason}");
@@ -262,22 +263,43 @@ async fn with_keys<R: Enrollment + manifests::Record>(
     Ok(reads)
 }
 
-/// Writes the manifests to a file, stdout, or a folder; answers where.
-async fn write(written: &[Manifest], output: Option<&Path>, folder: Option<&Path>) -> Result<String, Error> {
-    match (output, folder) {
-        (_, Some(folder)) => write_folder(written, folder).await.map(|()| folder.display().to_string()),
+/// What was written, for the summary.
+#[derive(Debug, Default)]
+struct Written {
+    secrets: usize,
+    /// Resources waiting for a Secret the user creates.
+    to_fill: usize,
+}
+
+impl Written {
+    fn count(&mut self, manifest: &Manifest) {
+        self.secrets += usize::from(manifest.kind == "Secret");
+        self.to_fill += usize::from(manifest.comment.is_some());
+    }
+}
+
+/// Writes the manifests to a file, stdout, or a folder, as they are made; answers what and where.
+fn write(
+    manifests: impl Iterator<Item = Manifest>,
+    output: Option<&Path>,
+    folder: Option<&Path>,
+) -> Result<(Written, String), Error> {
+    let mut written = Written::default();
+    let to = match (output, folder) {
+        (_, Some(folder)) => {
+            write_folder(manifests, folder, &mut written).map(|()| folder.display().to_string())?
+        }
         (Some(path), None) if path != Path::new("-") => {
-            write_atomically(path, &manifests::to_yaml(written)).await.map(|()| path.display().to_string())
+            write_file(manifests, path, &mut written).map(|()| path.display().to_string())?
         }
         _ => {
-            use std::io::Write;
-            let mut stdout = std::io::stdout().lock();
-            let text = manifests::to_yaml(written);
-            let written = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
-            written.map_err(|source| Error::Io { action: "write", path: "stdout".into(), source })?;
-            Ok("stdout".into())
+            let stdout = std::io::stdout().lock();
+            let io = |source| Error::Io { action: "write", path: "stdout".into(), source };
+            write_stream(manifests, stdout, &mut written).map_err(io)?;
+            "stdout".into()
         }
-    }
+    };
+    Ok((written, to))
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
@@ -285,44 +307,70 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) ->
     move |source| Error::Io { action, path, source }
 }
 
-async fn write_atomically(path: &Path, text: &str) -> Result<(), Error> {
-    let partial = path.with_file_name(format!(
-        ".{}.partial",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
-    ));
-    tokio::fs::write(&partial, text).await.map_err(io_error("write", &partial))?;
-    tokio::fs::rename(&partial, path).await.map_err(io_error("rename to", path))
+fn write_stream(
+    manifests: impl Iterator<Item = Manifest>,
+    out: impl Write,
+    written: &mut Written,
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(out);
+    for manifest in manifests {
+        written.count(&manifest);
+        out.write_all(b"---\n")?;
+        out.write_all(manifests::document(&manifest).as_bytes())?;
+    }
+    out.flush()
+}
+
+/// One file, written under a temporary name and renamed when complete.
+fn write_file(
+    manifests: impl Iterator<Item = Manifest>,
+    path: &Path,
+    written: &mut Written,
+) -> Result<(), Error> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let partial = path.with_file_name(format!(".{name}.partial"));
+    let file = std::fs::File::create(&partial).map_err(io_error("create", &partial))?;
+    if let Err(error) = write_stream(manifests, file, written) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(io_error("write", &partial)(error));
+    }
+    std::fs::rename(&partial, path).map_err(io_error("rename to", path))
 }
 
 /// One file per manifest, made in a temporary folder next to `folder` and renamed to it.
-async fn write_folder(written: &[Manifest], folder: &Path) -> Result<(), Error> {
-    if let Ok(mut entries) = tokio::fs::read_dir(folder).await {
-        if entries.next_entry().await.map_err(io_error("read", folder))?.is_some() {
+fn write_folder(
+    manifests: impl Iterator<Item = Manifest>,
+    folder: &Path,
+    written: &mut Written,
+) -> Result<(), Error> {
+    if let Ok(mut entries) = std::fs::read_dir(folder) {
+        if entries.next().is_some() {
             return Err(Error::Input(format!("{} exists and is not empty", folder.display())));
         }
-        tokio::fs::remove_dir(folder).await.map_err(io_error("replace", folder))?;
+        std::fs::remove_dir(folder).map_err(io_error("replace", folder))?;
     }
     let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let partial = folder.with_file_name(format!(".{name}.partial"));
-    let _ = tokio::fs::remove_dir_all(&partial).await;
-    tokio::fs::create_dir_all(&partial).await.map_err(io_error("create", &partial))?;
-    for manifest in written {
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).map_err(io_error("create", &partial))?;
+    for manifest in manifests {
+        written.count(&manifest);
         let file = partial.join(format!("{}-{}.yaml", manifest.kind.to_ascii_lowercase(), manifest.name));
-        tokio::fs::write(&file, manifests::document(manifest)).await.map_err(io_error("write", &file))?;
+        std::fs::write(&file, manifests::document(&manifest)).map_err(io_error("write", &file))?;
     }
-    tokio::fs::rename(&partial, folder).await.map_err(io_error("rename to", folder))
+    std::fs::rename(&partial, folder).map_err(io_error("rename to", folder))
 }
 
-fn summary(written: &[Manifest], groups: usize, enrollments: usize, to: &str) -> String {
-    let secrets = written.iter().filter(|m| m.kind == "Secret").count();
-    let to_fill = written.iter().filter(|m| m.comment.is_some()).count();
+fn summary(written: &Written, groups: usize, enrollments: usize, to: &str) -> String {
     let mut text = format!(
-        "Wrote {groups} enrollment groups, {enrollments} individual enrollments and {secrets} Secrets to {to}."
+        "Wrote {groups} enrollment groups, {enrollments} individual enrollments and {} Secrets to {to}.",
+        written.secrets
     );
-    if to_fill > 0 {
+    if written.to_fill > 0 {
         text.push_str(&format!(
-            " {to_fill} resources wait for Secrets you create (see the comment above each); until then the \
-             operator writes nothing to them."
+            " {} resources wait for Secrets you create (see the comment above each); until then the \
+             operator writes nothing to them.",
+            written.to_fill
         ));
     }
     text

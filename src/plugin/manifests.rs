@@ -69,19 +69,19 @@ macro_rules! common_of {
 }
 
 /// The manifests for `groups` and `enrollments`: for each, its Secrets first, then the resource.
-pub fn manifests(
-    groups: &[Imported<models::EnrollmentGroup>],
-    enrollments: &[Imported<models::IndividualEnrollment>],
-    options: &Options,
-) -> Vec<Manifest> {
+pub fn manifests<'a>(
+    groups: &'a [Imported<models::EnrollmentGroup>],
+    enrollments: &'a [Imported<models::IndividualEnrollment>],
+    options: &'a Options,
+) -> impl Iterator<Item = Manifest> + 'a {
+    // Made one resource at a time, so that a large import holds the records, not every manifest.
     let names = Names::assign(
         groups.iter().map(|g| g.record.enrollment_group_id.as_str()),
         enrollments.iter().map(|e| e.record.registration_id.as_str()),
     );
-    let mut out = Vec::new();
-    for (group, name) in groups.iter().zip(names.groups) {
+    let groups = groups.iter().zip(names.groups).flat_map(move |(group, name)| {
         let record = &group.record;
-        let mut secrets = Secrets::new(&name, options);
+        let mut secrets = Secrets::new(name, options);
         let attestation = group_attestation(&record.attestation, &mut secrets, group.keys.as_ref());
         let settings = settings(common_of!(record), &mut secrets, options);
         let spec = EnrollmentGroupSpec {
@@ -90,13 +90,11 @@ pub fn manifests(
             device_keys: None,
             settings,
         };
-        out.extend(secrets.manifests);
-        let comment = secrets.to_fill;
-        out.push(resource("EnrollmentGroup", &name, options, comment, serde_json::to_value(spec)));
-    }
-    for (enrollment, name) in enrollments.iter().zip(names.enrollments) {
+        secrets.finish("EnrollmentGroup", serde_json::to_value(spec))
+    });
+    let enrollments = enrollments.iter().zip(names.enrollments).flat_map(move |(enrollment, name)| {
         let record = &enrollment.record;
-        let mut secrets = Secrets::new(&name, options);
+        let mut secrets = Secrets::new(name, options);
         let attestation = individual_attestation(&record.attestation, &mut secrets, enrollment.keys.as_ref());
         let settings = settings(common_of!(record), &mut secrets, options);
         let spec = IndividualEnrollmentSpec {
@@ -106,11 +104,9 @@ pub fn manifests(
             optional_device_information: record.optional_device_information.clone(),
             settings,
         };
-        out.extend(secrets.manifests);
-        let comment = secrets.to_fill;
-        out.push(resource("IndividualEnrollment", &name, options, comment, serde_json::to_value(spec)));
-    }
-    out
+        secrets.finish("IndividualEnrollment", serde_json::to_value(spec))
+    });
+    groups.chain(enrollments)
 }
 
 /// What import needs to know of a record of either kind.
@@ -310,15 +306,22 @@ fn individual_attestation(
 
 /// The Secrets of one resource: those written, and those the user fills.
 struct Secrets<'a> {
-    resource: &'a str,
+    resource: String,
     options: &'a Options,
     manifests: Vec<Manifest>,
     to_fill: Option<String>,
 }
 
 impl<'a> Secrets<'a> {
-    fn new(resource: &'a str, options: &'a Options) -> Self {
+    fn new(resource: String, options: &'a Options) -> Self {
         Self { resource, options, manifests: Vec::new(), to_fill: None }
+    }
+
+    /// The Secrets written, then the resource of `kind` with `spec`.
+    fn finish(mut self, kind: &'static str, spec: Result<Value, serde_json::Error>) -> Vec<Manifest> {
+        let resource = resource(kind, &self.resource, self.options, self.to_fill.take(), spec);
+        self.manifests.push(resource);
+        self.manifests
     }
 
     fn name(&self, suffix: &str) -> String {
@@ -378,16 +381,6 @@ fn resource(
         "spec": spec.unwrap_or_default(),
     });
     Manifest { kind, name: name.to_owned(), comment, object }
-}
-
-/// `manifests` as one YAML stream: each document with its comment above it.
-pub fn to_yaml(manifests: &[Manifest]) -> String {
-    let mut out = String::new();
-    for manifest in manifests {
-        out.push_str("---\n");
-        out.push_str(&document(manifest));
-    }
-    out
 }
 
 /// One manifest as a YAML document, its comment lines first.
