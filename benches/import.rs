@@ -103,7 +103,7 @@ async fn seed(emulator: &RunningEmulator, count: usize) {
 
 fn enrollment(index: usize) -> IndividualEnrollment {
     let mut attestation = AttestationMechanism::default();
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         attestation.type_ = AttestationType::SymmetricKey;
         attestation.symmetric_key = Some(Default::default());
     } else {
