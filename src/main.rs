@@ -95,6 +95,12 @@ struct RunArgs {
     /// The webhook's private key (PEM).
     #[arg(long, env = "WEBHOOK_KEY_FILE", default_value = "/etc/dps-operator/webhook/tls.key")]
     webhook_key_file: PathBuf,
+    /// Reconcile only the EnrollmentGroups and IndividualEnrollments whose labels match this
+    /// selector, e.g. `sharding.dps.iot.dev/key=shard1` (and `!sharding.dps.iot.dev/key` for the
+    /// rest): one shard of a large fleet. Connections and Secrets are read whatever their labels.
+    /// Each selector has a Lease of its own.
+    #[arg(long, env = "WATCH_LABEL_SELECTOR")]
+    watch_label_selector: Option<String>,
     /// Take part in leader election through a Lease in the operator namespace; only the leader
     /// writes. For running more than one replica.
     #[arg(long, env = "LEADER_ELECTION")]
@@ -191,6 +197,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 namespaces = if args.namespaces.is_empty() { "all".to_owned() } else { args.namespaces.join(",") },
                 operator_namespace = %args.operator_namespace,
                 leader_election = args.leader_election,
+                watch_label_selector = args.watch_label_selector.as_deref().unwrap_or("(all)"),
                 "dps-operator starting"
             );
             let client = kube::Client::try_default().await.context("connect to the Kubernetes API server")?;
@@ -209,9 +216,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 resolve: args.resolve,
                 azure_environment: std::env::vars().filter(|(name, _)| name.starts_with("AZURE_")).collect(),
                 max_concurrent_reconciles: args.max_concurrent_reconciles,
+                watch_label_selector: args.watch_label_selector.clone().filter(|s| !s.is_empty()),
             };
             let leader_election = args.leader_election.then(|| dps_operator::controller::LeaderElection {
-                lease_name: args.leader_election_lease.clone(),
+                lease_name: dps_operator::controller::lease_name(
+                    &args.leader_election_lease,
+                    config.watch_label_selector.as_deref(),
+                ),
                 lease_namespace: config.operator_namespace.clone(),
                 identity: args
                     .pod_name

@@ -160,6 +160,50 @@ fn the_chart_lints_and_renders_for_every_kind_of_install() {
 }
 
 #[test]
+fn shards_get_a_deployment_each_with_their_selector_and_the_main_one_takes_the_rest() {
+    let one = render(&[]);
+    let deployments = |docs: &[Value]| -> Vec<Value> {
+        docs.iter().filter(|d| d["kind"] == "Deployment").cloned().collect()
+    };
+    let args = |deployment: &Value| -> Vec<String> {
+        let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_array().unwrap();
+        args.iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+    };
+    let single = deployments(&one);
+    assert_eq!(single.len(), 1);
+    assert!(
+        !args(&single[0]).iter().any(|a| a.starts_with("--watch-label-selector")),
+        "no shards, no selector"
+    );
+
+    let sharded = deployments(&render(&["sharding.shards={shard1,shard2}", "replicaCount=2"]));
+    let names: Vec<&str> = sharded.iter().map(|d| d["metadata"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["release-dps-operator", "release-dps-operator-shard1", "release-dps-operator-shard2"]);
+    let selectors: Vec<String> = sharded
+        .iter()
+        .map(|d| args(d).into_iter().find(|a| a.starts_with("--watch-label-selector=")).unwrap())
+        .collect();
+    assert_eq!(
+        selectors,
+        [
+            "--watch-label-selector=!sharding.dps.iot.dev/key",
+            "--watch-label-selector=sharding.dps.iot.dev/key=shard1",
+            "--watch-label-selector=sharding.dps.iot.dev/key=shard2",
+        ]
+    );
+    // The main Deployment keeps its pod selector (immutable); each shard's adds its shard label.
+    assert_eq!(sharded[0]["spec"]["selector"], single[0]["spec"]["selector"]);
+    for shard in &sharded[1..] {
+        let selector = &shard["spec"]["selector"]["matchLabels"];
+        assert_eq!(
+            selector["dps.iot.dev/shard"],
+            shard["spec"]["template"]["metadata"]["labels"]["dps.iot.dev/shard"]
+        );
+        assert!(args(shard).contains(&"--leader-election".to_owned()), "each shard elects a leader");
+    }
+}
+
+#[test]
 fn invalid_values_are_refused_by_the_schema() {
     let chart = chart();
     for (set, complaint) in [
@@ -171,6 +215,7 @@ fn invalid_values_are_refused_by_the_schema() {
         ("operator.driftCheckInterval=often", "/operator/driftCheckInterval"),
         ("operator.maxConcurrentReconciles=-1", "/operator/maxConcurrentReconciles"),
         ("metrics.serviceMonitor.enable=true", "'enable' not allowed"),
+        ("sharding.shards={Shard_1}", "/sharding/shards"),
     ] {
         let output = helm(&["template", "release", &chart, "--set", set]);
         assert!(!output.success, "{set} was accepted");

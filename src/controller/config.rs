@@ -24,6 +24,9 @@ pub struct Config {
     pub azure_environment: HashMap<String, String>,
     /// How many enrollments of each kind are reconciled at once (0: no limit).
     pub max_concurrent_reconciles: u16,
+    /// Only enrollments whose labels match this selector are reconciled (a shard of the fleet);
+    /// all when `None`.
+    pub watch_label_selector: Option<String>,
 }
 
 impl Default for Config {
@@ -37,6 +40,7 @@ impl Default for Config {
             resolve: Vec::new(),
             azure_environment: HashMap::new(),
             max_concurrent_reconciles: 16,
+            watch_label_selector: None,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{
     config::Config, connection::Connections, digest_key::DigestKey, events::Events, memory::Memories,
-    ownership::Owners, snapshots::Snapshots, watches::Caches,
+    ownership::Owners, selector::LabelSelector, snapshots::Snapshots, watches::Caches,
 };
 use crate::http::Health;
 
@@ -26,6 +26,8 @@ pub struct Context {
     pub memory: Memories,
     pub snapshots: Snapshots,
     pub events: Events,
+    /// The enrollments this operator reconciles (`--watch-label-selector`); all when `None`.
+    pub selector: Option<LabelSelector>,
 }
 
 impl Context {
@@ -39,6 +41,7 @@ impl Context {
             caches: Caches::default(),
             memory: Memories::new(health.clone()),
             snapshots: Snapshots::default(),
+            selector: None,
             health,
             client,
             config,

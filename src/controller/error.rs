@@ -114,6 +114,10 @@ pub enum Error {
     #[error("leader election failed: {0}")]
     LeaderElection(String),
 
+    /// A command-line option the operator cannot start with.
+    #[error("{0}")]
+    InvalidOption(String),
+
     #[error(
         "CRD {crd} does not store {storage_version}: apply the CRDs of this release (kubectl apply \
          --server-side --force-conflicts -f charts/dps-operator/crds/)"
@@ -224,6 +228,7 @@ impl Error {
             Self::Dps { source, .. } => source.reason(),
             Self::Kube { .. } => "KubernetesApiError",
             Self::LeaderElection(_) => "LeaderElectionFailed",
+            Self::InvalidOption(_) => "InvalidOption",
             Self::CrdsOutdated { .. } => "CrdsOutdated",
         }
     }

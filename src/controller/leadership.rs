@@ -19,6 +19,19 @@ pub struct LeaderElection {
     pub identity: String,
 }
 
+/// The Lease of the operators reconciling what `selector` selects: `base` for all, else `base`
+/// and a hash of the selector, so that each shard elects its own leader.
+pub fn lease_name(base: &str, selector: Option<&str>) -> String {
+    match selector {
+        None => base.to_owned(),
+        Some(selector) => {
+            let digest = ring::digest::digest(&ring::digest::SHA256, selector.as_bytes());
+            let hash: String = digest.as_ref()[..4].iter().map(|b| format!("{b:02x}")).collect();
+            format!("{base}-{hash}")
+        }
+    }
+}
+
 /// How long a Lease is held without renewal, and how early it is renewed. A standby looks at the
 /// Lease again only when it would expire, so this also bounds a graceful handover (the leader
 /// releases it on SIGTERM); a leader that cannot renew for this long steps down.
@@ -81,5 +94,19 @@ impl Leadership {
         drop(self.leading);
         let _ = self.task.await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_selector_has_a_lease_of_its_own_and_no_selector_keeps_the_name() {
+        assert_eq!(lease_name("dps-operator", None), "dps-operator");
+        let shard = lease_name("dps-operator", Some("sharding.dps.iot.dev/key=shard1"));
+        assert!(shard.starts_with("dps-operator-") && shard.len() == "dps-operator-".len() + 8, "{shard}");
+        assert_eq!(shard, lease_name("dps-operator", Some("sharding.dps.iot.dev/key=shard1")));
+        assert_ne!(shard, lease_name("dps-operator", Some("!sharding.dps.iot.dev/key")));
     }
 }

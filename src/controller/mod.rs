@@ -31,11 +31,12 @@ mod retry;
 pub mod rollover;
 mod run;
 pub mod secrets;
+pub mod selector;
 pub mod snapshots;
 pub mod storage_versions;
 pub mod watches;
 
 pub use device_keys::derive as derive_device_key;
 pub use error::{Error, Retry, describe, kube_failure};
-pub use leadership::LeaderElection;
+pub use leadership::{LeaderElection, lease_name};
 pub use run::run;

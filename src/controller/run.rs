@@ -27,6 +27,7 @@ use super::{
     secrets::{
         CERT_MANAGER_CERTIFICATE_ANNOTATION, load_digest_key, referenced_certificates, referenced_secrets,
     },
+    selector::LabelSelector,
     storage_versions,
     watches::{Caches, Changes, NamespaceMetadata, SecretMetadata, SecretVersions, Shared, keep, prune},
 };
@@ -48,7 +49,12 @@ pub async fn run(
     let scopes: Vec<Option<String>> =
         if namespaces.is_empty() { vec![None] } else { namespaces.into_iter().map(Some).collect() };
     check_crds_installed(&client, &scopes).await?;
+    let selector = match &config.watch_label_selector {
+        Some(selector) => Some(check_selector(&client, selector).await?),
+        None => None,
+    };
     let mut ctx = Context::new(client.clone(), config, health.clone());
+    ctx.selector = selector;
     ctx.namespaces = scopes.iter().flatten().cloned().collect();
     ctx.digest_key = load_digest_key(&client, &ctx.config.operator_namespace).await?;
     // With leader election, a standby waits for the Lease (healthy, ready to take over), and the
@@ -281,6 +287,19 @@ async fn check_crds_installed(client: &Client, scopes: &[Option<String>]) -> Res
     Ok(())
 }
 
+/// The watch label selector, parsed; fails, naming it, when it is not one (here, or for the API
+/// server).
+async fn check_selector(client: &Client, selector: &str) -> Result<LabelSelector, Error> {
+    let invalid = |why: String| Error::InvalidOption(format!("--watch-label-selector {selector:?}: {why}"));
+    let parsed = selector.parse::<LabelSelector>().map_err(invalid)?;
+    let params = kube::api::ListParams::default().labels(selector).limit(1);
+    match Api::<EnrollmentGroup>::all(client.clone()).list_metadata(&params).await {
+        Err(kube::Error::Api(status)) if status.code == 400 => Err(invalid(status.message)),
+        // Other failures (RBAC in a namespaced install) are the CRD check's to report.
+        _ => Ok(parsed),
+    }
+}
+
 /// What to do about a failed start-up list, by what the API server answered.
 fn list_failure_hint(error: &kube::Error) -> Option<&'static str> {
     match error {
@@ -333,11 +352,20 @@ fn enrollment_controller_for<K: EnrollmentKind>(
     let api = scoped::<K>(client, namespace);
     let (store, writer) = reflector::store();
     let worthy = ctx.clone();
-    let changes = reflector(writer, watcher(api, watcher::Config::default()).modify(prune::<K>))
-        .applied_objects()
-        .try_filter(move |object| {
-            futures::future::ready(worthy.memory.worth_reconciling(object, reconcile_worthy(object)))
-        });
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &ctx.config.watch_label_selector {
+        config = config.labels(selector);
+    }
+    // An object gone from the watch (deleted, or relabelled to another shard) is forgotten.
+    let forgetful = ctx.clone();
+    let events = watcher(api, config).modify(prune::<K>).inspect_ok(move |event| {
+        if let watcher::Event::Delete(object) = event {
+            forgetful.memory.forget(object);
+        }
+    });
+    let changes = reflector(writer, events).applied_objects().try_filter(move |object| {
+        futures::future::ready(worthy.memory.worth_reconciling(object, reconcile_worthy(object)))
+    });
     Controller::for_stream(changes, store).reconcile_on(due_checks::<K>(ctx, namespace.map(str::to_owned)))
 }
 

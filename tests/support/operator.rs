@@ -225,11 +225,24 @@ impl Operator {
     /// The value of one sample of the running operator's metrics, as `/metrics` shows it, e.g.
     /// `dps_operator_resources{kind="IndividualEnrollment",ready="true"}`.
     pub fn metric(&self, sample: &str) -> Option<f64> {
-        self.health
-            .metrics
-            .encode()
-            .lines()
-            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+        metric_of(&self.health, sample)
+    }
+
+    /// Another operator on this one's namespaces and DPS, reconciling only the enrollments
+    /// `selector` selects (`--watch-label-selector`): a shard. It stops when dropped.
+    pub fn start_shard(&self, selector: &str) -> Shard {
+        let config = Config { watch_label_selector: Some(selector.to_owned()), ..self.config.clone() };
+        let namespaces: Vec<String> =
+            std::iter::once(self.namespace.clone()).chain(self.more_namespaces.iter().cloned()).collect();
+        let health: std::sync::Arc<dps_operator::http::Health> = Default::default();
+        let running = health.clone();
+        let task = tokio::spawn(async move {
+            let client = control_plane().client().await.expect("a client");
+            if let Err(error) = controller::run(client, config, namespaces, None, running).await {
+                panic!("the shard stopped: {error}");
+            }
+        });
+        Shard { task, health }
     }
 
     /// Waits until the running operator's metric `sample` has the value `want`.
@@ -334,4 +347,31 @@ pub fn condition(resource: &Value, type_: &str) -> Option<(String, String, Strin
 pub fn is_ready(resource: &Value) -> bool {
     condition(resource, "Ready").is_some_and(|(status, _, _)| status == "True")
         && resource["status"]["observedGeneration"] == resource["metadata"]["generation"]
+}
+
+/// One sample of the metrics of an operator's `health`.
+fn metric_of(health: &dps_operator::http::Health, sample: &str) -> Option<f64> {
+    health
+        .metrics
+        .encode()
+        .lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A second operator, a shard (see [`Operator::start_shard`]).
+pub struct Shard {
+    task: JoinHandle<()>,
+    health: std::sync::Arc<dps_operator::http::Health>,
+}
+
+impl Shard {
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        metric_of(&self.health, sample)
+    }
+}
+
+impl Drop for Shard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -58,7 +58,14 @@ pub async fn reconcile<K: EnrollmentKind>(object: Arc<K>, ctx: Arc<Context>) -> 
     let started = std::time::Instant::now();
     // The next check is what this pass decides.
     ctx.memory.check_after(&key, None);
+    let selected =
+        |object: &K| ctx.selector.as_ref().is_none_or(|s| s.matches(object.meta().labels.as_ref()));
     let result = match ctx.memory.latest(&api, object.clone()).await {
+        // Relabelled to another shard since the watch saw it: that shard's now.
+        Ok(Some(object)) if !selected(&object) => {
+            ctx.memory.forget(&*object);
+            Ok(Action::await_change())
+        }
         Ok(Some(object)) if object.meta().deletion_timestamp.is_none() => apply(&*object, &ctx).await,
         Ok(Some(object)) if has_finalizer(object.meta()) => cleanup::cleanup(&*object, &ctx).await,
         // Gone, or being deleted without the finalizer (it never claimed anything in DPS): nothing
