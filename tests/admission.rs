@@ -451,6 +451,7 @@ async fn a_complete_status_survives_the_status_subresource() {
             devices: 2,
             digest: "hmac-sha256:00".into(),
         }),
+        blocked_devices: vec!["thermostat-lost".into()],
     };
     let api: Api<EnrollmentGroup> = Api::namespaced(client, &namespace);
     let patch =

@@ -8,6 +8,7 @@ use std::{path::PathBuf, process::Command, sync::OnceLock};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use dps_emulator::{EmulatorConfig, derived_key};
+use dps_operator::dps::models;
 use serde_json::{Value, json};
 use support::operator::Operator;
 
@@ -715,4 +716,125 @@ async fn a_cert_manager_intermediate_renewed_mid_test_keeps_devices_of_both_regi
     let refused = register_x509(&operator, "sensor-2026", &old_device.0, &old_device.1).await;
     assert_refused(&refused);
     assert_eq!(register_x509(&operator, "sensor-2027", &new_device.0, &new_device.1).await["ok"], true);
+}
+
+/// Blocking one device of a group (issue 28): a disabled individual enrollment with its id, which
+/// DPS looks at before the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocked_device_of_a_group_is_refused_the_rest_are_not_and_it_registers_once_unblocked() {
+    let operator = start("device-blocked").await;
+    let ids: Vec<String> = (1..=2).map(|i| format!("thermostat-{i}")).collect();
+    operator.apply(&group(&ids)).await;
+    operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
+    let keys = device_keys(&operator, 2).await;
+    for id in &ids {
+        let registered = register(&operator, id, &keys[id]).await;
+        assert_eq!(registered["ok"], true, "{id}: {registered}");
+    }
+
+    let blocked = format!("{}  blockedDevices:\n  - registrationId: thermostat-1\n", group(&ids));
+    operator.apply(&blocked).await;
+    operator
+        .eventually("enrollmentgroup/thermostats", "thermostat-1 blocked", |r| {
+            r["status"]["blockedDevices"] == json!(["thermostat-1"])
+        })
+        .await;
+    let made: models::IndividualEnrollment = operator.dps.get("thermostat-1").await.unwrap();
+    assert_eq!(made.provisioning_status, Some(models::ProvisioningStatus::Disabled));
+    assert_refused(&register(&operator, "thermostat-1", &keys["thermostat-1"]).await);
+    let other = register(&operator, "thermostat-2", &keys["thermostat-2"]).await;
+    assert_eq!(other["ok"], true, "the rest of the group is not refused: {other}");
+
+    operator.apply(&group(&ids)).await;
+    operator
+        .eventually("enrollmentgroup/thermostats", "thermostat-1 unblocked", |r| {
+            r["status"]["blockedDevices"].is_null()
+        })
+        .await;
+    assert!(
+        operator.dps.get::<models::IndividualEnrollment>("thermostat-1").await.is_err(),
+        "removed from DPS"
+    );
+    let again = register(&operator, "thermostat-1", &keys["thermostat-1"]).await;
+    assert_eq!(again["ok"], true, "registers again once unblocked: {again}");
+
+    // An individual enrollment the group did not make is never taken over.
+    let mut foreign = made.clone();
+    foreign.optional_device_information = None;
+    foreign.etag = None;
+    operator.dps.put(&foreign, dps_operator::dps::IfMatch::None).await.unwrap();
+    operator.apply(&blocked).await;
+    let refused = operator
+        .eventually("enrollmentgroup/thermostats", "the block refused", |r| {
+            r["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "False"))
+        })
+        .await;
+    let message = refused["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()["message"]
+        .clone();
+    assert!(
+        message.as_str().unwrap().contains("individual enrollment thermostat-1 that this group did not make"),
+        "{message}"
+    );
+}
+
+/// Blocking one device of an X.509 group: the individual enrollment that blocks it holds the
+/// device's certificate, as DPS requires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocked_device_of_an_x509_group_is_refused_by_its_certificate() {
+    use dps_operator::pki::CertificateAuthority;
+    let operator = start("device-blocked-x509").await;
+    let ca = CertificateAuthority::new("Contoso Devices CA").unwrap();
+    operator.create_secret("devices-ca", &[("tls.crt", &ca.certificate_pem)]).await;
+    let (lost, kept) =
+        (ca.issue_client("camera-lost", None).unwrap(), ca.issue_client("camera-kept", None).unwrap());
+    operator.create_secret("camera-lost-cert", &[("tls.crt", &lost.certificate_pem)]).await;
+    let group = x509_group("cameras", "{signingCertificates: {primary: {name: devices-ca}}}");
+    let blocked = format!(
+        "{group}  blockedDevices:\n  - registrationId: camera-lost\n    certificateSecretRef: {{name: camera-lost-cert}}\n"
+    );
+    operator.apply(&blocked).await;
+    operator.wait("enrollmentgroup/cameras", "condition=Ready").await;
+    operator
+        .eventually("enrollmentgroup/cameras", "camera-lost blocked", |r| {
+            r["status"]["blockedDevices"] == json!(["camera-lost"])
+        })
+        .await;
+    let chain = |device: &dps_operator::pki::CertifiedKey| {
+        format!("{}{}", device.certificate_pem, ca.certificate_pem)
+    };
+    // Its certificate leads DPS to the disabled individual enrollment: refused as disabled.
+    let refused = register_x509(&operator, "camera-lost", &chain(&lost), &lost.key_pem).await;
+    assert_eq!(refused["ok"], false, "{refused}");
+    assert!(refused["error"].as_str().unwrap().contains("disabled"), "{refused}");
+    let other = register_x509(&operator, "camera-kept", &chain(&kept), &kept.key_pem).await;
+    assert_eq!(other["ok"], true, "{other}");
+
+    operator.apply(&group).await;
+    operator
+        .eventually("enrollmentgroup/cameras", "camera-lost unblocked", |r| {
+            r["status"]["blockedDevices"].is_null()
+        })
+        .await;
+    let again = register_x509(&operator, "camera-lost", &chain(&lost), &lost.key_pem).await;
+    assert_eq!(again["ok"], true, "{again}");
+
+    // Blocked again, then the group deleted (deletionPolicy Delete): its blocks go with it.
+    operator.apply(&blocked).await;
+    operator
+        .eventually("enrollmentgroup/cameras", "blocked again", |r| {
+            r["status"]["blockedDevices"] == json!(["camera-lost"])
+        })
+        .await;
+    assert!(operator.kubectl(&["delete", "enrollmentgroup/cameras", "--timeout=60s"], None).await.success);
+    assert!(
+        operator.dps.get::<models::IndividualEnrollment>("camera-lost").await.is_err(),
+        "the block is gone"
+    );
 }

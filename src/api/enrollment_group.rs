@@ -7,6 +7,7 @@ use super::{
     enrollment::{
         CertificatePair, EnrollmentSettings, EnrollmentStatus, RegistrationRecord, SymmetricKeyAttestation,
     },
+    references::CertificateSecretRef,
     schema::{self, refuse_property},
 };
 
@@ -46,6 +47,12 @@ use super::{
 #[x_kube(validation = Rule::new("!has(self.deviceKeys) || has(self.attestation.symmetricKey)")
     .message("spec.deviceKeys needs symmetricKey attestation: X.509 devices prove themselves with certificates, not derived keys")
     .field_path(".deviceKeys"))]
+#[x_kube(validation = Rule::new("!has(self.blockedDevices) || !has(self.attestation.x509) || self.blockedDevices.all(d, has(d.certificateSecretRef))")
+    .message("each spec.blockedDevices entry of an X.509 group needs certificateSecretRef: DPS blocks an X.509 device by its certificate")
+    .field_path(".blockedDevices"))]
+#[x_kube(validation = Rule::new("!has(self.blockedDevices) || !has(self.attestation.symmetricKey) || self.blockedDevices.all(d, !has(d.certificateSecretRef))")
+    .message("spec.blockedDevices of a symmetric-key group take no certificateSecretRef: the device is blocked by its registration id")
+    .field_path(".blockedDevices"))]
 #[x_kube(validation = Rule::new("!has(self.deviceKeys) || !has(self.attestation.symmetricKey) || self.deviceKeys.secretName != self.attestation.symmetricKey.secretRef.name")
     .message("spec.deviceKeys.secretName must not be the group key's Secret: it would be overwritten with the device keys")
     .field_path(".deviceKeys.secretName"))]
@@ -68,8 +75,32 @@ pub struct EnrollmentGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_keys: Option<DeviceKeys>,
 
+    /// Devices of this group that DPS must refuse, e.g. a compromised one. Each becomes a
+    /// disabled individual enrollment with its registration id, owned by this group: DPS looks at
+    /// a device's individual enrollment before any group, so it is refused while the rest of the
+    /// group is not (DPS's documented way to revoke one device of a group). Removing an entry
+    /// removes that enrollment, and the device registers through the group again. At most 1,000.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1000))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["registrationId".into()]))]
+    pub blocked_devices: Vec<BlockedDevice>,
+
     #[serde(flatten)]
     pub settings: EnrollmentSettings,
+}
+
+/// A device of the group that DPS refuses.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockedDevice {
+    /// The device's registration id.
+    #[schemars(length(min = 1, max = 128))]
+    #[x_kube(validation = schema::dps_id())]
+    pub registration_id: String,
+    /// For an X.509 group (and only there): a Secret holding the device's own certificate, which
+    /// DPS needs to recognise the device in the individual enrollment that blocks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_secret_ref: Option<CertificateSecretRef>,
 }
 
 /// The keys of named devices of a symmetric-key group, in one Secret.
@@ -174,6 +205,10 @@ pub struct EnrollmentGroupStatus {
     /// The Secret of derived device keys, as last written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_keys: Option<DeviceKeysStatus>,
+
+    /// The registration ids this group blocks with a disabled individual enrollment it made.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked_devices: Vec<String>,
 }
 
 /// The Secret of derived device keys the operator wrote.

@@ -65,6 +65,15 @@ pub trait EnrollmentKind:
         None
     }
     fn set_device_keys(_status: &mut Self::Status, _written: Option<api::DeviceKeysStatus>) {}
+    /// The devices the spec blocks: only a group's.
+    fn blocked_devices(&self) -> &[api::BlockedDevice] {
+        &[]
+    }
+    /// The registration ids `status` records as blocked by enrollments this resource made.
+    fn blocked_status(_status: &Self::Status) -> &[String] {
+        &[]
+    }
+    fn set_blocked(_status: &mut Self::Status, _ids: Vec<String>) {}
 }
 
 /// The API of the enrollments of `object`'s kind in its namespace.
@@ -129,6 +138,7 @@ impl EnrollmentKind for EnrollmentGroup {
                 _ => None,
             },
             device_keys: None,
+            blocked_devices: Vec::new(),
         }
     }
     fn device_keys(&self) -> Option<&api::DeviceKeys> {
@@ -139,6 +149,15 @@ impl EnrollmentKind for EnrollmentGroup {
     }
     fn set_device_keys(status: &mut Self::Status, written: Option<api::DeviceKeysStatus>) {
         status.device_keys = written;
+    }
+    fn blocked_devices(&self) -> &[api::BlockedDevice] {
+        &self.spec.blocked_devices
+    }
+    fn blocked_status(status: &Self::Status) -> &[String] {
+        &status.blocked_devices
+    }
+    fn set_blocked(status: &mut Self::Status, ids: Vec<String>) {
+        status.blocked_devices = ids;
     }
 }
 

@@ -390,7 +390,10 @@ impl<'a> Reader<'a> {
         })
     }
 
-    async fn certificate(&self, reference: &api::CertificateSecretRef) -> Result<ResolvedCertificate, Error> {
+    pub async fn certificate(
+        &self,
+        reference: &api::CertificateSecretRef,
+    ) -> Result<ResolvedCertificate, Error> {
         let key = reference.key();
         let text = self.secret_text(&reference.name, key).await?;
         let invalid = |problem: String| Error::CertificateInvalid {

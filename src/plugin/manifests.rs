@@ -88,6 +88,7 @@ pub fn manifests<'a>(
             enrollment_group_id: Some(record.enrollment_group_id.clone()),
             attestation,
             device_keys: None,
+            blocked_devices: Vec::new(),
             settings,
         };
         secrets.finish("EnrollmentGroup", serde_json::to_value(spec))

@@ -87,6 +87,7 @@ async fn report_blocked<K: EnrollmentKind>(object: &K, ctx: &Context, error: Err
     let registrations = old.map_or(Registrations::Unknown, K::registrations);
     let mut status = K::make_status(enrollment, object.dps_id(), registrations);
     K::set_device_keys(&mut status, old.and_then(K::device_keys_status).cloned());
+    K::set_blocked(&mut status, old.map(K::blocked_status).unwrap_or_default().to_vec());
     if old != Some(&status) {
         let api = api_of(&ctx.client, object);
         if let Err(write_failed) = ctx.memory.write_status(&api, object, &status).await {
@@ -116,6 +117,8 @@ async fn delete_from_dps<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result
         }
     }
     delete_enrollment(object, &connection).await?;
+    let blocked = object.current_status().map(K::blocked_status).unwrap_or_default();
+    super::blocked::unblock_all(blocked, &object.dps_id(), &connection).await?;
     Ok(Outcome::Deleted)
 }
 

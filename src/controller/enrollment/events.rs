@@ -216,6 +216,7 @@ mod tests {
             rollover: None,
             registrations: Registrations::Unknown,
             device_keys: None,
+            blocked: None,
             keys: None,
             rotation_refused: false,
             host: "dps.example".into(),

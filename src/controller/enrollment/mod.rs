@@ -15,6 +15,7 @@
 //! A resource being deleted takes the other pass, [`cleanup`].
 
 mod adoption;
+mod blocked;
 mod check;
 mod claim;
 mod cleanup;
@@ -224,9 +225,21 @@ async fn sync<K: EnrollmentKind>(
         }
         false => None,
     };
+    let blocked = match mode.may_write() && owned && K::IS_GROUP {
+        true => {
+            let recorded = old_blocked::<K>(object);
+            Some(blocked::sync(object.blocked_devices(), recorded, &id, &connection, &reader).await?)
+        }
+        false => None,
+    };
     let next_check = rotation::sooner(jitter(interval, 0.2), keys.as_ref(), &material);
     let synced = Synced::new(done, record, material, connection.host.clone(), owned, next_check);
-    Ok(Synced { registrations, device_keys, protected, keys, rotation_refused, ..synced })
+    Ok(Synced { registrations, device_keys, blocked, protected, keys, rotation_refused, ..synced })
+}
+
+/// The devices `object`'s status records as blocked.
+fn old_blocked<K: EnrollmentKind>(object: &K) -> &[String] {
+    object.current_status().map(K::blocked_status).unwrap_or_default()
 }
 
 /// The end of a pass whose last metadata write failed: when the resource was deleted meanwhile

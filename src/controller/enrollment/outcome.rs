@@ -25,6 +25,8 @@ pub struct Synced<R> {
     pub registrations: Registrations,
     /// The group's device keys Secret as this pass left it; `None` when it was not looked at.
     pub device_keys: Option<Option<DeviceKeysStatus>>,
+    /// The devices a group blocks, as this pass left them; `None` when it did not look.
+    pub blocked: Option<Vec<String>>,
     pub host: String,
     /// Whether the enrollment is now this resource's on `host`, confirmed by DPS.
     pub owned: bool,
@@ -57,6 +59,7 @@ impl<R> Synced<R> {
             rollover: material.resolved.rollover,
             registrations: Registrations::Unknown,
             device_keys: None,
+            blocked: None,
             keys: None,
             rotation_refused: false,
             host,

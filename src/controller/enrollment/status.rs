@@ -193,9 +193,13 @@ pub fn resource_status<K: EnrollmentKind>(
     let device_keys = synced
         .and_then(|synced| synced.device_keys.clone())
         .unwrap_or_else(|| old.and_then(K::device_keys_status).cloned());
+    let blocked = synced
+        .and_then(|synced| synced.blocked.clone())
+        .unwrap_or_else(|| old.map(K::blocked_status).unwrap_or_default().to_vec());
     let make_status = |enrollment, registrations| {
         let mut status = K::make_status(enrollment, id.to_owned(), registrations);
         K::set_device_keys(&mut status, device_keys.clone());
+        K::set_blocked(&mut status, blocked.clone());
         status
     };
     let old_enrollment = old.map(K::enrollment_status);
