@@ -347,17 +347,10 @@ fn printer_columns_show_ready_reason_id_and_attestation_from_status() {
 
 /// Writing every status field with server-side apply and reading it back proves the status schema
 /// holds everything the operator reports (a field missing from the schema would be pruned).
-#[tokio::test]
-async fn a_complete_status_survives_the_status_subresource() {
+/// An enrollment status with every field set, and a registration record with every field set.
+fn complete_status() -> (dps_operator::api::EnrollmentStatus, dps_operator::api::RegistrationRecord) {
     use dps_operator::api::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    use kube::api::{Api, Patch, PatchParams};
-
-    let namespace = namespace("status");
-    let yaml = fs::read_to_string(manifest_dir("examples/individualenrollment-x509.yaml")).unwrap();
-    assert!(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
-    let yaml = fs::read_to_string(manifest_dir("examples/enrollmentgroup-symmetric-key.yaml")).unwrap();
-    assert!(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
 
     let time = |s: &str| Time(s.parse().unwrap());
     let certificate = CertificateInfo {
@@ -421,6 +414,21 @@ async fn a_complete_status_survives_the_status_subresource() {
         })),
         drift: vec!["allocationPolicy".into()],
     };
+    (enrollment, registration)
+}
+
+#[tokio::test]
+async fn a_complete_status_survives_the_status_subresource() {
+    use dps_operator::api::*;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let namespace = namespace("status");
+    let yaml = fs::read_to_string(manifest_dir("examples/individualenrollment-x509.yaml")).unwrap();
+    assert!(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
+    let yaml = fs::read_to_string(manifest_dir("examples/enrollmentgroup-symmetric-key.yaml")).unwrap();
+    assert!(kubectl(&["apply", "-n", &namespace, "-f", "-"], Some(&yaml)).success);
+
+    let (enrollment, registration) = complete_status();
     let client = support::control_plane().client().await.expect("client");
     let params = PatchParams::apply("dps-operator").force();
 
@@ -479,10 +487,9 @@ fn static_allocation_without_hubs_is_admitted() {
 /// loopback and limited to this test's namespace: a twin IoT Hub would refuse is refused when it
 /// is applied, created or changed, naming the place; a valid one is admitted.
 // kubectl blocks its thread while the webhook answers on another.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_webhook_refuses_at_apply_time_twins_iot_hub_would_refuse() {
+/// Serves the operator's admission webhook on loopback and registers it for `namespace`.
+async fn serve_and_register_webhook(namespace: &str) {
     use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
-    let namespace = namespace("webhook");
     let ca = dps_operator::pki::CertificateAuthority::new("webhook CA").unwrap();
     let serving = ca.issue_server("127.0.0.1", &["127.0.0.1"]).unwrap();
     let address = "127.0.0.1:0".parse().unwrap();
@@ -513,6 +520,12 @@ async fn the_webhook_refuses_at_apply_time_twins_iot_hub_would_refuse() {
         }],
     });
     kubectl_ok_with(&["apply", "-f", "-"], &configuration.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_refuses_at_apply_time_twins_iot_hub_would_refuse() {
+    let namespace = namespace("webhook");
+    serve_and_register_webhook(&namespace).await;
 
     let group = |tags: &str| {
         format!(

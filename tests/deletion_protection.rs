@@ -105,8 +105,19 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
     let ca = CertificateAuthority::new("webhook CA").unwrap();
     let webhook = serve_webhook(&ca).await;
     register(&webhook, &ca);
+    three_enrollments_protected_or_not(&operator).await;
+    kubectl_delete_is_refused_with_the_command_that_lifts_it(&operator).await;
+    an_unreachable_webhook_refuses_only_protected_deletes(&operator, &webhook, &ca).await;
+    let chart = helm_uninstall_is_refused(&operator).await;
+    let other = deleting_a_namespace_waits_saying_why(&mut operator).await;
+    lifted_every_delete_completes(&operator, &other).await;
+    without_the_webhook_dps_keeps_a_protected_enrollment(&operator).await;
+    let _ = std::fs::remove_dir_all(chart);
+    operator.stop();
+}
 
-    // `guarded` by its own spec, `inherited` by the connection's default, `free` by neither.
+/// `guarded` by its own spec, `inherited` by the connection's default, `free` by neither.
+async fn three_enrollments_protected_or_not(operator: &Operator) {
     let patch = r#"{"spec":{"enrollmentDefaults":{"deletionProtection":true}}}"#;
     let patched =
         operator.kubectl(&["patch", "provisioningservice/dps", "--type", "merge", "-p", patch], None).await;
@@ -133,9 +144,11 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
     };
     assert_eq!(protected_column("guarded").as_deref(), Some("true"), "{}", wide.stdout);
     assert_eq!(protected_column("inherited").as_deref(), Some("true"), "{}", wide.stdout);
+}
 
-    // kubectl delete: refused with the command that lifts the protection; DPS keeps both.
-    refused_dry_run(&operator, "individualenrollment/guarded", REFUSED).await;
+/// kubectl delete: refused with the command that lifts the protection; DPS keeps both.
+async fn kubectl_delete_is_refused_with_the_command_that_lifts_it(operator: &Operator) {
+    refused_dry_run(operator, "individualenrollment/guarded", REFUSED).await;
     let ns = operator.namespace.clone();
     let refused = operator.kubectl(&["delete", "individualenrollment/guarded"], None).await;
     assert!(!refused.success, "the delete went through");
@@ -150,29 +163,39 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
     for name in ["guarded", "inherited"] {
         let kept = operator.get(&format!("individualenrollment/{name}")).await;
         assert!(kept["metadata"]["deletionTimestamp"].is_null(), "{name} is not being deleted");
-        assert!(in_dps(&operator, name).await, "{name} stays in DPS");
+        assert!(in_dps(operator, name).await, "{name} stays in DPS");
     }
+}
 
-    // An ordinary delete never waits for the webhook: with it unreachable, `free` goes (and leaves
-    // DPS), and a protected one is still refused (the registration fails closed for them alone).
-    register(&unreachable_url(), &ca);
+/// An ordinary delete never waits for the webhook: with it unreachable, `free` goes (and leaves
+/// DPS), and a protected one is still refused (the registration fails closed for them alone).
+async fn an_unreachable_webhook_refuses_only_protected_deletes(
+    operator: &Operator,
+    webhook: &str,
+    ca: &CertificateAuthority,
+) {
+    register(&unreachable_url(), ca);
     let unreachable =
-        refused_dry_run(&operator, "individualenrollment/guarded", "failed calling webhook").await;
+        refused_dry_run(operator, "individualenrollment/guarded", "failed calling webhook").await;
     assert!(unreachable.contains("deletion-protection.dps.iot.dev"), "{unreachable}");
     let deleted = operator.kubectl(&["delete", "individualenrollment/free", "--timeout=60s"], None).await;
     assert!(deleted.success, "an unprotected delete needs no webhook: {}", deleted.stderr);
-    assert!(!in_dps(&operator, "free").await, "free left DPS");
+    assert!(!in_dps(operator, "free").await, "free left DPS");
     let unreachable = operator.kubectl(&["delete", "individualenrollment/guarded"], None).await;
     assert!(
         !unreachable.success && unreachable.stderr.contains("failed calling webhook"),
         "{}",
         unreachable.stderr
     );
-    assert!(in_dps(&operator, "guarded").await);
-    register(&webhook, &ca);
-    refused_dry_run(&operator, "individualenrollment/guarded", REFUSED).await;
+    assert!(in_dps(operator, "guarded").await);
+    register(webhook, ca);
+    refused_dry_run(operator, "individualenrollment/guarded", REFUSED).await;
+}
 
-    // helm uninstall of a chart holding a protected enrollment reports the refusal.
+/// helm uninstall of a chart holding a protected enrollment reports the refusal; answers the
+/// chart's folder.
+async fn helm_uninstall_is_refused(operator: &Operator) -> std::path::PathBuf {
+    let (ns, service) = (operator.namespace.clone(), "ProvisioningService");
     let chart = std::env::temp_dir().join(format!("dps-protected-chart-{}", std::process::id()));
     std::fs::create_dir_all(chart.join("templates")).unwrap();
     std::fs::write(chart.join("Chart.yaml"), "apiVersion: v2\nname: protected\nversion: 1.0.0\n").unwrap();
@@ -192,10 +215,13 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
     );
     let kept = operator.get("individualenrollment/charted").await;
     assert!(kept["metadata"]["deletionTimestamp"].is_null(), "charted is not being deleted");
-    assert!(in_dps(&operator, "charted").await, "charted stays in DPS");
+    assert!(in_dps(operator, "charted").await, "charted stays in DPS");
+    chart
+}
 
-    // kubectl delete namespace: the namespace stays Terminating, saying why, with the protected
-    // enrollment intact in Kubernetes and DPS.
+/// kubectl delete namespace: the namespace stays Terminating, saying why, with the protected
+/// enrollment intact in Kubernetes and DPS. Answers the namespace.
+async fn deleting_a_namespace_waits_saying_why(operator: &mut Operator) -> String {
     let other = operator.add_namespace().await;
     let cluster = format!(
         "apiVersion: dps.iot.dev/v1beta1\nkind: ClusterProvisioningService\nmetadata: {{name: dps-{other}}}\nspec:\n  \
@@ -212,19 +238,8 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
     );
     let applied = support::kubectl(&["apply", "-n", &other, "-f", "-"], Some(&housed));
     assert!(applied.success, "{}", applied.stderr);
-    let in_other = |args: &[&str]| {
-        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        args.extend(["-n".to_owned(), other.clone()]);
-        async move {
-            tokio::task::spawn_blocking(move || {
-                support::kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None)
-            })
-            .await
-            .unwrap()
-        }
-    };
     eventually("housed is Ready", Duration::from_secs(60), async || {
-        let got = in_other(&["get", "individualenrollment/housed", "-o", "json"]).await;
+        let got = in_namespace(&other, &["get", "individualenrollment/housed", "-o", "json"]).await;
         serde_json::from_str::<Value>(&got.stdout).ok().filter(is_ready).map(|_| ())
     })
     .await;
@@ -238,18 +253,23 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
     })
     .await;
     assert_eq!(why["type"], "NamespaceDeletionContentFailure", "{why}");
-    let housed_now = in_other(&["get", "individualenrollment/housed", "-o", "json"]).await;
+    let housed_now = in_namespace(&other, &["get", "individualenrollment/housed", "-o", "json"]).await;
     assert!(housed_now.success, "housed is still there: {}", housed_now.stderr);
-    assert!(in_dps(&operator, "housed").await, "housed stays in DPS");
+    assert!(in_dps(operator, "housed").await, "housed stays in DPS");
+    other
+}
 
-    // Lifted, each delete completes and DPS follows the deletion policy (Delete).
+/// Lifted, each delete completes and DPS follows the deletion policy (Delete).
+async fn lifted_every_delete_completes(operator: &Operator, other: &str) {
+    let ns = operator.namespace.clone();
     for name in ["guarded", "inherited", "charted"] {
         let lifted = operator
             .kubectl(&["patch", &format!("individualenrollment/{name}"), "--type", "merge", "-p", LIFT], None)
             .await;
         assert!(lifted.success, "{}", lifted.stderr);
     }
-    let lifted = in_other(&["patch", "individualenrollment/housed", "--type", "merge", "-p", LIFT]).await;
+    let lifted =
+        in_namespace(other, &["patch", "individualenrollment/housed", "--type", "merge", "-p", LIFT]).await;
     assert!(lifted.success, "{}", lifted.stderr);
     for name in ["guarded", "inherited"] {
         let resource = format!("individualenrollment/{name}");
@@ -268,16 +288,19 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
         assert!(deleted.success, "charted: {}\n{}", deleted.stderr, uninstall.stderr);
     }
     eventually("the namespace is gone", Duration::from_secs(180), async || {
-        let got = support::kubectl(&["get", "namespace", &other], None);
+        let got = support::kubectl(&["get", "namespace", other], None);
         (!got.success && got.stderr.contains("NotFound")).then_some(())
     })
     .await;
     for name in ["guarded", "inherited", "charted", "housed"] {
-        assert!(!in_dps(&operator, name).await, "{name} left DPS");
+        assert!(!in_dps(operator, name).await, "{name} left DPS");
     }
+}
 
-    // Without the webhook (not installed), a protected enrollment's delete goes through in
-    // Kubernetes, and the operator leaves the enrollment in DPS.
+/// Without the webhook (not installed), a protected enrollment's delete goes through in
+/// Kubernetes, and the operator leaves the enrollment in DPS.
+async fn without_the_webhook_dps_keeps_a_protected_enrollment(operator: &Operator) {
+    let service = "ProvisioningService";
     operator.apply(&enrollment("unwatched", service, "dps", "  deletionProtection: true\n")).await;
     operator.eventually("individualenrollment/unwatched", "Ready", is_ready).await;
     support::kubectl_ok(&["delete", "validatingwebhookconfiguration", "dps-operator-deletion-protection"]);
@@ -290,12 +313,21 @@ async fn protected_enrollments_survive_every_kind_of_delete_until_the_protection
     let deleted =
         operator.kubectl(&["delete", "individualenrollment/unwatched", "--timeout=60s"], None).await;
     assert!(deleted.success, "{}", deleted.stderr);
-    assert!(in_dps(&operator, "unwatched").await, "a protected enrollment stays in DPS");
+    assert!(in_dps(operator, "unwatched").await, "a protected enrollment stays in DPS");
     let (orphaned, _) =
         operator.eventually_event("unwatched", "Orphaned", |(_, reason, _)| reason == "Orphaned").await;
     assert!(orphaned.2.contains("protected from deletion"), "{orphaned:?}");
-    let _ = std::fs::remove_dir_all(chart);
-    operator.stop();
+}
+
+/// Runs kubectl in namespace `namespace`.
+async fn in_namespace(namespace: &str, args: &[&str]) -> support::Output {
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.extend(["-n".to_owned(), namespace.to_owned()]);
+    tokio::task::spawn_blocking(move || {
+        support::kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>(), None)
+    })
+    .await
+    .unwrap()
 }
 
 /// Waits until `check` answers something, for at most `patience`.

@@ -339,6 +339,27 @@ async fn many_writers_with_one_etag_produce_exactly_one_winner() {
     assert_eq!(winners, 1);
 }
 
+/// A lost answer: the write happened, the client only sees the connection close.
+async fn lost_answers_are_network_errors_though_the_write_happened(
+    emulator: &dps_emulator::RunningEmulator,
+    client: &Client,
+) {
+    emulator.set_faults(Faults { lost_answer_rate: 1.0, ..Default::default() });
+    let lost = client.delete::<EnrollmentGroup>("first", IfMatch::None).await.unwrap_err();
+    assert!(matches!(lost, Error::Network { .. }), "{lost:?}");
+    emulator.set_faults(Faults::default());
+    let deleted = client.get::<EnrollmentGroup>("first").await.unwrap_err();
+    assert!(matches!(deleted, Error::NotFound { .. }), "the delete happened: {deleted:?}");
+    emulator.set_faults(Faults {
+        lost_answer_rate: 1.0,
+        operations: ["EnrollmentGroup_CreateOrUpdate".to_owned()].into(),
+        ..Default::default()
+    });
+    let lost = client.put(&symmetric_key_group("first"), IfMatch::None).await.unwrap_err();
+    assert!(matches!(lost, Error::Network { .. }), "{lost:?}");
+    client.get::<EnrollmentGroup>("first").await.expect("created, and only that call faulted");
+}
+
 #[tokio::test]
 async fn every_failure_is_classified() {
     let emulator = emulator(EmulatorConfig {
@@ -380,21 +401,7 @@ async fn every_failure_is_classified() {
     assert!(matches!(dropped, Error::Network { .. }), "{dropped:?}");
     assert_eq!(dropped.retry_class(), RetryClass::Backoff);
 
-    // A lost answer: the write happened, the client only sees the connection close.
-    emulator.set_faults(Faults { lost_answer_rate: 1.0, ..Default::default() });
-    let lost = client.delete::<EnrollmentGroup>("first", IfMatch::None).await.unwrap_err();
-    assert!(matches!(lost, Error::Network { .. }), "{lost:?}");
-    emulator.set_faults(Faults::default());
-    let deleted = client.get::<EnrollmentGroup>("first").await.unwrap_err();
-    assert!(matches!(deleted, Error::NotFound { .. }), "the delete happened: {deleted:?}");
-    emulator.set_faults(Faults {
-        lost_answer_rate: 1.0,
-        operations: ["EnrollmentGroup_CreateOrUpdate".to_owned()].into(),
-        ..Default::default()
-    });
-    let lost = client.put(&symmetric_key_group("first"), IfMatch::None).await.unwrap_err();
-    assert!(matches!(lost, Error::Network { .. }), "{lost:?}");
-    client.get::<EnrollmentGroup>("first").await.expect("created, and only that call faulted");
+    lost_answers_are_network_errors_though_the_write_happened(&emulator, &client).await;
 
     emulator.set_faults(Faults { latency_ms: 2000, ..Default::default() });
     let slow = client_with(&emulator, &emulator.connection_string(), 1000, Duration::from_millis(300));

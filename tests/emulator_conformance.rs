@@ -138,12 +138,14 @@ fn certificate_pem() -> String {
     params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()
 }
 
-#[tokio::test]
-async fn every_answer_to_every_operation_matches_the_swagger() {
-    let emulator = emulator(EmulatorConfig { operations_per_minute: None, ..Default::default() }).await;
-    let contract = Contract::new(spec());
-    let raw = RawClient::new(&emulator, &contract);
+/// The TPM enrollment `kiosk-3`.
+fn tpm_enrollment() -> Value {
+    json!({"registrationId": "kiosk-3", "attestation": {"type": "tpm", "tpm": {"endorsementKey": BASE64.encode([7u8; 256])}}})
+}
 
+/// A group, an X.509 enrollment with every field, a TPM one and a registration; answers the
+/// group's etag.
+async fn seed_every_kind(raw: &RawClient<'_>, emulator: &dps_emulator::RunningEmulator) -> String {
     let group = raw
         .call(
             "EnrollmentGroup_CreateOrUpdate",
@@ -166,7 +168,7 @@ async fn every_answer_to_every_operation_matches_the_swagger() {
         raw.call("IndividualEnrollment_CreateOrUpdate", Some("device-7"), &[], Some(&full)).await.status,
         200
     );
-    let tpm = json!({"registrationId": "kiosk-3", "attestation": {"type": "tpm", "tpm": {"endorsementKey": BASE64.encode([7u8; 256])}}});
+    let tpm = tpm_enrollment();
     assert_eq!(
         raw.call("IndividualEnrollment_CreateOrUpdate", Some("kiosk-3"), &[], Some(&tpm)).await.status,
         200
@@ -181,6 +183,54 @@ async fn every_answer_to_every_operation_matches_the_swagger() {
         }),
         Some("thermostats".into()),
     );
+    etag
+}
+
+/// Conflicts, stale etags, invalid ids, missing items, expired signatures and bad tokens.
+async fn every_refusal_has_its_dps_status_and_code(raw: &RawClient<'_>, query: &Value) {
+    let errors = [
+        raw.call(
+            "EnrollmentGroup_CreateOrUpdate",
+            Some("thermostats"),
+            &[],
+            Some(&symmetric_key_group("thermostats")),
+        )
+        .await,
+        raw.call(
+            "EnrollmentGroup_CreateOrUpdate",
+            Some("thermostats"),
+            &[("if-match", "\"stale\"".into())],
+            Some(&symmetric_key_group("thermostats")),
+        )
+        .await,
+        raw.call("EnrollmentGroup_CreateOrUpdate", Some("bad_"), &[], Some(&symmetric_key_group("bad_")))
+            .await,
+        raw.call("EnrollmentGroup_Get", Some("missing"), &[], None).await,
+        raw.call("DeviceRegistrationState_Get", Some("missing"), &[], None).await,
+        raw.call("EnrollmentGroup_Delete", Some("thermostats"), &[("if-match", "stale".into())], None).await,
+        raw.call("EnrollmentGroup_Get", Some("thermostats"), &[("authorization", raw.sas(-600))], None).await,
+        raw.call(
+            "IndividualEnrollment_Query",
+            None,
+            &[("x-ms-continuation", "not-a-token!".into())],
+            Some(query),
+        )
+        .await,
+    ];
+    let statuses: Vec<u16> = errors.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [409, 412, 400, 404, 404, 412, 401, 400]);
+    assert_eq!(errors[3].body["errorCode"], json!(404202), "a missing group");
+    assert_eq!(errors[4].body["errorCode"], json!(404203), "a missing registration");
+    assert!(errors[6].body["message"].as_str().unwrap().contains("expired"));
+}
+
+#[tokio::test]
+async fn every_answer_to_every_operation_matches_the_swagger() {
+    let emulator = emulator(EmulatorConfig { operations_per_minute: None, ..Default::default() }).await;
+    let contract = Contract::new(spec());
+    let raw = RawClient::new(&emulator, &contract);
+
+    let etag = seed_every_kind(&raw, &emulator).await;
 
     let query = json!({"query": "SELECT *"});
     let page = [("x-ms-max-item-count", "1".to_owned())];
@@ -197,7 +247,7 @@ async fn every_answer_to_every_operation_matches_the_swagger() {
             "IndividualEnrollment_RunBulkOperation",
             None,
             &[],
-            Some(&json!({"mode": "create", "enrollments": [tpm]})),
+            Some(&json!({"mode": "create", "enrollments": [tpm_enrollment()]})),
         )
         .await,
         raw.call(
@@ -243,40 +293,7 @@ async fn every_answer_to_every_operation_matches_the_swagger() {
         "absent fields are omitted, never null"
     );
 
-    let errors = [
-        raw.call(
-            "EnrollmentGroup_CreateOrUpdate",
-            Some("thermostats"),
-            &[],
-            Some(&symmetric_key_group("thermostats")),
-        )
-        .await,
-        raw.call(
-            "EnrollmentGroup_CreateOrUpdate",
-            Some("thermostats"),
-            &[("if-match", "\"stale\"".into())],
-            Some(&symmetric_key_group("thermostats")),
-        )
-        .await,
-        raw.call("EnrollmentGroup_CreateOrUpdate", Some("bad_"), &[], Some(&symmetric_key_group("bad_")))
-            .await,
-        raw.call("EnrollmentGroup_Get", Some("missing"), &[], None).await,
-        raw.call("DeviceRegistrationState_Get", Some("missing"), &[], None).await,
-        raw.call("EnrollmentGroup_Delete", Some("thermostats"), &[("if-match", "stale".into())], None).await,
-        raw.call("EnrollmentGroup_Get", Some("thermostats"), &[("authorization", raw.sas(-600))], None).await,
-        raw.call(
-            "IndividualEnrollment_Query",
-            None,
-            &[("x-ms-continuation", "not-a-token!".into())],
-            Some(&query),
-        )
-        .await,
-    ];
-    let statuses: Vec<u16> = errors.iter().map(|a| a.status).collect();
-    assert_eq!(statuses, [409, 412, 400, 404, 404, 412, 401, 400]);
-    assert_eq!(errors[3].body["errorCode"], json!(404202), "a missing group");
-    assert_eq!(errors[4].body["errorCode"], json!(404203), "a missing registration");
-    assert!(errors[6].body["message"].as_str().unwrap().contains("expired"));
+    every_refusal_has_its_dps_status_and_code(&raw, &query).await;
 
     let deleted = raw.call("EnrollmentGroup_Delete", Some("thermostats"), &[("if-match", etag)], None).await;
     assert_eq!((deleted.status, deleted.body.clone()), (204, Value::Null));

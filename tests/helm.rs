@@ -86,8 +86,11 @@ fn the_chart_lints_and_renders_for_every_kind_of_install() {
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
     }
+}
 
-    // Every RBAC rule says why it is there.
+/// Every RBAC rule says why it is there; a namespaced install gets Roles in its namespaces only.
+#[test]
+fn every_rbac_rule_says_why_and_a_namespaced_install_reads_secrets_only_in_its_namespaces() {
     for template in ["templates/rbac.yaml", "templates/_helpers.tpl"] {
         let text = std::fs::read_to_string(Path::new(&chart()).join(template)).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -115,8 +118,12 @@ fn the_chart_lints_and_renders_for_every_kind_of_install() {
         find(&restricted, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
     assert!(args.contains("--namespace=factory") && args.contains("--namespace=office"), "{args}");
     assert!(args.contains("--max-concurrent-reconciles=16"), "{args}");
+}
 
-    // The binary accepts the arguments every variant of the chart gives it.
+/// The binary accepts the arguments every variant of the chart gives it, and each option renders
+/// what it says.
+#[test]
+fn the_binary_accepts_the_charts_arguments_and_each_option_renders_what_it_says() {
     for sets in [&[][..], &["watchNamespaces={factory}", "replicaCount=2", "extraCaBundle=x"][..]] {
         let rendered = render(sets);
         let args: Vec<String> = serde_json::from_value(
