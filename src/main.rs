@@ -147,6 +147,26 @@ fn convert(paths: &[PathBuf], write: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The controller's settings from the `run` options.
+fn config_of(args: &RunArgs) -> anyhow::Result<dps_operator::controller::config::Config> {
+    Ok(dps_operator::controller::config::Config {
+        drift_check_interval: args.drift_check_interval,
+        certificate_expiry_warning: args.certificate_expiry_warning,
+        operator_namespace: args.operator_namespace.clone(),
+        dps_timeout: args.dps_timeout,
+        extra_ca_certificates: match &args.extra_ca_file {
+            Some(path) => {
+                Some(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)
+            }
+            None => None,
+        },
+        resolve: args.resolve.clone(),
+        azure_environment: std::env::vars().filter(|(name, _)| name.starts_with("AZURE_")).collect(),
+        max_concurrent_reconciles: args.max_concurrent_reconciles,
+        watch_label_selector: args.watch_label_selector.clone().filter(|s| !s.is_empty()),
+    })
+}
+
 fn parse_resolve(text: &str) -> Result<(String, std::net::SocketAddr), String> {
     let (host, address) = text.split_once('=').ok_or("expected HOST=IP:PORT")?;
     let address = address.parse().map_err(|_| format!("{address} is not an IP:PORT address"))?;
@@ -201,23 +221,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "dps-operator starting"
             );
             let client = kube::Client::try_default().await.context("connect to the Kubernetes API server")?;
-            let config = dps_operator::controller::config::Config {
-                drift_check_interval: args.drift_check_interval,
-                certificate_expiry_warning: args.certificate_expiry_warning,
-                operator_namespace: args.operator_namespace,
-                dps_timeout: args.dps_timeout,
-                extra_ca_certificates: match &args.extra_ca_file {
-                    Some(path) => Some(
-                        std::fs::read_to_string(path)
-                            .with_context(|| format!("reading {}", path.display()))?,
-                    ),
-                    None => None,
-                },
-                resolve: args.resolve,
-                azure_environment: std::env::vars().filter(|(name, _)| name.starts_with("AZURE_")).collect(),
-                max_concurrent_reconciles: args.max_concurrent_reconciles,
-                watch_label_selector: args.watch_label_selector.clone().filter(|s| !s.is_empty()),
-            };
+            let config = config_of(&args)?;
             let leader_election = args.leader_election.then(|| dps_operator::controller::LeaderElection {
                 lease_name: dps_operator::controller::lease_name(
                     &args.leader_election_lease,

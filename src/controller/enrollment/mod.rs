@@ -42,6 +42,7 @@ use self::{
 };
 use super::{
     Error,
+    connection::Connection,
     context::Context,
     finalizer::{MetadataChange, claim_of, has_finalizer, write_metadata},
     key_rotation,
@@ -219,27 +220,29 @@ async fn sync<K: EnrollmentKind>(
 
     let registrations = observe::registrations::<K>(&connection, &id, record.as_ref()).await;
     // A group's device keys follow its key once the group is ours and written as specified.
-    let device_keys = match mode.may_write() && owned {
-        true => {
-            Some(observe::device_keys(object, &reader, &owner_reference, &material, &ctx.digest_key).await?)
-        }
-        false => None,
-    };
-    let blocked = match mode.may_write() && owned && K::IS_GROUP {
-        true => {
-            let recorded = old_blocked::<K>(object);
-            Some(blocked::sync(object.blocked_devices(), recorded, &id, &connection, &reader).await?)
-        }
-        false => None,
-    };
+    let writable = mode.may_write() && owned;
+    let device_keys =
+        writable.then(|| observe::device_keys(object, &reader, &owner_reference, &material, &ctx.digest_key));
+    let device_keys = futures::future::OptionFuture::from(device_keys).await.transpose()?;
+    let blocked = block_devices(object, writable, &connection, &reader).await?;
     let next_check = rotation::sooner(jitter(interval, 0.2), keys.as_ref(), &material);
     let synced = Synced::new(done, record, material, connection.host.clone(), owned, next_check);
     Ok(Synced { registrations, device_keys, blocked, protected, keys, rotation_refused, ..synced })
 }
 
-/// The devices `object`'s status records as blocked.
-fn old_blocked<K: EnrollmentKind>(object: &K) -> &[String] {
-    object.current_status().map(K::blocked_status).unwrap_or_default()
+/// A group's blocked devices brought in line with its spec, once it is ours and may be written;
+/// `None` when not looked at.
+async fn block_devices<K: EnrollmentKind>(
+    object: &K,
+    may_write: bool,
+    connection: &Connection,
+    reader: &Reader<'_>,
+) -> Result<Option<Vec<String>>, Error> {
+    if !(may_write && K::IS_GROUP) {
+        return Ok(None);
+    }
+    let recorded = object.current_status().map(K::blocked_status).unwrap_or_default();
+    blocked::sync(object.blocked_devices(), recorded, &object.dps_id(), connection, reader).await.map(Some)
 }
 
 /// The end of a pass whose last metadata write failed: when the resource was deleted meanwhile
