@@ -134,8 +134,9 @@ fn continuation_after(token: Option<&str>) -> Result<Option<String>, ApiError> {
 }
 
 /// One page of `items` (sorted by key) after the continuation, and the token of the next page.
-pub fn page<'a, T: 'a>(
-    items: impl Iterator<Item = (&'a String, T)>,
+pub fn page<'a, V: 'a, T>(
+    items: impl Iterator<Item = (&'a String, V)>,
+    answer: impl Fn(V) -> T,
     page_size: usize,
     continuation: Option<&str>,
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
@@ -144,10 +145,11 @@ pub fn page<'a, T: 'a>(
         items.filter(|(key, _)| after.as_ref().is_none_or(|after| key.as_str() > after.as_str())).peekable();
     let mut page = Vec::new();
     let mut last_key = None;
+    // Only the page's items are answered: skipping the pages before costs a comparison each.
     while page.len() < page_size {
         let Some((key, item)) = remaining.next() else { break };
         last_key = Some(key.clone());
-        page.push(item);
+        page.push(answer(item));
     }
     let next = remaining.peek().is_some().then(|| BASE64.encode(last_key.unwrap_or_default()));
     Ok((page, next))
@@ -309,11 +311,7 @@ impl Store {
         page_size: usize,
         continuation: Option<&str>,
     ) -> Result<(Vec<Value>, Option<String>), ApiError> {
-        page(
-            self.table(kind).iter().map(|(key, item)| (key, answer(&self.listed(kind, item)))),
-            page_size,
-            continuation,
-        )
+        page(self.table(kind).iter(), |item| answer(&self.listed(kind, item)), page_size, continuation)
     }
 
     /// Applies a bulk operation item by item; `items` are read by the swagger, or the errors
