@@ -53,6 +53,11 @@ fn first_pem_certificate(bytes: &[u8]) -> Option<Vec<u8>> {
     CertificateDer::pem_slice_iter(bytes).next()?.ok().map(|der| der.to_vec())
 }
 
+/// `der` as one PEM certificate.
+pub fn pem(der: &[u8]) -> String {
+    format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", BASE64.encode(der))
+}
+
 /// Reads the facts DPS reports from a certificate in any accepted form.
 pub fn read(text: &str) -> Result<CertificateFacts, CertificateError> {
     facts(&first_certificate_der(text)?)

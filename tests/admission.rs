@@ -45,7 +45,13 @@ fn every_example_is_admitted_and_reads_back_equal() {
         .collect();
     assert_eq!(
         kinds.into_iter().collect::<Vec<_>>(),
-        ["ClusterProvisioningService", "EnrollmentGroup", "IndividualEnrollment", "ProvisioningService"],
+        [
+            "ClusterProvisioningService",
+            "EnrollmentGroup",
+            "IndividualEnrollment",
+            "IndividualEnrollmentSet",
+            "ProvisioningService"
+        ],
         "examples/ should show every kind"
     );
 
@@ -81,6 +87,7 @@ fn examples_show_every_attestation_kind_of_each_enrollment_kind() {
         "IndividualEnrollment/symmetricKey/secretRef",
         "IndividualEnrollment/tpm/endorsementKey",
         "IndividualEnrollment/x509/clientCertificates",
+        "IndividualEnrollmentSet/symmetricKey/deviceKeysSecretName",
     ];
     assert_eq!(seen.iter().map(String::as_str).collect::<Vec<_>>(), expected);
 }

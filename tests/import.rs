@@ -309,3 +309,50 @@ async fn a_throttled_dps_is_read_page_by_page_and_a_failed_import_leaves_no_file
     let bad = import("bad.yaml", &["--label", "team"]).await;
     assert!(!bad.success && bad.stderr.trim() == "error: --label team: expected KEY=VALUE", "{}", bad.stderr);
 }
+
+const MADE_BY_OTHERS: &str = "apiVersion: dps.iot.dev/v1beta1
+kind: IndividualEnrollmentSet
+metadata: {name: fleet}
+spec:
+  serviceRef: {name: dps}
+  attestation: {symmetricKey: {secretRef: {name: fleet-key}}}
+  members: [{registrationId: sensor-1}, {registrationId: sensor-2}]
+---
+apiVersion: dps.iot.dev/v1beta1
+kind: EnrollmentGroup
+metadata: {name: thermostats}
+spec:
+  serviceRef: {name: dps}
+  attestation: {symmetricKey: {secretRef: {name: thermostats-keys}}}
+  blockedDevices: [{registrationId: thermostat-9}]
+";
+
+/// The enrollments a set made, and the one a group made to block a device, are left to them: the
+/// import names each and why, and writes no resource that would contend with its maker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn enrollments_a_set_or_a_group_made_are_skipped_naming_their_maker() {
+    let operator = start("import-made").await;
+    let ns = operator.namespace.clone();
+    operator.apply(MADE_BY_OTHERS).await;
+    operator.wait("individualenrollmentset/fleet", "condition=Ready").await;
+    operator
+        .eventually("enrollmentgroup/thermostats", "the device is blocked", |r| {
+            r["status"]["blockedDevices"] == serde_json::json!(["thermostat-9"])
+        })
+        .await;
+
+    let imported = plugin(&["import", "--service", "dps", "-n", &ns]).await;
+    assert!(imported.success, "{}", imported.stderr);
+    let said = &imported.stderr;
+    assert!(said.contains("Wrote 1 enrollment groups, 0 individual enrollments"), "{said}");
+    for id in ["sensor-1", "sensor-2"] {
+        let skipped =
+            format!("skipped {id}: made by IndividualEnrollmentSet {ns}/fleet: manage it through that set");
+        assert!(said.contains(&skipped), "{said}");
+    }
+    let skipped = "skipped thermostat-9: blocks a device of enrollment group thermostats: manage it \
+                   through that group's spec.blockedDevices";
+    assert!(said.contains(skipped), "{said}");
+    assert!(!imported.stdout.contains("kind: IndividualEnrollment\n"), "{}", imported.stdout);
+    assert!(imported.stdout.contains("kind: EnrollmentGroup\n"), "{}", imported.stdout);
+}

@@ -651,13 +651,16 @@ async fn argo_cd_health_script(operator: &Operator) -> String {
     let patched = operator.kubectl(&["patch", "configmap", "argocd-cm", "--patch-file", patch], None).await;
     assert!(patched.success, "{}", patched.stderr);
     let data = operator.get("configmap/argocd-cm").await["data"].clone();
-    let scripts: Vec<&str> =
-        ["EnrollmentGroup", "IndividualEnrollment", "ProvisioningService", "ClusterProvisioningService"]
-            .iter()
-            .map(|kind| {
-                data[format!("resource.customizations.health.dps.iot.dev_{kind}")].as_str().expect(kind)
-            })
-            .collect();
+    let scripts: Vec<&str> = [
+        "EnrollmentGroup",
+        "IndividualEnrollment",
+        "IndividualEnrollmentSet",
+        "ProvisioningService",
+        "ClusterProvisioningService",
+    ]
+    .iter()
+    .map(|kind| data[format!("resource.customizations.health.dps.iot.dev_{kind}")].as_str().expect(kind))
+    .collect();
     assert!(scripts.iter().all(|s| *s == scripts[0] && s.contains("Suspended")), "{data}");
     scripts[0].to_owned()
 }

@@ -40,6 +40,15 @@ spec:
   attestation: {symmetricKey: {secretRef: {name: boiler-keys}}}
 ";
 
+const SET: &str = "apiVersion: dps.iot.dev/v1beta1
+kind: IndividualEnrollmentSet
+metadata: {name: fleet}
+spec:
+  serviceRef: {name: dps}
+  attestation: {symmetricKey: {secretRef: {name: fleet-key}, deviceKeysSecretName: fleet-device-keys}}
+  members: [{registrationId: sensor-1}, {registrationId: sensor-2}]
+";
+
 async fn secret_value(operator: &Operator, secret: &str, key: &str) -> String {
     let secret = operator.get(&format!("secret/{secret}")).await;
     let value = BASE64.decode(secret["data"][key].as_str().unwrap()).unwrap();
@@ -49,9 +58,10 @@ async fn secret_value(operator: &Operator, secret: &str, key: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn device_key_registrations_rotate_and_status_work_through_the_resources_connection() {
     let operator = Operator::start("plugin").await;
-    operator.apply(GROUP).await;
+    operator.apply(&format!("{GROUP}---\n{SET}")).await;
     operator.wait("enrollmentgroup/thermostats", "condition=Ready").await;
     operator.wait("individualenrollment/boiler", "condition=Ready").await;
+    operator.wait("individualenrollmentset/fleet", "condition=Ready").await;
 
     let key = plugin(&operator, &["device-key", "thermostats", "thermostat-0001"], None).await;
     assert!(key.success, "{}", key.stderr);
@@ -78,8 +88,43 @@ async fn device_key_registrations_rotate_and_status_work_through_the_resources_c
     assert!(status.success, "{}", status.stderr);
     let ns = &operator.namespace;
     assert!(status.stdout.contains(&format!("{ns}/provisioningservice/dps   True")), "{}", status.stdout);
-    assert!(status.stdout.contains("EnrollmentGroup        Synced   1"), "{}", status.stdout);
-    assert!(status.stdout.contains("All 3 enrollments and connections are Ready."), "{}", status.stdout);
+    assert!(status.stdout.contains("EnrollmentGroup           Synced   1"), "{}", status.stdout);
+    assert!(status.stdout.contains("IndividualEnrollmentSet   Synced   1"), "{}", status.stdout);
+    let members = format!("{ns}/individualenrollmentset/fleet   2         2       0         0        0");
+    assert!(status.stdout.contains(&members), "{}", status.stdout);
+    assert!(status.stdout.contains("All 4 enrollments and connections are Ready."), "{}", status.stdout);
+    set_member_keys(&operator).await;
+}
+
+/// A set member's key is the one DPS holds for it: derived from the set's key, the one its device
+/// keys Secret hands out; an id the set did not make is refused by name.
+async fn set_member_keys(operator: &Operator) {
+    let key = plugin(operator, &["device-key", "ieset/fleet", "sensor-2"], None).await;
+    assert!(key.success, "{}", key.stderr);
+    let set_key = BASE64.decode(secret_value(operator, "fleet-key", "primaryKey").await).unwrap();
+    assert_eq!(key.stdout.trim(), BASE64.encode(derived_key(&set_key, "sensor-2")));
+    assert_eq!(key.stdout.trim(), secret_value(operator, "fleet-device-keys", "sensor-2").await);
+    let args = ["device-key", "individualenrollmentset/fleet", "sensor-2", "--slot", "secondary"];
+    let secondary = plugin(operator, &args, None).await;
+    assert!(secondary.success, "{}", secondary.stderr);
+    let set_key = BASE64.decode(secret_value(operator, "fleet-key", "secondaryKey").await).unwrap();
+    assert_eq!(secondary.stdout.trim(), BASE64.encode(derived_key(&set_key, "sensor-2")));
+
+    let ns = &operator.namespace;
+    refused(
+        &plugin(operator, &["device-key", "ieset/fleet", "boiler"], None).await,
+        &format!(
+            "individual enrollment boiler in ProvisioningService {ns}/dps was not made by IndividualEnrollmentSet {ns}/fleet"
+        ),
+    );
+    refused(
+        &plugin(operator, &["device-key", "ieset/fleet", "sensor-9"], None).await,
+        &format!("IndividualEnrollmentSet {ns}/fleet has no member sensor-9 in ProvisioningService {ns}/dps"),
+    );
+    refused(
+        &plugin(operator, &["device-key", "ieset/nope", "sensor-1"], None).await,
+        &format!("there is no IndividualEnrollmentSet {ns}/nope"),
+    );
 }
 
 async fn registrations(operator: &Operator) {

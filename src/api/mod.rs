@@ -8,6 +8,7 @@
 
 mod enrollment;
 mod enrollment_group;
+mod enrollment_set;
 mod individual_enrollment;
 mod provisioning_service;
 pub mod reference;
@@ -21,6 +22,7 @@ use kube::CustomResourceExt;
 
 pub use enrollment::*;
 pub use enrollment_group::*;
+pub use enrollment_set::*;
 pub use individual_enrollment::*;
 pub use provisioning_service::*;
 pub use references::*;
@@ -46,7 +48,7 @@ pub const ROTATE_KEYS_ANNOTATION: &str = "dps.iot.dev/rotate-keys";
 /// sent but never saw answered. Set by the operator only.
 pub const CLAIM_ANNOTATION: &str = "dps.iot.dev/claim";
 
-/// The CustomResourceDefinitions of all four kinds, in a stable order. Use these rather than
+/// The CustomResourceDefinitions of all five kinds, in a stable order. Use these rather than
 /// `Kind::crd()`: they are what `crds/` and the Helm chart hold.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     let mut crds = vec![
@@ -58,6 +60,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     for crd in &mut crds {
         serve_deprecated_versions(crd);
     }
+    // Sets came after v1alpha1: they have no deprecated version to serve.
+    crds.push(IndividualEnrollmentSet::crd());
     for version in crds.iter_mut().flat_map(|crd| crd.spec.versions.iter_mut()) {
         if let Some(schema) = version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
             let mut json = serde_json::to_value(&*schema).expect("a CRD schema serializes to JSON");

@@ -53,6 +53,14 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// The drift check interval: `own` (a resource's), else this connection's default, else
+    /// `default`.
+    pub fn drift_interval(&self, own: Option<&str>, default: Duration) -> Duration {
+        let parse = |text: &str| text.parse::<kube::core::Duration>().ok().map(Duration::from);
+        let connection = self.defaults.as_ref().and_then(|d| d.drift_check_interval.as_deref());
+        own.and_then(parse).or_else(|| connection.and_then(parse)).unwrap_or(default)
+    }
+
     /// A failed DPS call on this connection; when DPS refused the credentials, the message says
     /// where they come from, the thing to fix.
     pub fn dps_error(&self, source: dps::Error) -> Error {

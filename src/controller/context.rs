@@ -26,6 +26,8 @@ pub struct Context {
     pub memory: Memories,
     pub snapshots: Snapshots,
     pub events: Events,
+    /// What the IndividualEnrollmentSet passes share.
+    pub sets: super::enrollment_set::Sets,
     /// The enrollments this operator reconciles (`--watch-label-selector`); all when `None`.
     pub selector: Option<LabelSelector>,
 }
@@ -41,6 +43,7 @@ impl Context {
             caches: Caches::default(),
             memory: Memories::new(health.clone()),
             snapshots: Snapshots::default(),
+            sets: Default::default(),
             selector: None,
             health,
             client,

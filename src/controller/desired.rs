@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Error, digest_key::DigestKey, key_rotation::KeySecretState};
+use super::{Error, digest_key::DigestKey, enrollment_set::SET_MARK, key_rotation::KeySecretState};
 use crate::{
     api::{self, EnrollmentSettings},
     certificates::CertificateFacts,
@@ -365,12 +365,23 @@ pub fn individual_enrollment(
     input: AttestationInput<'_>,
     resolved: &Resolved,
 ) -> Result<IndividualEnrollment, Error> {
-    let common = common(&spec.settings, resolved)?;
     Ok(IndividualEnrollment {
         registration_id: id.to_owned(),
         device_id: spec.device_id.clone(),
         optional_device_information: spec.optional_device_information.clone(),
         attestation: attestation(input, resolved),
+        ..individual_template(&spec.settings, resolved)?
+    })
+}
+
+/// An individual enrollment with the fields `settings` give every enrollment, and no id or
+/// attestation yet: what the members of a set start from.
+pub fn individual_template(
+    settings: &EnrollmentSettings,
+    resolved: &Resolved,
+) -> Result<IndividualEnrollment, Error> {
+    let common = common(settings, resolved)?;
+    Ok(IndividualEnrollment {
         capabilities: Some(common.capabilities),
         initial_twin: common.initial_twin,
         provisioning_status: Some(common.provisioning_status),
@@ -409,7 +420,18 @@ pub trait DpsRecord {
     fn set_etag(&mut self, etag: Option<String>);
     fn created(&self) -> Option<crate::dps::models::Timestamp>;
     fn updated(&self) -> Option<crate::dps::models::Timestamp>;
+    /// The IndividualEnrollmentSet whose mark the record carries: none of a resource's own.
+    fn made_by_set(&self) -> Option<&str> {
+        None
+    }
+    /// The enrollment group (its DPS id) that made the record to block one of its devices.
+    fn blocks_a_device_of(&self) -> Option<&str> {
+        None
+    }
 }
+
+/// The `optionalDeviceInformation` entry that marks an enrollment a group made to block a device.
+pub const BLOCKED_MARK: &str = "blockedByEnrollmentGroup";
 
 /// The record accessors both kinds implement the same way.
 macro_rules! record_accessors {
@@ -477,6 +499,12 @@ impl DpsRecord for EnrollmentGroup {
 impl DpsRecord for IndividualEnrollment {
     fn comparable(&self) -> Comparable {
         comparable!(self, self.device_id.clone(), self.optional_device_information.clone())
+    }
+    fn made_by_set(&self) -> Option<&str> {
+        self.optional_device_information.as_ref()?.get(SET_MARK)?.as_str()
+    }
+    fn blocks_a_device_of(&self) -> Option<&str> {
+        self.optional_device_information.as_ref()?.get(BLOCKED_MARK)?.as_str()
     }
     record_accessors!();
 }
@@ -600,6 +628,12 @@ pub fn decide(facts: Facts<'_>) -> Result<Plan, Error> {
             Plan::Report { drift: Vec::new(), missing: true }
         });
     };
+    if !facts.claimed
+        && let Some(set) = observed.optional_device_information.as_ref().and_then(|info| info.get(SET_MARK))
+    {
+        let set = set.as_str().unwrap_or_default().to_owned();
+        return Err(Error::MadeBySet { what: facts.what, id: facts.id.to_owned(), set });
+    }
     if !facts.claimed && !facts.adopt {
         return Err(Error::AlreadyExists { what: facts.what, id: facts.id.to_owned() });
     }
@@ -912,5 +946,20 @@ mod tests {
         let webhook = Resolved { webhook_url: Some(Secret::new("https://f.example/?code=1")), ..keys() };
         assert_ne!(webhook.secrets_digest(&key).unwrap(), digest, "the webhook URL counts");
         assert_eq!(Resolved::default().secrets_digest(&key), None);
+    }
+
+    #[test]
+    fn only_an_individual_enrollment_marked_by_a_set_is_made_by_one() {
+        let marked = |information: serde_json::Value| IndividualEnrollment {
+            optional_device_information: serde_json::from_value(information).unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(marked(json!({SET_MARK: "iot/fleet"})).made_by_set(), Some("iot/fleet"));
+        assert_eq!(marked(json!({"site": "plant-7"})).made_by_set(), None);
+        assert_eq!(marked(json!(null)).made_by_set(), None);
+        assert_eq!(EnrollmentGroup::default().made_by_set(), None);
+        assert_eq!(marked(json!({BLOCKED_MARK: "thermostats"})).blocks_a_device_of(), Some("thermostats"));
+        assert_eq!(marked(json!({BLOCKED_MARK: "thermostats"})).made_by_set(), None);
+        assert_eq!(marked(json!({SET_MARK: "iot/fleet"})).blocks_a_device_of(), None);
     }
 }

@@ -23,6 +23,11 @@ pub fn derive(group_key: &Secret, registration_id: &str) -> Option<Secret> {
     Some(Secret::new(BASE64.encode(signed.as_ref())))
 }
 
+/// A random 64-byte symmetric key, base64, as DPS generates them.
+pub fn random_key() -> Secret {
+    Secret::new(BASE64.encode(crate::random_bytes::<64>()))
+}
+
 /// What a pass does about the device keys Secret.
 #[derive(Debug, PartialEq)]
 pub enum Plan {

@@ -96,6 +96,34 @@ pub enum Error {
     #[error("the spec is invalid: {0}")]
     InvalidSpec(String),
 
+    /// A set's member list that cannot be used: nothing is written until it is fixed.
+    #[error("the member list cannot be used, so nothing is written or removed until it is fixed: {0}")]
+    MemberListInvalid(#[from] crate::controller::enrollment_set::ListError),
+
+    #[error(
+        "{what} {id} in DPS was made by IndividualEnrollmentSet {set}, which owns it; this resource leaves it \
+         alone. Remove the id from the set first, or give this resource another id"
+    )]
+    MadeBySet { what: &'static str, id: String, set: String },
+
+    #[error(
+        "the device keys of {members} members take {bytes} bytes, more than the {limit} a Secret holds; \
+         Secret {namespace}/{name} is not written (split the set, or leave out deviceKeysSecretName)"
+    )]
+    DeviceKeysTooLarge { namespace: String, name: String, members: usize, bytes: usize, limit: usize },
+
+    #[error(
+        "{count} enrollments of IndividualEnrollmentSet {set} could not be deleted from DPS, so the set \
+         stays until they are (retried); the first: {first}"
+    )]
+    MembersNotDeleted { set: String, count: usize, first: String },
+
+    #[error(
+        "Secret {namespace}/{name} exists and was not written by the operator for this set's device keys; it \
+         is left as it is. Choose another deviceKeysSecretName, or delete that Secret"
+    )]
+    DeviceKeysSecretNotOwned { namespace: String, name: String },
+
     /// A connection an enrollment uses whose own inputs (credentials, CA bundle) cannot be read.
     #[error("{connection} cannot be used")]
     ConnectionUnusable {
@@ -224,6 +252,11 @@ impl Error {
             Self::AdoptedCredentialDiffers { .. } => "CredentialsDiffer",
             Self::InvalidPausedAnnotation { .. } => "InvalidAnnotation",
             Self::InvalidSpec(_) => "InvalidSpec",
+            Self::MemberListInvalid(_) => "MemberListInvalid",
+            Self::MadeBySet { .. } => "Conflict",
+            Self::DeviceKeysTooLarge { .. } => "DeviceKeysTooLarge",
+            Self::DeviceKeysSecretNotOwned { .. } => "SecretNotOwned",
+            Self::MembersNotDeleted { .. } => "DeleteFailed",
             Self::SecretNotOwned { .. } => "SecretNotOwned",
             Self::Dps { source, .. } => source.reason(),
             Self::Kube { .. } => "KubernetesApiError",
@@ -239,6 +272,10 @@ impl Error {
             Self::AlreadyExists { .. }
             | Self::AttestationKindMismatch { .. }
             | Self::InvalidSpec(_)
+            | Self::MemberListInvalid(_)
+            | Self::MadeBySet { .. }
+            | Self::DeviceKeysTooLarge { .. }
+            | Self::DeviceKeysSecretNotOwned { .. }
             | Self::SecretNotOwned { .. }
             | Self::OwnedByAnother { .. }
             | Self::InvalidPausedAnnotation { .. } => true,
@@ -257,7 +294,10 @@ impl Error {
                 RetryClass::After(Some(wait)) => Retry::After(wait),
                 RetryClass::After(None) | RetryClass::Backoff => Retry::Backoff,
             },
-            Self::Kube { .. } | Self::LeaderElection(_) | Self::CrdsOutdated { .. } => Retry::Backoff,
+            Self::Kube { .. }
+            | Self::LeaderElection(_)
+            | Self::CrdsOutdated { .. }
+            | Self::MembersNotDeleted { .. } => Retry::Backoff,
             Self::KeysUnreadable { source, .. } => match source.retry_class() {
                 RetryClass::Backoff | RetryClass::After(_) => Retry::Backoff,
                 _ => Retry::WhenInputsChange,

@@ -17,6 +17,7 @@ pub mod desired;
 mod device_keys;
 pub mod digest_key;
 pub mod enrollment;
+pub mod enrollment_set;
 mod error;
 mod events;
 pub mod finalizer;

@@ -172,6 +172,11 @@ impl Owners {
         }
     }
 
+    /// The resource holding `key`, if any.
+    pub fn holder(&self, key: &ClaimKey) -> Option<Owner> {
+        self.lock().by_key.get(key).cloned()
+    }
+
     /// Gives up whatever claim the resource `uid` holds.
     pub fn release(&self, uid: &str) {
         let mut claims = self.lock();

@@ -17,7 +17,7 @@ use super::{
     Error,
     config::Config,
     context::Context,
-    enrollment,
+    enrollment, enrollment_set,
     finalizer::{self, claim_of},
     kinds::EnrollmentKind,
     leadership::{LeaderElection, Leadership},
@@ -32,8 +32,8 @@ use super::{
     watches::{Caches, Changes, NamespaceMetadata, SecretMetadata, SecretVersions, Shared, keep, prune},
 };
 use crate::api::{
-    ClusterProvisioningService, ConnectionSpec, EnrollmentGroup, IndividualEnrollment, ProvisioningService,
-    ServiceKind,
+    ClusterProvisioningService, ConnectionSpec, EnrollmentGroup, IndividualEnrollment,
+    IndividualEnrollmentSet, ProvisioningService, ServiceKind,
 };
 use crate::http::Health;
 
@@ -75,7 +75,8 @@ pub async fn run(
         seeded.await.map_err(|e| Error::kube("listing the enrollments to learn who owns which", e))?;
     }
 
-    let (controllers, ready) = start(&client, ctx, &scopes);
+    let sets = sets_installed(&client).await;
+    let (controllers, ready) = start(&client, ctx, &scopes, sets);
     let controllers = with_storage_migration(controllers, &client, &scopes);
     let readiness = health.clone();
     tokio::spawn(async move {
@@ -111,7 +112,12 @@ fn with_storage_migration(controllers: Running, client: &Client, scopes: &[Optio
 
 /// Starts the controllers and the shared watches they are triggered by. Answers them, running
 /// until shutdown, and, for each controller, when its store has listed everything once.
-fn start(client: &Client, mut ctx: Context, scopes: &[Option<String>]) -> (Running, Vec<Running>) {
+fn start(
+    client: &Client,
+    mut ctx: Context,
+    scopes: &[Option<String>],
+    sets: bool,
+) -> (Running, Vec<Running>) {
     let mut shared = SharedWatches::new(scopes, &ctx.config.operator_namespace);
     ctx.caches = shared.caches();
     let ctx = Arc::new(ctx);
@@ -135,6 +141,15 @@ fn start(client: &Client, mut ctx: Context, scopes: &[Option<String>]) -> (Runni
             ctx.clone(),
             triggers(),
         ));
+        if sets {
+            controllers.push(enrollment_set::controller(
+                client,
+                scope.as_deref(),
+                ctx.clone(),
+                shared.secrets[index].subscribe(),
+                shared.services[index].subscribe(),
+            ));
+        }
         controllers.push(provisioning_service_controller(
             shared.services[index].subscribe(),
             shared.service_stores[index].clone(),
@@ -246,7 +261,8 @@ impl SharedWatches {
 
 type Running = futures::future::BoxFuture<'static, ()>;
 
-fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+/// `K` in `namespace`, or in all namespaces.
+pub(super) fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
 {
@@ -285,6 +301,23 @@ async fn check_crds_installed(client: &Client, scopes: &[Option<String>]) -> Res
         }
     }
     Ok(())
+}
+
+/// Whether the IndividualEnrollmentSet CRD is installed. An operator upgraded before its CRDs
+/// (Helm does not upgrade a chart's CRDs) runs without sets and says what to apply.
+async fn sets_installed(client: &Client) -> bool {
+    let params = kube::api::ListParams::default().limit(1);
+    match Api::<IndividualEnrollmentSet>::all(client.clone()).list_metadata(&params).await {
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            tracing::warn!(
+                "the IndividualEnrollmentSet CRD is not installed, so sets are not reconciled: apply the CRDs of \
+                 this release (kubectl apply --server-side --force-conflicts -f charts/dps-operator/crds/) and \
+                 restart the operator"
+            );
+            false
+        }
+        _ => true,
+    }
 }
 
 /// The watch label selector, parsed; fails, naming it, when it is not one (here, or for the API

@@ -106,7 +106,7 @@ impl<'a> Reader<'a> {
 
     /// The symmetric keys in Secret `name` and what it says of them (`owner_uid`: the resource
     /// whose generated keys it would hold); `None` when the Secret does not exist.
-    async fn symmetric_keys(
+    pub async fn symmetric_keys(
         &self,
         name: &str,
         owner_uid: &str,
@@ -408,9 +408,7 @@ impl<'a> Reader<'a> {
         if facts.not_after < jiff::Timestamp::now() {
             return Err(invalid(format!("expired on {}", facts.not_after)));
         }
-        let pem =
-            format!("-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n", BASE64.encode(&der));
-        Ok(ResolvedCertificate { pem, facts })
+        Ok(ResolvedCertificate { pem: certificates::pem(&der), facts })
     }
 
     /// Everything secret an enrollment needs: keys or certificates, and the webhook URL. A
@@ -448,13 +446,18 @@ impl<'a> Reader<'a> {
             AttestationInput::CaReferences(_) | AttestationInput::Tpm(_) => {}
         }
         if let Some(webhook) = webhook {
-            let url = self.secret_text(&webhook.name, &webhook.key).await?;
-            if !url.expose().starts_with("https://") {
-                return Err(self.invalid(&webhook.name, &webhook.key, "is not an https:// URL"));
-            }
-            resolved.webhook_url = Some(url);
+            resolved.webhook_url = Some(self.webhook_url(webhook).await?);
         }
         Ok(resolved)
+    }
+
+    /// A custom allocation webhook's URL, which must be https.
+    pub async fn webhook_url(&self, webhook: &api::SecretKeySelector) -> Result<SecretValue, Error> {
+        let url = self.secret_text(&webhook.name, &webhook.key).await?;
+        if !url.expose().starts_with("https://") {
+            return Err(self.invalid(&webhook.name, &webhook.key, "is not an https:// URL"));
+        }
+        Ok(url)
     }
 }
 

@@ -10,7 +10,7 @@ use std::{
 use futures::TryStreamExt;
 use tokio::time::Instant;
 
-use super::connection::Connection;
+use super::{connection::Connection, desired::DpsRecord};
 use crate::dps;
 
 /// The enrollments of one kind on one connection, as a query read them.
@@ -31,7 +31,9 @@ pub struct Snapshots {
 impl Snapshots {
     /// The enrollments of `E`'s kind on `connection`, read with the query API at most once per
     /// `max_age`, so periodic drift checks cost a few queries per connection, not a GET each.
-    pub async fn of<E: dps::Enrollment>(
+    /// Enrollments an IndividualEnrollmentSet made are left out: no resource of ours reads them
+    /// here (an absent one costs a GET), and a connection's sets may hold 100,000 of them.
+    pub async fn of<E: dps::Enrollment + DpsRecord>(
         &self,
         connection: &Connection,
         max_age: Duration,
@@ -47,6 +49,9 @@ impl Snapshots {
         let mut by_id = HashMap::new();
         let mut records = std::pin::pin!(connection.client.query::<E>("SELECT *", Some(100)));
         while let Some(record) = records.try_next().await? {
+            if record.made_by_set().is_some() {
+                continue;
+            }
             if let Ok(json) = serde_json::to_string(&record) {
                 by_id.insert(record.id().to_lowercase(), json.into_boxed_str());
             }

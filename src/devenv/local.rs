@@ -57,7 +57,11 @@ pub async fn run_local(examples: &Path, namespace: &str) -> Result<(), Error> {
         args.extend_from_slice(resources);
         tokio::task::block_in_place(|| kubectl(&args, None))
     };
-    wait(&["-n", namespace, "provisioningservices,enrollmentgroups,individualenrollments"])?;
+    wait(&[
+        "-n",
+        namespace,
+        "provisioningservices,enrollmentgroups,individualenrollments,individualenrollmentsets",
+    ])?;
     wait(&["clusterprovisioningservices"])?;
 
     let registration = provision_sample(&control_plane, &emulator, namespace, &ca_pem).await?;

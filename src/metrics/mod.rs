@@ -68,6 +68,15 @@ pub struct ReadyLabels {
     pub ready: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SetLabels {
+    pub namespace: String,
+    /// The IndividualEnrollmentSet's name.
+    pub set: String,
+    /// `ready`, `pending`, `failed` or `conflicts`.
+    pub state: String,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -82,6 +91,7 @@ pub struct Metrics {
     resources_by_reason: Family<ReasonLabels, Gauge>,
     rate_limits: Family<HostLabels, Gauge>,
     bulk_batch_size: Histogram,
+    set_members: Family<SetLabels, Gauge>,
     per_enrollment: std::sync::Arc<PerEnrollment>,
 }
 
@@ -111,6 +121,7 @@ impl Metrics {
             resources_by_reason: Family::default(),
             rate_limits: Family::default(),
             bulk_batch_size: Histogram::new([1.0, 2.0, 3.0, 5.0, 8.0, 10.0]),
+            set_members: Family::default(),
             per_enrollment: std::sync::Arc::new(PerEnrollment::new(per_enrollment)),
             registry: Registry::default(),
         };
@@ -161,6 +172,11 @@ impl Metrics {
             "Items carried by each DPS bulk call",
             metrics.bulk_batch_size.clone(),
         );
+        registry.register(
+            "enrollment_set_members",
+            "Members of each IndividualEnrollmentSet by state, as its last pass found them",
+            metrics.set_members.clone(),
+        );
         registry.register_collector(Box::new(metrics.per_enrollment.clone()));
         Self { registry, ..metrics }
     }
@@ -208,6 +224,18 @@ impl Metrics {
             }
             if ready == Some(series) && previous != Some(series) {
                 gauge.inc();
+            }
+        }
+    }
+
+    /// Records the members of set `namespace/set` by state; `None`: the set is gone.
+    pub fn set_members(&self, namespace: &str, set: &str, counts: Option<&crate::api::MemberCounts>) {
+        let values = counts.map(|c| [c.ready, c.pending, c.failed, c.conflicts]);
+        for (index, state) in ["ready", "pending", "failed", "conflicts"].into_iter().enumerate() {
+            let labels = SetLabels { namespace: namespace.into(), set: set.into(), state: state.into() };
+            match values {
+                Some(values) => drop(self.set_members.get_or_create(&labels).set(i64::from(values[index]))),
+                None => drop(self.set_members.remove(&labels)),
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The commands that work on one enrollment resource in the cluster, through its own connection:
-//! `device-key`, `registrations` and `rotate`.
+//! `device-key` (of a group's device or a set's member), `registrations` and `rotate`.
 
 use futures::TryStreamExt;
 use kube::{
@@ -14,9 +14,15 @@ use super::{
     connect::{self, Dps},
 };
 use crate::{
-    api::{EnrollmentGroup, IndividualEnrollment, KeySlot, ROTATE_KEYS_ANNOTATION},
-    controller::{derive_device_key, kinds::EnrollmentKind},
-    dps::{IfMatch, models::DeviceRegistrationState},
+    api::{EnrollmentGroup, IndividualEnrollment, IndividualEnrollmentSet, KeySlot, ROTATE_KEYS_ANNOTATION},
+    controller::{derive_device_key, desired::DpsRecord, kinds::EnrollmentKind},
+    dps::{
+        IfMatch,
+        models::{
+            AttestationMechanism, DeviceRegistrationState,
+            IndividualEnrollment as IndividualEnrollmentRecord, Secret as DpsSecret,
+        },
+    },
 };
 
 /// An enrollment resource, of either kind.
@@ -126,30 +132,59 @@ async fn find(cluster: &Cluster, text: &str) -> Result<Target, Error> {
 
 #[derive(clap::Args, Debug)]
 pub struct DeviceKeyArgs {
-    /// The EnrollmentGroup (a symmetric-key group).
+    /// The symmetric-key EnrollmentGroup (`NAME`), or IndividualEnrollmentSet (`ieset/NAME`).
     pub group: String,
     /// The device's registration id.
     pub registration_id: String,
-    /// Derive from this slot's group key: primary or secondary (default: the active slot, the one
-    /// the operator gives devices).
+    /// This slot's key: primary or secondary (default: for a group, the active slot, the one the
+    /// operator gives devices; for a set, primary, the one its device keys Secret holds).
     #[arg(long, value_parser = ["primary", "secondary"])]
     pub slot: Option<String>,
 }
 
 pub async fn device_key(cluster_args: &ClusterArgs, args: DeviceKeyArgs) -> Result<(), Error> {
     let cluster = cluster_args.connect().await?;
+    let key = match args.group.split_once('/') {
+        Some((kind, name)) if is_set_kind(kind) => member_key(&cluster, name, &args).await?,
+        _ => group_device_key(&cluster, &args).await?,
+    };
+    println!("{}", key.expose());
+    Ok(())
+}
+
+fn is_set_kind(kind: &str) -> bool {
+    let kind = kind.to_ascii_lowercase();
+    ["individualenrollmentset", "individualenrollmentsets", "ieset", "dpsset"].contains(&kind.as_str())
+}
+
+fn chosen_slot(slot: Option<&str>, default: KeySlot) -> KeySlot {
+    match slot {
+        Some("secondary") => KeySlot::Secondary,
+        Some(_) => KeySlot::Primary,
+        None => default,
+    }
+}
+
+/// The key in `slot` of what DPS answered to `action`.
+fn key_in(mechanism: AttestationMechanism, slot: KeySlot, action: &str) -> Result<DpsSecret, Error> {
+    let keys = mechanism.symmetric_key.unwrap_or_default();
+    let key = match slot {
+        KeySlot::Primary => keys.primary_key,
+        KeySlot::Secondary => keys.secondary_key,
+    };
+    key.ok_or_else(|| Error::Connection(format!("{action}: DPS holds no {slot:?} key")))
+}
+
+/// A device's key derived from its group's key in DPS.
+async fn group_device_key(cluster: &Cluster, args: &DeviceKeyArgs) -> Result<DpsSecret, Error> {
     let name = args.group.split_once('/').map_or(args.group.as_str(), |(_, name)| name);
-    let group = find(&cluster, &format!("enrollmentgroup/{name}")).await?;
+    let group = find(cluster, &format!("enrollmentgroup/{name}")).await?;
     let (symmetric, keys) = group.keys();
     if !symmetric {
         return Err(Error::Input(format!("{} uses X.509: its devices have no derived keys", group.what())));
     }
-    let slot = match args.slot.as_deref() {
-        Some("secondary") => KeySlot::Secondary,
-        Some(_) => KeySlot::Primary,
-        None => keys.map(|k| k.active_slot).unwrap_or_default(),
-    };
-    let dps = group.dps(&cluster).await?;
+    let slot = chosen_slot(args.slot.as_deref(), keys.map(|k| k.active_slot).unwrap_or_default());
+    let dps = group.dps(cluster).await?;
     let id = group.dps_id();
     let action = format!("reading the keys of enrollment group {id} from {}", dps.name);
     let mechanism = dps
@@ -157,16 +192,49 @@ pub async fn device_key(cluster_args: &ClusterArgs, args: DeviceKeyArgs) -> Resu
         .attestation_mechanism::<crate::dps::models::EnrollmentGroup>(&id)
         .await
         .map_err(|source| Error::Dps { action: action.clone(), source })?;
-    let keys = mechanism.symmetric_key.unwrap_or_default();
-    let key = match slot {
-        KeySlot::Primary => keys.primary_key,
-        KeySlot::Secondary => keys.secondary_key,
+    let key = key_in(mechanism, slot, &action)?;
+    derive_device_key(&key, &args.registration_id)
+        .ok_or_else(|| Error::Connection(format!("{action}: the {slot:?} key is not base64")))
+}
+
+/// A set member's key, as DPS holds it for the enrollment the set made (derived from the set's
+/// key when it was written).
+async fn member_key(cluster: &Cluster, name: &str, args: &DeviceKeyArgs) -> Result<DpsSecret, Error> {
+    let namespace = &cluster.namespace;
+    let what = format!("IndividualEnrollmentSet {namespace}/{name}");
+    let api = Api::<IndividualEnrollmentSet>::namespaced(cluster.client.clone(), namespace);
+    let set = api
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Kube { action: format!("reading {what}"), source })?
+        .ok_or_else(|| Error::NotFound(format!("there is no {what}")))?;
+    if set.spec.attestation.symmetric_key.is_none() {
+        return Err(Error::Input(format!("{what} uses no symmetric keys: its devices have no derived keys")));
+    }
+    let dps =
+        connect::from_service(cluster, namespace, &set.spec.service_ref, &cluster.operator_namespace, None)
+            .await?;
+    let id = &args.registration_id;
+    let action = format!("reading individual enrollment {id} from {}", dps.name);
+    let record = match dps.client.get::<IndividualEnrollmentRecord>(id).await {
+        Ok(record) => record,
+        Err(crate::dps::Error::NotFound { .. }) => {
+            return Err(Error::NotFound(format!("{what} has no member {id} in {}", dps.name)));
+        }
+        Err(source) => return Err(Error::Dps { action, source }),
     };
-    let key = key.ok_or_else(|| Error::Connection(format!("{action}: DPS holds no {slot:?} key")))?;
-    let derived = derive_device_key(&key, &args.registration_id)
-        .ok_or_else(|| Error::Connection(format!("{action}: the {slot:?} key is not base64")))?;
-    println!("{}", derived.expose());
-    Ok(())
+    if record.made_by_set() != Some(format!("{namespace}/{name}").as_str()) {
+        return Err(Error::NotFound(format!(
+            "individual enrollment {id} in {} was not made by {what}",
+            dps.name
+        )));
+    }
+    let mechanism = dps
+        .client
+        .attestation_mechanism::<IndividualEnrollmentRecord>(id)
+        .await
+        .map_err(|source| Error::Dps { action: action.clone(), source })?;
+    key_in(mechanism, chosen_slot(args.slot.as_deref(), KeySlot::Primary), &action)
 }
 
 #[derive(clap::Args, Debug)]

@@ -17,6 +17,7 @@ use crate::{
         ReprovisionPolicy, SecretKeySelector, SecretReference, ServiceKind, ServiceRef,
         SymmetricKeyAttestation, TpmAttestation,
     },
+    controller::desired::DpsRecord,
     dps::models::{self, AttestationMechanism, X509Certificates},
 };
 
@@ -151,6 +152,14 @@ pub fn group_skip_reason(group: &models::EnrollmentGroup) -> Option<String> {
 
 /// Why an individual enrollment cannot be imported, if it cannot.
 pub fn enrollment_skip_reason(enrollment: &models::IndividualEnrollment) -> Option<String> {
+    if let Some(set) = enrollment.made_by_set() {
+        return Some(format!("made by IndividualEnrollmentSet {set}: manage it through that set"));
+    }
+    if let Some(group) = enrollment.blocks_a_device_of() {
+        return Some(format!(
+            "blocks a device of enrollment group {group}: manage it through that group's spec.blockedDevices"
+        ));
+    }
     let attestation = &enrollment.attestation;
     match attestation.type_ {
         models::AttestationType::SymmetricKey => None,

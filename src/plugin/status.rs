@@ -1,5 +1,5 @@
-//! `kubectl dps status`: the connections, the enrollments counted by state, and each one that is
-//! not Ready with its reason, on one screen.
+//! `kubectl dps status`: the connections, the enrollments (sets among them) counted by state, the
+//! sets' members by state, and each resource that is not Ready with its reason, on one screen.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,10 @@ use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use super::{Error, cluster::ClusterArgs};
-use crate::api::{ClusterProvisioningService, EnrollmentGroup, IndividualEnrollment, ProvisioningService};
+use crate::api::{
+    ClusterProvisioningService, EnrollmentGroup, IndividualEnrollment, IndividualEnrollmentSet, MemberCounts,
+    ProvisioningService,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -26,6 +29,8 @@ pub struct Row {
     /// The Ready condition: status, reason, message.
     pub ready: Option<(String, String, String)>,
     pub host: Option<String>,
+    /// A set's members by state.
+    pub members: Option<MemberCounts>,
 }
 
 impl Row {
@@ -46,6 +51,7 @@ impl Row {
             name: text(&value["metadata"]["name"]).unwrap_or_default(),
             ready,
             host: text(&value["status"]["host"]),
+            members: serde_json::from_value(value["status"]["counts"].clone()).ok(),
         }
     }
 
@@ -74,6 +80,7 @@ pub async fn run(cluster_args: &ClusterArgs, args: StatusArgs) -> Result<(), Err
     connections.extend(cluster_scoped(client).await?);
     let mut enrollments = list::<EnrollmentGroup>(client, namespace, "EnrollmentGroup").await?;
     enrollments.extend(list::<IndividualEnrollment>(client, namespace, "IndividualEnrollment").await?);
+    enrollments.extend(list::<IndividualEnrollmentSet>(client, namespace, "IndividualEnrollmentSet").await?);
     let scope = namespace.map_or("all namespaces".to_owned(), |n| format!("namespace {n}"));
     print!("{}", render(&scope, &connections, &enrollments));
     Ok(())
@@ -140,6 +147,7 @@ pub fn render(scope: &str, connections: &[Row], enrollments: &[Row]) -> String {
             .map(|((kind, reason), count)| [kind.to_string(), reason.to_string(), count.to_string()]);
         out.push_str(&indent(&table(&["KIND", "REASON", "COUNT"], rows)));
     }
+    out.push_str(&set_members(enrollments));
     let not_ready: Vec<&Row> = connections.iter().chain(enrollments).filter(|row| !row.is_ready()).collect();
     if not_ready.is_empty() {
         out.push_str(&format!(
@@ -155,6 +163,22 @@ pub fn render(scope: &str, connections: &[Row], enrollments: &[Row]) -> String {
     });
     out.push_str(&indent(&table(&["RESOURCE", "REASON", "MESSAGE"], rows)));
     out
+}
+
+/// The sets' members by state, a line per set; nothing when there is no set.
+fn set_members(enrollments: &[Row]) -> String {
+    let sets: Vec<(&Row, &MemberCounts)> =
+        enrollments.iter().filter_map(|row| Some((row, row.members.as_ref()?))).collect();
+    if sets.is_empty() {
+        return String::new();
+    }
+    let rows = sets.iter().map(|(row, c)| {
+        let [members, ready, pending, failed, conflicts] =
+            [c.members, c.ready, c.pending, c.failed, c.conflicts].map(|n| n.to_string());
+        [row.qualified(), members, ready, pending, failed, conflicts]
+    });
+    let header = ["SET", "MEMBERS", "READY", "PENDING", "FAILED", "CONFLICTS"];
+    format!("\nSet members:\n{}", indent(&table(&header, rows)))
 }
 
 fn indent(text: &str) -> String {
@@ -187,6 +211,7 @@ mod tests {
             name: name.into(),
             ready: ready.map(|(s, r, m)| (s.into(), r.into(), m.into())),
             host: None,
+            members: None,
         }
     }
 
@@ -221,5 +246,40 @@ mod tests {
         assert!(screen.contains("NotSyncedYet"), "{screen}");
         let all_ready = render("namespace iot", &connections, &enrollments[..1]);
         assert!(all_ready.ends_with("All 2 enrollments and connections are Ready.\n"), "{all_ready}");
+        assert!(!all_ready.contains("Set members"), "{all_ready}");
+    }
+
+    #[test]
+    fn a_sets_members_are_counted_by_state_beside_its_own_readiness() {
+        let counts = MemberCounts { members: 27, ready: 24, pending: 0, failed: 2, conflicts: 1 };
+        let sets = [
+            Row {
+                members: Some(counts),
+                ..row(
+                    "IndividualEnrollmentSet",
+                    "fleet",
+                    Some(("False", "MembersFailed", "2 members failed")),
+                )
+            },
+            row("IndividualEnrollmentSet", "new", None),
+        ];
+        let screen = render("namespace iot", &[], &sets);
+        assert!(screen.contains("IndividualEnrollmentSet   MembersFailed   1"), "{screen}");
+        assert!(
+            screen.contains(
+                "SET                                 MEMBERS   READY   PENDING   FAILED   CONFLICTS"
+            ),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("iot/individualenrollmentset/fleet   27        24      0         2        1"),
+            "{screen}"
+        );
+        let members = &screen[screen.find("Set members:").unwrap()..screen.find("Not Ready").unwrap()];
+        assert!(!members.contains("/new"), "a set without counts has no line: {screen}");
+        assert!(
+            screen.contains("iot/individualenrollmentset/fleet   MembersFailed   2 members failed"),
+            "{screen}"
+        );
     }
 }

@@ -24,13 +24,18 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 
 {{/* The rules for the namespaced kinds and what they reference, in one namespace or all. */}}
 {{- define "dps-operator.namespacedRules" -}}
-# Reconcile enrollments and connections: read and watch them, add and remove the finalizer.
+# Reconcile enrollments, enrollment sets and connections: read and watch them, add and remove
+# the finalizer.
 - apiGroups: ["dps.iot.dev"]
-  resources: ["enrollmentgroups", "individualenrollments", "provisioningservices"]
+  resources: ["enrollmentgroups", "individualenrollments", "individualenrollmentsets", "provisioningservices"]
   verbs: ["get", "list", "watch", "patch"]
 # Report their status (server-side apply on the status subresource).
 - apiGroups: ["dps.iot.dev"]
-  resources: ["enrollmentgroups/status", "individualenrollments/status", "provisioningservices/status"]
+  resources:
+    - enrollmentgroups/status
+    - individualenrollments/status
+    - individualenrollmentsets/status
+    - provisioningservices/status
   verbs: ["patch"]
 # Read the Secrets they reference (keys, certificates, connection strings, webhook URLs), watch
 # them to follow rotations, create missing symmetric key Secrets, release a generated key
@@ -40,10 +45,11 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Read CA bundles kept in ConfigMaps.
+# Read CA bundles and enrollment sets' member lists kept in ConfigMaps, and watch them (as
+# metadata) to follow changes of member lists.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["get"]
+  verbs: ["get", "list", "watch"]
 # Find the Secret a cert-manager Certificate named as a certificate source issues.
 - apiGroups: ["cert-manager.io"]
   resources: ["certificates"]

@@ -9,7 +9,12 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     api::BlockedDevice,
-    controller::{Error, connection::Connection, secrets::Reader},
+    controller::{
+        Error,
+        connection::Connection,
+        desired::{BLOCKED_MARK, DpsRecord},
+        secrets::Reader,
+    },
     dps::{
         self, IfMatch,
         models::{
@@ -18,9 +23,6 @@ use crate::{
         },
     },
 };
-
-/// The `optionalDeviceInformation` entry that marks an enrollment made to block a device.
-const MARK: &str = "blockedByEnrollmentGroup";
 
 /// What to change: ids to block (not blocked yet) and ids to unblock (blocked, no longer asked).
 #[derive(Debug, PartialEq)]
@@ -91,7 +93,7 @@ async fn block(
             }
         }
     };
-    let mark: Map<String, Value> = [(MARK.to_owned(), json!(group_id))].into_iter().collect();
+    let mark: Map<String, Value> = [(BLOCKED_MARK.to_owned(), json!(group_id))].into_iter().collect();
     let record = IndividualEnrollment {
         registration_id: id.clone(),
         attestation,
@@ -128,8 +130,7 @@ async fn ours(id: &str, group_id: &str, connection: &Connection) -> Result<Optio
         Err(dps::Error::NotFound { .. }) => return Ok(None),
         Err(source) => return Err(connection.dps_error(source)),
     };
-    let marked = found.optional_device_information.as_ref().and_then(|info| info.get(MARK));
-    Ok(if marked == Some(&json!(group_id)) { found.etag } else { None })
+    Ok(if found.blocks_a_device_of() == Some(group_id) { found.etag } else { None })
 }
 
 /// Removes every enrollment the group made to block a device, when the group leaves DPS.

@@ -12,6 +12,7 @@ use crate::{
     controller::{
         Error,
         desired::{DpsRecord, Facts, Plan, Resolved, decide, desired_comparable, drift},
+        device_keys,
         digest_key::DigestKey,
         key_rotation::KeySecretState,
         ownership::{Ownership, drop_claim},
@@ -393,7 +394,7 @@ async fn fill_key_secret<R, E: Edges<R>>(
         return Ok(Filled::Nothing);
     };
     let keys = if !exists {
-        Some((random_key(), random_key()))
+        Some((device_keys::random_key(), device_keys::random_key()))
     } else if pass.ownership == Ownership::Owned || pass.adopt {
         edges.keys_in_dps().await.map_err(|source| Error::KeysUnreadable {
             what: pass.what,
@@ -418,12 +419,6 @@ async fn fill_key_secret<R, E: Edges<R>>(
         return Ok(if exists { Filled::FromDps } else { Filled::New });
     }
     Ok(Filled::Nothing)
-}
-
-/// A random 64-byte symmetric key, base64, as DPS generates them.
-pub(super) fn random_key() -> Secret {
-    use base64::Engine;
-    Secret::new(base64::engine::general_purpose::STANDARD.encode(crate::random_bytes::<64>()))
 }
 
 #[cfg(test)]

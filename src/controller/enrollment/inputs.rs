@@ -86,8 +86,5 @@ pub fn owner_reference<K: EnrollmentKind>(object: &K) -> Result<OwnerReference, 
 
 /// The drift check interval: the enrollment's, else its connection's, else `default`.
 pub fn drift_interval<K: EnrollmentKind>(object: &K, connection: &Connection, default: Duration) -> Duration {
-    let parse = |text: &String| text.parse::<kube::core::Duration>().ok().map(Duration::from);
-    let own = object.settings().drift_check_interval.as_ref();
-    let connection = connection.defaults.as_ref().and_then(|d| d.drift_check_interval.as_ref());
-    own.and_then(parse).or_else(|| connection.and_then(parse)).unwrap_or(default)
+    connection.drift_interval(object.settings().drift_check_interval.as_deref(), default)
 }

@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::{converge, inputs::Material};
+use super::inputs::Material;
 use crate::{
     api::{EnrollmentStatus, KeysStatus, ROTATE_KEYS_ANNOTATION},
     controller::{
@@ -41,7 +41,15 @@ pub async fn start<'a, K: EnrollmentKind>(
     else {
         return Ok((material, decision));
     };
-    reader.start_key_rotation(name, version, *slot, &converge::random_key(), trigger.as_deref()).await?;
+    reader
+        .start_key_rotation(
+            name,
+            version,
+            *slot,
+            &crate::controller::device_keys::random_key(),
+            trigger.as_deref(),
+        )
+        .await?;
     tracing::info!(secret = name, slot = slot.secret_key(), "key rotation started");
     let material = super::inputs::resolve(object, reader, digest_key, recorded).await?;
     Ok((material, decision))

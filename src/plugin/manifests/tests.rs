@@ -114,3 +114,20 @@ fn what_cannot_be_managed_is_skipped_with_the_reason() {
     let none = group(json!({"enrollmentGroupId": "g", "attestation": {"type": "none"}}));
     assert!(group_skip_reason(&none.record).is_some());
 }
+
+#[test]
+fn enrollments_a_set_or_a_group_made_are_left_to_their_maker() {
+    let made = |information: serde_json::Value| {
+        enrollment(json!({
+            "registrationId": "sensor-1",
+            "attestation": {"type": "symmetricKey"},
+            "optionalDeviceInformation": information,
+        }))
+    };
+    let reason = enrollment_skip_reason(&made(json!({"enrollmentSet": "iot/fleet"})).record).unwrap();
+    assert_eq!(reason, "made by IndividualEnrollmentSet iot/fleet: manage it through that set");
+    let reason =
+        enrollment_skip_reason(&made(json!({"blockedByEnrollmentGroup": "thermostats"})).record).unwrap();
+    assert!(reason.starts_with("blocks a device of enrollment group thermostats:"), "{reason}");
+    assert_eq!(enrollment_skip_reason(&made(json!({"site": "plant-7"})).record), None);
+}
