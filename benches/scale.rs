@@ -5,7 +5,7 @@
 //!
 //!     cargo bench --bench scale -- 1000 [dps-operator run arguments, e.g. --max-concurrent-reconciles 0]
 //!
-//! `BENCH_FAULTS` sets the emulator's faults for the converge phase, as the JSON its
+//! `BENCH_KEEP=1` skips deleting them at the end. `BENCH_FAULTS` sets the emulator's faults for the converge phase, as the JSON its
 //! `/admin/faults` takes, e.g. `{"errorRates": {"429": 0.04}}`. `BENCH_RATE` (operations a
 //! minute, e.g. `1000`, DPS's quota per unit) makes the emulator enforce that rate and sets the
 //! connection's `rateLimit` to it; the report then compares the time to converge with the
@@ -16,8 +16,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::TcpListener,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -31,6 +29,12 @@ use futures::StreamExt;
 use kube::{
     Api, ResourceExt,
     runtime::{WatchStreamExt, watcher},
+};
+
+mod support;
+
+use support::{
+    Operator, READS, Sample, WRITES, api_requests, breakdown, connection, requests_since, total_calls, until,
 };
 
 const NAMESPACE: &str = "bench";
@@ -58,9 +62,17 @@ async fn main() {
         Bench { control_plane: &control_plane, emulator: &emulator, watched: &watched, operator_args, count };
 
     let (operator, converged) = bench.converge(&setup.faults).await;
+    // Said at once too: a run too long to finish still leaves its wave on record.
+    for (what, value) in convergence_rows(count, &setup, &converged) {
+        eprintln!("| {what} | {value} |");
+    }
     let steady = bench.steady(&operator).await;
     let (mut operator, restarted) = bench.restart(operator).await;
-    let deleted = bench.delete_all().await;
+    // `BENCH_KEEP=1` leaves the enrollments: at 100,000 deleting them all takes longer than the rest.
+    let deleted = match std::env::var_os("BENCH_KEEP") {
+        Some(_) => None,
+        None => Some(bench.delete_all().await),
+    };
     operator.stop();
     emulator.stop().await;
     control_plane.stop();
@@ -112,7 +124,7 @@ async fn apply_all(
     kubectl(&["create", "namespace", NAMESPACE], None);
     kubectl(
         &["apply", "--server-side", "-f", "-"],
-        Some(&connection(emulator, setup.rate.unwrap_or(100_000))),
+        Some(&connection(emulator, NAMESPACE, setup.rate.unwrap_or(100_000))),
     );
     for i in 0..UNRELATED_SECRETS {
         kubectl(&["apply", "--server-side", "-f", "-"], Some(&unrelated_secret(i)));
@@ -216,7 +228,7 @@ impl Bench<'_> {
         let (writes_before, reads_before) =
             (api_requests(&metrics_before, WRITES), api_requests(&metrics_before, READS));
         let started = Instant::now();
-        let operator = Operator::start(self.control_plane, &self.operator_args);
+        let operator = Operator::start(self.control_plane, NAMESPACE, &self.operator_args);
         let mut timeline = Timeline::default();
         let mut most_ready = None;
         until(started, "all Ready", async || {
@@ -250,7 +262,7 @@ impl Bench<'_> {
         self.emulator.reset_calls();
         let baseline = api_requests(&self.api_server_metrics(), WRITES);
         let started = Instant::now();
-        let operator = Operator::start(self.control_plane, &self.operator_args);
+        let operator = Operator::start(self.control_plane, NAMESPACE, &self.operator_args);
         until(started, "every enrollment checked after the restart", async || {
             operator.resources_ready().await == Some(self.count)
         })
@@ -280,7 +292,7 @@ fn rows(
     converged: &Converged,
     steady: &Steady,
     restarted: &Restarted,
-    deleted: (Duration, u64),
+    deleted: Option<(Duration, u64)>,
 ) -> Vec<(String, String)> {
     let mut rows = convergence_rows(count, setup, converged);
     rows.extend(after_rows(converged, steady, restarted, deleted));
@@ -361,7 +373,7 @@ fn after_rows(
     converged: &Converged,
     steady: &Steady,
     restarted: &Restarted,
-    deleted: (Duration, u64),
+    deleted: Option<(Duration, u64)>,
 ) -> Vec<(String, String)> {
     vec![
         (
@@ -385,62 +397,11 @@ fn after_rows(
         ),
         (
             "delete all: until gone from DPS and Kubernetes / DPS calls".into(),
-            format!("{:.1} s / {}", deleted.0.as_secs_f64(), deleted.1),
+            deleted.map_or("not measured (BENCH_KEEP)".into(), |(took, calls)| {
+                format!("{:.1} s / {calls}", took.as_secs_f64())
+            }),
         ),
     ]
-}
-
-/// The requests that write.
-const WRITES: &[&str] = &["POST", "PUT", "PATCH", "APPLY", "DELETE"];
-/// Reads of one object (the bench itself only lists).
-const READS: &[&str] = &["GET"];
-
-/// The API server's count of `verbs` requests so far, by resource (and subresource), from its
-/// `apiserver_request_total` metric.
-fn api_requests(metrics: &str, verbs: &[&str]) -> BTreeMap<String, u64> {
-    let mut writes = BTreeMap::new();
-    for line in metrics.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
-        let label = |name: &str| {
-            labels
-                .split(&format!("{name}=\""))
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .unwrap_or_default()
-        };
-        // Leases are the operator's leader election; endpoints the API server's own bookkeeping.
-        let skipped = ["leases", "endpoints", "endpointslices"].contains(&label("resource"));
-        if !verbs.contains(&label("verb")) || skipped {
-            continue;
-        }
-        let resource = match label("subresource") {
-            "" => label("resource").to_owned(),
-            sub => format!("{}/{sub}", label("resource")),
-        };
-        *writes.entry(resource).or_default() += value.parse::<f64>().unwrap_or_default() as u64;
-    }
-    writes
-}
-
-fn requests_since(before: &BTreeMap<String, u64>, metrics: &str, verbs: &[&str]) -> BTreeMap<String, u64> {
-    api_requests(metrics, verbs)
-        .into_iter()
-        .map(|(resource, n)| (n - before.get(&resource).copied().unwrap_or_default(), resource))
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, resource)| (resource, n))
-        .collect()
-}
-
-fn breakdown(writes: &BTreeMap<String, u64>) -> String {
-    writes.iter().map(|(resource, n)| format!("{resource} {n}")).collect::<Vec<_>>().join(", ")
-}
-
-/// Waits, polling, until `done`; gives up after half an hour.
-async fn until(started: Instant, what: &str, mut done: impl AsyncFnMut() -> bool) {
-    while !done().await {
-        assert!(started.elapsed() < Duration::from_secs(1800), "not {what} after 30 minutes");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// The enrollments as a watch sees them: how many exist and how many are Ready. (Listing all of
@@ -485,81 +446,13 @@ impl Watched {
     }
 }
 
-fn total_calls(emulator: &RunningEmulator) -> u64 {
-    emulator.calls().values().sum()
-}
-
-/// A `dps-operator run` process.
-struct Operator {
-    child: Child,
-    port: u16,
-}
-
-impl Operator {
-    fn start(control_plane: &ControlPlane, args: &[String]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_dps-operator"));
-        // A heap profile of the operator alone: heaptrack's preload library, its raw output in
-        // the directory given, one file per process.
-        if let Ok(directory) = std::env::var("BENCH_HEAPTRACK") {
-            command
-                .env("LD_PRELOAD", "/usr/lib/heaptrack/libheaptrack_preload.so")
-                .env("DUMP_HEAPTRACK_OUTPUT", format!("{directory}/operator.{port}.raw"));
-        }
-        let child = command
-            .args(["run", "--namespace", NAMESPACE, "--operator-namespace", NAMESPACE])
-            .args(["--metrics-address", &format!("127.0.0.1:{port}")])
-            .args(args)
-            .env("KUBECONFIG", control_plane.kubeconfig())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("dps-operator run starts");
-        Self { child, port }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// How many IndividualEnrollments the operator has found Ready since it started.
-    async fn resources_ready(&self) -> Option<usize> {
-        let metrics =
-            reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port)).await.ok()?.text().await.ok()?;
-        metrics
-            .lines()
-            .find_map(|line| {
-                line.strip_prefix(r#"dps_operator_resources{kind="IndividualEnrollment",ready="true"} "#)
-            })
-            .and_then(|value| value.trim().parse().ok())
-    }
-
-    fn sample(&self) -> Sample {
-        Sample::take(self.child.id())
-    }
-}
-
-/// The connection `dps`, without a practical rate limit: this measures the operator, not the
-/// pacing a real DPS needs (`rateLimit` defaults to 200 operations a minute).
-fn connection(emulator: &RunningEmulator, operations_per_minute: u32) -> String {
-    let secret = |name: &str, key: &str, value: &str| {
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name, "namespace": NAMESPACE}, "stringData": {key: value},
-        })
-        .to_string()
-    };
-    [
-        secret("dps-connection", "connectionString", &emulator.connection_string()),
-        secret("dps-ca", "ca.crt", emulator.ca_certificate().unwrap_or_default()),
-        format!(
-            "apiVersion: dps.iot.dev/v1beta1\nkind: ProvisioningService\nmetadata: {{name: dps, namespace: {NAMESPACE}}}\n\
-             spec:\n  credentials:\n    connectionStringSecretRef: {{name: dps-connection, key: connectionString}}\n  \
-             caBundle:\n    secretRef: {{name: dps-ca, key: ca.crt}}\n  rateLimit: {{operationsPerMinute: {operations_per_minute}}}\n"
-        ),
-    ]
-    .join("\n---\n")
+/// A symmetric-key enrollment whose keys the operator generates into a Secret.
+fn enrollment(i: usize) -> String {
+    format!(
+        "---\napiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: device-{i:05}, namespace: {NAMESPACE}}}\n\
+         spec:\n  serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: device-{i:05}-keys}}\n  \
+         iotHubs: [contoso-west.azure-devices.net]\n  allocationPolicy: static\n  initialTwin:\n    tags: {{batch: bench}}\n"
+    )
 }
 
 fn unrelated_secret(i: usize) -> String {
@@ -570,51 +463,4 @@ fn unrelated_secret(i: usize) -> String {
         "stringData": {"release": filler},
     })
     .to_string()
-}
-
-/// A symmetric-key enrollment whose keys the operator generates into a Secret.
-fn enrollment(i: usize) -> String {
-    format!(
-        "---\napiVersion: dps.iot.dev/v1beta1\nkind: IndividualEnrollment\nmetadata: {{name: device-{i:05}, namespace: {NAMESPACE}}}\n\
-         spec:\n  serviceRef: {{name: dps}}\n  attestation:\n    symmetricKey:\n      secretRef: {{name: device-{i:05}-keys}}\n  \
-         iotHubs: [contoso-west.azure-devices.net]\n  allocationPolicy: static\n  initialTwin:\n    tags: {{batch: bench}}\n"
-    )
-}
-
-/// The operator process's CPU time so far and its memory.
-struct Sample {
-    cpu_seconds: f64,
-    rss_mib: u64,
-    peak_mib: u64,
-}
-
-impl Sample {
-    fn take(pid: u32) -> Self {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
-        let kib = |field: &str| {
-            status
-                .lines()
-                .find_map(|line| {
-                    line.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
-                })
-                .unwrap_or_default()
-        };
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc stat");
-        // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
-        let fields: Vec<&str> =
-            stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default().split_whitespace().collect();
-        let ticks: u64 =
-            fields[11].parse::<u64>().unwrap_or_default() + fields[12].parse::<u64>().unwrap_or_default();
-        let ticks_per_second = Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
-            .unwrap_or(100.0);
-        Self {
-            cpu_seconds: ticks as f64 / ticks_per_second,
-            rss_mib: kib("VmRSS:") / 1024,
-            peak_mib: kib("VmHWM:") / 1024,
-        }
-    }
 }
