@@ -306,21 +306,17 @@ async fn what_real_clients_send_is_understood() {
     let contract = Contract::new(spec());
     let raw = RawClient::new(&emulator, &contract);
     let group = symmetric_key_group("Line-1");
-    let put = |path: &'static str, version: &'static str| {
-        let raw = &raw;
-        let group = group.clone();
-        async move {
-            raw.send(
-                Some("EnrollmentGroup_CreateOrUpdate"),
-                Method::PUT,
-                &format!("{path}?api-version={version}"),
-                &[],
-                Some(&group),
-            )
-            .await
-        }
-    };
-    let created = put("/enrollmentGroups/Line-1", "2019-03-31").await;
+    let etag = api_versions_and_path_casing(&raw, &group).await;
+    node_sdk_paths(&raw).await;
+    etags_quoted_or_raw_and_bulk_deletes_by_id(&raw, &group, &etag).await;
+    what_dps_refuses_to_parse(&raw, &emulator).await;
+}
+
+/// The api-versions real SDKs send, lower-case paths and trailing slashes; none, or an unknown
+/// one, refused. Answers the etag of the group made.
+async fn api_versions_and_path_casing(raw: &RawClient<'_>, group: &Value) -> String {
+    let path = "/enrollmentGroups/Line-1?api-version=2019-03-31";
+    let created = raw.send(Some("EnrollmentGroup_CreateOrUpdate"), Method::PUT, path, &[], Some(group)).await;
     assert_eq!(created.status, 200, "the C# v1 SDK's api-version: {}", created.text);
     let etag = created.body["etag"].as_str().unwrap().to_owned();
 
@@ -343,6 +339,10 @@ async fn what_real_clients_send_is_understood() {
         raw.send(None, Method::GET, "/enrollmentGroups/Line-1?api-version=2017-01-01", &[], None).await;
     assert_eq!(unknown.status, 400);
 
+    etag
+}
+
+async fn node_sdk_paths(raw: &RawClient<'_>) {
     // The Node SDK: lower-case `enrollmentgroups` for the attestation mechanism, bulk with a
     // trailing slash, ids URL-encoded.
     let mechanism = raw
@@ -376,7 +376,9 @@ async fn what_real_clients_send_is_understood() {
         )
         .await;
     assert_eq!(encoded.status, 200);
+}
 
+async fn etags_quoted_or_raw_and_bulk_deletes_by_id(raw: &RawClient<'_>, group: &Value, etag: &str) {
     // The C# v1 SDK quotes the etag; the Node SDK sends it raw; bulk delete items carry only ids.
     let quoted = raw
         .send(
@@ -384,7 +386,7 @@ async fn what_real_clients_send_is_understood() {
             Method::PUT,
             "/enrollmentGroups/line-1?api-version=2021-10-01",
             &[("if-match", format!("\"{etag}\""))],
-            Some(&group),
+            Some(group),
         )
         .await;
     assert_eq!(quoted.status, 200);
@@ -399,7 +401,10 @@ async fn what_real_clients_send_is_understood() {
         )
         .await;
     assert_eq!(deleted.body["isSuccessful"], json!(true));
+}
 
+/// A body sent as `text/plain`, and a method DPS does not have.
+async fn what_dps_refuses_to_parse(raw: &RawClient<'_>, emulator: &RunningEmulator) {
     let wrong_media = raw
         .http
         .put(format!("{}/enrollmentGroups/line-2?api-version=2021-10-01", emulator.url()))

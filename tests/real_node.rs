@@ -13,7 +13,10 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 
 use dps_emulator::{EmulatorConfig, RunningEmulator};
-use dps_operator::{devenv::run, dps::auth::ConnectionString};
+use dps_operator::{
+    devenv::run,
+    dps::{Client, auth::ConnectionString},
+};
 use support::node::{
     apply_examples, block, cluster, dps_deletes, eventually_async, group_in_dps, helm, image_name,
     individual_in_dps, install_chart, jsonpath, kubectl, kubectl_result, wait_enrollments_ready, wait_ready,
@@ -50,17 +53,24 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     });
     let dps = support::dps::client(&emulator);
     let ns = namespace.as_str();
+    garbage_collection_and_orphan(&dps, ns).await;
+    a_helm_upgrade_rolls_the_pod_without_a_write(&emulator, ns).await;
+    deleting_the_leader_hands_over(&dps, ns).await;
+    the_emulator_chart_serves_the_operator_in_the_cluster().await;
+    uninstall_leaves_dps_and_the_crds(&emulator, &dps, ns).await;
+}
 
-    // Garbage collection (kube-controller-manager): the key Secret the operator generated goes
-    // with its enrollment, and the enrollment leaves DPS (the connection's deletionPolicy).
+/// Garbage collection (kube-controller-manager): the key Secret the operator generated goes with
+/// its enrollment, and the enrollment leaves DPS (the connection's deletionPolicy); `Orphan` keeps
+/// both: the enrollment in DPS and its key Secret, released by the operator.
+async fn garbage_collection_and_orphan(dps: &Client, ns: &str) {
     let owner = jsonpath("secret/boiler-0042-keys", ns, "{.metadata.ownerReferences[0].name}");
     assert_eq!(owner, "boiler-0042", "the generated key Secret is owned by its enrollment");
-    assert!(individual_in_dps(&dps, "boiler:0042").await);
+    assert!(individual_in_dps(dps, "boiler:0042").await);
     block(|| kubectl(&["delete", "individualenrollment", "boiler-0042", "-n", ns, "--timeout=60s"], None));
     block(|| kubectl(&["wait", "--for=delete", "secret/boiler-0042-keys", "-n", ns, "--timeout=60s"], None));
-    assert!(!individual_in_dps(&dps, "boiler:0042").await, "the enrollment is deleted from DPS");
+    assert!(!individual_in_dps(dps, "boiler:0042").await, "the enrollment is deleted from DPS");
 
-    // `Orphan` keeps both: the enrollment in DPS and its key Secret, released by the operator.
     let orphan = r#"{"spec":{"deletionPolicy":"Orphan"}}"#;
     block(|| {
         kubectl(&["patch", "enrollmentgroup", "thermostats", "-n", ns, "--type=merge", "-p", orphan], None)
@@ -68,9 +78,11 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     block(|| kubectl(&["delete", "enrollmentgroup", "thermostats", "-n", ns, "--timeout=60s"], None));
     let owners = block(|| jsonpath("secret/thermostats-group-key", ns, "{.metadata.ownerReferences}"));
     assert_eq!(owners, "", "the orphaned group's key Secret is released and kept");
-    assert!(group_in_dps(&dps, "thermostats-2026").await, "the orphaned group stays in DPS");
+    assert!(group_in_dps(dps, "thermostats-2026").await, "the orphaned group stays in DPS");
+}
 
-    // helm upgrade changing a value rolls the Pod, which re-confirms everything without a write.
+/// helm upgrade changing a value rolls the Pod, which re-confirms everything without a write.
+async fn a_helm_upgrade_rolls_the_pod_without_a_write(emulator: &RunningEmulator, ns: &str) {
     emulator.reset_calls();
     let before = block(|| jsonpath("pods", OPERATOR_NAMESPACE, "{.items[*].metadata.name}"));
     block(|| helm_upgrade("logging.level=debug"));
@@ -86,13 +98,15 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     let writes: u64 =
         ["IndividualEnrollment", "EnrollmentGroup"].iter().map(|kind| emulator.writes(kind)).sum();
     assert_eq!(
-        (writes, dps_deletes(&emulator)),
+        (writes, dps_deletes(emulator)),
         (0, 0),
         "the rolled Pod wrote to DPS: {:?}",
         emulator.calls()
     );
+}
 
-    // Two replicas: deleting the leader hands the lease to the other, which then writes.
+/// Two replicas: deleting the leader hands the lease to the other, which then writes.
+async fn deleting_the_leader_hands_over(dps: &Client, ns: &str) {
     block(|| helm_upgrade("replicaCount=2"));
     let lease = "lease/dps-operator";
     let leader = block(|| wait_for_holder(lease, None));
@@ -109,15 +123,15 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     let handed_over = deleted.elapsed();
     block(|| wait_enrollments_ready(ns));
     let written = deleted.elapsed();
-    assert!(individual_in_dps(&dps, "boiler:0042").await, "the new leader created the enrollment in DPS");
+    assert!(individual_in_dps(dps, "boiler:0042").await, "the new leader created the enrollment in DPS");
     assert_ne!(new_leader, pod);
     eprintln!(
         "leader handover: lease taken {handed_over:?} after the leader Pod was deleted; the new enrollment was Ready {written:?} after"
     );
+}
 
-    the_emulator_chart_serves_the_operator_in_the_cluster().await;
-
-    // helm uninstall leaves DPS and the CRDs alone.
+/// helm uninstall leaves DPS and the CRDs alone.
+async fn uninstall_leaves_dps_and_the_crds(emulator: &RunningEmulator, dps: &Client, ns: &str) {
     emulator.reset_calls();
     block(|| {
         helm(&["uninstall", "dps-operator", "--namespace", OPERATOR_NAMESPACE, "--wait", "--timeout=5m"])
@@ -125,8 +139,8 @@ async fn the_chart_runs_the_operator_image_on_a_real_node() {
     let crds = block(|| kubectl(&["get", "crds", "-o", "name"], None));
     let chart_crds = std::fs::read_dir(format!("{CHART}/crds")).unwrap().count();
     assert_eq!(crds.lines().filter(|crd| crd.ends_with(".dps.iot.dev")).count(), chart_crds, "{crds}");
-    assert!(individual_in_dps(&dps, "boiler:0042").await && group_in_dps(&dps, "thermostats-2026").await);
-    assert_eq!(dps_deletes(&emulator), 0, "uninstalling deleted from DPS: {:?}", emulator.calls());
+    assert!(individual_in_dps(dps, "boiler:0042").await && group_in_dps(dps, "thermostats-2026").await);
+    assert_eq!(dps_deletes(emulator), 0, "uninstalling deleted from DPS: {:?}", emulator.calls());
     let resources = block(|| kubectl(&["get", "individualenrollments", "-n", ns, "-o", "name"], None));
     assert!(resources.contains("boiler-0042"), "the resources stay: {resources}");
 }

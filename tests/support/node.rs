@@ -144,9 +144,15 @@ pub fn wait_ready(namespace: Option<&str>, kinds: &str) -> Result<String, String
     kubectl_result(&args)
 }
 
+/// Waits until the enrollments in `namespace` are Ready; a failure shows each one's conditions and
+/// the operator's Pods and log.
 pub fn wait_enrollments_ready(namespace: &str) {
-    if let Err(error) = wait_ready(Some(namespace), "individualenrollments,enrollmentgroups") {
-        panic!("{error}");
+    let kinds = "individualenrollments,enrollmentgroups";
+    if let Err(error) = wait_ready(Some(namespace), kinds) {
+        let conditions = "{range .items[*]}{.kind}/{.metadata.name}: {.status.conditions}{\"\\n\"}{end}";
+        let statuses =
+            kubectl_result(&["get", kinds, "-n", namespace, "-o", &format!("jsonpath={conditions}")]);
+        panic!("{error}\nConditions:\n{}\n{}", statuses.unwrap_or_else(|e| e), diagnose(OPERATOR_NAMESPACE));
     }
 }
 
@@ -161,8 +167,15 @@ pub async fn eventually_async<F: std::future::Future<Output = bool>>(what: &str,
 /// The operator Pods' description and log, for a failure message.
 pub fn diagnose(namespace: &str) -> String {
     let describe = kubectl_result(&["describe", "pods", "-n", namespace]);
-    let logs =
-        kubectl_result(&["logs", "-n", namespace, "-l", "app.kubernetes.io/name=dps-operator", "--tail=40"]);
+    let logs = kubectl_result(&[
+        "logs",
+        "-n",
+        namespace,
+        "-l",
+        "app.kubernetes.io/name=dps-operator",
+        "--tail=80",
+        "--prefix",
+    ]);
     let events = kubectl_result(&["get", "events", "-n", namespace]);
     format!(
         "Pods:\n{}\nLog:\n{}\nEvents:\n{}",
