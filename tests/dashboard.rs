@@ -120,7 +120,7 @@ impl Prometheus {
              - job_name: dps-operator\n    static_configs: [{{targets: ['{target}']}}]\n"
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = dps_operator::devenv::free_port().unwrap();
         let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))

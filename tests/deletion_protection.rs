@@ -48,9 +48,7 @@ async fn serve_webhook(ca: &CertificateAuthority) -> String {
 
 /// A URL on loopback where nothing listens.
 fn unreachable_url() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
+    let port = dps_operator::devenv::free_port().unwrap();
     format!("https://127.0.0.1:{port}{}", dps_operator::admission::PATH)
 }
 

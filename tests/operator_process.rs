@@ -14,7 +14,7 @@ use support::operator::Operator;
 const GROUP: &str = "apiVersion: dps.iot.dev/v1beta1\nkind: EnrollmentGroup\nmetadata: {name: thermostats}\nspec:\n  serviceRef: {name: dps}\n  attestation:\n    symmetricKey:\n      secretRef: {name: thermostats-keys}\n";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    dps_operator::devenv::free_port().unwrap()
 }
 
 /// A `dps-operator run` process on the test namespace; its endpoints on `port`.

@@ -4,7 +4,7 @@
 //! (etcd then holds it as `v1beta1`) and sets every CRD's `status.storedVersions` to `v1beta1`,
 //! with no write to DPS; every resource stays Ready with its finalizer, claim and status.
 
-use std::{collections::BTreeMap, net::TcpListener, path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use dps_emulator::{AccessPolicy, EmulatorConfig, RunningEmulator};
@@ -116,7 +116,7 @@ async fn restored_emulator() -> RunningEmulator {
         String::from_utf8(BASE64.decode(connection["data"]["connectionString"].as_str().unwrap()).unwrap())
             .unwrap();
     let key = connection.split(';').find_map(|part| part.strip_prefix("SharedAccessKey=")).unwrap();
-    let address = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], dps_operator::devenv::free_port().unwrap()));
     RunningEmulator::start(EmulatorConfig {
         listen: address,
         host_name: Some(HOST.into()),

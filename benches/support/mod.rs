@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -82,7 +81,7 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(control_plane: &ControlPlane, namespace: &str, args: &[String]) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = dps_operator::devenv::free_port().unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_dps-operator"));
         // A heap profile of the operator alone: heaptrack's preload library, its raw output in
         // the directory given, one file per process.

@@ -8,7 +8,11 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Mutex, OnceLock, mpsc},
+    sync::{
+        Mutex, OnceLock,
+        atomic::{AtomicU32, Ordering::SeqCst},
+        mpsc,
+    },
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -422,16 +426,41 @@ pub(super) fn kubeconfig_yaml(server: &str, ca: &Path, user: &str) -> String {
     )
 }
 
-pub(super) fn free_port() -> Result<u16, Error> {
+/// A loopback port nothing listens on, for a process started next to listen on.
+pub fn free_port() -> Result<u16, Error> {
     free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+/// The lowest port that tests hand out; below it are the ports of well-known services.
+const LOWEST_HANDED_OUT_PORT: u16 = 10_000;
+
+/// A port on `address` nothing listens on. It is chosen below the kernel's ephemeral range: a port
+/// from `bind(:0)` is free again once probed, and any outgoing connection or other process binding
+/// `:0` may take it before the process it is meant for starts (kube-apiserver then fails with
+/// "address already in use"). A process-wide cursor, starting at a place drawn from the process id,
+/// keeps this process from handing out one port twice and processes apart from each other.
 pub(super) fn free_port_on(address: IpAddr) -> Result<u16, Error> {
+    static CURSOR: AtomicU32 = AtomicU32::new(u32::MAX);
     let what = SocketAddr::new(address, 0).to_string();
-    let listener =
-        TcpListener::bind((address, 0)).map_err(|source| Error::io("bind", Path::new(&what), source))?;
-    let port = listener.local_addr().map_err(|source| Error::io("bind", Path::new(&what), source))?.port();
-    Ok(port)
+    let end = ephemeral_range_start().max(LOWEST_HANDED_OUT_PORT + 1_000);
+    let span = u32::from(end - LOWEST_HANDED_OUT_PORT);
+    let _ = CURSOR.compare_exchange(u32::MAX, std::process::id().wrapping_mul(7_919) % span, SeqCst, SeqCst);
+    for _ in 0..span {
+        let port = LOWEST_HANDED_OUT_PORT + (CURSOR.fetch_add(1, SeqCst) % span) as u16;
+        if TcpListener::bind((address, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    let exhausted = io::Error::new(io::ErrorKind::AddrInUse, "every port below the ephemeral range is taken");
+    Err(Error::io("bind", Path::new(&what), exhausted))
+}
+
+/// The first port of the kernel's ephemeral range (32768 unless configured otherwise).
+fn ephemeral_range_start() -> u16 {
+    fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 pub(super) fn unique_suffix() -> u128 {
@@ -518,4 +547,20 @@ fn spawn_logged(mut command: Command, log: &Path) -> io::Result<Child> {
         });
     }
     command.spawn()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_handed_out_are_free_distinct_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        for port in ports {
+            assert!((LOWEST_HANDED_OUT_PORT..ephemeral_range_start()).contains(&port), "{port}");
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+        }
+    }
 }

@@ -9,7 +9,7 @@ mod node;
 
 use std::path::{Path, PathBuf};
 
-pub use control_plane::{ControlPlane, Tools, run};
+pub use control_plane::{ControlPlane, Tools, free_port, run};
 pub use local::{OPERATOR_NAMESPACE, example_inputs, run_local};
 pub use node::{Cluster, PAUSE_IMAGE};
 
