@@ -149,7 +149,7 @@ pub fn wait_ready(namespace: Option<&str>, kinds: &str) -> Result<String, String
 pub fn wait_enrollments_ready(namespace: &str) {
     let kinds = "individualenrollments,enrollmentgroups";
     if let Err(error) = wait_ready(Some(namespace), kinds) {
-        let conditions = "{range .items[*]}{.kind}/{.metadata.name}: {.status.conditions}{\"\\n\"}{end}";
+        let conditions = "{range .items[*]}{.kind}/{.metadata.name} (claim {.metadata.annotations.dps\\.iot\\.dev/claim}): {.status.conditions}{\"\\n\"}{end}";
         let statuses =
             kubectl_result(&["get", kinds, "-n", namespace, "-o", &format!("jsonpath={conditions}")]);
         panic!("{error}\nConditions:\n{}\n{}", statuses.unwrap_or_else(|e| e), diagnose(OPERATOR_NAMESPACE));
@@ -173,9 +173,14 @@ pub fn diagnose(namespace: &str) -> String {
         namespace,
         "-l",
         "app.kubernetes.io/name=dps-operator",
-        "--tail=80",
+        "--tail=1000",
         "--prefix",
     ]);
+    // The chart may run at debug level: its HTTP client lines would hide what the operator did.
+    let logs = logs.map(|logs| {
+        let lines: Vec<&str> = logs.lines().filter(|line| !line.contains(r#""level":"DEBUG""#)).collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    });
     let events = kubectl_result(&["get", "events", "-n", namespace]);
     format!(
         "Pods:\n{}\nLog:\n{}\nEvents:\n{}",

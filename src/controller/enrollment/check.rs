@@ -52,6 +52,16 @@ pub fn not_due(settled: bool, since: Option<Duration>, interval: Duration) -> Op
     since.filter(|since| settled && *since < interval).map(|since| interval - since)
 }
 
+/// Where a pass reads what it decides from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// The watch caches (a Secret they list as absent is not asked for) and the connection's
+    /// query snapshot; a settled resource whose drift check is not due is not looked at.
+    Cached,
+    /// The API server and DPS themselves, whatever the caches say.
+    Fresh,
+}
+
 /// How a pass reads the enrollment in DPS.
 #[derive(Debug, PartialEq)]
 pub enum Reading {

@@ -35,6 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{ResourceExt, runtime::controller::Action};
 
 use self::{
+    check::{Reading, Reads},
     converge::{Done, Pass, converge},
     edges::LiveEdges,
     mode::WriteMode,
@@ -98,20 +99,27 @@ pub fn error_policy<K: EnrollmentKind>(object: Arc<K>, error: &Error, ctx: Arc<C
 /// A pass over a live resource: [`sync`] with DPS, then the status, the metadata and the events
 /// that follow from what it did.
 async fn apply<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<Action, Error> {
+    let (mut recorded, mut meta, mut result) = pass(object, ctx, Reads::Cached).await;
+    let latest;
+    let mut object = object;
+    // A refusal gives up the resource's claim, so it is made only from what the API server and
+    // DPS hold now: the watch caches of a new leader may not have caught up yet with the claim
+    // and key Secret its predecessor wrote just before stepping down.
+    if result.as_ref().is_err_and(Error::is_stalled) {
+        match read_afresh(ctx, object).await? {
+            Some(fresh) => latest = fresh,
+            // Gone or being deleted meanwhile: the next pass sees it.
+            None => return Ok(Action::requeue(std::time::Duration::ZERO)),
+        }
+        object = &latest;
+        (recorded, meta, result) = pass(object, ctx, Reads::Fresh).await;
+    }
     let id = object.dps_id();
     let old = object.current_status();
     let old_enrollment = old.map(K::enrollment_status).cloned().unwrap_or_default();
     let uid = object.uid().unwrap_or_default();
-    let mut recorded = recorded_claim(old_enrollment.clone(), claim_of(object.meta()), &uid);
-    let mode = WriteMode::of(object);
     // An annotation that cannot be read stops all writes, as pausing does.
-    let shown_mode = *mode.as_ref().unwrap_or(&WriteMode::Paused);
-    // The object's metadata as this pass has written it.
-    let meta = Mutex::new(object.meta().clone());
-    let result = match mode {
-        Ok(mode) => sync(object, ctx, mode, &old_enrollment, &mut recorded, &meta).await,
-        Err(error) => Err(error),
-    };
+    let shown_mode = WriteMode::of(object).unwrap_or(WriteMode::Paused);
 
     let now = Time(jiff::Timestamp::now());
     let facts = status::Facts {
@@ -130,7 +138,6 @@ async fn apply<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<Action, E
     let notes = events::of_pass(K::WHAT, &id, &old_enrollment, &enrollment, spec_changed, &result);
     // Every resource gets the finalizer (a new one with its first claim, in the same write), the
     // claim annotation its status backs, and none that it does not.
-    let meta = meta.into_inner().unwrap_or_else(|e| e.into_inner());
     let claim = annotation_change(claim_of(&meta), &enrollment, &uid);
     let change = MetadataChange { add_finalizer: true, claim: claim.as_ref().map(Option::as_deref) };
     if let Err(error) = write_metadata(&ctx.client, &ctx.memory, object, &meta, change).await {
@@ -148,6 +155,41 @@ async fn apply<K: EnrollmentKind>(object: &K, ctx: &Context) -> Result<Action, E
     Ok(Action::await_change())
 }
 
+/// What one pass over `object` decided: the claim as recorded, the object's metadata as the pass
+/// wrote it, and what [`sync`] did.
+async fn pass<K: EnrollmentKind>(
+    object: &K,
+    ctx: &Context,
+    reads: Reads,
+) -> (EnrollmentStatus, ObjectMeta, Result<Synced<K::Record>, Error>) {
+    let old = object.current_status().map(K::enrollment_status).cloned().unwrap_or_default();
+    let uid = object.uid().unwrap_or_default();
+    let mut recorded = recorded_claim(old.clone(), claim_of(object.meta()), &uid);
+    let meta = Mutex::new(object.meta().clone());
+    let result = match WriteMode::of(object) {
+        Ok(mode) => sync(object, ctx, mode, &old, &mut recorded, &meta, reads).await,
+        Err(error) => Err(error),
+    };
+    (recorded, meta.into_inner().unwrap_or_else(|e| e.into_inner()), result)
+}
+
+/// `object` as the API server holds it now; `None` when it is gone, replaced or being deleted.
+/// Later passes start from it until the watch cache catches up.
+async fn read_afresh<K: EnrollmentKind>(ctx: &Context, object: &K) -> Result<Option<K>, Error> {
+    let api = api_of(&ctx.client, object);
+    let latest = api
+        .get_opt(&object.name_any())
+        .await
+        .map_err(|e| Error::kube(format!("reading {}", resource_name(object)), e))?
+        .filter(|latest| {
+            latest.meta().uid == object.meta().uid && latest.meta().deletion_timestamp.is_none()
+        });
+    if let Some(latest) = &latest {
+        ctx.memory.wrote(latest);
+    }
+    Ok(latest)
+}
+
 /// Brings DPS in line with `object`. `recorded`: the claim as this pass has recorded it so far
 /// (`old`, with a claim annotation it did not catch up with), then the claim.
 async fn sync<K: EnrollmentKind>(
@@ -157,13 +199,17 @@ async fn sync<K: EnrollmentKind>(
     old: &EnrollmentStatus,
     recorded: &mut EnrollmentStatus,
     meta: &Mutex<ObjectMeta>,
+    reads: Reads,
 ) -> Result<Synced<K::Record>, Error> {
     let (id, namespace, settings) =
         (object.dps_id(), object.namespace().unwrap_or_default(), object.settings());
     let connection =
         ctx.connections.for_enrollment(&ctx.client, &ctx.caches, &settings.service_ref, &namespace).await?;
     let owner_reference = inputs::owner_reference(object)?;
-    let reader = Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets);
+    let reader = match reads {
+        Reads::Cached => Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets),
+        Reads::Fresh => Reader::new(&ctx.client, &namespace),
+    };
     let material =
         adoption::resolve(object, &reader, &ctx.digest_key, recorded, &connection, mode.may_write()).await?;
     let interval = inputs::drift_interval(object, &connection, ctx.config.drift_check_interval);
@@ -181,7 +227,7 @@ async fn sync<K: EnrollmentKind>(
 
     let inputs_changed =
         check::inputs_changed(object.meta().generation, old, recorded, &material) || rotating;
-    let settled = check::settled(old, mode, ownership, inputs_changed);
+    let settled = reads == Reads::Cached && check::settled(old, mode, ownership, inputs_changed);
     let key = object_key(object);
     // A settled resource whose drift check is not due: DPS is not consulted.
     if let Some(next_check) = check::not_due(settled, ctx.memory.since_check(&key), interval) {
@@ -191,7 +237,10 @@ async fn sync<K: EnrollmentKind>(
         return Ok(Synced { protected, keys, rotation_refused, ..synced });
     }
     ctx.memory.checked(&key);
-    let reading = check::reading(settled, ownership, mode.may_write(), interval);
+    let reading = match reads {
+        Reads::Cached => check::reading(settled, ownership, mode.may_write(), interval),
+        Reads::Fresh => Reading::Get,
+    };
     let known =
         check::known(&ctx.snapshots, &connection, reading, &id, old.etag.as_deref(), &material).await?;
 
