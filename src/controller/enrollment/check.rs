@@ -13,7 +13,9 @@ use crate::{
         connection::Connection,
         desired::{DpsRecord, desired_comparable, drift},
         ownership::Ownership,
+        secrets::Reader,
         snapshots::Snapshots,
+        watches::SecretVersions,
     },
 };
 
@@ -60,6 +62,21 @@ pub enum Reads {
     Cached,
     /// The API server and DPS themselves, whatever the caches say.
     Fresh,
+}
+
+impl Reads {
+    /// A reader of the Secrets in `namespace` that trusts the watch as far as this says.
+    pub fn secrets<'a>(
+        self,
+        client: &'a kube::Client,
+        namespace: &'a str,
+        known: &'a SecretVersions,
+    ) -> Reader<'a> {
+        match self {
+            Self::Cached => Reader::knowing(client, namespace, known),
+            Self::Fresh => Reader::new(client, namespace),
+        }
+    }
 }
 
 /// How a pass reads the enrollment in DPS.

@@ -35,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::{ResourceExt, runtime::controller::Action};
 
 use self::{
-    check::{Reading, Reads},
+    check::Reads,
     converge::{Done, Pass, converge},
     edges::LiveEdges,
     mode::WriteMode,
@@ -206,10 +206,7 @@ async fn sync<K: EnrollmentKind>(
     let connection =
         ctx.connections.for_enrollment(&ctx.client, &ctx.caches, &settings.service_ref, &namespace).await?;
     let owner_reference = inputs::owner_reference(object)?;
-    let reader = match reads {
-        Reads::Cached => Reader::knowing(&ctx.client, &namespace, &ctx.caches.secrets),
-        Reads::Fresh => Reader::new(&ctx.client, &namespace),
-    };
+    let reader = reads.secrets(&ctx.client, &namespace, &ctx.caches.secrets);
     let material =
         adoption::resolve(object, &reader, &ctx.digest_key, recorded, &connection, mode.may_write()).await?;
     let interval = inputs::drift_interval(object, &connection, ctx.config.drift_check_interval);
@@ -237,10 +234,7 @@ async fn sync<K: EnrollmentKind>(
         return Ok(Synced { protected, keys, rotation_refused, ..synced });
     }
     ctx.memory.checked(&key);
-    let reading = match reads {
-        Reads::Cached => check::reading(settled, ownership, mode.may_write(), interval),
-        Reads::Fresh => Reading::Get,
-    };
+    let reading = check::reading(settled, ownership, mode.may_write(), interval);
     let known =
         check::known(&ctx.snapshots, &connection, reading, &id, old.etag.as_deref(), &material).await?;
 
