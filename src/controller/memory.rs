@@ -126,14 +126,25 @@ impl Memories {
         let key = object_key(&*object);
         let written = self.memories().get(key.as_str()).and_then(|memory| memory.written.clone());
         match written {
+            // It holds our write; once the cache holds this version, it is read from there.
             Some(version) if object.meta().resource_version.as_deref() != Some(&*version) => {
-                let Some(latest) = api.get_opt(&object.name_any()).await? else { return Ok(None) };
-                // It holds our write; once the cache holds this version, it is read from there.
-                self.wrote(&latest);
-                Ok(Some(Arc::new(latest)))
+                Ok(self.read_afresh(api, &*object).await?.map(Arc::new))
             }
             _ => Ok(Some(object)),
         }
+    }
+
+    /// `object` as the API server holds it now, `None` when it is gone. Later passes start from
+    /// this version until the watch cache holds it.
+    pub async fn read_afresh<K>(&self, api: &Api<K>, object: &K) -> Result<Option<K>, kube::Error>
+    where
+        K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    {
+        let latest = api.get_opt(&object.name_any()).await?;
+        if let Some(latest) = &latest {
+            self.wrote(latest);
+        }
+        Ok(latest)
     }
 
     /// Writes `status` to `object` by server-side apply, as the operator's field manager.

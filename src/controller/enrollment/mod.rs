@@ -174,20 +174,15 @@ async fn pass<K: EnrollmentKind>(
 }
 
 /// `object` as the API server holds it now; `None` when it is gone, replaced or being deleted.
-/// Later passes start from it until the watch cache catches up.
 async fn read_afresh<K: EnrollmentKind>(ctx: &Context, object: &K) -> Result<Option<K>, Error> {
-    let api = api_of(&ctx.client, object);
-    let latest = api
-        .get_opt(&object.name_any())
+    let latest = ctx
+        .memory
+        .read_afresh(&api_of(&ctx.client, object), object)
         .await
-        .map_err(|e| Error::kube(format!("reading {}", resource_name(object)), e))?
-        .filter(|latest| {
-            latest.meta().uid == object.meta().uid && latest.meta().deletion_timestamp.is_none()
-        });
-    if let Some(latest) = &latest {
-        ctx.memory.wrote(latest);
-    }
-    Ok(latest)
+        .map_err(|e| Error::kube(format!("reading {}", resource_name(object)), e))?;
+    Ok(latest.filter(|latest| {
+        latest.meta().uid == object.meta().uid && latest.meta().deletion_timestamp.is_none()
+    }))
 }
 
 /// Brings DPS in line with `object`. `recorded`: the claim as this pass has recorded it so far
